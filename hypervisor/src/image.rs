@@ -1,0 +1,65 @@
+//! The image's main: checks every CPU's idle loop answers, prints the boot banner, and
+//! acts on the test options of the command line.
+
+use crate::sys;
+use alloc::format;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use libos::cmdline;
+
+libos::entry!(main);
+
+/// How long the APs get to answer their first work item.
+const AP_ANSWER_TIMEOUT_NS: u64 = 2_000_000_000;
+
+fn main() -> ! {
+    let info = libos::boot_info();
+    let line = info.cmdline();
+
+    let cpus = 1 + aps_answering();
+    let virt = libos::smp::virt_caps(0).unwrap_or_default();
+    for cpu in 1..libos::smp::cpu_count() {
+        if libos::smp::virt_caps(cpu) != Some(virt) {
+            log::warn!("cpu {cpu} reports different virtualization features than cpu 0");
+        }
+    }
+    sys::console_write(
+        format!(
+            "taproot: ready cpus={} mem={} virt={} features={}\n",
+            cpus,
+            info.ram_bytes() >> 20,
+            virt.kind(),
+            virt.features()
+        )
+        .as_bytes(),
+    );
+
+    if cmdline::value(line, "fault") == Some("pagefault") {
+        libos::debug::touch_unmapped_memory();
+    }
+    if cmdline::flag(line, "exit") {
+        sys::exit(0);
+    }
+    libos::smp::idle()
+}
+
+/// Gives every AP a work item and counts those that run it: a CPU counts as up only when
+/// its idle loop works.
+fn aps_answering() -> usize {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut asked = 0;
+    for cpu in 1..libos::smp::cpu_count() {
+        let answered = answered.clone();
+        match libos::smp::run_on(cpu, move || {
+            answered.fetch_add(1, Ordering::AcqRel);
+        }) {
+            Ok(()) => asked += 1,
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    let deadline = sys::now_ns() + AP_ANSWER_TIMEOUT_NS;
+    while answered.load(Ordering::Acquire) < asked && sys::now_ns() < deadline {
+        sys::sleep_us(100);
+    }
+    answered.load(Ordering::Acquire)
+}

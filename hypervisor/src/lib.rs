@@ -1,0 +1,8 @@
+//! Taproot's hypervisor: the arch-neutral core (memory slots, the TDP MMU) that also builds
+//! for the host with `std`, so it is tested natively with threads standing in for vCPUs.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;

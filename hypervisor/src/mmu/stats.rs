@@ -1,0 +1,123 @@
+//! Counters for rule 11 and the snapshot the backend prints.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic time for zap durations. The backend passes its TSC- or timer-based clock; the
+/// host uses `std::time` ([`super::host::StdClock`]).
+pub trait Clock: Send + Sync + 'static {
+    fn now_ns(&self) -> u64;
+}
+
+/// A clock that always reads zero, for builds that do not measure.
+#[derive(Default, Clone, Copy)]
+pub struct NoClock;
+
+impl Clock for NoClock {
+    fn now_ns(&self) -> u64 {
+        0
+    }
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters. Statistics only: relaxed, and nothing synchronises through them.
+        #[derive(Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A snapshot of the MMU's counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Stats {
+            /// Writes the snapshot as one flat JSON object with snake_case keys.
+            pub fn write_json(&self, out: &mut impl fmt::Write) -> fmt::Result {
+                let mut first = true;
+                out.write_char('{')?;
+                $(
+                    if !first {
+                        out.write_char(',')?;
+                    }
+                    first = false;
+                    write!(out, "\"{}\":{}", stringify!($name), self.$name)?;
+                )*
+                let _ = first;
+                out.write_char('}')
+            }
+        }
+    };
+}
+
+counters! {
+    /// Roots created (a table page allocated for a new role).
+    roots_allocated,
+    /// Root loads satisfied by an existing root (the vCPU's cache or the MMU's list).
+    roots_reused,
+    /// Roots marked invalid.
+    roots_invalidated,
+    /// Roots whose last reference went and whose top table was retired.
+    roots_freed,
+    /// Faults handled (every call).
+    faults,
+    /// Faults that returned `Retry`.
+    faults_retried,
+    /// Lost compare-and-exchange races or frozen entries met while faulting.
+    faults_raced,
+    /// Leaf entries installed (or made writable).
+    sptes_installed,
+    /// Leaf entries removed by zaps.
+    sptes_zapped,
+    /// Zap operations (one per root zapped, one per range zapped).
+    zaps,
+    /// Time spent in zap operations.
+    zap_ns,
+    /// Calls of the TLB flush hook.
+    tlb_flushes,
+    /// Calls of the kick hook (reload requests).
+    kicks,
+    /// Table pages in use (roots and interior tables, including those awaiting a grace period).
+    table_pages,
+    /// Table pages unlinked and flushed, waiting for their grace period.
+    table_pages_retired,
+    /// Backing frames allocated for slots.
+    backing_frames,
+    /// Range invalidations begun (rule 7).
+    range_invalidations,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+
+    #[test]
+    fn json_is_one_flat_object() {
+        let stats = Stats { roots_allocated: 3, zap_ns: 17, ..Stats::default() };
+        let mut s = String::new();
+        stats.write_json(&mut s).unwrap();
+        assert!(s.starts_with("{\"roots_allocated\":3,"));
+        assert!(s.contains("\"zap_ns\":17"));
+        assert!(s.ends_with('}'));
+        assert_eq!(s.matches('{').count(), 1);
+    }
+}

@@ -1,0 +1,266 @@
+//! The IDT, the interrupt entry stubs and the dispatcher.
+//!
+//! Every vector Taproot uses has a naked stub that pushes an error code (a zero when the
+//! CPU pushes none) and the vector number, then jumps to one common path that saves the
+//! general registers and calls [`trap_dispatch`] with a [`TrapFrame`]. Exceptions print a
+//! diagnosis and stop the CPU that took them; the other CPUs carry on.
+
+use super::{apic, percpu};
+use crate::drivers::serial::EmergencyWriter;
+use core::arch::naked_asm;
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::structures::idt::InterruptDescriptorTable;
+
+/// Local APIC timer.
+pub const TIMER_VECTOR: u8 = 0x20;
+/// Inter-processor "wake up and look at your work queue".
+pub const WAKE_VECTOR: u8 = 0xF0;
+/// Local APIC spurious-interrupt vector (low nibble all ones, as old APICs require).
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// Spurious interrupts of the masked 8259s (IRQ7 and IRQ15 after remapping).
+const PIC1_SPURIOUS: u8 = super::pic::PIC1_VECTOR_BASE + 7;
+const PIC2_SPURIOUS: u8 = super::pic::PIC2_VECTOR_BASE + 7;
+/// Vector of #DF (Intel SDM Vol. 3A §6.15, "Exception and Interrupt Reference").
+const DOUBLE_FAULT: u8 = 8;
+const PAGE_FAULT: u8 = 14;
+/// Exit status when `exit=1` ends the machine after an exception.
+const EXCEPTION_EXIT_STATUS: i32 = 3;
+
+/// The registers saved on entry, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+#[unsafe(naked)]
+unsafe extern "C" fn trap_common() {
+    naked_asm!(
+        "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
+        "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14",
+        "push r15",
+        "mov rdi, rsp",
+        "mov rbp, rsp",
+        "and rsp, -16",
+        "cld",
+        "call {dispatch}",
+        "mov rsp, rbp",
+        "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+        "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+        "add rsp, 16",
+        "iretq",
+        dispatch = sym trap_dispatch,
+    );
+}
+
+macro_rules! stubs {
+    ($($name:ident: $vector:literal $($err:ident)?;)*) => {
+        $(
+            #[unsafe(naked)]
+            unsafe extern "C" fn $name() {
+                naked_asm!(
+                    stubs!(@push $($err)?),
+                    "push {vector}",
+                    "jmp {common}",
+                    vector = const $vector,
+                    common = sym trap_common,
+                );
+            }
+        )*
+        const STUBS: &[(u8, unsafe extern "C" fn())] = &[$(($vector, $name)),*];
+    };
+    (@push err) => { "" };
+    (@push) => { "push 0" };
+}
+
+// Vectors 8, 10-14, 17, 21, 29 and 30 push an error code (SDM Vol. 3A Table 6-1).
+stubs! {
+    vec0: 0; vec1: 1; vec2: 2; vec3: 3; vec4: 4; vec5: 5; vec6: 6; vec7: 7;
+    vec8: 8 err; vec9: 9; vec10: 10 err; vec11: 11 err; vec12: 12 err; vec13: 13 err;
+    vec14: 14 err; vec15: 15; vec16: 16; vec17: 17 err; vec18: 18; vec19: 19; vec20: 20;
+    vec21: 21 err; vec22: 22; vec23: 23; vec24: 24; vec25: 25; vec26: 26; vec27: 27;
+    vec28: 28; vec29: 29 err; vec30: 30 err; vec31: 31;
+    vec_timer: 0x20; vec_pic1_spurious: 0xE7; vec_pic2_spurious: 0xEF; vec_wake: 0xF0;
+    vec_spurious: 0xFF;
+}
+
+static IDT: Once<InterruptDescriptorTable> = Once::new();
+
+/// Loads the IDT on this CPU (built on first use).
+pub fn init_cpu() {
+    let idt = IDT.call_once(|| {
+        let mut idt = InterruptDescriptorTable::new();
+        for &(vector, stub) in STUBS {
+            let addr = VirtAddr::new(stub as usize as u64);
+            // SAFETY (all arms): each stub saves every register it touches, passes a
+            // well-formed frame to `trap_dispatch`, and returns with IRETQ; whether it
+            // expects an error code matches the vector (see the table above).
+            unsafe {
+                match vector {
+                    0 => drop(idt.divide_error.set_handler_addr(addr)),
+                    1 => drop(idt.debug.set_handler_addr(addr)),
+                    2 => drop(idt.non_maskable_interrupt.set_handler_addr(addr)),
+                    3 => drop(idt.breakpoint.set_handler_addr(addr)),
+                    4 => drop(idt.overflow.set_handler_addr(addr)),
+                    5 => drop(idt.bound_range_exceeded.set_handler_addr(addr)),
+                    6 => drop(idt.invalid_opcode.set_handler_addr(addr)),
+                    7 => drop(idt.device_not_available.set_handler_addr(addr)),
+                    // The IST slot is filled by `gdt::init_cpu` on every CPU before its
+                    // IDT is loaded, with a stack used for nothing else.
+                    DOUBLE_FAULT => drop(
+                        idt.double_fault
+                            .set_handler_addr(addr)
+                            .set_stack_index(super::gdt::DOUBLE_FAULT_IST_INDEX),
+                    ),
+                    10 => drop(idt.invalid_tss.set_handler_addr(addr)),
+                    11 => drop(idt.segment_not_present.set_handler_addr(addr)),
+                    12 => drop(idt.stack_segment_fault.set_handler_addr(addr)),
+                    13 => drop(idt.general_protection_fault.set_handler_addr(addr)),
+                    PAGE_FAULT => drop(idt.page_fault.set_handler_addr(addr)),
+                    16 => drop(idt.x87_floating_point.set_handler_addr(addr)),
+                    17 => drop(idt.alignment_check.set_handler_addr(addr)),
+                    18 => drop(idt.machine_check.set_handler_addr(addr)),
+                    19 => drop(idt.simd_floating_point.set_handler_addr(addr)),
+                    20 => drop(idt.virtualization.set_handler_addr(addr)),
+                    21 => drop(idt.cp_protection_exception.set_handler_addr(addr)),
+                    28 => drop(idt.hv_injection_exception.set_handler_addr(addr)),
+                    29 => drop(idt.vmm_communication_exception.set_handler_addr(addr)),
+                    30 => drop(idt.security_exception.set_handler_addr(addr)),
+                    // Reserved exception vectors: the crate keeps their entries private
+                    // and no CPU raises them.
+                    0..32 => {}
+                    _ => drop(idt[vector].set_handler_addr(addr)),
+                }
+            }
+        }
+        idt
+    });
+    idt.load();
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved",
+    "#MF x87 floating point",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD floating point",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved",
+];
+
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    match frame.vector as u8 {
+        v if v < 32 => exception(frame),
+        TIMER_VECTOR => {
+            percpu::current()
+                .timer_ticks
+                .fetch_add(1, Ordering::Relaxed);
+            apic::eoi();
+        }
+        WAKE_VECTOR => apic::eoi(),
+        SPURIOUS_VECTOR | PIC1_SPURIOUS | PIC2_SPURIOUS => {}
+        _ => apic::eoi(),
+    }
+}
+
+/// Prints the diagnosis and stops this CPU. Never returns: the interrupted context may
+/// be in any state.
+fn exception(frame: &TrapFrame) -> ! {
+    let vector = frame.vector as usize;
+    let cr2 = x86_64::registers::control::Cr2::read_raw();
+    let mut w = EmergencyWriter;
+    let _ = write!(
+        w,
+        "\ntaproot: exception {} (vector {}) on cpu {}: error={:#x} rip={:#x} cs={:#x} \
+         rflags={:#x} rsp={:#x}",
+        EXCEPTION_NAMES[vector],
+        vector,
+        percpu::current_index(),
+        frame.error_code,
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        frame.rsp,
+    );
+    if vector == PAGE_FAULT as usize {
+        let _ = write!(w, " cr2={cr2:#x}");
+    }
+    let _ = write!(
+        w,
+        "\n  rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}\n  \
+         r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}\n\
+         taproot: cpu {} stopped\n",
+        frame.rax,
+        frame.rbx,
+        frame.rcx,
+        frame.rdx,
+        frame.rsi,
+        frame.rdi,
+        frame.rbp,
+        frame.r8,
+        frame.r9,
+        frame.r10,
+        frame.r11,
+        frame.r12,
+        frame.r13,
+        frame.r14,
+        frame.r15,
+        percpu::current_index(),
+    );
+    percpu::current().online.store(false, Ordering::Release);
+    // With the test option `exit=1` the machine ends here too, so a harness need not wait
+    // for its timeout.
+    if crate::arch::x86_64::boot::is_exit_requested() {
+        crate::power::exit(EXCEPTION_EXIT_STATUS);
+    }
+    super::halt_forever()
+}

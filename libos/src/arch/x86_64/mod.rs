@@ -1,0 +1,25 @@
+//! x86-64: boot, descriptor tables, interrupts, the local APIC, SMP bring-up, timers,
+//! paging and CPU feature detection.
+
+pub mod acpi;
+pub mod apic;
+pub mod boot;
+pub mod cpu;
+pub mod gdt;
+pub mod interrupts;
+pub mod paging;
+pub mod percpu;
+pub mod pic;
+pub mod pit;
+mod start;
+pub mod trampoline;
+pub mod tsc;
+
+/// Stops this CPU for good: interrupts off, halted. NMIs and SMIs may still wake it; the
+/// loop puts it back.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
