@@ -23,6 +23,7 @@ fn main() -> ! {
             log::warn!("cpu {cpu} reports different virtualization features than cpu 0");
         }
     }
+    log::info!("boot: banner at tsc={}", libos::time::tsc());
     sys::console_write(
         format!(
             "taproot: ready cpus={} mem={} virt={} features={}\n",

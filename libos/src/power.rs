@@ -31,7 +31,7 @@ pub(crate) fn init(pm1a_control_port: Option<u16>, sleep_type: Option<u16>) {
 /// Powers the machine off, reporting `status` where the platform can carry it (QEMU's
 /// exit device). Never returns; if nothing ends the machine, this CPU halts.
 pub fn exit(status: i32) -> ! {
-    serial::write_bytes_unlocked(b"");
+    serial::drain();
     // SAFETY: writing the debug-exit port has no effect but ending QEMU where the device
     // exists; on other machines port 0xF4 is unassigned.
     unsafe { Port::<u32>::new(ISA_DEBUG_EXIT_PORT).write(status as u32) };

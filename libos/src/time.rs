@@ -14,6 +14,12 @@ pub(crate) fn init() {
     TSC_HZ.store(hz, Ordering::Relaxed);
 }
 
+/// The raw TSC of this CPU. In QEMU with `-icount shift=0` and in Bochs it counts
+/// instructions, which is what boot measurements there report.
+pub fn tsc() -> u64 {
+    tsc::read()
+}
+
 /// TSC ticks per second (0 before calibration).
 pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)

@@ -57,6 +57,25 @@ fn send(uart: &mut Uart16550<PioBackend>, bytes: &[u8]) {
     }
 }
 
+/// COM1's line status register and its "transmitter empty" bit (16550 datasheet, LSR bit 6).
+const LSR_PORT: u16 = COM1_PORT + 5;
+const LSR_TRANSMITTER_EMPTY: u8 = 1 << 6;
+/// Give up waiting after this many polls (a UART that never drains must not hang power-off).
+const DRAIN_POLLS: u32 = 1_000_000;
+
+/// Waits until the UART has sent every queued byte: an emulator that powers off when told
+/// would otherwise drop the tail of the last line.
+pub fn drain() {
+    let mut lsr = x86_64::instructions::port::PortReadOnly::<u8>::new(LSR_PORT);
+    for _ in 0..DRAIN_POLLS {
+        // SAFETY: reading COM1's line status register has no side effects.
+        if unsafe { lsr.read() } & LSR_TRANSMITTER_EMPTY != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// A `fmt::Write` sink on the console; holds the lock for one `write_fmt`.
 pub struct ConsoleWriter;
 

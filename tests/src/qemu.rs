@@ -1,0 +1,196 @@
+//! QEMU: `-kernel` (PVH) or `-cdrom` (GRUB, multiboot2), TCG or KVM.
+
+use crate::console::{Console, ConsoleError, Source};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Nested virtualization on the host: `-accel kvm -cpu host` (the host's VMX or SVM).
+    Kvm,
+    /// Emulation: `-accel tcg -cpu max` (SVM with NPT, no VMX).
+    Tcg,
+}
+
+impl Accel {
+    /// KVM when `/dev/kvm` can be opened for reading and writing, TCG otherwise.
+    pub fn detect() -> Accel {
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if usable { Accel::Kvm } else { Accel::Tcg }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What QEMU boots.
+#[derive(Clone, Debug)]
+pub enum Boot {
+    /// The ELF through its PVH note, with this command line.
+    Kernel { elf: PathBuf, cmdline: String },
+    /// A GRUB ISO (its command line is inside its grub.cfg).
+    Cdrom(PathBuf),
+    /// A GRUB ISO under UEFI firmware.
+    CdromUefi { iso: PathBuf, firmware: PathBuf },
+}
+
+/// QEMU's `isa-debug-exit`: the image writes `v` to port 0xF4 and QEMU exits with
+/// `(v << 1) | 1`.
+pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+
+/// The guest's exit status from QEMU's, when the image ended through the debug-exit port.
+pub fn guest_status(status: ExitStatus) -> Option<i32> {
+    let code = status.code()?;
+    (code & 1 == 1).then_some(code >> 1)
+}
+
+/// A QEMU command line.
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    pub boot: Boot,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// `-icount shift=0`: one instruction is one virtual nanosecond, so guest time counts
+    /// instructions (TCG only).
+    pub icount: bool,
+    pub extra: Vec<String>,
+}
+
+impl Qemu {
+    /// TCG, 2 CPUs, 512 MiB, booting `elf` through PVH with `cmdline`.
+    pub fn kernel(elf: &Path, cmdline: &str) -> Self {
+        Self {
+            boot: Boot::Kernel {
+                elf: elf.to_path_buf(),
+                cmdline: cmdline.to_string(),
+            },
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 512,
+            icount: false,
+            extra: Vec::new(),
+        }
+    }
+
+    /// TCG, 2 CPUs, 512 MiB, booting a GRUB ISO.
+    pub fn cdrom(iso: &Path) -> Self {
+        Self {
+            boot: Boot::Cdrom(iso.to_path_buf()),
+            ..Self::kernel(Path::new(""), "")
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |a: &str| args.push(a.to_string());
+        match self.accel {
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"]
+                .iter()
+                .for_each(|a| push(a)),
+            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"]
+                .iter()
+                .for_each(|a| push(a)),
+        }
+        if self.icount {
+            push("-icount");
+            push("shift=0");
+        }
+        push("-smp");
+        push(&self.cpus.to_string());
+        push("-m");
+        push(&self.memory_mib.to_string());
+        for a in [
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-device",
+            DEBUG_EXIT_DEVICE,
+        ] {
+            push(a);
+        }
+        match &self.boot {
+            Boot::Kernel { elf, cmdline } => {
+                push("-kernel");
+                push(&elf.display().to_string());
+                if !cmdline.is_empty() {
+                    push("-append");
+                    push(cmdline);
+                }
+            }
+            Boot::Cdrom(iso) => {
+                push("-cdrom");
+                push(&iso.display().to_string());
+            }
+            Boot::CdromUefi { iso, firmware } => {
+                push("-bios");
+                push(&firmware.display().to_string());
+                push("-cdrom");
+                push(&iso.display().to_string());
+            }
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Starts QEMU with the serial console on a pipe.
+    pub fn spawn(&self) -> Result<Console, ConsoleError> {
+        let mut child = Command::new(crate::tools::QEMU.program)
+            .args(self.args())
+            .args(["-serial", "stdio", "-monitor", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                ConsoleError::Io(format!("cannot start {}: {e}", crate::tools::QEMU.program))
+            })?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for &b in &buf[..n] {
+                    line.push(b);
+                    if b == b'\n' {
+                        if tx
+                            .send(String::from_utf8_lossy(&line).into_owned())
+                            .is_err()
+                        {
+                            return;
+                        }
+                        line.clear();
+                    }
+                }
+            }
+            if !line.is_empty() {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+            }
+        });
+        Ok(Console::new(child, Source::Lines(rx), false))
+    }
+
+    /// Runs QEMU in the foreground with the console on this terminal (Ctrl-A X quits).
+    pub fn run_interactive(&self) -> std::io::Result<ExitStatus> {
+        Command::new(crate::tools::QEMU.program)
+            .args(self.args())
+            .args(["-serial", "mon:stdio"])
+            .status()
+    }
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask bench`: measures and reports, never asserts. Every benchmark adds named
+//! numbers to `target/bench/report.json` (one flat object) and a line to `report.md`.
+//! Metric names are stable once published.
+
+use crate::{build, cargo, setup};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use taproot_testbed::bochs::Bochs;
+use taproot_testbed::console::field;
+use taproot_testbed::paths::{self, Profile};
+use taproot_testbed::qemu::Qemu;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct Report {
+    metrics: BTreeMap<String, f64>,
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64) {
+        self.metrics.insert(name.to_string(), value);
+    }
+
+    fn line(&mut self, text: String) {
+        eprintln!("bench: {text}");
+        self.lines.push(text);
+    }
+
+    fn write(&self) -> Result<(), String> {
+        let dir = paths::workspace_root().join("target").join("bench");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&self.metrics).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("report.json"), json + "\n").map_err(|e| e.to_string())?;
+        let mut md = String::from("# Taproot benchmarks\n\n");
+        for line in &self.lines {
+            md.push_str("- ");
+            md.push_str(line);
+            md.push('\n');
+        }
+        std::fs::write(dir.join("report.md"), md).map_err(|e| e.to_string())?;
+        eprintln!(
+            "bench: wrote {} and report.md",
+            dir.join("report.json").display()
+        );
+        Ok(())
+    }
+}
+
+pub fn run() -> Result<(), String> {
+    setup::ensure_target()?;
+    setup::ensure_packages(setup::Need::All)?;
+    let mut report = Report::default();
+    let result = mmu(&mut report).and_then(|()| boot(&mut report));
+    report.write()?;
+    result
+}
+
+/// The host MMU benchmark binary prints one flat JSON object of metrics.
+fn mmu(report: &mut Report) -> Result<(), String> {
+    let output = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "hypervisor",
+            "--features",
+            "std",
+            "--bin",
+            "mmu-bench",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run mmu-bench: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("mmu-bench failed ({})", output.status));
+    }
+    let metrics: BTreeMap<String, f64> = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("mmu-bench printed no flat JSON object of numbers: {e}"))?;
+    let summary: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.3}")).collect();
+    report.line(format!("MMU (host, native): {}", summary.join(", ")));
+    for (name, value) in metrics {
+        report.add(&name, value);
+    }
+    Ok(())
+}
+
+/// Image size, and boot to banner: wall time under QEMU TCG, instructions under QEMU
+/// `-icount` and Bochs (the image logs the TSC at the banner; both emulators tie the TSC to
+/// instructions there).
+fn boot(report: &mut Report) -> Result<(), String> {
+    let elf = build::elf(Profile::Release)?;
+    let bytes = std::fs::metadata(&elf).map_err(|e| e.to_string())?.len();
+    let loaded = loaded_bytes(&std::fs::read(&elf).map_err(|e| e.to_string())?)
+        .ok_or("cannot read the image's program headers")?;
+    report.add("boot.image_file_bytes", bytes as f64);
+    report.add("boot.image_loaded_bytes", loaded as f64);
+    report.line(format!(
+        "image: {bytes} bytes on disk (with symbols), {loaded} bytes loaded"
+    ));
+
+    let mut console = Qemu::kernel(&elf, "exit=1")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    console
+        .wait_for("taproot: ready", BOOT_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let tcg_ms = console.elapsed().as_secs_f64() * 1000.0;
+    drop(console);
+    report.add("boot.qemu_tcg_wall_ms", tcg_ms);
+
+    let mut qemu = Qemu::kernel(&elf, "exit=1");
+    qemu.icount = true;
+    let mut console = qemu.spawn().map_err(|e| e.to_string())?;
+    let tsc_line = console
+        .wait_for("boot: banner at tsc=", BOOT_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let icount = tsc_of(&tsc_line)?;
+    drop(console);
+    report.add("boot.qemu_icount_instructions", icount);
+    report.line(format!(
+        "boot to banner, QEMU TCG: {tcg_ms:.0} ms wall; {icount:.0} instructions under -icount shift=0"
+    ));
+
+    let iso = paths::workspace_root().join("target/testbed/bench-boot.iso");
+    taproot_testbed::iso::make(&elf, "exit=1", &iso)?;
+    let mut console = Bochs::new(&iso)
+        .spawn("bench-bochs")
+        .map_err(|e| e.to_string())?;
+    let tsc_line = console
+        .wait_for("boot: banner at tsc=", BOOT_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let bochs_ms = console.elapsed().as_secs_f64() * 1000.0;
+    let ticks = tsc_of(&tsc_line)?;
+    drop(console);
+    report.add("boot.bochs_wall_ms", bochs_ms);
+    report.add("boot.bochs_ticks", ticks);
+    report.line(format!(
+        "boot to banner, Bochs (BIOS + GRUB + Taproot): {bochs_ms:.0} ms wall; {ticks:.0} emulated ticks (1 tick = 1 instruction at ips=50M)"
+    ));
+    Ok(())
+}
+
+fn tsc_of(line: &str) -> Result<f64, String> {
+    field(line, "tsc")
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("no tsc= in {line:?}"))
+}
+
+/// Sum of the memory sizes of an ELF64's PT_LOAD segments.
+fn loaded_bytes(elf: &[u8]) -> Option<u64> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    if elf.get(0..4)? != b"\x7fELF" || *elf.get(4)? != 2 {
+        return None;
+    }
+    let phoff = u64_at(0x20)? as usize;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    let mut total = 0;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        const PT_LOAD: u32 = 1;
+        if u32_at(ph)? == PT_LOAD {
+            total += u64_at(ph + 0x28)?;
+        }
+    }
+    Some(total)
+}

@@ -1,0 +1,89 @@
+//! `cargo xtask test`: lints, host tests, then the emulator tests.
+
+use crate::{build, cargo, run_cmd, setup};
+use taproot_testbed::paths::{self, Profile};
+
+pub struct Options {
+    pub full: bool,
+    pub host_only: bool,
+}
+
+pub fn run(opts: Options) -> Result<(), String> {
+    setup::ensure_target()?;
+    if !opts.host_only {
+        setup::ensure_packages(setup::Need::All)?;
+    }
+    lint()?;
+
+    // Host: unit tests of every crate, the MMU's property and stress tests (release: the
+    // stress and million-cycle tests are long in debug builds).
+    run_cmd(cargo().args([
+        "test",
+        "--workspace",
+        "--release",
+        "--exclude",
+        "taproot-testbed",
+    ]))?;
+    run_cmd(cargo().args(["test", "--package", "taproot-testbed", "--lib"]))?;
+    if paths::workspace_root()
+        .join("hypervisor/tests/loom.rs")
+        .is_file()
+    {
+        run_cmd(
+            cargo()
+                .args([
+                    "test",
+                    "--package",
+                    "hypervisor",
+                    "--release",
+                    "--test",
+                    "loom",
+                ])
+                .env("RUSTFLAGS", "--cfg loom")
+                .env(
+                    "CARGO_TARGET_DIR",
+                    paths::workspace_root().join("target/loom"),
+                ),
+        )?;
+    }
+    if opts.host_only {
+        return Ok(());
+    }
+
+    // Emulators: both profiles, because a misaligned stack at the 32-to-64-bit entry only
+    // trips the alignment checks of debug builds.
+    build::elf(Profile::Debug)?;
+    build::elf(Profile::Release)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--package", "taproot-testbed", "--test", "boot"]);
+    if opts.full {
+        cmd.env("TAPROOT_TEST_FULL", "1");
+    }
+    run_cmd(&mut cmd)
+}
+
+/// Formatting and clippy, on the host and for the bare-metal target.
+pub fn lint() -> Result<(), String> {
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--package",
+        "libos",
+        "--package",
+        "hypervisor",
+        "--target",
+        setup::TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
