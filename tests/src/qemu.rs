@@ -83,6 +83,14 @@ impl Qemu {
         }
     }
 
+    /// TCG, 2 CPUs, 512 MiB, booting a GRUB ISO under UEFI firmware (OVMF).
+    pub fn cdrom_uefi(iso: &Path) -> Self {
+        Self {
+            boot: Boot::CdromUefi { iso: iso.to_path_buf(), firmware: crate::tools::OVMF.into() },
+            ..Self::kernel(Path::new(""), "")
+        }
+    }
+
     /// TCG, 2 CPUs, 512 MiB, booting a GRUB ISO.
     pub fn cdrom(iso: &Path) -> Self {
         Self {

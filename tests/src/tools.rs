@@ -38,6 +38,8 @@ pub const BOCHS_BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
 pub const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 pub const GRUB_PC_DIR: &str = "/usr/lib/grub/i386-pc";
 pub const GRUB_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+/// UEFI firmware for QEMU (Debian's `ovmf`), to boot the ISO the way UEFI clouds do.
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 /// Every tool any testbed uses, with the packages for the files above.
 pub fn all_packages() -> Vec<&'static str> {
@@ -45,6 +47,8 @@ pub fn all_packages() -> Vec<&'static str> {
         .iter()
         .flat_map(|t| t.packages.iter().copied())
         .collect();
+    packages.push("ovmf");
+    packages.sort_unstable();
     packages.dedup();
     packages
 }
@@ -70,6 +74,7 @@ pub fn missing_packages() -> Vec<&'static str> {
         (VGA_BIOS, "vgabios"),
         (GRUB_PC_DIR, "grub-pc-bin"),
         (GRUB_EFI_DIR, "grub-efi-amd64-bin"),
+        (OVMF, "ovmf"),
     ] {
         if !Path::new(file).exists() {
             missing.push(package);

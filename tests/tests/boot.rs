@@ -118,6 +118,39 @@ fn qemu_tcg_boots_the_iso_through_grub_and_multiboot2() {
 }
 
 #[test]
+fn qemu_tcg_boots_the_iso_under_uefi_firmware() {
+    let iso = paths::scratch_dir("qemu-uefi-iso").unwrap().join("taproot.iso");
+    taproot_testbed::iso::make(&elf(Profile::Release), "exit=1", &iso).unwrap();
+    let mut console = Qemu::cdrom_uefi(&iso).spawn().unwrap();
+    let banner = console.wait_for("taproot: ready", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(field(&banner, "cpus"), Some("2"), "ACPI tables found through GRUB's RSDP tag: {banner}");
+    assert!(console.transcript().contains("booting via multiboot2"));
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(0));
+}
+
+/// Nested virtualization: what users run. Needs a usable /dev/kvm on a host with nested
+/// VMX or SVM, so it runs only where asked (`--ignored`, the CI job with KVM).
+#[test]
+#[ignore = "needs /dev/kvm with nested virtualization; the kvm CI job runs it"]
+fn kvm_boots_with_the_hosts_virtualization() {
+    let mut qemu = Qemu::kernel(&elf(Profile::Release), "exit=1");
+    qemu.accel = taproot_testbed::qemu::Accel::Kvm;
+    let mut console = qemu.spawn().unwrap();
+    let banner = console.wait_for("taproot: ready", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(field(&banner, "cpus"), Some("2"), "{banner}");
+    let virt = field(&banner, "virt").unwrap_or("");
+    let features: Vec<&str> = field(&banner, "features").unwrap_or("").split(',').collect();
+    match virt {
+        "vmx" => assert!(features.contains(&"ept"), "{banner}"),
+        "svm" => assert!(features.contains(&"npt"), "{banner}"),
+        _ => panic!("KVM without nested virtualization: {banner}"),
+    }
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(0));
+}
+
+#[test]
 fn bochs_vmx_iso_boots_two_cpus_with_vmx_and_ept() {
     let iso = paths::scratch_dir("bochs-vmx-iso")
         .unwrap()
