@@ -11,12 +11,15 @@ libos::entry!(main);
 
 /// How long the APs get to answer their first work item.
 const AP_ANSWER_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Several periods of the 100 Hz host timer.
+const TIMER_SETTLE_US: u64 = 50_000;
 
 fn main() -> ! {
     let info = libos::boot_info();
     let line = info.cmdline();
 
     let cpus = 1 + aps_answering();
+    log_timer_ticks();
     let virt = libos::smp::virt_caps(0).unwrap_or_default();
     for cpu in 1..libos::smp::cpu_count() {
         if libos::smp::virt_caps(cpu) != Some(virt) {
@@ -42,6 +45,17 @@ fn main() -> ! {
         sys::exit(0);
     }
     libos::smp::idle()
+}
+
+/// Logs every CPU's local APIC timer interrupts so far, after letting a few ticks pass: a
+/// CPU whose timer does not fire shows 0 (the boot tests check it does not).
+fn log_timer_ticks() {
+    sys::sleep_us(TIMER_SETTLE_US);
+    let mut line = alloc::string::String::from("timer: ticks");
+    for cpu in 0..libos::smp::cpu_count() {
+        line.push_str(&format!(" cpu{cpu}={}", libos::smp::timer_ticks(cpu)));
+    }
+    log::info!("{line}");
 }
 
 /// Gives every AP a work item and counts those that run it: a CPU counts as up only when

@@ -1,9 +1,6 @@
 //! The application's side of the Hermit ABI: safe wrappers over the `hermit-abi`
 //! declarations that libos implements (see `libos::abi`).
-#![allow(
-    unsafe_code,
-    reason = "calls across the Hermit ABI are `unsafe extern` calls"
-)]
+#![allow(unsafe_code, reason = "calls across the Hermit ABI are `unsafe extern` calls")]
 
 /// Writes to the console (file descriptor 1).
 pub fn console_write(bytes: &[u8]) {

@@ -141,11 +141,7 @@ fn subtract(range: PhysRange, holes: &[PhysRange], f: &mut dyn FnMut(PhysRange))
             if hole.end <= range.start || hole.start >= range.end {
                 subtract(range, rest, f);
             } else {
-                subtract(
-                    PhysRange::new(range.start, hole.start.max(range.start)),
-                    rest,
-                    f,
-                );
+                subtract(PhysRange::new(range.start, hole.start.max(range.start)), rest, f);
                 subtract(PhysRange::new(hole.end.min(range.end), range.end), rest, f);
             }
         }
@@ -164,13 +160,7 @@ mod tests {
         info.add_ram(PhysRange::new(0, 0x9_f000));
         info.add_ram(PhysRange::new(0x20_0000, 0x40_0000));
         info.add_ram(PhysRange::new(0x30_0000, 0x50_0000));
-        assert_eq!(
-            info.ram(),
-            &[
-                PhysRange::new(0, 0x9_f000),
-                PhysRange::new(0x10_0000, 0x50_0000)
-            ]
-        );
+        assert_eq!(info.ram(), &[PhysRange::new(0, 0x9_f000), PhysRange::new(0x10_0000, 0x50_0000)]);
         assert_eq!(info.ram_bytes(), 0x9_f000 + 0x40_0000);
     }
 
@@ -186,13 +176,7 @@ mod tests {
         ];
         let mut pieces = Vec::new();
         info.ram_without(&holes, 4096, |r| pieces.push(r));
-        assert_eq!(
-            pieces,
-            [
-                PhysRange::new(0x18_1000, 0x400_0000),
-                PhysRange::new(0x500_0000, 0x800_0000)
-            ]
-        );
+        assert_eq!(pieces, [PhysRange::new(0x18_1000, 0x400_0000), PhysRange::new(0x500_0000, 0x800_0000)]);
     }
 
     #[test]

@@ -3,16 +3,12 @@
 
 /// Iterates over the `(key, value)` words of a command line.
 pub fn words(line: &str) -> impl Iterator<Item = (&str, &str)> {
-    line.split_ascii_whitespace()
-        .map(|word| word.split_once('=').unwrap_or((word, "")))
+    line.split_ascii_whitespace().map(|word| word.split_once('=').unwrap_or((word, "")))
 }
 
 /// The value of the last `key=...` word, if any (later words override earlier ones).
 pub fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    words(line)
-        .filter(|(k, _)| *k == key)
-        .map(|(_, v)| v)
-        .last()
+    words(line).filter(|(k, _)| *k == key).map(|(_, v)| v).last()
 }
 
 /// Whether `key` is set to a true value (`1`, `true`, `yes`, `on`, or a bare `key`).

@@ -21,10 +21,7 @@ static S5_STATE: Once<Option<S5>> = Once::new();
 
 pub(crate) fn init(pm1a_control_port: Option<u16>, sleep_type: Option<u16>) {
     S5_STATE.call_once(|| {
-        pm1a_control_port.map(|port| S5 {
-            pm1a_control_port: port,
-            sleep_type: sleep_type.unwrap_or(0),
-        })
+        pm1a_control_port.map(|port| S5 { pm1a_control_port: port, sleep_type: sleep_type.unwrap_or(0) })
     });
 }
 
@@ -38,9 +35,7 @@ pub fn exit(status: i32) -> ! {
     if let Some(Some(s5)) = S5_STATE.get() {
         // SAFETY: the FADT names this port as PM1a_CNT; writing SLP_EN with the \_S5
         // sleep type is the architected way to enter soft-off.
-        unsafe {
-            Port::<u16>::new(s5.pm1a_control_port).write((s5.sleep_type << SLP_TYP_SHIFT) | SLP_EN)
-        };
+        unsafe { Port::<u16>::new(s5.pm1a_control_port).write((s5.sleep_type << SLP_TYP_SHIFT) | SLP_EN) };
     }
     serial::write_bytes_unlocked(b"taproot: power-off did not take effect; halting\n");
     halt_forever()

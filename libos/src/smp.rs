@@ -56,9 +56,7 @@ impl fmt::Display for RunOnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunOnError::Offline(i) => write!(f, "cpu {i} is not online"),
-            RunOnError::BootCpu => {
-                f.write_str("cpu 0 runs the application and takes no queued work")
-            }
+            RunOnError::BootCpu => f.write_str("cpu 0 runs the application and takes no queued work"),
         }
     }
 }
@@ -91,10 +89,7 @@ pub(crate) fn start_aps(apic_ids: &[u32]) {
             break;
         };
         let stack_top = stack + (AP_STACK_FRAMES as u64) * frame::FRAME_SIZE;
-        percpu::cpu(next)
-            .expect("index below MAX_CPUS")
-            .apic_id
-            .store(apic_id, Ordering::Relaxed);
+        percpu::cpu(next).expect("index below MAX_CPUS").apic_id.store(apic_id, Ordering::Relaxed);
         AP_STARTED.store(false, Ordering::Release);
         trampoline::install(paging::kernel_pml4(), stack_top, ap_main, next as u64);
         let page = (trampoline::TRAMPOLINE_PHYS / 4096) as u8;
@@ -132,10 +127,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     let me = percpu::current();
     let virt = *me.virt.call_once(cpu::detect_virt);
     me.online.store(true, Ordering::Release);
-    log::debug!(
-        "smp: cpu {index} (APIC ID {apic_id}) up, virt={}",
-        virt.kind()
-    );
+    log::debug!("smp: cpu {index} (APIC ID {apic_id}) up, virt={}", virt.kind());
     AP_STARTED.store(true, Ordering::Release);
     idle_loop(me)
 }

@@ -91,11 +91,7 @@ impl fmt::Display for Features<'_> {
                 put(f, v.unrestricted_guest, format_args!("unrestricted-guest"))?;
                 put(f, v.preemption_timer, format_args!("preemption-timer"))?;
                 put(f, v.true_controls, format_args!("true-controls"))?;
-                put(
-                    f,
-                    v.disabled_by_firmware,
-                    format_args!("disabled-by-firmware"),
-                )?;
+                put(f, v.disabled_by_firmware, format_args!("disabled-by-firmware"))?;
             }
             VirtCaps::Svm(s) => {
                 put(f, s.npt, format_args!("npt"))?;
@@ -107,11 +103,7 @@ impl fmt::Display for Features<'_> {
                 put(f, s.tsc_scaling, format_args!("tsc-scaling"))?;
                 put(f, s.pause_filter, format_args!("pause-filter"))?;
                 put(f, true, format_args!("asids={}", s.asids))?;
-                put(
-                    f,
-                    s.disabled_by_firmware,
-                    format_args!("disabled-by-firmware"),
-                )?;
+                put(f, s.disabled_by_firmware, format_args!("disabled-by-firmware"))?;
             }
             VirtCaps::None => {}
         }
@@ -137,20 +129,12 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(caps.kind(), "vmx");
-        assert_eq!(
-            caps.features().to_string(),
-            "ept,ept-2m,vpid,unrestricted-guest"
-        );
+        assert_eq!(caps.features().to_string(), "ept,ept-2m,vpid,unrestricted-guest");
     }
 
     #[test]
     fn svm_features_always_name_the_asid_count() {
-        let caps = VirtCaps::Svm(SvmCaps {
-            npt: true,
-            vgif: true,
-            asids: 16,
-            ..Default::default()
-        });
+        let caps = VirtCaps::Svm(SvmCaps { npt: true, vgif: true, asids: 16, ..Default::default() });
         assert_eq!(caps.features().to_string(), "npt,vgif,asids=16");
     }
 

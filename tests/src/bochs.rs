@@ -70,14 +70,10 @@ impl Bochs {
         std::fs::write(&rc, self.config(&serial, &dir.join("bochs.log")))
             .map_err(|e| ConsoleError::Io(e.to_string()))?;
         std::fs::write(&commands, "c\n").map_err(|e| ConsoleError::Io(e.to_string()))?;
-        let screen = std::fs::File::create(dir.join("screen.txt"))
-            .map_err(|e| ConsoleError::Io(e.to_string()))?;
-        let inner = format!(
-            "{} -q -f {} -rc {}",
-            crate::tools::BOCHS.program,
-            rc.display(),
-            commands.display()
-        );
+        let screen =
+            std::fs::File::create(dir.join("screen.txt")).map_err(|e| ConsoleError::Io(e.to_string()))?;
+        let inner =
+            format!("{} -q -f {} -rc {}", crate::tools::BOCHS.program, rc.display(), commands.display());
         let child = Command::new(crate::tools::SCRIPT.program)
             .args(["-q", "-e", "-c", &inner, "/dev/null"])
             .current_dir(&dir)
@@ -89,14 +85,6 @@ impl Bochs {
             .process_group(0)
             .spawn()
             .map_err(|e| ConsoleError::Io(format!("cannot start bochs under script: {e}")))?;
-        Ok(Console::new(
-            child,
-            Source::File {
-                path: serial,
-                offset: 0,
-                partial: String::new(),
-            },
-            true,
-        ))
+        Ok(Console::new(child, Source::File { path: serial, offset: 0, partial: String::new() }, true))
     }
 }

@@ -12,17 +12,9 @@ const FAILURE_MARKERS: &[&str] = &["taproot: PANIC", "taproot: exception"];
 #[derive(Debug)]
 pub enum ConsoleError {
     /// The pattern did not appear in time.
-    Timeout {
-        pattern: String,
-        waited: Duration,
-        transcript: String,
-    },
+    Timeout { pattern: String, waited: Duration, transcript: String },
     /// The emulator ended first.
-    Exited {
-        pattern: String,
-        status: Option<ExitStatus>,
-        transcript: String,
-    },
+    Exited { pattern: String, status: Option<ExitStatus>, transcript: String },
     /// The image reported a panic or exception.
     Failed { line: String, transcript: String },
     /// The emulator could not be started or read.
@@ -32,21 +24,10 @@ pub enum ConsoleError {
 impl fmt::Display for ConsoleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConsoleError::Timeout {
-                pattern,
-                waited,
-                transcript,
-            } => {
-                write!(
-                    f,
-                    "no line containing {pattern:?} within {waited:?}; console so far:\n{transcript}"
-                )
+            ConsoleError::Timeout { pattern, waited, transcript } => {
+                write!(f, "no line containing {pattern:?} within {waited:?}; console so far:\n{transcript}")
             }
-            ConsoleError::Exited {
-                pattern,
-                status,
-                transcript,
-            } => write!(
+            ConsoleError::Exited { pattern, status, transcript } => write!(
                 f,
                 "emulator ended ({status:?}) before a line containing {pattern:?}; console:\n{transcript}"
             ),
@@ -65,11 +46,7 @@ pub(crate) enum Source {
     /// Complete lines from a reader thread.
     Lines(Receiver<String>),
     /// A file the emulator appends to; `offset` bytes consumed, `partial` an unfinished line.
-    File {
-        path: std::path::PathBuf,
-        offset: u64,
-        partial: String,
-    },
+    File { path: std::path::PathBuf, offset: u64, partial: String },
 }
 
 /// The console of one emulator run. Dropping it stops the emulator.
@@ -109,9 +86,7 @@ impl Console {
     /// exception report (unless that is what `pattern` asks for) and when the emulator ends.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String, ConsoleError> {
         let deadline = Instant::now() + timeout;
-        let watch_failures = !FAILURE_MARKERS
-            .iter()
-            .any(|m| pattern.contains(m) || m.contains(pattern));
+        let watch_failures = !FAILURE_MARKERS.iter().any(|m| pattern.contains(m) || m.contains(pattern));
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -133,10 +108,7 @@ impl Console {
                             self.next_line(until.saturating_duration_since(Instant::now()))
                         {
                         }
-                        return Err(ConsoleError::Failed {
-                            line,
-                            transcript: self.transcript.clone(),
-                        });
+                        return Err(ConsoleError::Failed { line, transcript: self.transcript.clone() });
                     }
                 }
                 None => {
@@ -192,27 +164,19 @@ impl Console {
             Source::Lines(rx) => match rx.recv_timeout(wait.min(Duration::from_millis(200))) {
                 Ok(line) => Some(line),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    if matches!(
-                        rx.try_recv(),
-                        Err(std::sync::mpsc::TryRecvError::Disconnected)
-                    ) {
+                    if matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected)) {
                         // The reader ended: stdout closed, the emulator is going away.
                         std::thread::sleep(wait.min(Duration::from_millis(50)));
                     }
                     None
                 }
             },
-            Source::File {
-                path,
-                offset,
-                partial,
-            } => {
+            Source::File { path, offset, partial } => {
                 if let Some(pos) = partial.find('\n') {
                     let line: String = partial.drain(..=pos).collect();
                     Some(line)
                 } else {
-                    let bytes =
-                        read_from(path, *offset).map_err(|e| ConsoleError::Io(e.to_string()))?;
+                    let bytes = read_from(path, *offset).map_err(|e| ConsoleError::Io(e.to_string()))?;
                     if bytes.is_empty() {
                         std::thread::sleep(wait.min(Duration::from_millis(100)));
                         None
@@ -287,8 +251,7 @@ fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
 
 /// Parses `key=value` words out of a console line (the banner, `vm ... exited` lines).
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[cfg(test)]

@@ -35,12 +35,7 @@ pub fn make(elf: &Path, cmdline: &str, iso: &Path) -> Result<(), String> {
 /// console carries only Taproot's lines.
 pub fn grub_cfg(cmdline: &str) -> String {
     // GRUB script metacharacters would let a command line escape the menu entry.
-    let cmdline = cmdline.replace(
-        [
-            '"', '\'', '\n', '\r', '\\', '$', ';', '{', '}', '#', '|', '&',
-        ],
-        " ",
-    );
+    let cmdline = cmdline.replace(['"', '\'', '\n', '\r', '\\', '$', ';', '{', '}', '#', '|', '&'], " ");
     format!(
         "set timeout=0\nset default=0\n\nmenuentry \"Taproot\" {{\n    multiboot2 /boot/taproot.elf {cmdline}\n    boot\n}}\n"
     )
@@ -51,11 +46,7 @@ mod tests {
     #[test]
     fn command_line_cannot_break_out_of_the_menu_entry() {
         let cfg = super::grub_cfg("exit=1\n}\nmenuentry evil { $x; }");
-        assert_eq!(
-            cfg.matches('{').count(),
-            1,
-            "only the entry's own braces remain"
-        );
+        assert_eq!(cfg.matches('{').count(), 1, "only the entry's own braces remain");
         assert_eq!(cfg.matches('}').count(), 1);
         assert!(!cfg.contains('$'));
         assert!(!cfg.contains(';'));

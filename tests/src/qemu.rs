@@ -17,11 +17,7 @@ pub enum Accel {
 impl Accel {
     /// KVM when `/dev/kvm` can be opened for reading and writing, TCG otherwise.
     pub fn detect() -> Accel {
-        let usable = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
+        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
         if usable { Accel::Kvm } else { Accel::Tcg }
     }
 
@@ -71,10 +67,7 @@ impl Qemu {
     /// TCG, 2 CPUs, 512 MiB, booting `elf` through PVH with `cmdline`.
     pub fn kernel(elf: &Path, cmdline: &str) -> Self {
         Self {
-            boot: Boot::Kernel {
-                elf: elf.to_path_buf(),
-                cmdline: cmdline.to_string(),
-            },
+            boot: Boot::Kernel { elf: elf.to_path_buf(), cmdline: cmdline.to_string() },
             accel: Accel::Tcg,
             cpus: 2,
             memory_mib: 512,
@@ -93,22 +86,15 @@ impl Qemu {
 
     /// TCG, 2 CPUs, 512 MiB, booting a GRUB ISO.
     pub fn cdrom(iso: &Path) -> Self {
-        Self {
-            boot: Boot::Cdrom(iso.to_path_buf()),
-            ..Self::kernel(Path::new(""), "")
-        }
+        Self { boot: Boot::Cdrom(iso.to_path_buf()), ..Self::kernel(Path::new(""), "") }
     }
 
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
         let mut push = |a: &str| args.push(a.to_string());
         match self.accel {
-            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"]
-                .iter()
-                .for_each(|a| push(a)),
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"]
-                .iter()
-                .for_each(|a| push(a)),
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"].iter().for_each(|a| push(a)),
+            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"].iter().for_each(|a| push(a)),
         }
         if self.icount {
             push("-icount");
@@ -118,14 +104,7 @@ impl Qemu {
         push(&self.cpus.to_string());
         push("-m");
         push(&self.memory_mib.to_string());
-        for a in [
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-device",
-            DEBUG_EXIT_DEVICE,
-        ] {
+        for a in ["-nodefaults", "-display", "none", "-no-reboot", "-device", DEBUG_EXIT_DEVICE] {
             push(a);
         }
         match &self.boot {
@@ -161,9 +140,7 @@ impl Qemu {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| {
-                ConsoleError::Io(format!("cannot start {}: {e}", crate::tools::QEMU.program))
-            })?;
+            .map_err(|e| ConsoleError::Io(format!("cannot start {}: {e}", crate::tools::QEMU.program)))?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -177,10 +154,7 @@ impl Qemu {
                 for &b in &buf[..n] {
                     line.push(b);
                     if b == b'\n' {
-                        if tx
-                            .send(String::from_utf8_lossy(&line).into_owned())
-                            .is_err()
-                        {
+                        if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
                             return;
                         }
                         line.clear();
@@ -196,9 +170,6 @@ impl Qemu {
 
     /// Runs QEMU in the foreground with the console on this terminal (Ctrl-A X quits).
     pub fn run_interactive(&self) -> std::io::Result<ExitStatus> {
-        Command::new(crate::tools::QEMU.program)
-            .args(self.args())
-            .args(["-serial", "mon:stdio"])
-            .status()
+        Command::new(crate::tools::QEMU.program).args(self.args()).args(["-serial", "mon:stdio"]).status()
     }
 }

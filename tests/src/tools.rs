@@ -10,28 +10,13 @@ pub struct Tool {
     pub packages: &'static [&'static str],
 }
 
-pub const QEMU: Tool = Tool {
-    program: "qemu-system-x86_64",
-    packages: &["qemu-system-x86"],
-};
-pub const BOCHS: Tool = Tool {
-    program: "bochs",
-    packages: &["bochs", "bochsbios", "vgabios", "bochs-term"],
-};
+pub const QEMU: Tool = Tool { program: "qemu-system-x86_64", packages: &["qemu-system-x86"] };
+pub const BOCHS: Tool = Tool { program: "bochs", packages: &["bochs", "bochsbios", "vgabios", "bochs-term"] };
 pub const GRUB_MKRESCUE: Tool = Tool {
     program: "grub-mkrescue",
-    packages: &[
-        "grub-common",
-        "grub-pc-bin",
-        "grub-efi-amd64-bin",
-        "xorriso",
-        "mtools",
-    ],
+    packages: &["grub-common", "grub-pc-bin", "grub-efi-amd64-bin", "xorriso", "mtools"],
 };
-pub const SCRIPT: Tool = Tool {
-    program: "script",
-    packages: &["bsdutils"],
-};
+pub const SCRIPT: Tool = Tool { program: "script", packages: &["bsdutils"] };
 
 /// Files some packages provide that their program's presence does not prove.
 pub const BOCHS_BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
@@ -43,10 +28,8 @@ pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 /// Every tool any testbed uses, with the packages for the files above.
 pub fn all_packages() -> Vec<&'static str> {
-    let mut packages: Vec<&str> = [QEMU, BOCHS, GRUB_MKRESCUE, SCRIPT]
-        .iter()
-        .flat_map(|t| t.packages.iter().copied())
-        .collect();
+    let mut packages: Vec<&str> =
+        [QEMU, BOCHS, GRUB_MKRESCUE, SCRIPT].iter().flat_map(|t| t.packages.iter().copied()).collect();
     packages.push("ovmf");
     packages.sort_unstable();
     packages.dedup();

@@ -20,36 +20,31 @@ fn elf(profile: Profile) -> std::path::PathBuf {
 /// Boots `profile` under QEMU TCG with 2 CPUs through PVH and checks the banner.
 fn qemu_banner_shows_two_cpus_and_svm(profile: Profile) {
     let mut console = Qemu::kernel(&elf(profile), "exit=1").spawn().unwrap();
-    let banner = console
-        .wait_for("taproot: ready", QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let banner = console.wait_for("taproot: ready", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(field(&banner, "cpus"), Some("2"), "{banner}");
     assert_eq!(field(&banner, "virt"), Some("svm"), "{banner}");
-    let features: Vec<&str> = field(&banner, "features")
-        .unwrap_or("")
-        .split(',')
-        .collect();
+    let features: Vec<&str> = field(&banner, "features").unwrap_or("").split(',').collect();
     assert!(features.contains(&"npt"), "{banner}");
-    let mem: u64 = field(&banner, "mem")
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        (400..=512).contains(&mem),
-        "512 MiB machine reports mem={mem}: {banner}"
-    );
-    let status = console
-        .wait_exit(QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        guest_status(status),
-        Some(0),
-        "exit=1 powers off with status 0 ({status})"
-    );
-    assert!(
-        console.transcript().contains("booting via pvh"),
-        "{}",
-        console.transcript()
-    );
+    let mem: u64 = field(&banner, "mem").and_then(|m| m.parse().ok()).unwrap_or(0);
+    assert!((400..=512).contains(&mem), "512 MiB machine reports mem={mem}: {banner}");
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(0), "exit=1 powers off with status 0 ({status})");
+    assert!(console.transcript().contains("booting via pvh"), "{}", console.transcript());
+    assert_timer_ticks_on_every_cpu(console.transcript(), 2);
+}
+
+/// The APIC timer of every CPU fired while the image waited before its banner.
+fn assert_timer_ticks_on_every_cpu(transcript: &str, cpus: usize) {
+    let line = transcript
+        .lines()
+        .find(|l| l.contains("timer: ticks"))
+        .unwrap_or_else(|| panic!("no timer line:\n{transcript}"));
+    for cpu in 0..cpus {
+        let ticks: u64 = field(line, &format!("cpu{cpu}"))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no ticks for cpu{cpu}: {line}"));
+        assert!(ticks > 0, "cpu{cpu}'s APIC timer never fired: {line}");
+    }
 }
 
 #[test]
@@ -64,32 +59,15 @@ fn qemu_tcg_release_image_boots_two_cpus_with_svm_and_npt() {
 
 #[test]
 fn qemu_tcg_page_fault_is_diagnosed_with_vector_and_cr2() {
-    let mut console = Qemu::kernel(&elf(Profile::Debug), "exit=1 fault=pagefault")
-        .spawn()
-        .unwrap();
-    console
-        .wait_for("taproot: ready", QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let report = console
-        .wait_for("taproot: exception", QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.contains("#PF page fault (vector 14) on cpu 0"),
-        "{report}"
-    );
+    let mut console = Qemu::kernel(&elf(Profile::Debug), "exit=1 fault=pagefault").spawn().unwrap();
+    console.wait_for("taproot: ready", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let report = console.wait_for("taproot: exception", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("#PF page fault (vector 14) on cpu 0"), "{report}");
     assert!(report.contains("cr2=0x4000dead0000"), "{report}");
     assert!(report.contains("rip=0x"), "{report}");
-    console
-        .wait_for("taproot: cpu 0 stopped", QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let status = console
-        .wait_exit(QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        guest_status(status),
-        Some(3),
-        "an exception under exit=1 powers off with status 3"
-    );
+    console.wait_for("taproot: cpu 0 stopped", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(3), "an exception under exit=1 powers off with status 3");
 }
 
 #[test]
@@ -97,23 +75,13 @@ fn qemu_tcg_boots_the_iso_through_grub_and_multiboot2() {
     let iso = paths::scratch_dir("qemu-iso").unwrap().join("taproot.iso");
     taproot_testbed::iso::make(&elf(Profile::Debug), "exit=1 log=debug", &iso).unwrap();
     let mut console = Qemu::cdrom(&iso).spawn().unwrap();
-    let banner = console
-        .wait_for("taproot: ready", QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let banner = console.wait_for("taproot: ready", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(field(&banner, "cpus"), Some("2"), "{banner}");
     assert_eq!(field(&banner, "virt"), Some("svm"), "{banner}");
     let transcript = console.transcript();
-    assert!(
-        transcript.contains("booting via multiboot2"),
-        "{transcript}"
-    );
-    assert!(
-        transcript.contains("command line \"exit=1 log=debug\""),
-        "{transcript}"
-    );
-    let status = console
-        .wait_exit(QEMU_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(transcript.contains("booting via multiboot2"), "{transcript}");
+    assert!(transcript.contains("command line \"exit=1 log=debug\""), "{transcript}");
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(guest_status(status), Some(0));
 }
 
@@ -152,26 +120,18 @@ fn kvm_boots_with_the_hosts_virtualization() {
 
 #[test]
 fn bochs_vmx_iso_boots_two_cpus_with_vmx_and_ept() {
-    let iso = paths::scratch_dir("bochs-vmx-iso")
-        .unwrap()
-        .join("taproot.iso");
+    let iso = paths::scratch_dir("bochs-vmx-iso").unwrap().join("taproot.iso");
     taproot_testbed::iso::make(&elf(Profile::Release), "exit=1", &iso).unwrap();
     let mut console = Bochs::new(&iso).spawn("bochs-vmx").unwrap();
-    let banner = console
-        .wait_for("taproot: ready", BOCHS_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let banner = console.wait_for("taproot: ready", BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(field(&banner, "cpus"), Some("2"), "{banner}");
     assert_eq!(field(&banner, "virt"), Some("vmx"), "{banner}");
-    let features: Vec<&str> = field(&banner, "features")
-        .unwrap_or("")
-        .split(',')
-        .collect();
+    let features: Vec<&str> = field(&banner, "features").unwrap_or("").split(',').collect();
     for wanted in ["ept", "vpid", "unrestricted-guest"] {
         assert!(features.contains(&wanted), "missing {wanted}: {banner}");
     }
     assert!(console.transcript().contains("booting via multiboot2"));
+    assert_timer_ticks_on_every_cpu(console.transcript(), 2);
     // No exit device in Bochs: the image powers off through ACPI S5, which ends Bochs.
-    console
-        .wait_exit(BOCHS_TIMEOUT)
-        .unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
+    console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
 }

@@ -40,10 +40,7 @@ impl Report {
             md.push('\n');
         }
         std::fs::write(dir.join("report.md"), md).map_err(|e| e.to_string())?;
-        eprintln!(
-            "bench: wrote {} and report.md",
-            dir.join("report.json").display()
-        );
+        eprintln!("bench: wrote {} and report.md", dir.join("report.json").display());
         Ok(())
     }
 }
@@ -97,16 +94,10 @@ fn boot(report: &mut Report) -> Result<(), String> {
         .ok_or("cannot read the image's program headers")?;
     report.add("boot.image_file_bytes", bytes as f64);
     report.add("boot.image_loaded_bytes", loaded as f64);
-    report.line(format!(
-        "image: {bytes} bytes on disk (with symbols), {loaded} bytes loaded"
-    ));
+    report.line(format!("image: {bytes} bytes on disk (with symbols), {loaded} bytes loaded"));
 
-    let mut console = Qemu::kernel(&elf, "exit=1")
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    console
-        .wait_for("taproot: ready", BOOT_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let mut console = Qemu::kernel(&elf, "exit=1").spawn().map_err(|e| e.to_string())?;
+    console.wait_for("taproot: ready", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let tcg_ms = console.elapsed().as_secs_f64() * 1000.0;
     drop(console);
     report.add("boot.qemu_tcg_wall_ms", tcg_ms);
@@ -114,9 +105,7 @@ fn boot(report: &mut Report) -> Result<(), String> {
     let mut qemu = Qemu::kernel(&elf, "exit=1");
     qemu.icount = true;
     let mut console = qemu.spawn().map_err(|e| e.to_string())?;
-    let tsc_line = console
-        .wait_for("boot: banner at tsc=", BOOT_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let tsc_line = console.wait_for("boot: banner at tsc=", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let icount = tsc_of(&tsc_line)?;
     drop(console);
     report.add("boot.qemu_icount_instructions", icount);
@@ -126,12 +115,8 @@ fn boot(report: &mut Report) -> Result<(), String> {
 
     let iso = paths::workspace_root().join("target/testbed/bench-boot.iso");
     taproot_testbed::iso::make(&elf, "exit=1", &iso)?;
-    let mut console = Bochs::new(&iso)
-        .spawn("bench-bochs")
-        .map_err(|e| e.to_string())?;
-    let tsc_line = console
-        .wait_for("boot: banner at tsc=", BOOT_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let mut console = Bochs::new(&iso).spawn("bench-bochs").map_err(|e| e.to_string())?;
+    let tsc_line = console.wait_for("boot: banner at tsc=", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let bochs_ms = console.elapsed().as_secs_f64() * 1000.0;
     let ticks = tsc_of(&tsc_line)?;
     drop(console);
@@ -144,9 +129,7 @@ fn boot(report: &mut Report) -> Result<(), String> {
 }
 
 fn tsc_of(line: &str) -> Result<f64, String> {
-    field(line, "tsc")
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| format!("no tsc= in {line:?}"))
+    field(line, "tsc").and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| format!("no tsc= in {line:?}"))
 }
 
 /// Sum of the memory sizes of an ELF64's PT_LOAD segments.

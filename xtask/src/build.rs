@@ -14,27 +14,14 @@ pub struct Built {
 /// Compiles the ELF of `profile` (no ISO).
 pub fn elf(profile: Profile) -> Result<PathBuf, String> {
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--package",
-        "hypervisor",
-        "--bin",
-        "taproot",
-        "--target",
-        TARGET,
-    ]);
+    cmd.args(["build", "--package", "hypervisor", "--bin", "taproot", "--target", TARGET]);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
     run_cmd(&mut cmd)?;
-    let built = paths::workspace_root()
-        .join("target")
-        .join(TARGET)
-        .join(profile.name())
-        .join("taproot");
+    let built = paths::workspace_root().join("target").join(TARGET).join(profile.name()).join("taproot");
     let out = paths::elf(profile);
-    std::fs::create_dir_all(out.parent().expect("elf path has a parent"))
-        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out.parent().expect("elf path has a parent")).map_err(|e| e.to_string())?;
     std::fs::copy(&built, &out).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
     Ok(out)
 }
@@ -46,11 +33,7 @@ pub fn image(profile: Profile, cmdline: &str) -> Result<Built, String> {
     taproot_testbed::iso::make(&elf, cmdline, &iso)?;
     let dir = paths::image_dir();
     for (from, name) in [(&elf, "taproot.elf"), (&iso, "taproot.iso")] {
-        std::fs::copy(from, dir.join(name))
-            .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+        std::fs::copy(from, dir.join(name)).map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
     }
-    Ok(Built {
-        elf: dir.join("taproot.elf"),
-        iso: dir.join("taproot.iso"),
-    })
+    Ok(Built { elf: dir.join("taproot.elf"), iso: dir.join("taproot.iso") })
 }

@@ -14,10 +14,7 @@ use std::process::ExitCode;
 use taproot_testbed::paths::Profile;
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Build, boot, test and benchmark Taproot"
-)]
+#[command(name = "cargo xtask", about = "Build, boot, test and benchmark Taproot")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -71,33 +68,19 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Build { release, cmdline } => setup::ensure_target()
-            .and_then(|()| setup::ensure_packages(setup::Need::Iso))
-            .and_then(|()| {
+        Cmd::Build { release, cmdline } => {
+            setup::ensure_target().and_then(|()| setup::ensure_packages(setup::Need::Iso)).and_then(|()| {
                 build::image(profile(release), &cmdline).map(|out| {
                     println!("built {} and {}", out.elf.display(), out.iso.display());
                 })
-            }),
-        Cmd::Run {
-            release,
-            accel,
-            bochs,
-            cpus,
-            mem,
-            cmdline,
-        } => run::run(run::Options {
-            profile: profile(release),
-            accel,
-            bochs,
-            cpus,
-            memory_mib: mem,
-            cmdline,
-        }),
+            })
+        }
+        Cmd::Run { release, accel, bochs, cpus, mem, cmdline } => {
+            run::run(run::Options { profile: profile(release), accel, bochs, cpus, memory_mib: mem, cmdline })
+        }
         Cmd::Test { full, host_only } => test::run(test::Options { full, host_only }),
         Cmd::Bench => bench::run(),
-        Cmd::Setup => {
-            setup::ensure_target().and_then(|()| setup::ensure_packages(setup::Need::All))
-        }
+        Cmd::Setup => setup::ensure_target().and_then(|()| setup::ensure_packages(setup::Need::All)),
         Cmd::Lint => setup::ensure_target().and_then(|()| test::lint()),
     };
     match result {
@@ -110,24 +93,14 @@ fn main() -> ExitCode {
 }
 
 fn profile(release: bool) -> Profile {
-    if release {
-        Profile::Release
-    } else {
-        Profile::Debug
-    }
+    if release { Profile::Release } else { Profile::Debug }
 }
 
 /// Runs a command, echoing it; an error names the command and its status.
 pub fn run_cmd(cmd: &mut std::process::Command) -> Result<(), String> {
     eprintln!("xtask: running {}", display(cmd));
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", display(cmd)))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} failed ({status})", display(cmd)))
-    }
+    let status = cmd.status().map_err(|e| format!("cannot run {}: {e}", display(cmd)))?;
+    if status.success() { Ok(()) } else { Err(format!("{} failed ({status})", display(cmd))) }
 }
 
 pub fn display(cmd: &std::process::Command) -> String {
@@ -141,8 +114,7 @@ pub fn display(cmd: &std::process::Command) -> String {
 
 /// `cargo`, as the one running xtask.
 pub fn cargo() -> std::process::Command {
-    let mut cmd =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(taproot_testbed::paths::workspace_root());
     cmd
 }

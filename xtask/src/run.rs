@@ -22,11 +22,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         let mut bochs = Bochs::new(&built.iso);
         bochs.cpus = opts.cpus;
         bochs.memory_mib = opts.memory_mib;
-        eprintln!(
-            "xtask: booting {} in Bochs ({}); Ctrl-C ends it",
-            built.iso.display(),
-            bochs.cpu_model
-        );
+        eprintln!("xtask: booting {} in Bochs ({}); Ctrl-C ends it", built.iso.display(), bochs.cpu_model);
         let mut console = bochs.spawn("run-bochs").map_err(|e| e.to_string())?;
         console.follow(|line| println!("{line}"));
         return Ok(());
@@ -37,9 +33,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         "kvm" => Accel::Kvm,
         "tcg" => Accel::Tcg,
         other => {
-            return Err(format!(
-                "unknown accelerator {other:?}: use kvm, tcg or auto"
-            ));
+            return Err(format!("unknown accelerator {other:?}: use kvm, tcg or auto"));
         }
     };
     let elf = build::elf(opts.profile)?;
@@ -54,9 +48,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         opts.cpus,
         opts.memory_mib
     );
-    let status = qemu
-        .run_interactive()
-        .map_err(|e| format!("cannot run QEMU: {e}"))?;
+    let status = qemu.run_interactive().map_err(|e| format!("cannot run QEMU: {e}"))?;
     match taproot_testbed::qemu::guest_status(status) {
         Some(0) => Ok(()),
         Some(code) => Err(format!("the image exited with status {code}")),

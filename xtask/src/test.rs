@@ -17,33 +17,14 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     // Host: unit tests of every crate, the MMU's property and stress tests (release: the
     // stress and million-cycle tests are long in debug builds).
-    run_cmd(cargo().args([
-        "test",
-        "--workspace",
-        "--release",
-        "--exclude",
-        "taproot-testbed",
-    ]))?;
+    run_cmd(cargo().args(["test", "--workspace", "--release", "--exclude", "taproot-testbed"]))?;
     run_cmd(cargo().args(["test", "--package", "taproot-testbed", "--lib"]))?;
-    if paths::workspace_root()
-        .join("hypervisor/tests/loom.rs")
-        .is_file()
-    {
+    if paths::workspace_root().join("hypervisor/tests/loom.rs").is_file() {
         run_cmd(
             cargo()
-                .args([
-                    "test",
-                    "--package",
-                    "hypervisor",
-                    "--release",
-                    "--test",
-                    "loom",
-                ])
+                .args(["test", "--package", "hypervisor", "--release", "--test", "loom"])
                 .env("RUSTFLAGS", "--cfg loom")
-                .env(
-                    "CARGO_TARGET_DIR",
-                    paths::workspace_root().join("target/loom"),
-                ),
+                .env("CARGO_TARGET_DIR", paths::workspace_root().join("target/loom")),
         )?;
     }
     if opts.host_only {

@@ -20,10 +20,7 @@ pub fn init() {
     // nothing else in the image drives those ports; `CONSOLE` serialises all access.
     let uart = unsafe { Uart16550::new_port(COM1_PORT) };
     let Ok(mut uart) = uart else { return };
-    let config = Config {
-        check_cts_before_sending: false,
-        ..Config::default()
-    };
+    let config = Config { check_cts_before_sending: false, ..Config::default() };
     if uart.init(config).is_ok() {
         *CONSOLE.lock() = Some(uart);
     }

@@ -23,10 +23,7 @@ pub fn init(info: &BootInfo, holes: &[PhysRange]) -> PhysRange {
     // SAFETY: `range` is usable RAM (from the loader's map) that overlaps neither the
     // image, nor low memory, nor anything else handed out: the frame allocator is built
     // after this with `range` as a hole. It is identity mapped by the boot page tables.
-    let claimed = unsafe {
-        HEAP.lock()
-            .claim(crate::mm::phys_to_virt(range.start), range.len() as usize)
-    };
+    let claimed = unsafe { HEAP.lock().claim(crate::mm::phys_to_virt(range.start), range.len() as usize) };
     if claimed.is_none() {
         panic!("heap: could not claim {:#x}..{:#x}", range.start, range.end);
     }

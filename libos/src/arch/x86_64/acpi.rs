@@ -2,9 +2,7 @@
 //! block and the `\_S5` sleep type from the DSDT).
 
 use crate::mm::phys_to_virt;
-use acpi::{
-    AcpiHandler, AcpiTables, PhysicalMapping, address::AddressSpace, fadt::Fadt, madt::Madt,
-};
+use acpi::{AcpiHandler, AcpiTables, PhysicalMapping, address::AddressSpace, fadt::Fadt, madt::Madt};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
@@ -14,8 +12,7 @@ struct IdentityMapped;
 
 impl AcpiHandler for IdentityMapped {
     unsafe fn map_physical_region<T>(&self, phys: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let virt =
-            NonNull::new(phys_to_virt(phys as u64) as *mut T).expect("ACPI table at address 0");
+        let virt = NonNull::new(phys_to_virt(phys as u64) as *mut T).expect("ACPI table at address 0");
         // SAFETY: the boot page tables identity-map the first 4 GiB, where firmware puts
         // its tables, and the direct map covers RAM above; the crate reads only within
         // `size` bytes.
@@ -67,9 +64,7 @@ pub fn discover(rsdp: Option<u64>) -> Option<Platform> {
                 acpi::madt::MadtEntry::LocalX2Apic(e) => ({ e.x2apic_id }, { e.flags }),
                 _ => continue,
             };
-            if flags & (MADT_CPU_ENABLED | MADT_CPU_ONLINE_CAPABLE) != 0
-                && !platform.apic_ids.contains(&id)
-            {
+            if flags & (MADT_CPU_ENABLED | MADT_CPU_ONLINE_CAPABLE) != 0 && !platform.apic_ids.contains(&id) {
                 platform.apic_ids.push(id);
             }
         }
@@ -83,9 +78,8 @@ pub fn discover(rsdp: Option<u64>) -> Option<Platform> {
     if let Ok(dsdt) = tables.dsdt() {
         // SAFETY: the DSDT's AML stream, as located by the crate from the FADT, is
         // firmware memory that stays mapped and unchanged.
-        let aml = unsafe {
-            core::slice::from_raw_parts(phys_to_virt(dsdt.address as u64), dsdt.length as usize)
-        };
+        let aml =
+            unsafe { core::slice::from_raw_parts(phys_to_virt(dsdt.address as u64), dsdt.length as usize) };
         platform.s5_sleep_type = s5_sleep_type(aml);
     }
     Some(platform)

@@ -92,18 +92,12 @@ pub fn send_init(apic_id: u32) {
 
 /// Start-up IPI: the AP starts in real mode at `page * 4096`.
 pub fn send_startup(apic_id: u32, page: u8) {
-    send_icr(
-        apic_id,
-        ICR_DELIVERY_STARTUP | ICR_LEVEL_ASSERT | page as u32,
-    );
+    send_icr(apic_id, ICR_DELIVERY_STARTUP | ICR_LEVEL_ASSERT | page as u32);
 }
 
 /// A fixed interrupt to one CPU.
 pub fn send_ipi(apic_id: u32, vector: u8) {
-    send_icr(
-        apic_id,
-        ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | vector as u32,
-    );
+    send_icr(apic_id, ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | vector as u32);
 }
 
 /// Measures the APIC timer against the TSC (boot CPU, once).

@@ -26,9 +26,7 @@ static mut RSDP_COPY: RsdpCopy = RsdpCopy([0; 64]);
 
 /// What the loader told us (available once the boot CPU reaches the application).
 pub fn boot_info() -> &'static BootInfo {
-    BOOT_INFO
-        .get()
-        .expect("boot info is read before anything can ask for it")
+    BOOT_INFO.get().expect("boot info is read before anything can ask for it")
 }
 
 /// Called by the 64-bit entry stub (`start.rs`) on the boot stack with interrupts off.
@@ -46,10 +44,7 @@ pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
         info.cmdline()
     );
 
-    let image = PhysRange::new(
-        &raw const __image_start as u64,
-        &raw const __image_end as u64,
-    );
+    let image = PhysRange::new(&raw const __image_start as u64, &raw const __image_end as u64);
     mm::init(info, image);
     paging::map_high_ram(info);
     gdt::init_cpu();
@@ -57,16 +52,10 @@ pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
     pic::disable();
     time::init();
     apic::init_cpu();
-    percpu::current()
-        .apic_id
-        .store(apic::id(), Ordering::Relaxed);
+    percpu::current().apic_id.store(apic::id(), Ordering::Relaxed);
     apic::calibrate_timer();
     apic::start_periodic_timer();
-    log::info!(
-        "time: TSC {} MHz, APIC timer {} kHz",
-        time::tsc_hz() / 1_000_000,
-        apic::timer_hz() / 1000
-    );
+    log::info!("time: TSC {} MHz, APIC timer {} kHz", time::tsc_hz() / 1_000_000, apic::timer_hz() / 1000);
     percpu::current().virt.call_once(cpu::detect_virt);
     percpu::current().online.store(true, Ordering::Release);
 
@@ -137,11 +126,7 @@ unsafe fn read_loader_info(magic: u32, info_addr: u32) -> BootInfo {
                 info.set_cmdline(line.as_bytes());
             }
             if let Some(map) = mbi.memory_map_tag() {
-                for area in map
-                    .memory_areas()
-                    .iter()
-                    .filter(|a| u32::from(a.typ()) == E820_RAM)
-                {
+                for area in map.memory_areas().iter().filter(|a| u32::from(a.typ()) == E820_RAM) {
                     let start = area.start_address();
                     if !info.add_ram(PhysRange::new(start, start + area.size())) {
                         serial::write_bytes(b"taproot: memory map too long, ignoring the rest\n");
@@ -151,10 +136,7 @@ unsafe fn read_loader_info(magic: u32, info_addr: u32) -> BootInfo {
             let rsdp_tag = mbi
                 .rsdp_v2_tag()
                 .map(|t| (t as *const _ as *const u8, size_of_val(t)))
-                .or_else(|| {
-                    mbi.rsdp_v1_tag()
-                        .map(|t| (t as *const _ as *const u8, size_of_val(t)))
-                });
+                .or_else(|| mbi.rsdp_v1_tag().map(|t| (t as *const _ as *const u8, size_of_val(t))));
             if let Some((tag, tag_size)) = rsdp_tag {
                 let len = tag_size.saturating_sub(MB2_TAG_HEADER_SIZE).min(64);
                 // SAFETY: the tag is `tag_size` bytes of boot information: an 8-byte header
@@ -181,20 +163,14 @@ const PANIC_EXIT_STATUS: i32 = 101;
 
 /// Whether the command line asks the machine to power off when it is done (`exit=1`).
 pub fn is_exit_requested() -> bool {
-    BOOT_INFO
-        .get()
-        .is_some_and(|i| cmdline::flag(i.cmdline(), "exit"))
+    BOOT_INFO.get().is_some_and(|i| cmdline::flag(i.cmdline(), "exit"))
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     use core::fmt::Write;
-    let _ = writeln!(
-        serial::EmergencyWriter,
-        "\ntaproot: PANIC on cpu {}: {}",
-        percpu::current_index(),
-        info
-    );
+    let _ =
+        writeln!(serial::EmergencyWriter, "\ntaproot: PANIC on cpu {}: {}", percpu::current_index(), info);
     if is_exit_requested() {
         power::exit(PANIC_EXIT_STATUS);
     }

@@ -57,9 +57,7 @@ fn allowed1(msr: u32) -> u64 {
 pub fn detect_virt() -> VirtCaps {
     let cpuid = CpuId::new();
     let vmx = cpuid.get_feature_info().is_some_and(|f| f.has_vmx());
-    let svm = cpuid
-        .get_extended_processor_and_feature_identifiers()
-        .is_some_and(|f| f.has_svm());
+    let svm = cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|f| f.has_svm());
     if vmx {
         return VirtCaps::Vmx(detect_vmx());
     }
@@ -89,18 +87,11 @@ fn detect_vmx() -> VmxCaps {
     let control = rdmsr(IA32_FEATURE_CONTROL);
     let basic = rdmsr(IA32_VMX_BASIC);
     let primary = allowed1(IA32_VMX_PROCBASED_CTLS);
-    let secondary = if primary & PROCBASED_ACTIVATE_SECONDARY != 0 {
-        allowed1(IA32_VMX_PROCBASED_CTLS2)
-    } else {
-        0
-    };
+    let secondary =
+        if primary & PROCBASED_ACTIVATE_SECONDARY != 0 { allowed1(IA32_VMX_PROCBASED_CTLS2) } else { 0 };
     let ept = secondary & PROCBASED2_EPT != 0;
     let vpid = secondary & PROCBASED2_VPID != 0;
-    let cap = if ept || vpid {
-        rdmsr(IA32_VMX_EPT_VPID_CAP)
-    } else {
-        0
-    };
+    let cap = if ept || vpid { rdmsr(IA32_VMX_EPT_VPID_CAP) } else { 0 };
     VmxCaps {
         ept: ept && cap & EPT_CAP_WALK_4 != 0 && cap & EPT_CAP_WB != 0,
         ept_2m: ept && cap & EPT_CAP_2M != 0,
@@ -121,16 +112,12 @@ fn detect_vmx() -> VmxCaps {
 
 /// Whether 1 GiB pages exist (CPUID.80000001h:EDX.Page1GB).
 pub fn has_1g_pages() -> bool {
-    CpuId::new()
-        .get_extended_processor_and_feature_identifiers()
-        .is_some_and(|f| f.has_1gib_pages())
+    CpuId::new().get_extended_processor_and_feature_identifiers().is_some_and(|f| f.has_1gib_pages())
 }
 
 /// Whether RDRAND exists (CPUID.1:ECX.RDRAND).
 pub fn has_rdrand() -> bool {
-    CpuId::new()
-        .get_feature_info()
-        .is_some_and(|f| f.has_rdrand())
+    CpuId::new().get_feature_info().is_some_and(|f| f.has_rdrand())
 }
 
 /// One RDRAND value, retried a few times as Intel recommends (SDM Vol. 1 §7.3.17.1).

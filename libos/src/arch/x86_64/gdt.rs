@@ -15,8 +15,7 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 /// Builds and loads this CPU's GDT and TSS. FS and GS are left alone (GS holds the per-CPU
 /// base).
 pub fn init_cpu() {
-    let ist_stack: &'static mut [u8] =
-        Box::leak(alloc::vec![0u8; IST_STACK_SIZE].into_boxed_slice());
+    let ist_stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; IST_STACK_SIZE].into_boxed_slice());
     let ist_top = VirtAddr::from_ptr(ist_stack.as_ptr_range().end).align_down(16u64);
     let mut tss = TaskStateSegment::new();
     tss.interrupt_stack_table[DOUBLE_FAULT_IST_INDEX as usize] = ist_top;

@@ -57,7 +57,7 @@ pub fn map_high_ram(info: &BootInfo) {
                     return;
                 };
                 let pdpte = pdpt.add(((addr >> 30) & 511) as usize);
-                if use_1g && addr % GIB == 0 && range.end - addr >= GIB {
+                if use_1g && addr.is_multiple_of(GIB) && range.end - addr >= GIB {
                     *pdpte = addr | PRESENT | WRITABLE | HUGE;
                     addr += GIB;
                     continue;

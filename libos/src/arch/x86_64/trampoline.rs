@@ -103,11 +103,6 @@ pub fn install(cr3: u64, stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u6
         let dest = crate::mm::phys_to_virt(TRAMPOLINE_PHYS);
         core::ptr::copy_nonoverlapping(start, dest, len);
         let params = dest.add(PARAMS_OFFSET) as *mut Params;
-        params.write_volatile(Params {
-            cr3,
-            stack_top,
-            entry: entry as usize as u64,
-            arg,
-        });
+        params.write_volatile(Params { cr3, stack_top, entry: entry as usize as u64, arg });
     }
 }
