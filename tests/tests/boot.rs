@@ -135,3 +135,18 @@ fn bochs_vmx_iso_boots_two_cpus_with_vmx_and_ept() {
     // No exit device in Bochs: the image powers off through ACPI S5, which ends Bochs.
     console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
 }
+
+#[test]
+fn bochs_svm_iso_boots_two_cpus_with_svm_and_npt() {
+    let iso = paths::scratch_dir("bochs-svm-iso").unwrap().join("taproot.iso");
+    taproot_testbed::iso::make(&elf(Profile::Debug), "exit=1", &iso).unwrap();
+    let mut bochs = Bochs::new(&iso);
+    bochs.cpu_model = taproot_testbed::bochs::SVM_MODEL.into();
+    let mut console = bochs.spawn("bochs-svm").unwrap();
+    let banner = console.wait_for("taproot: ready", BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(field(&banner, "cpus"), Some("2"), "{banner}");
+    assert_eq!(field(&banner, "virt"), Some("svm"), "{banner}");
+    let features: Vec<&str> = field(&banner, "features").unwrap_or("").split(',').collect();
+    assert!(features.contains(&"npt"), "{banner}");
+    console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
+}
