@@ -38,6 +38,12 @@ fn main() -> ! {
         .as_bytes(),
     );
 
+    if cmdline::flag(line, "svm-smoke") {
+        match crate::smoke::run() {
+            Ok(status) => log::info!("svm-smoke: ok, status {status}"),
+            Err(e) => log::error!("svm-smoke: {e}"),
+        }
+    }
     if cmdline::value(line, "fault") == Some("pagefault") {
         libos::debug::touch_unmapped_memory();
     }

@@ -6,3 +6,9 @@
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
+
+pub mod addr;
+#[cfg(target_os = "none")]
+pub mod backend;
+pub mod memslot;
+pub mod mmu;

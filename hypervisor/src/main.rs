@@ -9,6 +9,8 @@
 #[cfg(target_os = "none")]
 mod image;
 #[cfg(target_os = "none")]
+mod smoke;
+#[cfg(target_os = "none")]
 mod sys;
 
 #[cfg(target_os = "none")]

@@ -61,6 +61,16 @@ impl fmt::Display for RunOnError {
     }
 }
 
+/// Interrupts CPU `index` (a no-op interrupt): a CPU running a guest takes an exit, a
+/// halted CPU wakes up.
+pub fn kick(index: usize) {
+    if let Some(cpu) = percpu::cpu(index)
+        && index < cpu_count()
+    {
+        apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), interrupts::WAKE_VECTOR);
+    }
+}
+
 /// Queues `work` on CPU `index`'s idle loop and wakes it.
 pub fn run_on(index: usize, work: impl FnOnce() + Send + 'static) -> Result<(), RunOnError> {
     if index == 0 {

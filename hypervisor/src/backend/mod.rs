@@ -1,0 +1,103 @@
+//! The hardware backends (SVM now, VMX next) and what the arch-neutral vCPU loop needs
+//! from them: guest registers, entry state, a `run` that returns a decoded [`Exit`].
+//!
+//! Only the backends (and libos) contain `unsafe` code; everything above this module is
+//! ordinary Rust.
+
+pub mod direct_map;
+pub mod svm;
+
+use crate::mmu::Access;
+
+/// General-purpose registers that VM entry does not load from the VMCB/VMCS (and `rax`,
+/// which SVM keeps in the VMCB: the backend syncs it). The layout is fixed: the world-switch
+/// assembly addresses fields by offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// How a vCPU starts (or restarts after an INIT-like reset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    /// 16-bit real mode at `cs:ip` (CS base = cs << 4).
+    Real16 { cs: u16, ip: u16 },
+    /// 32-bit protected mode, flat segments, paging off, at `eip`.
+    Protected32 { eip: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryState {
+    pub mode: EntryMode,
+    pub regs: GuestRegs,
+}
+
+/// One port I/O exit. The backend decodes it fully (SVM's IOIO exit information and VMX's
+/// exit qualification both give all of it), so no instruction decoding is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoExit {
+    pub port: u16,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    pub is_in: bool,
+    /// INS/OUTS (with or without REP): not supported by the device model yet.
+    pub is_string: bool,
+    /// RIP of the next instruction.
+    pub next_rip: u64,
+}
+
+/// Why the guest stopped running, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// An interrupt for the host (timer, IPI, kick): nothing to emulate.
+    HostInterrupt,
+    Cpuid,
+    Io(IoExit),
+    Msr { write: bool },
+    /// VMMCALL / VMCALL.
+    Hypercall,
+    NestedPageFault { gpa: u64, access: Access },
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// VM entry refused the guest state (a backend bug or a state the guest cannot reach).
+    InvalidState,
+    /// An exit the backend does not handle, with its raw code.
+    Unhandled { code: u64 },
+}
+
+/// A vCPU's hardware side.
+pub trait BackendVcpu: Send {
+    /// Puts the vCPU in `entry`'s state, as after INIT: the other registers are reset.
+    fn reset(&mut self, entry: &EntryState);
+    fn regs(&self) -> &GuestRegs;
+    fn regs_mut(&mut self) -> &mut GuestRegs;
+    fn rip(&self) -> u64;
+    fn set_rip(&mut self, rip: u64);
+    /// Advances RIP past the exiting instruction of `len` bytes.
+    fn skip_instruction(&mut self, len: u64) {
+        self.set_rip(self.rip().wrapping_add(len));
+    }
+    /// Injects #GP(0) at the next entry.
+    fn inject_general_protection(&mut self);
+    /// Runs the guest on this CPU with `root_pointer` (nCR3 / EPTP) until the next exit.
+    /// Interrupts are enabled on return; the host has taken any that caused the exit.
+    fn run(&mut self, root_pointer: u64) -> Exit;
+    /// One line of guest state for crash reports.
+    fn describe(&self) -> alloc::string::String;
+}

@@ -1,0 +1,507 @@
+//! The AMD SVM backend (AMD64 APM Vol. 2, chapter 15 "Secure Virtual Machine").
+//!
+//! Per host CPU: EFER.SVME, a host save area (VM_HSAVE_PA) and a page for the host state
+//! that VMRUN does not switch (FS/GS/TR/LDTR, KernelGsBase, the syscall MSRs), which the
+//! world switch saves and restores with VMSAVE/VMLOAD around each run. Per vCPU: a VMCB.
+//! Per VM: an ASID, the I/O and MSR permission maps, and the nested page tables of the TDP
+//! MMU in NPT format.
+//!
+//! Works without NRIP save, decode assists, flush-by-ASID and VMCB clean bits (QEMU TCG
+//! has none of them): instruction lengths of the intercepted instructions are fixed, I/O
+//! exits carry the next RIP in EXITINFO2 regardless, a flush is TLB_CONTROL "flush all"
+//! unless flush-by-ASID exists, and every clean bit is left zero.
+#![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
+
+pub mod vmcb;
+mod world_switch;
+
+use super::{BackendVcpu, EntryMode, EntryState, Exit, GuestRegs, IoExit};
+use crate::mmu::{Access, FlushScope, TlbFlush};
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use libos::mm::frame;
+use libos::smp::MAX_CPUS;
+use vmcb::{Segment, Vmcb, control, exit_code, save};
+use x86_64::registers::model_specific::{Efer, EferFlags, Msr};
+
+/// VM_HSAVE_PA (APM Vol. 2 §15.30.4).
+const VM_HSAVE_PA: u32 = 0xC001_0117;
+/// Instruction lengths of intercepted instructions with fixed encodings (no NRIP needed).
+pub const CPUID_LEN: u64 = 2;
+pub const VMMCALL_LEN: u64 = 3;
+pub const RDMSR_WRMSR_LEN: u64 = 2;
+pub const HLT_LEN: u64 = 1;
+/// MSR numbers the backend itself virtualizes (AMD64 APM Vol. 2, Appendix A).
+const MSR_EFER: u32 = 0xC000_0080;
+/// MSRs whose guest values live in the VMCB and are switched by VMRUN/VMLOAD/VMSAVE, so
+/// the guest may access them without an exit: SYSENTER_CS/ESP/EIP, PAT (G_PAT with NPT),
+/// STAR, LSTAR, CSTAR, SFMASK, FS.base, GS.base, KernelGSBase.
+const PASSTHROUGH_MSRS: [u32; 11] = [
+    0x174, 0x175, 0x176, 0x277, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100,
+    0xC000_0101, 0xC000_0102,
+];
+/// The MSR permission map's three ranges and where their bit pairs start (APM Vol. 2
+/// §15.11, Table 15-7).
+const MSRPM_RANGES: [(u32, usize); 3] = [(0x0000_0000, 0x000), (0xC000_0000, 0x800), (0xC001_0000, 0x1000)];
+const MSRPM_FRAMES: usize = 2;
+const IOPM_FRAMES: usize = 3;
+
+/// Physical addresses of each CPU's host save area and host VMSAVE area (0 = SVM off).
+static HOST_SAVE_AREA: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static HOST_VMSAVE_AREA: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static NEXT_ASID: AtomicU32 = AtomicU32::new(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SvmError {
+    /// CPUID says no SVM.
+    NotSupported,
+    /// VM_CR.SVMDIS: the firmware turned SVM off.
+    DisabledByFirmware,
+    /// No nested paging (Taproot requires NPT).
+    NoNestedPaging,
+    OutOfMemory,
+    /// Every ASID is taken.
+    OutOfAsids,
+}
+
+impl core::fmt::Display for SvmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SvmError::NotSupported => "this CPU has no AMD SVM",
+            SvmError::DisabledByFirmware => "SVM is disabled by the firmware (VM_CR.SVMDIS); enable it in the BIOS",
+            SvmError::NoNestedPaging => "this CPU's SVM has no nested paging, which Taproot requires",
+            SvmError::OutOfMemory => "out of memory for SVM structures",
+            SvmError::OutOfAsids => "no free ASID for another VM",
+        })
+    }
+}
+
+/// Turns SVM on for the calling CPU. Idempotent.
+pub fn enable_on_this_cpu() -> Result<(), SvmError> {
+    let cpu = libos::smp::current_cpu();
+    if HOST_SAVE_AREA[cpu].load(Ordering::Acquire) != 0 {
+        return Ok(());
+    }
+    match libos::smp::virt_caps(cpu) {
+        Some(libos::virt::VirtCaps::Svm(caps)) => {
+            if caps.disabled_by_firmware {
+                return Err(SvmError::DisabledByFirmware);
+            }
+            if !caps.npt {
+                return Err(SvmError::NoNestedPaging);
+            }
+        }
+        _ => return Err(SvmError::NotSupported),
+    }
+    let hsave = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
+    let host_vmsave = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
+    // SAFETY: CPUID reported SVM and VM_CR.SVMDIS is clear, so setting EFER.SVME is
+    // allowed (APM Vol. 2 §15.4); VM_HSAVE_PA then names a page reserved for the processor
+    // on this CPU for good.
+    unsafe {
+        Efer::update(|f| f.insert(EferFlags::SECURE_VIRTUAL_MACHINE_ENABLE));
+        Msr::new(VM_HSAVE_PA).write(hsave);
+    }
+    HOST_VMSAVE_AREA[cpu].store(host_vmsave, Ordering::Release);
+    HOST_SAVE_AREA[cpu].store(hsave, Ordering::Release);
+    Ok(())
+}
+
+/// Whether flush-by-ASID exists (else a flush is "flush everything").
+fn has_flush_by_asid() -> bool {
+    matches!(libos::smp::virt_caps(0), Some(libos::virt::VirtCaps::Svm(c)) if c.flush_by_asid)
+}
+
+fn asid_limit() -> u32 {
+    match libos::smp::virt_caps(0) {
+        Some(libos::virt::VirtCaps::Svm(c)) => c.asids,
+        _ => 0,
+    }
+}
+
+/// What the flush hook and the run loop share about one vCPU.
+#[derive(Default)]
+pub struct VcpuSync {
+    /// Set by a flush; the vCPU flushes its TLB at its next VMRUN.
+    flush_pending: AtomicBool,
+    /// True from just before VMRUN until just after #VMEXIT.
+    in_guest: AtomicBool,
+    /// Host CPU index the vCPU last ran on.
+    cpu: AtomicUsize,
+    /// Incremented at every #VMEXIT.
+    exits: AtomicU64,
+}
+
+/// A VM's SVM resources, shared by its vCPUs and its MMU's flush hook.
+pub struct SvmVm {
+    asid: u32,
+    iopm: u64,
+    msrpm: u64,
+    vcpus: spin::Mutex<Vec<Arc<VcpuSync>>>,
+    flushes: AtomicU64,
+}
+
+impl SvmVm {
+    pub fn new() -> Result<Arc<Self>, SvmError> {
+        let asid = NEXT_ASID.fetch_add(1, Ordering::Relaxed);
+        if asid >= asid_limit() {
+            // ASIDs are not recycled yet; with flush-all on every reuse they could be.
+            return Err(SvmError::OutOfAsids);
+        }
+        let iopm = frame::alloc(IOPM_FRAMES).ok_or(SvmError::OutOfMemory)?;
+        let Some(msrpm) = frame::alloc(MSRPM_FRAMES) else {
+            frame::free(iopm, IOPM_FRAMES);
+            return Err(SvmError::OutOfMemory);
+        };
+        // SAFETY: both runs of frames were just allocated for this VM and are identity
+        // mapped; all ones = intercept every port and every MSR access.
+        unsafe {
+            core::ptr::write_bytes(iopm as *mut u8, 0xFF, IOPM_FRAMES * 4096);
+            core::ptr::write_bytes(msrpm as *mut u8, 0xFF, MSRPM_FRAMES * 4096);
+        }
+        for msr in PASSTHROUGH_MSRS {
+            let Some(&(base, offset)) = MSRPM_RANGES.iter().find(|(base, _)| (*base..*base + 0x2000).contains(&msr))
+            else {
+                continue;
+            };
+            let bit = offset * 8 + (msr - base) as usize * 2;
+            // SAFETY: `bit` and `bit + 1` lie inside the 8 KiB map allocated above.
+            unsafe {
+                let byte = (msrpm as *mut u8).add(bit / 8);
+                byte.write(byte.read() & !(0b11 << (bit % 8)));
+            }
+        }
+        Ok(Arc::new(Self { asid, iopm, msrpm, vcpus: spin::Mutex::new(Vec::new()), flushes: AtomicU64::new(0) }))
+    }
+
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SvmVm {
+    fn drop(&mut self) {
+        frame::free(self.iopm, IOPM_FRAMES);
+        frame::free(self.msrpm, MSRPM_FRAMES);
+    }
+}
+
+/// The MMU's flush hook for one VM.
+///
+/// Why this is enough (ARCHITECTURE rule 8): a vCPU sets `in_guest` before it checks
+/// `flush_pending` and enters the guest; the flusher sets `flush_pending` before it reads
+/// `in_guest` (both sequentially consistent). So either the vCPU sees the request and
+/// flushes on this very entry, or the flusher sees it in the guest, kicks its CPU with an
+/// IPI (INTR is intercepted, so the guest exits even with interrupts masked in the guest)
+/// and waits until its exit count moves; its next entry then flushes. Either way, when
+/// `flush` returns no vCPU can use a translation from before the call.
+impl TlbFlush for SvmVm {
+    fn flush(&self, _scope: FlushScope) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let vcpus = self.vcpus.lock().clone();
+        let me = libos::smp::current_cpu();
+        for vcpu in &vcpus {
+            vcpu.flush_pending.store(true, Ordering::SeqCst);
+        }
+        for vcpu in &vcpus {
+            if !vcpu.in_guest.load(Ordering::SeqCst) {
+                continue;
+            }
+            let exits = vcpu.exits.load(Ordering::SeqCst);
+            let cpu = vcpu.cpu.load(Ordering::Relaxed);
+            if cpu != me {
+                libos::smp::kick(cpu);
+            }
+            while vcpu.in_guest.load(Ordering::SeqCst) && vcpu.exits.load(Ordering::SeqCst) == exits {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    fn kick_all(&self) {
+        let me = libos::smp::current_cpu();
+        for vcpu in self.vcpus.lock().iter() {
+            let cpu = vcpu.cpu.load(Ordering::Relaxed);
+            if vcpu.in_guest.load(Ordering::SeqCst) && cpu != me {
+                libos::smp::kick(cpu);
+            }
+        }
+    }
+}
+
+/// One vCPU: its VMCB and the registers VMRUN does not switch.
+pub struct SvmVcpu {
+    vm: Arc<SvmVm>,
+    vmcb: Vmcb,
+    regs: GuestRegs,
+    sync: Arc<VcpuSync>,
+}
+
+// SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
+// between runs is allowed by SVM (a VMCB is not bound to a CPU).
+impl SvmVcpu {
+    pub fn new(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<Self, SvmError> {
+        let page = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
+        // SAFETY: a fresh zeroed page, owned by this vCPU until drop.
+        let vmcb = unsafe { Vmcb::new(page) };
+        let sync = Arc::new(VcpuSync::default());
+        vm.vcpus.lock().push(sync.clone());
+        let mut vcpu = Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync };
+        vcpu.init_controls();
+        vcpu.reset(entry);
+        Ok(vcpu)
+    }
+
+    fn init_controls(&mut self) {
+        use vmcb::{misc1, misc2};
+        let v = &mut self.vmcb;
+        v.write32(control::INTERCEPT_CR, 0);
+        v.write32(control::INTERCEPT_EXCEPTIONS, 0);
+        v.write32(
+            control::INTERCEPT_MISC1,
+            misc1::INTR
+                | misc1::NMI
+                | misc1::SMI
+                | misc1::INIT
+                | misc1::CPUID
+                | misc1::INVD
+                | misc1::HLT
+                | misc1::IOIO_PROT
+                | misc1::MSR_PROT
+                | misc1::SHUTDOWN,
+        );
+        v.write32(
+            control::INTERCEPT_MISC2,
+            misc2::VMRUN
+                | misc2::VMMCALL
+                | misc2::VMLOAD
+                | misc2::VMSAVE
+                | misc2::STGI
+                | misc2::CLGI
+                | misc2::SKINIT
+                | misc2::XSETBV,
+        );
+        v.write64(control::IOPM_BASE_PA, self.vm.iopm);
+        v.write64(control::MSRPM_BASE_PA, self.vm.msrpm);
+        v.write64(control::TSC_OFFSET, 0);
+        v.write32(control::GUEST_ASID, self.vm.asid);
+        v.write64(control::VINTR, vmcb::V_INTR_MASKING);
+        v.write64(control::NESTED_CONTROL, vmcb::NP_ENABLE);
+        v.write32(control::CLEAN_BITS, 0);
+    }
+
+    pub fn sync(&self) -> &Arc<VcpuSync> {
+        &self.sync
+    }
+
+    fn decode_exit(&mut self) -> Exit {
+        let code = self.vmcb.read64(control::EXIT_CODE);
+        let info1 = self.vmcb.read64(control::EXIT_INFO1);
+        let info2 = self.vmcb.read64(control::EXIT_INFO2);
+        match code {
+            exit_code::INTR | exit_code::NMI | exit_code::SMI => Exit::HostInterrupt,
+            exit_code::CPUID => Exit::Cpuid,
+            exit_code::HLT => Exit::Hlt,
+            exit_code::VMMCALL => Exit::Hypercall,
+            exit_code::SHUTDOWN => Exit::Shutdown,
+            exit_code::INVALID => Exit::InvalidState,
+            exit_code::IOIO => {
+                use vmcb::ioio;
+                let size = if info1 & ioio::SIZE32 != 0 {
+                    4
+                } else if info1 & ioio::SIZE16 != 0 {
+                    2
+                } else {
+                    1
+                };
+                Exit::Io(IoExit {
+                    port: (info1 >> ioio::PORT_SHIFT) as u16,
+                    size,
+                    is_in: info1 & ioio::TYPE_IN != 0,
+                    is_string: info1 & ioio::STRING != 0,
+                    next_rip: info2,
+                })
+            }
+            exit_code::MSR => Exit::Msr { write: info1 & 1 != 0 },
+            exit_code::NPF => {
+                let access = if info1 & vmcb::npf::WRITE != 0 {
+                    Access::Write
+                } else if info1 & vmcb::npf::EXECUTE != 0 {
+                    Access::Execute
+                } else {
+                    Access::Read
+                };
+                Exit::NestedPageFault { gpa: info2, access }
+            }
+            code => Exit::Unhandled { code },
+        }
+    }
+
+    /// Handles the exits that only concern SVM itself (EFER, whose SVME bit the guest must
+    /// neither see nor clear). Returns `true` if the exit is done.
+    fn handle_internally(&mut self, exit: &Exit) -> bool {
+        let Exit::Msr { write } = *exit else { return false };
+        if self.regs.rcx as u32 != MSR_EFER {
+            return false;
+        }
+        if write {
+            let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
+            self.vmcb.write64(save::EFER, value | vmcb::EFER_SVME);
+        } else {
+            let value = self.vmcb.read64(save::EFER) & !vmcb::EFER_SVME;
+            self.regs.rax = value & 0xFFFF_FFFF;
+            self.regs.rdx = value >> 32;
+        }
+        self.skip_instruction(RDMSR_WRMSR_LEN);
+        true
+    }
+}
+
+impl Drop for SvmVcpu {
+    fn drop(&mut self) {
+        self.vm.vcpus.lock().retain(|s| !Arc::ptr_eq(s, &self.sync));
+        frame::free(self.vmcb.phys(), 1);
+    }
+}
+
+impl BackendVcpu for SvmVcpu {
+    fn reset(&mut self, entry: &EntryState) {
+        let v = &mut self.vmcb;
+        let (cs, data, cr0, rip) = match entry.mode {
+            EntryMode::Real16 { cs, ip } => {
+                (Segment::real_mode_code(cs), Segment::real_mode_data(0), 0x10u64 /* ET */, ip as u64)
+            }
+            // CR0.PE | ET.
+            EntryMode::Protected32 { eip } => (Segment::FLAT32_CODE, Segment::FLAT32_DATA, 0x11u64, eip as u64),
+        };
+        v.write_segment(save::CS, cs);
+        for seg in [save::DS, save::ES, save::SS, save::FS, save::GS] {
+            v.write_segment(seg, data);
+        }
+        v.write_segment(save::GDTR, Segment::table(0xFFFF, 0));
+        v.write_segment(save::IDTR, Segment::table(0xFFFF, 0));
+        v.write_segment(save::LDTR, Segment::LDT);
+        v.write_segment(save::TR, Segment::TSS);
+        v.write8(save::CPL, 0);
+        v.write64(save::EFER, vmcb::EFER_SVME);
+        v.write64(save::CR0, cr0);
+        v.write64(save::CR3, 0);
+        v.write64(save::CR4, 0);
+        v.write64(save::CR2, 0);
+        v.write64(save::DR6, 0xFFFF_0FF0);
+        v.write64(save::DR7, 0x400);
+        v.write64(save::RFLAGS, 0x2);
+        v.write64(save::RIP, rip);
+        v.write64(save::RSP, 0);
+        v.write64(save::G_PAT, vmcb::DEFAULT_PAT);
+        v.write64(control::EVENT_INJECTION, 0);
+        v.write64(control::INTERRUPT_SHADOW, 0);
+        self.regs = entry.regs;
+        self.sync.flush_pending.store(true, Ordering::SeqCst);
+    }
+
+    fn regs(&self) -> &GuestRegs {
+        &self.regs
+    }
+
+    fn regs_mut(&mut self) -> &mut GuestRegs {
+        &mut self.regs
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb.read64(save::RIP)
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcb.write64(save::RIP, rip);
+    }
+
+    fn inject_general_protection(&mut self) {
+        const GP_VECTOR: u64 = 13;
+        self.vmcb.write64(
+            control::EVENT_INJECTION,
+            vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | vmcb::EVENT_ERROR_CODE_VALID | GP_VECTOR,
+        );
+    }
+
+    fn run(&mut self, root_pointer: u64) -> Exit {
+        loop {
+            let cpu = libos::smp::current_cpu();
+            let host_area = HOST_VMSAVE_AREA[cpu].load(Ordering::Acquire);
+            assert!(host_area != 0, "SVM is not enabled on cpu {cpu}");
+            self.vmcb.write64(control::NESTED_CR3, root_pointer);
+            self.sync.cpu.store(cpu, Ordering::Relaxed);
+            self.sync.in_guest.store(true, Ordering::SeqCst);
+            let tlb = if self.sync.flush_pending.swap(false, Ordering::SeqCst) {
+                if has_flush_by_asid() { vmcb::TLB_CONTROL_FLUSH_ASID } else { vmcb::TLB_CONTROL_FLUSH_ALL }
+            } else {
+                vmcb::TLB_CONTROL_NOTHING
+            };
+            self.vmcb.write8(control::TLB_CONTROL, tlb);
+            self.vmcb.write64(save::RAX, self.regs.rax);
+            // SAFETY: SVM is enabled on this CPU (checked above: its areas exist), the VMCB
+            // is a valid page owned by this vCPU with intercepts that return control to us
+            // on every event we rely on (INTR, SHUTDOWN, VMRUN and friends), and
+            // `host_area` is this CPU's host VMSAVE page. The world switch restores every
+            // host register it changes.
+            unsafe { world_switch::run(self.vmcb.phys(), &mut self.regs, host_area) };
+            self.sync.exits.fetch_add(1, Ordering::SeqCst);
+            self.sync.in_guest.store(false, Ordering::SeqCst);
+            self.regs.rax = self.vmcb.read64(save::RAX);
+            // The exit left interrupts off (GIF set again, IF clear); take pending ones now.
+            x86_64::instructions::interrupts::enable();
+            let exit = self.decode_exit();
+            if !self.handle_internally(&exit) {
+                return exit;
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let v = &self.vmcb;
+        format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} \
+             rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} exit_code={:#x} exit_info1={:#x} exit_info2={:#x} \
+             exit_int_info={:#x}",
+            v.read64(save::RIP),
+            v.read64(save::RSP),
+            v.read64(save::RFLAGS),
+            v.read64(save::CR0),
+            v.read64(save::CR3),
+            v.read64(save::CR4),
+            v.read64(save::EFER),
+            v.read_segment(save::CS).selector,
+            self.regs.rax,
+            self.regs.rbx,
+            self.regs.rcx,
+            self.regs.rdx,
+            v.read64(control::EXIT_CODE),
+            v.read64(control::EXIT_INFO1),
+            v.read64(control::EXIT_INFO2),
+            v.read64(control::EXIT_INT_INFO),
+        )
+    }
+}
+
+/// The TDP MMU as the SVM backend instantiates it: NPT entries, frames from libos.
+pub struct SvmPlatform;
+
+impl crate::mmu::Platform for SvmPlatform {
+    type Format = crate::mmu::npt::Npt;
+    type Pages = super::direct_map::DirectMap;
+    type Flush = SvmVm;
+    type Clock = LibosClock;
+}
+
+/// libos's monotonic clock, for the MMU's zap timings.
+#[derive(Default, Clone, Copy)]
+pub struct LibosClock;
+
+impl crate::mmu::Clock for LibosClock {
+    fn now_ns(&self) -> u64 {
+        libos::time::now_ns()
+    }
+}
