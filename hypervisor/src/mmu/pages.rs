@@ -49,6 +49,10 @@ pub const ENTRIES: usize = 512;
 ///    such a frame (the MMU keeps the range inside it) and are sound while the guest
 ///    accesses the same memory concurrently (bytes may change underneath, nothing worse).
 /// 5. Every address fits bits 51:12 (the address field of every entry format).
+#[expect(
+    unsafe_code,
+    reason = "declares the contract the bare-metal direct map upholds; no unsafe operation here"
+)]
 pub unsafe trait PageSource: Send + Sync + 'static {
     fn alloc_table(&self) -> Option<Hpa>;
     /// Gives back a page from `alloc_table`. The MMU calls it only after the page is

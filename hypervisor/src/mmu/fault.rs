@@ -1,0 +1,203 @@
+//! Faults (rule 6): handled in parallel on the shared side of the MMU lock, entries
+//! installed by compare-and-exchange.
+
+use super::iter::{index, reach, span};
+use super::lock::MmuShared;
+use super::pages::PageSource;
+use super::root::Root;
+use super::stats::Counters;
+use super::sync::Ordering;
+use super::{Core, MmuError, Platform, TdpFormat};
+use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
+
+/// What the guest tried to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    Read,
+    Write,
+    Execute,
+}
+
+/// The outcome of a fault.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fault {
+    /// A translation for the access is in place (installed now, or already by another vCPU).
+    Installed,
+    /// Nothing was installed: re-enter the guest (after checking the reload request), and
+    /// the access faults again if it still needs to.
+    Retry,
+    /// The gfn is in no slot of the root's address space: MMIO for the device model.
+    NotInSlot,
+    /// A guest write to a read-only slot.
+    WriteToReadOnly,
+}
+
+/// The fault's target: which 4 KiB host page backs the gfn, the largest leaf allowed, and
+/// whether the leaf may be writable.
+struct Target {
+    gfn: Gfn,
+    page: Hpa,
+    size: PageSize,
+    writable: bool,
+    write: bool,
+    sequence: u64,
+}
+
+impl<P: Platform> Core<P> {
+    pub(crate) fn fault(&self, root: &Root<P>, gpa: Gpa, access: Access) -> Result<Fault, MmuError> {
+        Counters::add(&self.counters.faults, 1);
+        let outcome = self.fault_inner(root, gpa, access);
+        if outcome == Ok(Fault::Retry) {
+            Counters::add(&self.counters.faults_retried, 1);
+        }
+        outcome
+    }
+
+    fn fault_inner(&self, root: &Root<P>, gpa: Gpa, access: Access) -> Result<Fault, MmuError> {
+        let gfn = gpa.gfn();
+        if gfn.raw() >= reach(root.role().levels) {
+            return Ok(Fault::NotInSlot);
+        }
+        // Rule 7: snapshot the sequence before looking at the backing; a gfn being
+        // invalidated retries without touching the lock.
+        let sequence = self.inval.snapshot();
+        if self.inval.blocks(gfn) {
+            return Ok(Fault::Retry);
+        }
+        let shared = self.lock.read();
+        // Invalidation marks roots invalid under the exclusive lock, so this holds until we
+        // release the shared side: we never install into a root that is (being) zapped.
+        if !root.is_valid() {
+            return Ok(Fault::Retry);
+        }
+        let Some(slot) = self.slots.read().find(root.role().as_id, gfn).cloned() else {
+            return Ok(Fault::NotInSlot);
+        };
+        let write = access == Access::Write;
+        if write && slot.flags.read_only {
+            return Ok(Fault::WriteToReadOnly);
+        }
+        let size = slot.mapping_size(self.config.max_page_size.min(<P::Format as TdpFormat>::MAX_LEAF));
+        let (chunk, offset) = slot.locate(gfn);
+        let frame = slot
+            .backing
+            .frame_or_alloc(chunk, &*self.pages, &self.counters)
+            .ok_or(MmuError::OutOfMemory)?;
+        let target = Target {
+            gfn,
+            page: frame.add(offset),
+            size,
+            writable: !slot.flags.read_only && (!slot.flags.dirty_log || write),
+            write,
+            sequence,
+        };
+        let outcome = self.install(&shared, root, &target)?;
+        if outcome == Fault::Installed && write {
+            // After the writable entry is in place, so a dirty-log pass that clears the bit
+            // and write-protects either sees this entry or leaves the bit for next time.
+            slot.mark_dirty(gfn);
+        }
+        Ok(outcome)
+    }
+
+    /// The walk, in the manner of KVM's `tdp_iter`:
+    /// 1. Start at the root table, at the root's level.
+    /// 2. Snapshot the entry for the gfn at this level (`old`). Decisions are taken on the
+    ///    snapshot, and every change is a compare-and-exchange against it, so a change made
+    ///    by another thread in between makes ours fail instead of overwriting it.
+    /// 3. FROZEN: a zap owns the entry until its flush is done. Retry.
+    /// 4. Above the target level: a present table, step down (the child's entry is read
+    ///    fresh in step 2: we never act on a stale view of the level below); a present leaf
+    ///    covering the gfn, check it (step 6); non-present, allocate a zeroed table and
+    ///    install it; on success step down into it, on failure free it (nobody can have
+    ///    seen it) and go back to step 2 for the same entry.
+    /// 5. At the target level: a present table means smaller leaves exist here; lower the
+    ///    target and step down. Non-present: check the invalidation sequence again (rule 7)
+    ///    and install the leaf; on failure go back to step 2.
+    /// 6. A present leaf mapping the right page with enough permission: another vCPU got
+    ///    there first, done. Lacking a write permission the slot now grants: make it
+    ///    writable (same check, same compare-and-exchange). Mapping another page: only
+    ///    possible transiently while a zap is on its way, so retry.
+    fn install(&self, shared: &MmuShared<'_>, root: &Root<P>, t: &Target) -> Result<Fault, MmuError> {
+        let _ = shared;
+        let pages = &*self.pages;
+        let mut table = root.table();
+        let mut level = root.role().levels;
+        let mut leaf_level = t.size.level();
+        loop {
+            let entry = &pages.table(table)[index(t.gfn, level)];
+            let old = entry.load(Ordering::Acquire);
+            if <P::Format as TdpFormat>::is_frozen(old) {
+                Counters::add(&self.counters.faults_raced, 1);
+                return Ok(Fault::Retry);
+            }
+            let present = <P::Format as TdpFormat>::is_present(old);
+            if present && <P::Format as TdpFormat>::is_leaf(old, level) {
+                return Ok(self.existing_leaf(entry, old, level, t));
+            }
+            if present {
+                if level == leaf_level {
+                    leaf_level -= 1;
+                }
+                table = <P::Format as TdpFormat>::table_address(old);
+                level -= 1;
+                continue;
+            }
+            if level == leaf_level {
+                if self.inval.must_retry(t.sequence, t.gfn) {
+                    return Ok(Fault::Retry);
+                }
+                let size = PageSize::from_level(level).expect("leaf levels are 1 to 3");
+                let frame = Hpa::new(t.page.raw() - (t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
+                let new = <P::Format as TdpFormat>::leaf(frame, size, t.writable);
+                if entry.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    Counters::add(&self.counters.faults_raced, 1);
+                    continue;
+                }
+                Counters::add(&self.counters.sptes_installed, 1);
+                return Ok(Fault::Installed);
+            }
+            let child = pages.alloc_table().ok_or(MmuError::OutOfMemory)?;
+            // Release: whoever reads the new entry also sees the zeroed child.
+            match entry.compare_exchange(
+                old,
+                <P::Format as TdpFormat>::table(child),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    Counters::add(&self.counters.table_pages, 1);
+                    table = child;
+                    level -= 1;
+                }
+                Err(_) => {
+                    pages.free_table(child);
+                    Counters::add(&self.counters.faults_raced, 1);
+                }
+            }
+        }
+    }
+
+    fn existing_leaf(&self, entry: &super::sync::AtomicU64, old: u64, level: u8, t: &Target) -> Fault {
+        let size = PageSize::from_level(level).expect("leaf levels are 1 to 3");
+        let mapped = <P::Format as TdpFormat>::leaf_address(old, size)
+            .add((t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
+        if mapped != t.page {
+            Counters::add(&self.counters.faults_raced, 1);
+            return Fault::Retry;
+        }
+        if !t.write || <P::Format as TdpFormat>::is_writable(old) {
+            return Fault::Installed;
+        }
+        if !t.writable || self.inval.must_retry(t.sequence, t.gfn) {
+            return Fault::Retry;
+        }
+        let new = <P::Format as TdpFormat>::with_writable(old, true);
+        if entry.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            Counters::add(&self.counters.faults_raced, 1);
+            return Fault::Retry;
+        }
+        Counters::add(&self.counters.sptes_installed, 1);
+        Fault::Installed
+    }
+}

@@ -1,0 +1,564 @@
+//! The TDP MMU: the EPT/NPT tables of one VM, generic over the entry format and over where
+//! table pages come from, following the rules in ARCHITECTURE.md ("The TDP MMU: what it
+//! must guarantee").
+//!
+//! A backend uses it like this:
+//! - [`Mmu::new`] per VM with its [`Platform`] (format, page source, flush hook, clock);
+//! - [`Mmu::add_slot`] and friends from the control plane; [`Mmu::write_guest`] to load
+//!   images;
+//! - per vCPU, [`Mmu::create_vcpu`]; before each VM entry [`VcpuMmu::take_reload_request`]
+//!   and, if set or on a mode change, [`VcpuMmu::load`] (which returns the EPTP/nCR3);
+//!   at each VM exit [`VcpuMmu::report_quiescent`]; on EPT violations / nested page faults
+//!   [`VcpuMmu::handle_fault`].
+//!
+//! Locking: one [`lock::MmuLock`] per VM. Faults, zaps and guest-memory copies take it
+//! shared; slot-table changes, marking roots invalid and freeing table pages take it
+//! exclusively, briefly. Slot updates are serialised among themselves by a separate update
+//! lock (KVM's `slots_lock`), held across their synchronous zap.
+
+pub mod ept;
+mod fault;
+pub mod flush;
+pub mod format;
+pub mod host;
+mod invalidate;
+mod iter;
+pub mod lock;
+pub mod npt;
+pub mod pages;
+pub mod root;
+pub mod stats;
+pub mod sync;
+pub mod testfmt;
+mod zap;
+
+pub use fault::{Access, Fault};
+pub use flush::{FlushScope, TlbFlush, ZapBatch};
+pub use format::TdpFormat;
+pub use pages::PageSource;
+pub use root::{Role, Root, VcpuMmu};
+pub use stats::{Clock, NoClock, Stats};
+
+use crate::addr::{Gfn, GfnRange, Gpa, Hpa, PAGE_SIZE, PageSize};
+use crate::memslot::{AsId, Memslot, SlotError, SlotFlags, SlotId, SlotSpec, SlotTable};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::AtomicBool as PlainAtomicBool;
+use core::sync::atomic::AtomicU64 as PlainAtomicU64;
+use flush::Grace;
+use invalidate::Invalidations;
+use lock::MmuLock;
+use stats::Counters;
+use sync::{Mutex, Ordering, RwLock};
+
+/// What a VM's MMU is built from: chosen once per backend.
+pub trait Platform: Sized + Send + Sync + 'static {
+    type Format: TdpFormat;
+    type Pages: PageSource;
+    type Flush: TlbFlush;
+    type Clock: Clock;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MmuConfig {
+    /// Guest-physical address width: slots must end at or below `1 << phys_bits`.
+    pub phys_bits: u8,
+    /// The largest leaf to use (rule 10), if slots allow it.
+    pub max_page_size: PageSize,
+    /// How many entries a zap removes between two flushes (a bounded batch, rule 9).
+    pub zap_batch: usize,
+    /// Whether a zap releases and retakes the shared lock between batches, letting a
+    /// queued writer in (and with it the faults queued behind that writer). The default
+    /// follows `mmu-bench`'s `mmu.fault_p99_during_zap_{yield,noyield}_us`; see
+    /// [`MmuConfig::DEFAULT_ZAP_YIELD`].
+    pub zap_yield: bool,
+}
+
+impl MmuConfig {
+    /// Measured with `mmu-bench` (fault p99 during a 1 GiB zap while a writer adds slots):
+    /// yielding between batches bounds the time faults wait behind a queued writer to one
+    /// batch instead of the whole zap, so it is on.
+    pub const DEFAULT_ZAP_YIELD: bool = true;
+}
+
+impl Default for MmuConfig {
+    fn default() -> Self {
+        Self {
+            phys_bits: 48,
+            max_page_size: PageSize::Size1G,
+            zap_batch: 4096,
+            zap_yield: Self::DEFAULT_ZAP_YIELD,
+        }
+    }
+}
+
+/// The MMU refused to do something for a reason other than a bad slot request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MmuError {
+    OutOfMemory,
+    /// The VM is destroyed.
+    Destroyed,
+    /// A role asked for other than 4 or 5 levels.
+    UnsupportedLevels,
+}
+
+/// Why a hypervisor-side guest memory access failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GuestMemoryError {
+    NotInSlot { gpa: Gpa },
+    OutOfMemory,
+}
+
+/// One leaf translation, as [`Mmu::leaves`] reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Leaf {
+    pub gfn: Gfn,
+    pub hpa: Hpa,
+    pub size: PageSize,
+    pub writable: bool,
+}
+
+/// A VM's MMU. Dropping it destroys the VM's translations and backing (see
+/// [`Mmu::destroy`]).
+pub struct Mmu<P: Platform> {
+    core: Arc<Core<P>>,
+}
+
+pub(crate) struct Core<P: Platform> {
+    config: MmuConfig,
+    lock: MmuLock,
+    pages: Arc<P::Pages>,
+    hook: Arc<P::Flush>,
+    clock: P::Clock,
+    counters: Counters,
+    /// Read under the MMU lock (either side), written under it exclusively.
+    slots: RwLock<SlotTable>,
+    /// The MMU's own reference to every valid root (rule 2), and to invalid roots until
+    /// their zap is done. Changed under the shared lock (loads) or exclusive lock.
+    roots: Mutex<Vec<Arc<Root<P>>>>,
+    vcpus: Mutex<Vec<Arc<root::VcpuShared>>>,
+    grace: Grace,
+    inval: Invalidations,
+    /// Serialises slot updates and destroy, each of which zaps what it invalidated before
+    /// releasing it.
+    update: Mutex<()>,
+    next_root_id: PlainAtomicU64,
+    destroyed: PlainAtomicBool,
+}
+
+impl<P: Platform> Mmu<P> {
+    pub fn new(config: MmuConfig, pages: Arc<P::Pages>, hook: Arc<P::Flush>, clock: P::Clock) -> Self {
+        assert!(config.zap_batch > 0, "a zap batch must remove at least one entry");
+        assert!(config.phys_bits <= crate::addr::MAX_PHYS_BITS);
+        Self {
+            core: Arc::new(Core {
+                config,
+                lock: MmuLock::new(),
+                pages,
+                hook,
+                clock,
+                counters: Counters::default(),
+                slots: RwLock::new(SlotTable::default()),
+                roots: Mutex::new(Vec::new()),
+                vcpus: Mutex::new(Vec::new()),
+                grace: Grace::new(),
+                inval: Invalidations::new(),
+                update: Mutex::new(()),
+                next_root_id: PlainAtomicU64::new(0),
+                destroyed: PlainAtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &MmuConfig {
+        &self.core.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.core.counters.snapshot()
+    }
+
+    pub fn pages(&self) -> &Arc<P::Pages> {
+        &self.core.pages
+    }
+
+    /// Registers a vCPU. It starts with no root loaded and is considered quiescent now.
+    pub fn create_vcpu(&self) -> VcpuMmu<P> {
+        VcpuMmu::new(self.core.clone())
+    }
+
+    /// Adds a slot. Rule 4: this invalidates nothing. A gfn outside every slot has no
+    /// translation in any root (a fault there returns `NotInSlot` and installs nothing), so
+    /// a new slot cannot make an existing translation wrong; its gfns fault in on use.
+    pub fn add_slot(&self, spec: SlotSpec) -> Result<(), SlotError> {
+        let core = &*self.core;
+        let _update = core.update.lock();
+        {
+            let _shared = core.lock.read();
+            let slots = core.slots.read();
+            slots.check(spec.as_id, spec.base, spec.size, core.config.phys_bits, None)?;
+            if slots.by_id(spec.id).is_some() {
+                return Err(SlotError::DuplicateId);
+            }
+        }
+        let slot = Arc::new(SlotTable::build(&spec, core.config.max_page_size.min(<P::Format as TdpFormat>::MAX_LEAF))?);
+        let mut exclusive = core.lock.write();
+        if core.destroyed.load(Ordering::Relaxed) {
+            return Err(SlotError::Destroyed);
+        }
+        core.slots.write().insert(slot);
+        core.try_reclaim_locked(&mut exclusive);
+        Ok(())
+    }
+
+    /// Deletes a slot: invalidates every root, zaps each once, and frees the slot's backing,
+    /// all before returning (rule 4). On return no entry in any root maps the slot's frames
+    /// and every TLB has been flushed of them.
+    pub fn delete_slot(&self, id: SlotId) -> Result<(), SlotError> {
+        let core = &*self.core;
+        let _update = core.update.lock();
+        let (removed, scheduled) = {
+            let mut exclusive = core.lock.write();
+            let removed = core.slots.write().remove(id).ok_or(SlotError::UnknownSlot)?;
+            (removed, core.invalidate_roots(&mut exclusive))
+        };
+        core.zap_invalidated(scheduled);
+        // Every root that could map the slot has been zapped and flushed, and no fault can
+        // find the slot any more: its frames are unreachable.
+        removed.backing.release(&*core.pages, &core.counters);
+        core.try_reclaim();
+        Ok(())
+    }
+
+    /// Moves a slot to `base` in the same address space, keeping its contents.
+    pub fn move_slot(&self, id: SlotId, base: Gpa) -> Result<(), SlotError> {
+        let core = &*self.core;
+        let _update = core.update.lock();
+        let (old, moved) = {
+            let _shared = core.lock.read();
+            let slots = core.slots.read();
+            let old = slots.by_id(id).ok_or(SlotError::UnknownSlot)?.clone();
+            slots.check(old.as_id, base, old.pages * PAGE_SIZE, core.config.phys_bits, Some(id))?;
+            let moved = old.with(base.gfn(), old.flags)?;
+            (old, moved)
+        };
+        if old.base == moved.base {
+            return Ok(());
+        }
+        let scheduled = {
+            let mut exclusive = core.lock.write();
+            let mut slots = core.slots.write();
+            slots.remove(id);
+            slots.insert(Arc::new(moved));
+            drop(slots);
+            core.invalidate_roots(&mut exclusive)
+        };
+        core.zap_invalidated(scheduled);
+        core.try_reclaim();
+        Ok(())
+    }
+
+    /// Changes a slot's flags. Making it read-only reduces permissions and invalidates every
+    /// root (rule 4). Turning dirty logging on zaps the slot's range (no root is
+    /// invalidated): translations come back as 4 KiB leaves, writable only after a write
+    /// fault has marked the page dirty. Other changes only widen what faults may install.
+    pub fn set_slot_flags(&self, id: SlotId, flags: SlotFlags) -> Result<(), SlotError> {
+        let core = &*self.core;
+        let _update = core.update.lock();
+        let (old, new) = {
+            let _shared = core.lock.read();
+            let slots = core.slots.read();
+            let old = slots.by_id(id).ok_or(SlotError::UnknownSlot)?.clone();
+            let new = Arc::new(old.with(old.base, flags)?);
+            (old, new)
+        };
+        if old.flags == flags {
+            return Ok(());
+        }
+        let reduces = flags.read_only && !old.flags.read_only;
+        let logs = flags.dirty_log && !old.flags.dirty_log;
+        let range = GfnRange::new(new.base, new.end());
+        let scheduled = {
+            let mut exclusive = core.lock.write();
+            let mut slots = core.slots.write();
+            slots.remove(id);
+            slots.insert(new.clone());
+            drop(slots);
+            if reduces { core.invalidate_roots(&mut exclusive) } else { Vec::new() }
+        };
+        if reduces {
+            core.zap_invalidated(scheduled);
+        } else if logs {
+            // Faults that saw the old flags finished before the exclusive section above;
+            // everything they installed is in the range we now zap, and faults from here on
+            // see the new flags.
+            core.zap_range(Some(new.as_id), range);
+        }
+        core.try_reclaim();
+        Ok(())
+    }
+
+    /// Returns the slot's dirty bitmap (bit i = page i of the slot) and clears it, then
+    /// write-protects the pages it reported and flushes, so the next write to each faults and
+    /// is logged again. Writes that race with this call are reported now or next time.
+    pub fn dirty_log(&self, id: SlotId) -> Result<Vec<u64>, SlotError> {
+        self.core.dirty_log(id)
+    }
+
+    /// The slots, in no particular order: id, address space, base, size in bytes, flags.
+    pub fn slots(&self) -> Vec<(SlotId, AsId, Gpa, u64, SlotFlags)> {
+        let _shared = self.core.lock.read();
+        self.core
+            .slots
+            .read()
+            .iter()
+            .map(|s| (s.id, s.as_id, s.base.gpa(), s.pages * PAGE_SIZE, s.flags))
+            .collect()
+    }
+
+    /// The host page backing `gfn` in `as_id`, if it is in a slot and has been touched.
+    pub fn backing_of(&self, as_id: AsId, gfn: Gfn) -> Option<Hpa> {
+        let _shared = self.core.lock.read();
+        self.core.slots.read().find(as_id, gfn).and_then(|s| s.backing_of(gfn))
+    }
+
+    /// Copies guest memory at `gpa` into `buf`, through the slots (allocating untouched
+    /// backing, which reads as zeros).
+    pub fn read_guest(&self, as_id: AsId, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = Gpa::new(gpa.raw() + done as u64);
+            let len = (buf.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
+            self.core.with_backing(as_id, at, |pages, frame, size, offset, _| {
+                pages.read_frame(frame, size, offset, &mut buf[done..done + len]);
+            })?;
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into guest memory at `gpa`, through the slots. The hypervisor may write
+    /// read-only slots (to load ROM images); dirty logging records the pages.
+    pub fn write_guest(&self, as_id: AsId, gpa: Gpa, data: &[u8]) -> Result<(), GuestMemoryError> {
+        let mut done = 0;
+        while done < data.len() {
+            let at = Gpa::new(gpa.raw() + done as u64);
+            let len = (data.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
+            self.core.with_backing(as_id, at, |pages, frame, size, offset, slot| {
+                pages.write_frame(frame, size, offset, &data[done..done + len]);
+                slot.mark_dirty(at.gfn());
+            })?;
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Begins a change to the memory behind `range` of `as_id` (rule 7): faults in the range
+    /// retry from now on, and the range is zapped and flushed before this returns. The
+    /// change is done through the returned [`Invalidation`], which ends the sequence when
+    /// dropped.
+    pub fn begin_invalidation(&self, as_id: AsId, range: GfnRange) -> Invalidation<'_, P> {
+        let core = &*self.core;
+        {
+            let mut exclusive = core.lock.write();
+            core.inval.begin(&mut exclusive, range);
+        }
+        Counters::add(&core.counters.range_invalidations, 1);
+        core.zap_range(Some(as_id), range);
+        Invalidation { mmu: self, as_id, range }
+    }
+
+    /// Discards the memory behind `range`: afterwards it reads as zeros, and chunks fully
+    /// inside the range go back to the page source.
+    pub fn discard_range(&self, as_id: AsId, range: GfnRange) {
+        self.begin_invalidation(as_id, range).discard();
+    }
+
+    /// Frees table pages whose grace period has passed. Slot updates do this on their own;
+    /// a backend may call it from an idle loop.
+    pub fn reclaim(&self) {
+        self.core.try_reclaim();
+    }
+
+    /// Every root the MMU references: the valid ones and invalid ones not yet zapped.
+    pub fn roots(&self) -> Vec<Arc<Root<P>>> {
+        self.core.roots.lock().clone()
+    }
+
+    /// Every present leaf of `root`, for tests and debugging.
+    pub fn leaves(&self, root: &Root<P>) -> Vec<Leaf> {
+        let shared = self.core.lock.read();
+        let mut out = Vec::new();
+        self.core.collect_leaves(&shared, root.table(), root.role().levels, Gfn::new(0), &mut out);
+        out
+    }
+
+    /// What `root` translates `gpa` to: the host address and whether it is writable.
+    pub fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
+        self.core.translate(root, gpa)
+    }
+
+    /// Destroys the VM's memory: every root is invalidated and zapped, every slot deleted and
+    /// its backing freed. vCPUs may still hold (now empty) roots; their top tables are freed
+    /// when the last vCPU lets go, and the remaining table pages when nothing references the
+    /// MMU any more.
+    pub fn destroy(self) {
+        drop(self);
+    }
+}
+
+impl<P: Platform> Drop for Mmu<P> {
+    fn drop(&mut self) {
+        let core = &*self.core;
+        let _update = core.update.lock();
+        let (slots, scheduled) = {
+            let mut exclusive = core.lock.write();
+            core.destroyed.store(true, Ordering::Relaxed);
+            let slots = core.slots.write().take_all();
+            (slots, core.invalidate_roots(&mut exclusive))
+        };
+        core.zap_invalidated(scheduled);
+        for slot in slots {
+            slot.backing.release(&*core.pages, &core.counters);
+        }
+        core.try_reclaim();
+    }
+}
+
+/// A change to backing memory in progress (rule 7). Dropping it ends the sequence.
+pub struct Invalidation<'a, P: Platform> {
+    mmu: &'a Mmu<P>,
+    as_id: AsId,
+    range: GfnRange,
+}
+
+impl<P: Platform> Invalidation<'_, P> {
+    pub fn range(&self) -> GfnRange {
+        self.range
+    }
+
+    /// Drops the backing of the range: whole chunks go back to the page source, partly
+    /// covered ones are zeroed.
+    pub fn discard(&self) {
+        let core = &*self.mmu.core;
+        let _shared = core.lock.read();
+        let slots: Vec<Arc<Memslot>> = core
+            .slots
+            .read()
+            .iter()
+            .filter(|s| s.as_id == self.as_id && s.base < self.range.end && self.range.start < s.end())
+            .cloned()
+            .collect();
+        let zeros = [0u8; PAGE_SIZE as usize];
+        for slot in slots {
+            let start = slot.base.max(self.range.start);
+            let end = slot.end().min(self.range.end);
+            let mut gfn = start;
+            while gfn < end {
+                let (chunk, offset) = slot.locate(gfn);
+                let chunk_pages = slot.backing.chunk.pages();
+                let chunk_end = gfn.add(chunk_pages - offset / PAGE_SIZE);
+                if offset == 0 && chunk_end <= end {
+                    slot.backing.discard(chunk, &*core.pages, &core.counters);
+                    gfn = chunk_end;
+                } else {
+                    if let Some(frame) = slot.backing.frame(chunk) {
+                        core.pages.write_frame(frame, slot.backing.chunk, offset, &zeros);
+                    }
+                    gfn = gfn.add(1);
+                }
+            }
+        }
+    }
+}
+
+impl<P: Platform> Drop for Invalidation<'_, P> {
+    fn drop(&mut self) {
+        self.mmu.core.inval.end();
+    }
+}
+
+impl<P: Platform> Core<P> {
+    fn with_backing<R>(
+        &self,
+        as_id: AsId,
+        gpa: Gpa,
+        f: impl FnOnce(&P::Pages, Hpa, PageSize, u64, &Memslot) -> R,
+    ) -> Result<R, GuestMemoryError> {
+        let _shared = self.lock.read();
+        let slot = self
+            .slots
+            .read()
+            .find(as_id, gpa.gfn())
+            .cloned()
+            .ok_or(GuestMemoryError::NotInSlot { gpa })?;
+        let (chunk, offset) = slot.locate(gpa.gfn());
+        let frame = slot
+            .backing
+            .frame_or_alloc(chunk, &*self.pages, &self.counters)
+            .ok_or(GuestMemoryError::OutOfMemory)?;
+        Ok(f(&self.pages, frame, slot.backing.chunk, offset + gpa.page_offset(), &slot))
+    }
+
+    /// The smallest quiescent epoch any registered vCPU has reported.
+    fn oldest_report(&self) -> u64 {
+        self.vcpus.lock().iter().map(|v| v.quiescent()).min().unwrap_or(flush::OFFLINE)
+    }
+
+    fn try_reclaim(&self) {
+        if !self.grace.has_pending() {
+            return;
+        }
+        let mut exclusive = self.lock.write();
+        self.try_reclaim_locked(&mut exclusive);
+    }
+
+    fn try_reclaim_locked(&self, exclusive: &mut lock::MmuExclusive<'_>) {
+        let oldest = self.oldest_report();
+        self.grace.reclaim(exclusive, oldest, &*self.pages, &self.counters);
+    }
+
+    fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
+        let shared = self.lock.read();
+        let gfn = gpa.gfn();
+        if gfn.raw() >= iter::reach(root.role().levels) {
+            return None;
+        }
+        let stop = iter::walk::<P::Format, _>(&shared, &*self.pages, root.table(), root.role().levels, gfn);
+        if !<P::Format as TdpFormat>::is_present(stop.spte) {
+            return None;
+        }
+        let size = PageSize::from_level(stop.level)?;
+        let base = <P::Format as TdpFormat>::leaf_address(stop.spte, size);
+        let offset = (gfn.raw() & (size.pages() - 1)) * PAGE_SIZE + gpa.page_offset();
+        Some((base.add(offset), <P::Format as TdpFormat>::is_writable(stop.spte)))
+    }
+
+    fn collect_leaves(&self, shared: &lock::MmuShared<'_>, table: Hpa, level: u8, base: Gfn, out: &mut Vec<Leaf>) {
+        for (i, entry) in self.pages.table(table).iter().enumerate() {
+            let spte = entry.load(Ordering::Acquire);
+            if !<P::Format as TdpFormat>::is_present(spte) {
+                continue;
+            }
+            let gfn = base.add(i as u64 * iter::span(level));
+            if <P::Format as TdpFormat>::is_leaf(spte, level) {
+                let size = PageSize::from_level(level).expect("leaves exist at levels 1 to 3");
+                out.push(Leaf {
+                    gfn,
+                    hpa: <P::Format as TdpFormat>::leaf_address(spte, size),
+                    size,
+                    writable: <P::Format as TdpFormat>::is_writable(spte),
+                });
+            } else {
+                self.collect_leaves(shared, <P::Format as TdpFormat>::table_address(spte), level - 1, gfn, out);
+            }
+        }
+    }
+}
+
+impl<P: Platform> Drop for Core<P> {
+    fn drop(&mut self) {
+        // Nothing references the MMU any more: no vCPU, no root, no walker.
+        self.grace.reclaim_all(&*self.pages, &self.counters);
+    }
+}
