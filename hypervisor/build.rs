@@ -1,7 +1,15 @@
 //! Links the bare-metal image with libos's linker script (only for the `taproot` binary
 //! on the bare-metal target; host builds of the library and tests are untouched).
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The guests `guest-images/` builds, embedded into the image when xtask says where they
+/// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table.
+const GUESTS: [&str; 5] = ["hello", "memtouch", "roots", "tlbprobe", "exitbench"];
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(loom)");
+    embed_guests();
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
         let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
         let script = std::path::Path::new(&manifest).join("../libos/link.ld");
@@ -9,4 +17,23 @@ fn main() {
         println!("cargo::rustc-link-arg-bin=taproot=-zmax-page-size=4096");
         println!("cargo::rerun-if-changed={}", script.display());
     }
+}
+
+fn embed_guests() {
+    println!("cargo::rerun-if-env-changed=TAPROOT_GUEST_DIR");
+    let mut table = String::from("/// Embedded guest images: (name, ELF bytes).\npub static GUESTS: &[(&str, &[u8])] = &[\n");
+    if let Ok(dir) = std::env::var("TAPROOT_GUEST_DIR") {
+        for name in GUESTS {
+            let path = Path::new(&dir).join(name);
+            println!("cargo::rerun-if-changed={}", path.display());
+            if path.is_file() {
+                let path = path.canonicalize().expect("an existing file has a canonical path");
+                writeln!(table, "    ({name:?}, include_bytes!({:?})),", path.display().to_string())
+                    .expect("writing to a String cannot fail");
+            }
+        }
+    }
+    table.push_str("];\n");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("guests.rs");
+    std::fs::write(out, table).expect("OUT_DIR is writable");
 }

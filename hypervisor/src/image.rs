@@ -11,6 +11,8 @@ libos::entry!(main);
 
 /// How long the APs get to answer their first work item.
 const AP_ANSWER_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Exit status (with `exit=1`) when a guest named on the command line cannot be launched.
+const LAUNCH_FAILED_STATUS: i32 = 125;
 /// Several periods of the 100 Hz host timer.
 const TIMER_SETTLE_US: u64 = 50_000;
 
@@ -42,6 +44,18 @@ fn main() -> ! {
         match crate::smoke::run() {
             Ok(status) => log::info!("svm-smoke: ok, status {status}"),
             Err(e) => log::error!("svm-smoke: {e}"),
+        }
+    }
+    if let Some(name) = cmdline::value(line, "guest") {
+        let status = match crate::launch::launch(line, name) {
+            Ok(status) => status,
+            Err(e) => {
+                sys::console_write(format!("taproot: cannot launch guest {name:?}: {e}\n").as_bytes());
+                LAUNCH_FAILED_STATUS
+            }
+        };
+        if cmdline::flag(line, "exit") {
+            sys::exit(status);
         }
     }
     if cmdline::value(line, "fault") == Some("pagefault") {

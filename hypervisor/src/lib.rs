@@ -8,7 +8,10 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
-#[cfg(target_os = "none")]
 pub mod backend;
+pub mod cpuid;
+pub mod devices;
+pub mod loader;
 pub mod memslot;
 pub mod mmu;
+pub mod vm;

@@ -9,6 +9,14 @@
 #[cfg(target_os = "none")]
 mod image;
 #[cfg(target_os = "none")]
+mod builtin;
+#[cfg(target_os = "none")]
+mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+#[cfg(target_os = "none")]
+mod launch;
+#[cfg(target_os = "none")]
 mod smoke;
 #[cfg(target_os = "none")]
 mod sys;

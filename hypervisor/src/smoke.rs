@@ -45,7 +45,7 @@ pub fn run() -> Result<i32, String> {
                 log::info!("svm-smoke: mmu {:?}", mmu.stats());
                 return Ok(vcpu.regs().rax as u8 as i32);
             }
-            Exit::Cpuid => vcpu.skip_instruction(2),
+            Exit::Cpuid => vcpu.skip_exiting_instruction(),
             Exit::HostInterrupt => {}
             Exit::NestedPageFault { gpa, access } => {
                 match vmmu.handle_fault(Gpa::new(gpa), access).map_err(|e| alloc::format!("{e:?}"))? {

@@ -11,10 +11,19 @@ pub struct Built {
     pub iso: PathBuf,
 }
 
-/// Compiles the ELF of `profile` (no ISO).
+/// Builds the child guests of `guest-images/` (always optimised: they are small and the
+/// emulators are slow) and returns the directory holding their ELFs.
+pub fn guests() -> Result<PathBuf, String> {
+    run_cmd(cargo().args(["build", "--package", "guest-images", "--target", TARGET, "--release"]))?;
+    Ok(paths::workspace_root().join("target").join(TARGET).join("release"))
+}
+
+/// Compiles the ELF of `profile` (no ISO), with the guests embedded.
 pub fn elf(profile: Profile) -> Result<PathBuf, String> {
+    let guest_dir = guests()?;
     let mut cmd = cargo();
     cmd.args(["build", "--package", "hypervisor", "--bin", "taproot", "--target", TARGET]);
+    cmd.env("TAPROOT_GUEST_DIR", &guest_dir);
     if profile == Profile::Release {
         cmd.arg("--release");
     }

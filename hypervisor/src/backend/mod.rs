@@ -4,10 +4,16 @@
 //! Only the backends (and libos) contain `unsafe` code; everything above this module is
 //! ordinary Rust.
 
+#[cfg(target_os = "none")]
 pub mod direct_map;
+#[cfg(target_os = "none")]
 pub mod svm;
+#[cfg(target_os = "none")]
+pub mod vmx;
 
-use crate::mmu::Access;
+use crate::mmu::{Access, Platform};
+use alloc::string::String;
+use alloc::sync::Arc;
 
 /// General-purpose registers that VM entry does not load from the VMCB/VMCS (and `rax`,
 /// which SVM keeps in the VMCB: the backend syncs it). The layout is fixed: the world-switch
@@ -89,10 +95,9 @@ pub trait BackendVcpu: Send {
     fn regs_mut(&mut self) -> &mut GuestRegs;
     fn rip(&self) -> u64;
     fn set_rip(&mut self, rip: u64);
-    /// Advances RIP past the exiting instruction of `len` bytes.
-    fn skip_instruction(&mut self, len: u64) {
-        self.set_rip(self.rip().wrapping_add(len));
-    }
+    /// Advances RIP past the instruction that caused the last exit (CPUID, VMMCALL/VMCALL,
+    /// RDMSR/WRMSR, HLT). I/O exits carry their next RIP instead.
+    fn skip_exiting_instruction(&mut self);
     /// Injects #GP(0) at the next entry.
     fn inject_general_protection(&mut self);
     /// Runs the guest on this CPU with `root_pointer` (nCR3 / EPTP) until the next exit.
@@ -100,4 +105,27 @@ pub trait BackendVcpu: Send {
     fn run(&mut self, root_pointer: u64) -> Exit;
     /// One line of guest state for crash reports.
     fn describe(&self) -> alloc::string::String;
+}
+
+/// A hardware backend: how to turn it on, and how to make its per-VM and per-vCPU parts.
+pub trait Backend: Send + Sync + 'static {
+    /// The TDP MMU as this backend instantiates it (entry format, pages, flush hook).
+    type Platform: Platform;
+    type Vcpu: BackendVcpu;
+    /// `svm` or `vmx`, as the banner and the API say.
+    const NAME: &'static str;
+    /// Whose CPUID conventions the guest sees, and which hypercall instruction it uses.
+    const VENDOR: crate::cpuid::Vendor;
+
+    /// Turns virtualization on for the calling CPU (idempotent).
+    fn enable_on_this_cpu() -> Result<(), String>;
+    /// The per-VM part, which is also the MMU's TLB flush hook.
+    fn create_vm() -> Result<Arc<<Self::Platform as Platform>::Flush>, String>;
+    fn create_vcpu(vm: &Arc<<Self::Platform as Platform>::Flush>, entry: &EntryState) -> Result<Self::Vcpu, String>;
+    fn pages() -> Arc<<Self::Platform as Platform>::Pages>;
+    fn clock() -> <Self::Platform as Platform>::Clock;
+    /// The host's CPUID for `leaf`/`subleaf` (the guest's view is derived from it).
+    fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4];
+    /// TLB flushes the per-VM part has done.
+    fn flushes(vm: &<Self::Platform as Platform>::Flush) -> u64;
 }

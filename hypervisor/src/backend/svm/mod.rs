@@ -355,7 +355,7 @@ impl SvmVcpu {
             self.regs.rax = value & 0xFFFF_FFFF;
             self.regs.rdx = value >> 32;
         }
-        self.skip_instruction(RDMSR_WRMSR_LEN);
+        self.skip_exiting_instruction();
         true
     }
 }
@@ -417,6 +417,17 @@ impl BackendVcpu for SvmVcpu {
 
     fn set_rip(&mut self, rip: u64) {
         self.vmcb.write64(save::RIP, rip);
+    }
+
+    fn skip_exiting_instruction(&mut self) {
+        let len = match self.vmcb.read64(control::EXIT_CODE) {
+            exit_code::CPUID => CPUID_LEN,
+            exit_code::VMMCALL => VMMCALL_LEN,
+            exit_code::MSR => RDMSR_WRMSR_LEN,
+            exit_code::HLT => HLT_LEN,
+            _ => 0,
+        };
+        self.set_rip(self.rip().wrapping_add(len));
     }
 
     fn inject_general_protection(&mut self) {
@@ -503,5 +514,44 @@ pub struct LibosClock;
 impl crate::mmu::Clock for LibosClock {
     fn now_ns(&self) -> u64 {
         libos::time::now_ns()
+    }
+}
+
+/// The SVM backend, as the VM layer sees it.
+pub struct Svm;
+
+impl super::Backend for Svm {
+    type Platform = SvmPlatform;
+    type Vcpu = SvmVcpu;
+    const NAME: &'static str = "svm";
+    const VENDOR: crate::cpuid::Vendor = crate::cpuid::Vendor::Amd;
+
+    fn enable_on_this_cpu() -> Result<(), String> {
+        enable_on_this_cpu().map_err(|e| format!("{e}"))
+    }
+
+    fn create_vm() -> Result<Arc<SvmVm>, String> {
+        SvmVm::new().map_err(|e| format!("{e}"))
+    }
+
+    fn create_vcpu(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<SvmVcpu, String> {
+        SvmVcpu::new(vm, entry).map_err(|e| format!("{e}"))
+    }
+
+    fn pages() -> Arc<super::direct_map::DirectMap> {
+        Arc::new(super::direct_map::DirectMap)
+    }
+
+    fn clock() -> LibosClock {
+        LibosClock
+    }
+
+    fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn flushes(vm: &SvmVm) -> u64 {
+        vm.flushes()
     }
 }

@@ -1,0 +1,68 @@
+//! `exitbench`: loops of exits of each kind — CPUID (always intercepted), a hypercall
+//! (VCPU_COUNT) and a port read (the UART scratch register) — `iters=N` times each
+//! (default 10,000), printing the count and, where the TSC is invariant, TSC cycles per
+//! exit. Inside an emulator the cycle counts mean little: count instructions there
+//! (QEMU `-icount`, Bochs log timestamps). vCPU 0 runs it; other vCPUs halt.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+guest_images::guest_main!(guest);
+
+#[cfg(target_os = "none")]
+mod guest {
+    use guest_images::logic::{cmdline_u64, per_iteration_x100};
+    use guest_images::{println, rt};
+    use taproot_guest_abi::{cpuid, hypercall::Hypercall, port, status};
+
+    const DEFAULT_ITERS: u64 = 10_000;
+    /// The 16550 scratch register: a device register without side effects.
+    const SCRATCH_PORT: u16 = port::COM1_BASE + 7;
+
+    pub fn guest(boot: &rt::Boot) -> u32 {
+        if boot.vcpu_index != 0 {
+            rt::halt_forever();
+        }
+        let iters = cmdline_u64(boot.cmdline(), "iters").unwrap_or(DEFAULT_ITERS).max(1);
+        let tsc = rt::has_invariant_tsc();
+        println!("exitbench: iters={iters} invariant_tsc={tsc}");
+
+        report("cpuid", iters, tsc, || {
+            core::hint::black_box(rt::cpuid_regs(cpuid::SIGNATURE_LEAF));
+        });
+        if boot.under_taproot {
+            report("hypercall", iters, tsc, || {
+                let _ = core::hint::black_box(rt::hypercall(Hypercall::VcpuCount, [0; 3]));
+            });
+        } else {
+            println!("exitbench: hypercall skipped (not under Taproot)");
+        }
+        report("pio_in", iters, tsc, || {
+            core::hint::black_box(rt::inb(SCRATCH_PORT));
+        });
+        status::OK
+    }
+
+    fn report(name: &str, iters: u64, tsc: bool, mut exit_once: impl FnMut()) {
+        let start = rt::rdtsc();
+        for _ in 0..iters {
+            exit_once();
+        }
+        let cycles = rt::rdtsc().wrapping_sub(start);
+        match per_iteration_x100(cycles, iters).filter(|_| tsc) {
+            Some(x100) => {
+                println!("exitbench: {name} exits={iters} tsc_per_exit={}.{:02}", x100 / 100, x100 % 100)
+            }
+            None => println!("exitbench: {name} exits={iters} tsc_per_exit=n/a"),
+        }
+    }
+}
+
+#[cfg(target_os = "none")]
+use guest::guest;
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "exitbench is a bare-metal guest: cargo build -p guest-images --target x86_64-unknown-none --release"
+    );
+}

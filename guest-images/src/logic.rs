@@ -1,0 +1,146 @@
+//! What the guests compute, separate from the hardware so it is tested on the host.
+
+use core::ops::Range;
+
+/// Bytes in a page the guests split memory by.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The value of `key=value` in a space-separated command line, if present.
+#[must_use]
+pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_ascii_whitespace().find_map(|word| {
+        let (k, v) = word.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// `key=N` as a number (decimal, or hex with `0x`), if present and valid.
+#[must_use]
+pub fn cmdline_u64(cmdline: &str, key: &str) -> Option<u64> {
+    let value = cmdline_value(cmdline, key)?;
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => value.parse().ok(),
+    }
+}
+
+/// The pattern word memtouch writes at `addr`: splitmix64 of the address, so every word
+/// differs and a word written to the wrong place (or a stale page) is caught.
+#[must_use]
+pub const fn pattern(addr: u64) -> u64 {
+    let mut z = addr.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The checksum of the pattern over `range` (8-byte words): the wrapping sum of the words,
+/// so shares computed by different vCPUs add up to the checksum of the whole, however
+/// memory was split.
+#[must_use]
+pub fn pattern_checksum(range: Range<u64>) -> u64 {
+    range.step_by(8).fold(0u64, |sum, addr| sum.wrapping_add(pattern(addr)))
+}
+
+/// vCPU `index` of `count`'s share of `region`: whole pages, contiguous, the last vCPU
+/// taking the remainder. Empty when `count` is 0 or `index >= count`.
+#[must_use]
+pub fn share(region: Range<u64>, index: u32, count: u32) -> Range<u64> {
+    if count == 0 || index >= count || region.end <= region.start {
+        return region.start..region.start;
+    }
+    let pages = (region.end - region.start) / PAGE_SIZE;
+    let per_vcpu = pages / u64::from(count);
+    let start = region.start + u64::from(index) * per_vcpu * PAGE_SIZE;
+    let end = if index + 1 == count { region.end } else { start + per_vcpu * PAGE_SIZE };
+    start..end
+}
+
+/// Rounds `value` up to a multiple of `align` (a power of two).
+#[must_use]
+pub const fn align_up(value: u64, align: u64) -> u64 {
+    (value + align - 1) & !(align - 1)
+}
+
+/// The first word in `words` (the pattern expected at address `base + 8 * i`) that does
+/// not hold its pattern: `(address, expected, found)`.
+#[must_use]
+pub fn first_mismatch(base: u64, words: &[u64]) -> Option<(u64, u64, u64)> {
+    words.iter().enumerate().find_map(|(i, &found)| {
+        let addr = base + 8 * i as u64;
+        let expected = pattern(addr);
+        (found != expected).then_some((addr, expected, found))
+    })
+}
+
+/// Cycles per iteration, in hundredths, if the measurement means anything (`cycles` from
+/// an invariant TSC).
+#[must_use]
+pub fn per_iteration_x100(cycles: u64, iterations: u64) -> Option<u64> {
+    (iterations > 0).then(|| cycles.saturating_mul(100) / iterations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_values_are_found_by_key() {
+        let line = "mib=64 iters=0x10  name=x=y";
+        assert_eq!(cmdline_value(line, "mib"), Some("64"));
+        assert_eq!(cmdline_u64(line, "mib"), Some(64));
+        assert_eq!(cmdline_u64(line, "iters"), Some(16));
+        assert_eq!(cmdline_value(line, "name"), Some("x=y"));
+        assert_eq!(cmdline_u64(line, "name"), None);
+        assert_eq!(cmdline_u64("", "mib"), None);
+        assert_eq!(cmdline_u64("mib", "mib"), None);
+        assert_eq!(cmdline_u64("xmib=3", "mib"), None);
+    }
+
+    #[test]
+    fn shares_cover_the_region_exactly_once() {
+        let region = 0x20_0000..0x20_0000 + 16 * 1024 * 1024 + 3 * PAGE_SIZE;
+        for count in 1..=7 {
+            let mut next = region.start;
+            for index in 0..count {
+                let s = share(region.clone(), index, count);
+                assert_eq!(s.start, next);
+                assert_eq!(s.start % PAGE_SIZE, 0);
+                next = s.end;
+            }
+            assert_eq!(next, region.end);
+        }
+        assert!(share(region.clone(), 3, 3).is_empty());
+        assert!(share(region, 0, 0).is_empty());
+    }
+
+    #[test]
+    fn checksum_of_shares_adds_up_to_the_whole() {
+        let region = 0x40_0000..0x40_0000 + 64 * PAGE_SIZE;
+        let whole = pattern_checksum(region.clone());
+        for count in [1, 2, 3, 5] {
+            let sum = (0..count)
+                .fold(0u64, |sum, i| sum.wrapping_add(pattern_checksum(share(region.clone(), i, count))));
+            assert_eq!(sum, whole);
+        }
+    }
+
+    #[test]
+    fn mismatches_are_found_with_their_address() {
+        let base = 0x10_0000u64;
+        let mut words: [u64; 16] = core::array::from_fn(|i| pattern(base + 8 * i as u64));
+        assert_eq!(first_mismatch(base, &words), None);
+        words[5] = 0;
+        assert_eq!(first_mismatch(base, &words), Some((base + 40, pattern(base + 40), 0)));
+        // Neighbouring words differ, so a shifted copy is caught too.
+        assert_ne!(pattern(base), pattern(base + 8));
+    }
+
+    #[test]
+    fn small_helpers() {
+        assert_eq!(align_up(0x10_0001, 0x20_0000), 0x20_0000);
+        assert_eq!(align_up(0x20_0000, 0x20_0000), 0x20_0000);
+        assert_eq!(per_iteration_x100(1234, 10), Some(12340));
+        assert_eq!(per_iteration_x100(1, 0), None);
+    }
+}

@@ -1,0 +1,499 @@
+//! The guests' runtime: PVH entry, long mode, per-vCPU stacks, console, exit, hypercalls,
+//! panic handler. Bare metal only.
+
+use core::arch::{asm, global_asm, naked_asm};
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use taproot_guest_abi::{boot, cpuid, hypercall, port, status};
+
+/// The most vCPUs a guest runs on (one stack each).
+pub const MAX_VCPUS: u32 = 8;
+/// Stack size per vCPU (a power of two: the entry shifts by its log2).
+const STACK_SHIFT: u32 = 15;
+
+/// 16550 registers (PC16550D data sheet, Table II), as offsets from COM1.
+const UART_THR: u16 = 0;
+const UART_IER: u16 = 1;
+const UART_DLL: u16 = 0;
+const UART_DLM: u16 = 1;
+const UART_FCR: u16 = 2;
+const UART_LCR: u16 = 3;
+const UART_MCR: u16 = 4;
+const UART_LSR: u16 = 5;
+/// LCR: 8 data bits, no parity, 1 stop bit; bit 7 opens the divisor latch.
+const LCR_8N1: u8 = 0x03;
+const LCR_DLAB: u8 = 0x80;
+/// LSR bit 5: transmitter holding register empty.
+const LSR_THRE: u8 = 1 << 5;
+
+/// CR0.PE, CR0.WP, CR0.PG (SDM Vol. 3A §2.5).
+const CR0_PE: u64 = 1 << 0;
+pub const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+/// CR4.PAE, CR4.PGE (SDM Vol. 3A §2.5).
+const CR4_PAE: u64 = 1 << 5;
+pub const CR4_PGE: u64 = 1 << 7;
+/// IA32_EFER and its LME bit (SDM Vol. 3A §2.2.1, Vol. 4 Table 2-2).
+const MSR_EFER: u32 = 0xC000_0080;
+const EFER_LME: u64 = 1 << 8;
+/// Paging-structure entry bits (SDM Vol. 3A §4.5, Tables 4-15 to 4-18): present,
+/// writable, and page size (a 2 MiB page in a page directory).
+const PTE_PRESENT_WRITABLE: u64 = 0x3;
+const PDE_2M_PAGE: u64 = 0x83;
+/// GDT selectors of `guest_gdt`.
+const SELECTOR_CODE64: u16 = 0x08;
+const SELECTOR_DATA: u16 = 0x10;
+
+// Static page tables: one PML4, one PDPT and four page directories of 2 MiB pages
+// identity-map [0, 4 GiB), which covers any guest memory below 4 GiB. They are data in the
+// image, not built at run time, so every vCPU (and a vCPU restarting after RESET_VCPU) can
+// use them at once without a race.
+global_asm!(
+    r#"
+    .section .data.page_tables, "aw"
+    .balign 4096
+    .global guest_pml4
+guest_pml4:
+    .quad guest_pdpt + {table}
+    .fill 511, 8, 0
+guest_pdpt:
+    .quad guest_pds + {table}
+    .quad guest_pds + 0x1000 + {table}
+    .quad guest_pds + 0x2000 + {table}
+    .quad guest_pds + 0x3000 + {table}
+    .fill 508, 8, 0
+guest_pds:
+    .set pde_index, 0
+    .rept 2048
+    .quad (pde_index << 21) | {page_2m}
+    .set pde_index, pde_index + 1
+    .endr
+
+    .section .rodata.guest_gdt, "a"
+    .balign 16
+    // Null; 64-bit code (P, S, execute/read, L); data (P, S, read/write): SDM Vol. 3A
+    // §3.4.5, Figure 3-8.
+guest_gdt:
+    .quad 0
+    .quad 0x00209A0000000000
+    .quad 0x0000920000000000
+guest_gdt_end:
+    .balign 4
+guest_gdt_ptr:
+    .short guest_gdt_end - guest_gdt - 1
+    .long guest_gdt
+
+    .section .bss.guest_stacks, "aw", @nobits
+    .balign 4096
+guest_stacks:
+    .skip {stacks_size}
+"#,
+    stacks_size = const (MAX_VCPUS as usize) << STACK_SHIFT,
+    table = const PTE_PRESENT_WRITABLE,
+    page_2m = const PDE_2M_PAGE,
+);
+
+/// The PVH entry: 32-bit protected mode, paging off, `ebx` = start info, and Taproot's
+/// `esi` = vCPU index, `edi` = vCPU count. Without Taproot's CPUID signature (QEMU
+/// `-kernel`), `esi`/`edi` mean nothing and the guest runs as vCPU 0 of 1.
+///
+/// # Safety
+/// Only a PVH loader enters here.
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub unsafe extern "C" fn pvh_start32() -> ! {
+    naked_asm!(
+        ".code32",
+        "cli",
+        "cld",
+        "mov ebp, ebx",
+        "mov eax, {sig_leaf}",
+        "cpuid",
+        "cmp ebx, {sig0}",
+        "jne 2f",
+        "cmp ecx, {sig1}",
+        "jne 2f",
+        "cmp edx, {sig2}",
+        "jne 2f",
+        "jmp 3f",
+        "2:",
+        "xor esi, esi",
+        "mov edi, 1",
+        "3:",
+        "cmp esi, {max_vcpus}",
+        "jae 5f",
+        // The stack of vCPU n is the n-th slice of guest_stacks; it grows down from the
+        // slice's end, which is 16-byte aligned.
+        "lea eax, [esi + 1]",
+        "shl eax, {stack_shift}",
+        "add eax, offset guest_stacks",
+        "mov esp, eax",
+        "mov eax, offset guest_pml4",
+        "mov cr3, eax",
+        "mov eax, cr4",
+        "or eax, {cr4_pae}",
+        "mov cr4, eax",
+        "mov ecx, {msr_efer}",
+        "rdmsr",
+        "or eax, {efer_lme}",
+        "wrmsr",
+        "mov eax, cr0",
+        "or eax, {cr0_bits}",
+        "mov cr0, eax",
+        "lgdt [guest_gdt_ptr]",
+        // ljmp code64:4f (JMP ptr16:32, opcode EA).
+        ".byte 0xEA",
+        ".long 4f",
+        ".short {code64}",
+        ".code64",
+        "4:",
+        "mov ax, {data}",
+        "mov ds, ax",
+        "mov es, ax",
+        "mov ss, ax",
+        "xor eax, eax",
+        "mov fs, ax",
+        "mov gs, ax",
+        // rust_start(index = esi, count = edi, start_info = ebp); each `mov r32` zeroes
+        // the upper half. RSP is 16-byte aligned here, so 8 mod 16 at rust_start's entry.
+        "mov eax, esi",
+        "mov esi, edi",
+        "mov edi, eax",
+        "mov edx, ebp",
+        "xor ebp, ebp",
+        "call {rust_start}",
+        "6:",
+        "cli",
+        "hlt",
+        "jmp 6b",
+        ".code32",
+        "5:",
+        "mov al, {bad_boot}",
+        "out {exit_port}, al",
+        "7:",
+        "cli",
+        "hlt",
+        "jmp 7b",
+        ".code64",
+        sig_leaf = const cpuid::SIGNATURE_LEAF,
+        sig0 = const cpuid::signature_regs()[0],
+        sig1 = const cpuid::signature_regs()[1],
+        sig2 = const cpuid::signature_regs()[2],
+        max_vcpus = const MAX_VCPUS,
+        stack_shift = const STACK_SHIFT,
+        rust_start = sym rust_start,
+        bad_boot = const status::BAD_BOOT,
+        cr4_pae = const CR4_PAE,
+        msr_efer = const MSR_EFER,
+        efer_lme = const EFER_LME,
+        cr0_bits = const CR0_PG | CR0_WP | CR0_PE,
+        code64 = const SELECTOR_CODE64,
+        data = const SELECTOR_DATA,
+        exit_port = const port::DEBUG_EXIT,
+    );
+}
+
+/// What a guest's main gets: who it is and what it was given.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Boot {
+    pub vcpu_index: u32,
+    pub vcpu_count: u32,
+    /// Gpa of the PVH `hvm_start_info`.
+    pub start_info: u32,
+    /// Whether CPUID names Taproot (otherwise: no hypercalls, one vCPU).
+    pub under_taproot: bool,
+}
+
+/// `struct hvm_start_info` offsets (Xen `arch-x86/hvm/start_info.h`).
+const SI_MAGIC: u64 = 0;
+const SI_CMDLINE_PADDR: u64 = 24;
+const SI_MEMMAP_PADDR: u64 = 40;
+const SI_MEMMAP_ENTRIES: u64 = 48;
+/// `struct hvm_memmap_table_entry`: addr, size, type (1 = RAM).
+const MEMMAP_ENTRY_SIZE: u64 = 24;
+const MEMMAP_TYPE_RAM: u32 = 1;
+/// Longest command line read.
+const CMDLINE_MAX: usize = 4096;
+
+/// Reads a `T` at guest-physical (= virtual) address `addr`.
+///
+/// # Safety
+/// `addr` must be mapped (the runtime identity-maps 4 GiB) and hold a `T` (any bit
+/// pattern must be valid for `T`).
+unsafe fn read_phys<T: Copy>(addr: u64) -> T {
+    // SAFETY: the caller promises the address is mapped and holds a T; unaligned reads
+    // are allowed for the start info fields.
+    unsafe { core::ptr::read_unaligned(addr as *const T) }
+}
+
+impl Boot {
+    fn has_start_info(&self) -> bool {
+        // SAFETY: the start info gpa comes from the loader and lies in guest memory below
+        // 4 GiB, which the runtime maps.
+        self.start_info != 0
+            && unsafe { read_phys::<u32>(u64::from(self.start_info) + SI_MAGIC) } == boot::HVM_START_MAGIC
+    }
+
+    /// The command line from the start info ("" when there is none).
+    #[must_use]
+    pub fn cmdline(&self) -> &'static str {
+        if !self.has_start_info() {
+            return "";
+        }
+        let base = u64::from(self.start_info);
+        // SAFETY: the start info is valid (magic checked) and mapped.
+        let addr: u64 = unsafe { read_phys(base + SI_CMDLINE_PADDR) };
+        if addr == 0 || addr >= 1 << 32 {
+            return "";
+        }
+        // SAFETY: the loader placed a NUL-terminated string at `addr` in guest memory; we
+        // read at most CMDLINE_MAX bytes of the identity-mapped first 4 GiB, and guest
+        // memory is never unmapped, so the slice stays valid for 'static.
+        let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, CMDLINE_MAX) };
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
+        core::str::from_utf8(&bytes[..len]).unwrap_or("")
+    }
+
+    /// The end of the RAM range that contains `addr`, from the start info's memory map.
+    #[must_use]
+    pub fn ram_end_from(&self, addr: u64) -> Option<u64> {
+        if !self.has_start_info() {
+            return None;
+        }
+        let base = u64::from(self.start_info);
+        // SAFETY: the start info is valid (magic checked) and mapped.
+        let (map, entries): (u64, u32) =
+            unsafe { (read_phys(base + SI_MEMMAP_PADDR), read_phys(base + SI_MEMMAP_ENTRIES)) };
+        (0..u64::from(entries.min(128))).find_map(|i| {
+            let entry = map + i * MEMMAP_ENTRY_SIZE;
+            // SAFETY: the loader wrote `entries` memory-map entries at `map`.
+            let (start, size, kind): (u64, u64, u32) =
+                unsafe { (read_phys(entry), read_phys(entry + 8), read_phys(entry + 16)) };
+            let end = start.checked_add(size)?;
+            (kind == MEMMAP_TYPE_RAM && (start..end).contains(&addr)).then_some(end)
+        })
+    }
+}
+
+unsafe extern "C" {
+    /// Defined by [`crate::guest_main!`].
+    fn taproot_guest_main(boot: &Boot) -> u32;
+    /// End of the image (`link.ld`).
+    static __image_end: u8;
+}
+
+/// The first address after the image (its `.bss` included).
+#[must_use]
+pub fn image_end() -> u64 {
+    // Only the address of the linker symbol is taken, never its contents.
+    (&raw const __image_end) as u64
+}
+
+extern "C" fn rust_start(vcpu_index: u32, vcpu_count: u32, start_info: u32) -> ! {
+    let [_, b, c, d] = cpuid_regs(cpuid::SIGNATURE_LEAF);
+    let boot = Boot { vcpu_index, vcpu_count, start_info, under_taproot: cpuid::is_taproot(b, c, d) };
+    // SAFETY: `taproot_guest_main` is the function `guest_main!` defined with this
+    // signature.
+    let code = unsafe { taproot_guest_main(&boot) };
+    exit(code)
+}
+
+/// Runs CPUID.
+#[must_use]
+pub fn cpuid_regs(leaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// Writes one byte to an I/O port.
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port output to the devices Taproot (or QEMU) models; no memory is touched.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Reads one byte from an I/O port.
+#[must_use]
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Ends the VM with `status` through the exit port; halts if nothing ends it.
+pub fn exit(status: u32) -> ! {
+    outb(port::DEBUG_EXIT, status as u8);
+    halt_forever()
+}
+
+/// Stops this vCPU (HLT with interrupts off: under Taproot the vCPU leaves the VM's set
+/// of runnable vCPUs).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: CLI; HLT only stops this vCPU.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Serialises console output of several vCPUs, and initialises the UART once.
+static CONSOLE_LOCK: AtomicBool = AtomicBool::new(false);
+static CONSOLE_READY: AtomicBool = AtomicBool::new(false);
+
+/// The console: the 16550 at COM1, programmed 8N1 at 115200 baud.
+pub struct Console(());
+
+impl Console {
+    /// Takes the console (spinning while another vCPU prints).
+    pub fn lock() -> Self {
+        while CONSOLE_LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        if !CONSOLE_READY.load(Ordering::Relaxed) {
+            let base = port::COM1_BASE;
+            outb(base + UART_IER, 0);
+            outb(base + UART_LCR, LCR_DLAB);
+            outb(base + UART_DLL, 1);
+            outb(base + UART_DLM, 0);
+            outb(base + UART_LCR, LCR_8N1);
+            outb(base + UART_FCR, 0xC7); // enable and clear FIFOs, 14-byte threshold
+            outb(base + UART_MCR, 0x0B); // DTR | RTS | OUT2
+            CONSOLE_READY.store(true, Ordering::Relaxed);
+        }
+        Self(())
+    }
+
+    fn put(&mut self, byte: u8) {
+        while inb(port::COM1_BASE + UART_LSR) & LSR_THRE == 0 {
+            core::hint::spin_loop();
+        }
+        outb(port::COM1_BASE + UART_THR, byte);
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        CONSOLE_LOCK.store(false, Ordering::Release);
+    }
+}
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for byte in s.bytes() {
+            if byte == b'\n' {
+                self.put(b'\r');
+            }
+            self.put(byte);
+        }
+        Ok(())
+    }
+}
+
+/// Prints a line to the console (whole, even with several vCPUs printing).
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let mut console = $crate::rt::Console::lock();
+        let _ = console.write_fmt(format_args!($($arg)*));
+        let _ = console.write_str("\n");
+    }};
+}
+
+/// 0: not known yet; 1: VMMCALL; 2: VMCALL; 3: not under Taproot.
+static HYPERCALL_KIND: AtomicU8 = AtomicU8::new(0);
+
+fn hypercall_kind() -> u8 {
+    let mut kind = HYPERCALL_KIND.load(Ordering::Relaxed);
+    if kind == 0 {
+        let [_, b, c, d] = cpuid_regs(cpuid::SIGNATURE_LEAF);
+        kind = if !cpuid::is_taproot(b, c, d) {
+            3
+        } else if cpuid_regs(cpuid::FEATURES_LEAF)[0] & cpuid::FEATURE_HYPERCALL_VMMCALL != 0 {
+            1
+        } else {
+            2
+        };
+        HYPERCALL_KIND.store(kind, Ordering::Relaxed);
+    }
+    kind
+}
+
+/// Calls hypercall `call` with up to three arguments. Not under Taproot, nothing is
+/// executed and the result is `UnknownHypercall`.
+pub fn hypercall(call: hypercall::Hypercall, args: [u64; 3]) -> Result<u64, hypercall::HypercallError> {
+    let mut rax = call.number();
+    match hypercall_kind() {
+        // SAFETY: VMMCALL traps to Taproot, which follows the ABI in
+        // `taproot_guest_abi::hypercall`: only rax changes. It may change guest memory
+        // (DISCARD_PAGE), hence no `nomem`.
+        1 => unsafe {
+            asm!("vmmcall", inout("rax") rax, in("rdi") args[0], in("rsi") args[1], in("rdx") args[2], options(nostack));
+        },
+        // SAFETY: as above, with VMCALL on Intel.
+        2 => unsafe {
+            asm!("vmcall", inout("rax") rax, in("rdi") args[0], in("rsi") args[1], in("rdx") args[2], options(nostack));
+        },
+        _ => return Err(hypercall::HypercallError::UnknownHypercall),
+    }
+    hypercall::decode_result(rax)
+}
+
+/// Reads CR0.
+#[must_use]
+pub fn read_cr0() -> u64 {
+    let value;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes CR0.
+///
+/// # Safety
+/// `value` must keep protected mode and paging on and be a valid CR0.
+pub unsafe fn write_cr0(value: u64) {
+    // SAFETY: the caller keeps CR0 valid.
+    unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// Reads CR4.
+#[must_use]
+pub fn read_cr4() -> u64 {
+    let value;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// `value` must keep PAE on and be a valid CR4.
+pub unsafe fn write_cr4(value: u64) {
+    // SAFETY: the caller keeps CR4 valid.
+    unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// The time-stamp counter.
+#[must_use]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Whether the TSC is invariant (CPUID.80000007h:EDX[8]), the condition for cycle counts
+/// to mean anything.
+#[must_use]
+pub fn has_invariant_tsc() -> bool {
+    cpuid_regs(0x8000_0000)[0] >= 0x8000_0007 && cpuid_regs(0x8000_0007)[3] & (1 << 8) != 0
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    // Take the console even if the panicking vCPU held it.
+    CONSOLE_LOCK.store(false, Ordering::Release);
+    crate::println!("guest panic: {info}");
+    exit(status::PANIC)
+}

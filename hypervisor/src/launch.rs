@@ -1,0 +1,149 @@
+//! Launching an embedded guest from the image's command line, until the control plane
+//! exists: `guest=<name> vcpus=<n> mem=<MiB> [timeout_ms=<ms>] [guest.<key>=<value> ...]`.
+//! The guest's console lines are printed as `[vm <id>] ...`; at the end the image prints
+//! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`.
+
+use crate::guests::GUESTS;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use hypervisor::backend::Backend;
+use hypervisor::backend::svm::Svm;
+use hypervisor::backend::vmx::Vmx;
+use hypervisor::loader::ImageFormat;
+use hypervisor::vm::{Vm, VmConfig, VmState, run_vcpu};
+use libos::cmdline;
+
+const DEFAULT_VCPUS: u32 = 1;
+const DEFAULT_MEMORY_MIB: u64 = 64;
+const VM_ID: u32 = 1;
+/// How long the APs get to enable virtualization.
+const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// What a launch ended with: the guest's status (or -1 when it did not exit by itself).
+pub fn launch(line: &str, name: &str) -> Result<i32, String> {
+    let vcpus = parse_or(line, "vcpus", DEFAULT_VCPUS)?;
+    let memory_mib = parse_or(line, "mem", DEFAULT_MEMORY_MIB)?;
+    let timeout_ms: Option<u64> = cmdline::value(line, "timeout_ms").map(|v| v.parse()).transpose().map_err(|_| "timeout_ms must be a number of milliseconds")?;
+    let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
+        Some((_, bytes)) => (*bytes, ImageFormat::Elf),
+        None => match crate::builtin::find(name) {
+            Some(code) => (code, ImageFormat::Flat { load_gpa: crate::builtin::LOAD_GPA, entry_gpa: None }),
+            None => return Err(unknown_guest(name)),
+        },
+    };
+    let guest_cmdline: Vec<String> = cmdline::words(line)
+        .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
+        .collect();
+    let cpus = libos::smp::cpu_count();
+    if vcpus as usize > cpus {
+        return Err(format!("{vcpus} vCPUs on {cpus} CPUs: time slicing is not implemented yet; use vcpus<={cpus}"));
+    }
+    match libos::smp::virt_caps(0).unwrap_or_default() {
+        libos::virt::VirtCaps::Svm(_) => run::<Svm>(VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms),
+        libos::virt::VirtCaps::Vmx(_) => {
+            run::<Vmx>(VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms)
+        }
+        libos::virt::VirtCaps::None => Err("this machine offers no hardware virtualization to Taproot".into()),
+    }
+}
+
+fn unknown_guest(name: &str) -> String {
+    let mut names: Vec<&str> = GUESTS.iter().map(|(n, _)| *n).collect();
+    names.extend(crate::builtin::BUILTIN_GUESTS.iter().map(|(n, _, _)| *n));
+    format!("no guest named {name:?}; the image has: {}", names.join(", "))
+}
+
+fn parse_or<T: core::str::FromStr>(line: &str, key: &str, default: T) -> Result<T, String> {
+    match cmdline::value(line, key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("{key}={v} is not a number")),
+    }
+}
+
+fn run<B: Backend>(
+    config: VmConfig,
+    image: &[u8],
+    format: ImageFormat,
+    guest_cmdline: &str,
+    timeout_ms: Option<u64>,
+) -> Result<i32, String> {
+    enable_everywhere::<B>()?;
+    let vm = Vm::<B>::create(VM_ID, config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
+    vm.set_console_sink(print_console_line);
+    if let Some(ms) = timeout_ms {
+        vm.set_deadline(libos::time::now_ns() + ms * 1_000_000);
+    }
+    vm.load_image(image, format, guest_cmdline).map_err(|e| format!("{e}"))?;
+    let mut vcpus = vm.start().map_err(|e| format!("{e}"))?;
+    let cpus = libos::smp::cpu_count();
+    // vCPU i runs on CPU i; vCPU 0 on this (the boot) CPU, inline.
+    let mut first = None;
+    for (index, mut vcpu) in vcpus.drain(..).enumerate() {
+        if index % cpus == 0 {
+            first = Some(vcpu);
+            continue;
+        }
+        let vm = vm.clone();
+        libos::smp::run_on(index % cpus, move || {
+            run_vcpu(&vm, index as u32, &mut vcpu);
+        })
+        .map_err(|e| format!("{e}"))?;
+    }
+    if let Some(mut vcpu) = first {
+        run_vcpu(&vm, 0, &mut vcpu);
+    }
+    while vm.running_vcpus() > 0 {
+        crate::sys::sleep_us(1000);
+    }
+    vm.flush_console();
+    let state = vm.state();
+    let status = match &state {
+        VmState::Exited { status } => *status as i32,
+        _ => -1,
+    };
+    for event in vm.events().0 {
+        crate::sys::console_write(format!("[vm {}] event at {} ns: {}\n", vm.id, event.time_ns, event.text).as_bytes());
+    }
+    crate::sys::console_write(
+        format!("taproot: vm {} exited status={status} state={} stats={}\n", vm.id, state.name(), vm.stats_json()).as_bytes(),
+    );
+    let vm = Arc::try_unwrap(vm).map_err(|_| "VM still referenced after its vCPUs ended")?;
+    vm.destroy();
+    Ok(status)
+}
+
+fn print_console_line(id: u32, line: &str) {
+    crate::sys::console_write(format!("[vm {id}] {line}\n").as_bytes());
+}
+
+/// Enables the backend on every CPU: here, then on each AP through its work queue.
+fn enable_everywhere<B: Backend>() -> Result<(), String> {
+    B::enable_on_this_cpu()?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(spin::Mutex::new(None));
+    let cpus = libos::smp::cpu_count();
+    for cpu in 1..cpus {
+        let (done, failed) = (done.clone(), failed.clone());
+        libos::smp::run_on(cpu, move || {
+            if let Err(e) = B::enable_on_this_cpu() {
+                *failed.lock() = Some(format!("cpu {cpu}: {e}"));
+            }
+            done.fetch_add(1, Ordering::AcqRel);
+        })
+        .map_err(|e| format!("{e}"))?;
+    }
+    let deadline = libos::time::now_ns() + ENABLE_TIMEOUT_NS;
+    while done.load(Ordering::Acquire) < cpus - 1 && libos::time::now_ns() < deadline {
+        core::hint::spin_loop();
+    }
+    if let Some(e) = failed.lock().take() {
+        return Err(e);
+    }
+    if done.load(Ordering::Acquire) < cpus - 1 {
+        return Err("an AP did not answer while enabling virtualization".into());
+    }
+    Ok(())
+}

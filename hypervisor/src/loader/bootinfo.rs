@@ -1,0 +1,192 @@
+//! The boot information a guest receives: the guest memory map, and its encodings as the
+//! PVH `hvm_start_info` and the multiboot1 information structure.
+
+use alloc::vec::Vec;
+
+use super::{BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootInfoPlan, LoadError};
+
+/// What a range of guest-physical addresses is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    Ram,
+    Reserved,
+}
+
+impl MemoryKind {
+    /// The ACPI address range type (ACPI 6.5 §15.1, Table 15.1), which both the PVH memory
+    /// map (`XEN_HVM_MEMMAP_TYPE_*`) and the multiboot1 memory map use.
+    const fn acpi_type(self) -> u32 {
+        match self {
+            Self::Ram => 1,
+            Self::Reserved => 2,
+        }
+    }
+}
+
+/// A range of guest-physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRange {
+    pub base: u64,
+    pub len: u64,
+    pub kind: MemoryKind,
+}
+
+/// Start of the legacy VGA/ROM hole, reported reserved as on a PC.
+const LEGACY_HOLE_START: u64 = 0xA_0000;
+/// End of the legacy hole: 1 MiB.
+const LEGACY_HOLE_END: u64 = 0x10_0000;
+
+/// The memory map every guest gets for `mem_size` bytes of memory: RAM below 640 KiB, the
+/// legacy hole reserved, RAM from 1 MiB to the end. Ranges beyond `mem_size` are left out.
+#[must_use]
+pub fn guest_memory_map(mem_size: u64) -> Vec<MemoryRange> {
+    let mut map = Vec::with_capacity(3);
+    let mut push = |base: u64, end: u64, kind| {
+        let end = end.min(mem_size);
+        if end > base {
+            map.push(MemoryRange { base, len: end - base, kind });
+        }
+    };
+    push(0, LEGACY_HOLE_START, MemoryKind::Ram);
+    push(LEGACY_HOLE_START, LEGACY_HOLE_END, MemoryKind::Reserved);
+    push(LEGACY_HOLE_END, u64::MAX, MemoryKind::Ram);
+    map
+}
+
+/// A little-endian byte buffer whose offsets are relative to [`BOOT_INFO_GPA`].
+struct InfoWriter {
+    bytes: Vec<u8>,
+}
+
+impl InfoWriter {
+    fn with_zeroes(len: usize) -> Self {
+        Self { bytes: alloc::vec![0; len] }
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.bytes[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// Appends `data`, aligned to `align`, and returns its gpa.
+    fn append(&mut self, align: usize, data: &[u8]) -> u64 {
+        while !self.bytes.len().is_multiple_of(align) {
+            self.bytes.push(0);
+        }
+        let gpa = BOOT_INFO_GPA + self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        gpa
+    }
+
+    /// Appends a NUL-terminated string and returns its gpa.
+    fn append_cstr(&mut self, s: &str) -> u64 {
+        let gpa = self.append(1, s.as_bytes());
+        self.bytes.push(0);
+        gpa
+    }
+
+    fn finish(self, mem_size: u64) -> Result<BootInfoPlan, LoadError> {
+        let len = self.bytes.len() as u64;
+        if len > BOOT_INFO_MAX_LEN {
+            return Err(LoadError::BootInfoTooLarge { len, max: BOOT_INFO_MAX_LEN });
+        }
+        if BOOT_INFO_GPA + BOOT_INFO_MAX_LEN > mem_size {
+            return Err(LoadError::MemoryTooSmallForBootInfo {
+                mem_size,
+                needed: BOOT_INFO_GPA + BOOT_INFO_MAX_LEN,
+            });
+        }
+        Ok(BootInfoPlan { gpa: BOOT_INFO_GPA, bytes: self.bytes })
+    }
+}
+
+/// Xen `arch-x86/hvm/start_info.h`, `struct hvm_start_info` (version 1): 56 bytes.
+mod hvm_start_info {
+    pub const SIZE: usize = 56;
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const CMDLINE_PADDR: usize = 24;
+    pub const MEMMAP_PADDR: usize = 40;
+    pub const MEMMAP_ENTRIES: usize = 48;
+    /// `struct hvm_memmap_table_entry`: addr u64, size u64, type u32, reserved u32.
+    pub const MEMMAP_ENTRY_SIZE: usize = 24;
+}
+
+/// The PVH start info at [`BOOT_INFO_GPA`], followed by its memory map and command line.
+pub fn pvh_start_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, LoadError> {
+    use hvm_start_info as si;
+    let mut w = InfoWriter::with_zeroes(si::SIZE);
+    w.put_u32(si::MAGIC, taproot_guest_abi::boot::HVM_START_MAGIC);
+    w.put_u32(si::VERSION, 1);
+    let map = guest_memory_map(mem_size);
+    let mut table = Vec::with_capacity(map.len() * si::MEMMAP_ENTRY_SIZE);
+    for range in &map {
+        table.extend_from_slice(&range.base.to_le_bytes());
+        table.extend_from_slice(&range.len.to_le_bytes());
+        table.extend_from_slice(&range.kind.acpi_type().to_le_bytes());
+        table.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let memmap_gpa = w.append(8, &table);
+    let cmdline_gpa = w.append_cstr(cmdline);
+    w.put_u64(si::MEMMAP_PADDR, memmap_gpa);
+    w.put_u32(si::MEMMAP_ENTRIES, map.len() as u32);
+    w.put_u64(si::CMDLINE_PADDR, cmdline_gpa);
+    w.finish(mem_size)
+}
+
+/// Multiboot specification 0.6.96 §3.3, the boot information format.
+mod multiboot_info {
+    /// Up to and including `boot_loader_name` (offset 64) and the APM/VBE fields after it,
+    /// which stay zero.
+    pub const SIZE: usize = 88;
+    pub const FLAGS: usize = 0;
+    pub const MEM_LOWER: usize = 4;
+    pub const MEM_UPPER: usize = 8;
+    pub const CMDLINE: usize = 16;
+    pub const MMAP_LENGTH: usize = 44;
+    pub const MMAP_ADDR: usize = 48;
+    pub const BOOT_LOADER_NAME: usize = 64;
+
+    pub const FLAG_MEM: u32 = 1 << 0;
+    pub const FLAG_CMDLINE: u32 = 1 << 2;
+    pub const FLAG_MMAP: u32 = 1 << 6;
+    pub const FLAG_BOOT_LOADER_NAME: u32 = 1 << 9;
+
+    /// An mmap entry is `size` (u32, not counting itself) then base u64, length u64,
+    /// type u32.
+    pub const MMAP_ENTRY_SIZE_FIELD: u32 = 20;
+}
+
+/// The multiboot1 information at [`BOOT_INFO_GPA`], followed by its memory map, command
+/// line and boot loader name.
+pub fn multiboot_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, LoadError> {
+    use multiboot_info as mb;
+    let mut w = InfoWriter::with_zeroes(mb::SIZE);
+    // mem_lower: KiB of RAM from 0 (at most 640); mem_upper: KiB of RAM from 1 MiB up to
+    // the first hole, which for us is the end of memory.
+    let mem_lower = mem_size.min(LEGACY_HOLE_START) / 1024;
+    let mem_upper = (mem_size.saturating_sub(LEGACY_HOLE_END) / 1024).min(u64::from(u32::MAX));
+    let map = guest_memory_map(mem_size);
+    let mut table = Vec::new();
+    for range in &map {
+        table.extend_from_slice(&mb::MMAP_ENTRY_SIZE_FIELD.to_le_bytes());
+        table.extend_from_slice(&range.base.to_le_bytes());
+        table.extend_from_slice(&range.len.to_le_bytes());
+        table.extend_from_slice(&range.kind.acpi_type().to_le_bytes());
+    }
+    let mmap_gpa = w.append(8, &table);
+    let cmdline_gpa = w.append_cstr(cmdline);
+    let name_gpa = w.append_cstr("taproot");
+    w.put_u32(mb::FLAGS, mb::FLAG_MEM | mb::FLAG_CMDLINE | mb::FLAG_MMAP | mb::FLAG_BOOT_LOADER_NAME);
+    w.put_u32(mb::MEM_LOWER, mem_lower as u32);
+    w.put_u32(mb::MEM_UPPER, mem_upper as u32);
+    // Every gpa here is below BOOT_INFO_GPA + BOOT_INFO_MAX_LEN, far below 4 GiB.
+    w.put_u32(mb::CMDLINE, cmdline_gpa as u32);
+    w.put_u32(mb::MMAP_LENGTH, table.len() as u32);
+    w.put_u32(mb::MMAP_ADDR, mmap_gpa as u32);
+    w.put_u32(mb::BOOT_LOADER_NAME, name_gpa as u32);
+    w.finish(mem_size)
+}

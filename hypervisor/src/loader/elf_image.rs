@@ -1,0 +1,260 @@
+//! ELF images: loadable segments, the PVH entry note and the multiboot1 header.
+//!
+//! Parsing goes through the `elf` crate (zero-allocation, `no_std`, and every offset and
+//! count it reads is bounds-checked into a `ParseError`; `xmas-elf` was the alternative,
+//! but it indexes slices in places and so can panic on hostile input). What the crate does
+//! not know, the Xen note and the multiboot header, is parsed here with checked
+//! arithmetic on slices only.
+
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use elf::ElfBytes;
+use elf::abi::{EM_386, EM_X86_64, ET_EXEC, PT_LOAD, PT_NOTE};
+use elf::endian::LittleEndian;
+use elf::file::Class;
+use elf::segment::ProgramHeader;
+use taproot_guest_abi::boot;
+
+use super::bootinfo;
+use super::{
+    BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootProtocol, Entry, EntryMode, GuestConfig, LoadError, LoadPlan,
+    MAX_SEGMENTS, Segment,
+};
+
+/// Bytes of a multiboot1 header that the loader reads: magic, flags, checksum.
+const MULTIBOOT_HEADER_LEN: usize = 12;
+/// Multiboot 0.6.96 §3.1.2: flag bits 0-15 are requirements. Bit 0 (align modules; we
+/// pass none) and bit 1 (memory information) we honour; bit 2 (video mode) and the
+/// undefined ones we cannot.
+const MULTIBOOT_SUPPORTED_REQUIRED_FLAGS: u32 = 0b11;
+const MULTIBOOT_REQUIRED_FLAGS_MASK: u32 = 0xFFFF;
+/// Multiboot 0.6.96 §3.1.3: bit 16, the address fields of the header are valid.
+const MULTIBOOT_FLAG_AOUT_KLUDGE: u32 = 1 << 16;
+
+/// The boot protocols an ELF can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ElfProtocol {
+    Pvh,
+    Multiboot1,
+}
+
+/// Plans an ELF image. `want` is the protocol the caller insists on; without one, a PVH
+/// note wins over a multiboot header.
+pub(super) fn plan(
+    image: &[u8],
+    want: Option<ElfProtocol>,
+    config: &GuestConfig<'_>,
+) -> Result<LoadPlan, LoadError> {
+    let file = parse(image)?;
+    let phdrs = file.segments().ok_or(LoadError::NoProgramHeaders)?;
+
+    let mut loads: Vec<(usize, ProgramHeader)> = Vec::new();
+    let mut pvh_entry = None;
+    for (index, phdr) in phdrs.iter().enumerate() {
+        match phdr.p_type {
+            PT_LOAD if phdr.p_memsz > 0 => {
+                if loads.len() == MAX_SEGMENTS {
+                    return Err(LoadError::TooManySegments { max: MAX_SEGMENTS });
+                }
+                loads.push((index, phdr));
+            }
+            PT_NOTE if pvh_entry.is_none() => pvh_entry = find_pvh_entry(image, index, &phdr)?,
+            _ => {}
+        }
+    }
+
+    let protocol = match want {
+        Some(ElfProtocol::Pvh) if pvh_entry.is_none() => return Err(LoadError::NoPvhNote),
+        Some(protocol) => protocol,
+        None if pvh_entry.is_some() => ElfProtocol::Pvh,
+        None => match find_multiboot_header(image)? {
+            Some(_) => ElfProtocol::Multiboot1,
+            None => return Err(LoadError::NoBootProtocol),
+        },
+    };
+
+    let segments = check_segments(image, &loads, config.mem_size)?;
+    let (entry_gpa, boot_info, eax) = match protocol {
+        ElfProtocol::Pvh => {
+            // `want` is Pvh or None here, and both paths above saw a note.
+            let entry = pvh_entry.ok_or(LoadError::NoPvhNote)?;
+            (entry, bootinfo::pvh_start_info(config.mem_size, config.cmdline)?, 0)
+        }
+        ElfProtocol::Multiboot1 => {
+            check_multiboot_flags(find_multiboot_header(image)?.ok_or(LoadError::NoMultibootHeader)?)?;
+            let entry = entry_gpa_from_vaddr(file.ehdr.e_entry, &loads)?;
+            let info = bootinfo::multiboot_info(config.mem_size, config.cmdline)?;
+            (entry, info, boot::MULTIBOOT1_BOOT_MAGIC)
+        }
+    };
+    let eip = u32::try_from(entry_gpa).map_err(|_| LoadError::EntryAbove4GiB { entry: entry_gpa })?;
+    if !segments.iter().any(|s| s.gpa_range().contains(&entry_gpa)) {
+        return Err(LoadError::EntryOutsideSegments { entry: entry_gpa });
+    }
+    Ok(LoadPlan {
+        protocol: match protocol {
+            ElfProtocol::Pvh => BootProtocol::Pvh,
+            ElfProtocol::Multiboot1 => BootProtocol::Multiboot1,
+        },
+        segments,
+        entry: Entry { mode: EntryMode::Protected32 { eip }, eax, ebx: BOOT_INFO_GPA as u32 },
+        boot_info: Some(boot_info),
+    })
+}
+
+fn parse(image: &[u8]) -> Result<ElfBytes<'_, LittleEndian>, LoadError> {
+    if image.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Err(LoadError::NotElf);
+    }
+    let file = ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|e| match e {
+        elf::ParseError::UnsupportedElfEndianness(_) => LoadError::NotLittleEndian,
+        e => LoadError::Elf(e.to_string()),
+    })?;
+    let (class_bits, expected) = match file.ehdr.class {
+        Class::ELF32 => (32, EM_386),
+        Class::ELF64 => (64, EM_X86_64),
+    };
+    if file.ehdr.e_machine != expected {
+        return Err(LoadError::WrongMachine { class_bits, machine: file.ehdr.e_machine });
+    }
+    if file.ehdr.e_type != ET_EXEC {
+        return Err(LoadError::NotExecutable { e_type: file.ehdr.e_type });
+    }
+    Ok(file)
+}
+
+/// Checks every loadable segment against the file and guest memory and returns them in
+/// gpa order. Segments are placed at their physical address (`p_paddr`), as QEMU's PVH
+/// loader and GRUB's multiboot loader do.
+fn check_segments(
+    image: &[u8],
+    loads: &[(usize, ProgramHeader)],
+    mem_size: u64,
+) -> Result<Vec<Segment>, LoadError> {
+    if loads.is_empty() {
+        return Err(LoadError::NoLoadableSegment);
+    }
+    let file_len = image.len() as u64;
+    let info = BOOT_INFO_GPA..BOOT_INFO_GPA + BOOT_INFO_MAX_LEN;
+    let mut placed: Vec<(usize, Segment)> = Vec::with_capacity(loads.len());
+    for &(index, ref phdr) in loads {
+        let (gpa, offset, file_size, seg_mem) = (phdr.p_paddr, phdr.p_offset, phdr.p_filesz, phdr.p_memsz);
+        if file_size > seg_mem {
+            return Err(LoadError::SegmentFileSizeExceedsMemSize { index, file_size, mem_size: seg_mem });
+        }
+        let file_end = offset.checked_add(file_size).filter(|&end| end <= file_len);
+        let Some(file_end) = file_end else {
+            return Err(LoadError::SegmentBeyondFile { index, offset, file_size, file_len });
+        };
+        let end = gpa.checked_add(seg_mem).ok_or(LoadError::SegmentAddressOverflow {
+            index,
+            gpa,
+            mem_size: seg_mem,
+        })?;
+        if end > mem_size {
+            return Err(LoadError::SegmentBeyondMemory { index, end, mem_size });
+        }
+        if gpa < info.end && info.start < end {
+            return Err(LoadError::SegmentOverlapsBootInfo { index, gpa, end });
+        }
+        // offset <= file_end <= file_len, which is a usize.
+        let file_range = offset as usize..file_end as usize;
+        placed.push((index, Segment { gpa, file_range, mem_size: seg_mem }));
+    }
+    placed.sort_by_key(|(_, s)| s.gpa);
+    for pair in placed.windows(2) {
+        let ((first, a), (second, b)) = (&pair[0], &pair[1]);
+        if b.gpa < a.gpa + a.mem_size {
+            let (first, second) = ((*first).min(*second), (*first).max(*second));
+            return Err(LoadError::SegmentsOverlap { first, second });
+        }
+    }
+    Ok(placed.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Translates the ELF entry (a virtual address) into a gpa through the segment that
+/// contains it, as GRUB does for multiboot ELFs linked at a virtual address other than
+/// their load address.
+fn entry_gpa_from_vaddr(entry: u64, loads: &[(usize, ProgramHeader)]) -> Result<u64, LoadError> {
+    loads
+        .iter()
+        .find_map(|(_, p)| {
+            let offset = entry.checked_sub(p.p_vaddr)?;
+            (offset < p.p_memsz).then(|| p.p_paddr.checked_add(offset)).flatten()
+        })
+        .ok_or(LoadError::EntryOutsideSegments { entry })
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
+    let end = offset.checked_add(4)?;
+    Some(u32::from_le_bytes(bytes.get(offset..end)?.try_into().ok()?))
+}
+
+/// Walks the notes of one `PT_NOTE` segment (ELF spec, "Note Section": namesz, descsz,
+/// type, then name and desc, each padded to 4 bytes) and returns the PVH entry if the
+/// segment has a `Xen` note of type `XEN_ELFNOTE_PHYS32_ENTRY`.
+fn find_pvh_entry(image: &[u8], index: usize, phdr: &ProgramHeader) -> Result<Option<u64>, LoadError> {
+    let malformed = LoadError::MalformedNote { segment: index };
+    let start = usize::try_from(phdr.p_offset).map_err(|_| malformed.clone())?;
+    let len = usize::try_from(phdr.p_filesz).map_err(|_| malformed.clone())?;
+    let notes = start.checked_add(len).and_then(|end| image.get(start..end)).ok_or(malformed.clone())?;
+    let pad4 = |n: usize| n.checked_add(3).map(|n| n & !3);
+    let mut at = 0;
+    while at < notes.len() {
+        let (Some(namesz), Some(descsz), Some(kind)) =
+            (read_u32(notes, at), read_u32(notes, at + 4), read_u32(notes, at + 8))
+        else {
+            return Err(malformed);
+        };
+        let name_at = at + 12;
+        let desc_at = pad4(namesz as usize).and_then(|n| name_at.checked_add(n)).ok_or(malformed.clone())?;
+        let next = pad4(descsz as usize).and_then(|d| desc_at.checked_add(d)).ok_or(malformed.clone())?;
+        if next > notes.len() {
+            return Err(malformed);
+        }
+        let name = &notes[name_at..name_at + namesz as usize];
+        if name == b"Xen\0" && kind == boot::XEN_ELFNOTE_PHYS32_ENTRY {
+            let desc = &notes[desc_at..desc_at + descsz as usize];
+            // The entry is a 32-bit address; ELF64 kernels (and the `pvh` crate) often
+            // store it as a 64-bit value.
+            return match *desc {
+                [a, b, c, d] => Ok(Some(u64::from(u32::from_le_bytes([a, b, c, d])))),
+                [a, b, c, d, e, f, g, h] => Ok(Some(u64::from_le_bytes([a, b, c, d, e, f, g, h]))),
+                _ => Err(LoadError::BadPvhNoteSize { desc_size: descsz }),
+            };
+        }
+        at = next;
+    }
+    Ok(None)
+}
+
+/// The multiboot1 header's offset and flags, if the first 8 KiB hold one (4-byte aligned
+/// magic). A magic with a bad checksum is an error, not "no header": it is almost
+/// certainly a damaged image.
+fn find_multiboot_header(image: &[u8]) -> Result<Option<(usize, u32)>, LoadError> {
+    let search = &image[..image.len().min(boot::MULTIBOOT1_SEARCH_LEN)];
+    let mut offset = 0;
+    while offset + MULTIBOOT_HEADER_LEN <= search.len() {
+        if read_u32(search, offset) == Some(boot::MULTIBOOT1_HEADER_MAGIC) {
+            let flags = read_u32(search, offset + 4).unwrap_or(0);
+            let checksum = read_u32(search, offset + 8).unwrap_or(0);
+            if boot::MULTIBOOT1_HEADER_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
+                return Err(LoadError::MultibootBadChecksum { offset });
+            }
+            return Ok(Some((offset, flags)));
+        }
+        offset += 4;
+    }
+    Ok(None)
+}
+
+fn check_multiboot_flags((_, flags): (usize, u32)) -> Result<(), LoadError> {
+    if flags & MULTIBOOT_FLAG_AOUT_KLUDGE != 0 {
+        return Err(LoadError::MultibootAoutKludge);
+    }
+    if flags & MULTIBOOT_REQUIRED_FLAGS_MASK & !MULTIBOOT_SUPPORTED_REQUIRED_FLAGS != 0 {
+        return Err(LoadError::MultibootUnsupportedFlags { flags });
+    }
+    Ok(())
+}

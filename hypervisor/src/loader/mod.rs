@@ -1,0 +1,210 @@
+//! Guest image formats: parse and validate an image into a [`LoadPlan`] without touching
+//! guest memory. A backend then copies [`LoadPlan::segments`] and [`LoadPlan::boot_info`]
+//! into the guest and starts each vCPU with [`Entry::initial_state`].
+//!
+//! Formats ([`ImageFormat`]):
+//! - a flat binary, loaded at a given gpa and entered in 16-bit real mode;
+//! - an ELF32/ELF64 with a PVH `XEN_ELFNOTE_PHYS32_ENTRY` note: 32-bit protected mode,
+//!   `ebx` = gpa of `hvm_start_info` (built here, with a memory map and the command line);
+//! - a multiboot1 ELF: 32-bit protected mode, `eax` = 0x2BADB002, `ebx` = gpa of the
+//!   multiboot information (memory sizes, memory map, command line).
+//!
+//! Every rule an image can break is a [`LoadError`] variant whose `Display` is the message
+//! a user sees. Nothing here panics on any input (see the truncation and mutation tests).
+//!
+//! Guest memory is `[0, mem_size)`. The boot information lives at [`BOOT_INFO_GPA`], below
+//! 1 MiB and above the real-mode interrupt table and BIOS data area, in
+//! [`BOOT_INFO_MAX_LEN`] bytes that no segment may overlap.
+
+mod bootinfo;
+mod elf_image;
+mod entry;
+mod error;
+
+#[cfg(test)]
+mod tests;
+
+use alloc::vec::Vec;
+use core::ops::Range;
+
+pub use bootinfo::{MemoryKind, MemoryRange, guest_memory_map};
+pub use entry::{InitialState, SegmentState, TableState};
+pub use error::{LoadError, Size};
+
+/// Gpa of the boot information (PVH start info or multiboot info, memory map, command
+/// line).
+pub const BOOT_INFO_GPA: u64 = 0x1000;
+/// Bytes reserved for the boot information at [`BOOT_INFO_GPA`].
+pub const BOOT_INFO_MAX_LEN: u64 = 0x3000;
+/// Longest command line, without its terminating NUL.
+pub const CMDLINE_MAX_LEN: usize = 2048;
+/// Most loadable segments an ELF image may have.
+pub const MAX_SEGMENTS: usize = 64;
+
+/// How to read the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Raw bytes loaded at `load_gpa` and entered in 16-bit real mode at `entry_gpa`
+    /// (default: `load_gpa`), which must lie inside the image and below 1 MiB.
+    Flat { load_gpa: u64, entry_gpa: Option<u64> },
+    /// An ELF with a PVH entry note or, failing that, a multiboot1 header.
+    Elf,
+    /// An ELF that must carry a PVH entry note.
+    Pvh,
+    /// An ELF that must carry a multiboot1 header.
+    Multiboot1,
+}
+
+/// What the guest is given besides its image.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestConfig<'a> {
+    /// Guest memory size in bytes; guest memory is `[0, mem_size)`.
+    pub mem_size: u64,
+    /// The guest's command line (PVH and multiboot; a flat binary gets none).
+    pub cmdline: &'a str,
+}
+
+/// The boot protocol an image was planned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootProtocol {
+    Flat,
+    Pvh,
+    Multiboot1,
+}
+
+/// Everything a backend needs to load and start an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadPlan {
+    pub protocol: BootProtocol,
+    /// Disjoint, in ascending gpa order, each inside guest memory and outside the boot
+    /// information.
+    pub segments: Vec<Segment>,
+    pub entry: Entry,
+    /// Bytes to write at a gpa before the first vCPU starts (none for a flat binary).
+    pub boot_info: Option<BootInfoPlan>,
+}
+
+/// One piece of the image in guest memory: `file_range` of the image is copied to `gpa`,
+/// and the rest of `mem_size` (the ELF's `.bss`) is zeroed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub gpa: u64,
+    pub file_range: Range<usize>,
+    /// Bytes the segment occupies in guest memory, at least `file_range.len()`.
+    pub mem_size: u64,
+}
+
+impl Segment {
+    /// The bytes to copy to [`Segment::gpa`].
+    ///
+    /// # Panics
+    /// If `image` is not the image the plan was made from (shorter than `file_range`).
+    #[must_use]
+    pub fn file_bytes<'a>(&self, image: &'a [u8]) -> &'a [u8] {
+        &image[self.file_range.clone()]
+    }
+
+    /// Bytes after the file bytes to fill with zeroes.
+    #[must_use]
+    pub fn zero_fill_len(&self) -> u64 {
+        self.mem_size - self.file_range.len() as u64
+    }
+
+    /// The guest-physical range the segment occupies.
+    #[must_use]
+    pub fn gpa_range(&self) -> Range<u64> {
+        self.gpa..self.gpa + self.mem_size
+    }
+}
+
+/// Boot information to place in guest memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootInfoPlan {
+    pub gpa: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Where and how the vCPUs start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub mode: EntryMode,
+    /// `eax` at entry (multiboot magic; 0 otherwise).
+    pub eax: u32,
+    /// `ebx` at entry (gpa of the boot information; 0 for a flat binary).
+    pub ebx: u32,
+}
+
+/// The CPU mode at entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    /// 16-bit real mode at `cs:ip` (`cs` base = `cs * 16`).
+    RealMode16 { cs: u16, ip: u16 },
+    /// 32-bit protected mode, paging off, flat 4 GiB segments, at `eip`.
+    Protected32 { eip: u32 },
+}
+
+impl EntryMode {
+    /// The gpa of the first instruction.
+    #[must_use]
+    pub fn entry_gpa(&self) -> u64 {
+        match *self {
+            Self::RealMode16 { cs, ip } => u64::from(cs) * 16 + u64::from(ip),
+            Self::Protected32 { eip } => u64::from(eip),
+        }
+    }
+}
+
+/// Parses and validates `image` into a [`LoadPlan`] for a guest described by `config`.
+pub fn plan(image: &[u8], format: ImageFormat, config: &GuestConfig<'_>) -> Result<LoadPlan, LoadError> {
+    if image.is_empty() {
+        return Err(LoadError::EmptyImage);
+    }
+    if config.cmdline.len() > CMDLINE_MAX_LEN {
+        return Err(LoadError::CmdlineTooLong { len: config.cmdline.len(), max: CMDLINE_MAX_LEN });
+    }
+    if config.cmdline.as_bytes().contains(&0) {
+        return Err(LoadError::CmdlineHasNul);
+    }
+    match format {
+        ImageFormat::Flat { load_gpa, entry_gpa } => plan_flat(image, load_gpa, entry_gpa, config),
+        ImageFormat::Elf => elf_image::plan(image, None, config),
+        ImageFormat::Pvh => elf_image::plan(image, Some(elf_image::ElfProtocol::Pvh), config),
+        ImageFormat::Multiboot1 => elf_image::plan(image, Some(elf_image::ElfProtocol::Multiboot1), config),
+    }
+}
+
+/// Highest gpa + 1 reachable in real mode as `cs:ip` with `cs` a multiple of 0x1000.
+const REAL_MODE_LIMIT: u64 = 0x10_0000;
+
+fn plan_flat(
+    image: &[u8],
+    load_gpa: u64,
+    entry_gpa: Option<u64>,
+    config: &GuestConfig<'_>,
+) -> Result<LoadPlan, LoadError> {
+    let len = image.len() as u64;
+    if len > config.mem_size {
+        return Err(LoadError::ImageTooLarge { size: len, mem_size: config.mem_size });
+    }
+    let end = load_gpa.checked_add(len).ok_or(LoadError::FlatAddressOverflow { load_gpa, len })?;
+    if end > config.mem_size {
+        return Err(LoadError::FlatBeyondMemory { load_gpa, end, mem_size: config.mem_size });
+    }
+    let entry = entry_gpa.unwrap_or(load_gpa);
+    if !(load_gpa..end).contains(&entry) {
+        return Err(LoadError::EntryOutsideImage { entry, start: load_gpa, end });
+    }
+    if entry >= REAL_MODE_LIMIT {
+        return Err(LoadError::EntryNotRealMode { entry });
+    }
+    // cs takes the 64 KiB-aligned part, so an entry at 0x7C00 is 0000:7C00 as a BIOS
+    // would give it; `entry < 1 MiB` makes both fit in 16 bits.
+    let cs = ((entry & 0xF_0000) >> 4) as u16;
+    let ip = (entry & 0xFFFF) as u16;
+    Ok(LoadPlan {
+        protocol: BootProtocol::Flat,
+        segments: alloc::vec![Segment { gpa: load_gpa, file_range: 0..image.len(), mem_size: len }],
+        entry: Entry { mode: EntryMode::RealMode16 { cs, ip }, eax: 0, ebx: 0 },
+        boot_info: None,
+    })
+}

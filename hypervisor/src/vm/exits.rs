@@ -1,0 +1,227 @@
+//! What the vCPU loop does with each exit, above the backend: CPUID, port I/O, MSRs,
+//! hypercalls, nested page faults, HLT, triple faults. The same code serves SVM and VMX.
+
+use super::{Vm, VmState};
+use crate::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
+use crate::backend::{Backend, BackendVcpu, Exit};
+use crate::memslot::AsId;
+use crate::mmu::{Fault, VcpuMmu};
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+use taproot_guest_abi::hypercall::{self, Hypercall, HypercallError};
+
+/// What the loop does next.
+pub(crate) enum Flow {
+    Continue,
+    /// This vCPU halted (HLT with nothing to wake it: no interrupts are emulated yet).
+    Halt,
+    /// The VM reaches a final state.
+    Finish(VmState),
+}
+
+/// Exit reasons as counted in the stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ExitReason {
+    HostInterrupt,
+    Cpuid,
+    Io,
+    Msr,
+    Hypercall,
+    NestedPageFault,
+    Mmio,
+    Hlt,
+    Shutdown,
+    Other,
+}
+
+const REASONS: [(ExitReason, &str); 10] = [
+    (ExitReason::HostInterrupt, "host_interrupt"),
+    (ExitReason::Cpuid, "cpuid"),
+    (ExitReason::Io, "io"),
+    (ExitReason::Msr, "msr"),
+    (ExitReason::Hypercall, "hypercall"),
+    (ExitReason::NestedPageFault, "npf"),
+    (ExitReason::Mmio, "mmio"),
+    (ExitReason::Hlt, "hlt"),
+    (ExitReason::Shutdown, "shutdown"),
+    (ExitReason::Other, "other"),
+];
+
+/// Exits by reason, for the stats line.
+#[derive(Default)]
+pub struct ExitCounts {
+    counts: [AtomicU64; REASONS.len()],
+}
+
+impl ExitCounts {
+    pub fn add(&self, reason: ExitReason) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, reason: ExitReason) -> u64 {
+        self.counts[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn write_json(&self, out: &mut String) {
+        out.push('{');
+        for (i, (reason, name)) in REASONS.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "\"{name}\":{}", self.count(*reason));
+        }
+        out.push('}');
+    }
+}
+
+fn reason_of(exit: &Exit) -> ExitReason {
+    match exit {
+        Exit::HostInterrupt => ExitReason::HostInterrupt,
+        Exit::Cpuid => ExitReason::Cpuid,
+        Exit::Io(_) => ExitReason::Io,
+        Exit::Msr { .. } => ExitReason::Msr,
+        Exit::Hypercall => ExitReason::Hypercall,
+        Exit::NestedPageFault { .. } => ExitReason::NestedPageFault,
+        Exit::Hlt => ExitReason::Hlt,
+        Exit::Shutdown => ExitReason::Shutdown,
+        Exit::InvalidState | Exit::Unhandled { .. } => ExitReason::Other,
+    }
+}
+
+/// Per-vCPU state the handlers change.
+pub(crate) struct VcpuContext<'a, B: Backend> {
+    pub vm: &'a Vm<B>,
+    pub index: u32,
+    pub vcpu: &'a mut B::Vcpu,
+    pub mmu: &'a mut VcpuMmu<B::Platform>,
+    pub as_id: AsId,
+}
+
+pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flow {
+    cx.vm.exits.add(reason_of(&exit));
+    match exit {
+        Exit::HostInterrupt => Flow::Continue,
+        Exit::Cpuid => {
+            let regs = cx.vcpu.regs();
+            let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+            let host = B::host_cpuid(leaf, subleaf);
+            let [a, b, c, d] = crate::cpuid::guest_view(leaf, subleaf, host, B::VENDOR, cx.index);
+            let regs = cx.vcpu.regs_mut();
+            (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
+            cx.vcpu.skip_exiting_instruction();
+            Flow::Continue
+        }
+        Exit::Io(io) => {
+            if io.is_string {
+                return crash(cx, format!("string port I/O (INS/OUTS) on port {:#x} is not supported", io.port));
+            }
+            let mask = match io.size {
+                1 => 0xFF,
+                2 => 0xFFFF,
+                _ => 0xFFFF_FFFF,
+            };
+            let now = (cx.vm.clock)();
+            let result = if io.is_in {
+                cx.vm.devices.lock().read(io.port, io.size, now)
+            } else {
+                cx.vm.devices.lock().write(io.port, io.size, (cx.vcpu.regs().rax & mask) as u32, now)
+            };
+            if io.is_in {
+                let regs = cx.vcpu.regs_mut();
+                regs.rax = (regs.rax & !mask) | (result.value as u64 & mask);
+            }
+            cx.vcpu.set_rip(io.next_rip);
+            if !io.is_in && taproot_guest_abi::port::is_com1(io.port) {
+                cx.vm.pump_console();
+            }
+            match result.exit_status {
+                Some(status) => Flow::Finish(VmState::Exited { status }),
+                None => Flow::Continue,
+            }
+        }
+        Exit::Msr { .. } => {
+            // No MSR is emulated beyond what the backend switches itself: #GP, as a CPU
+            // without that MSR would raise.
+            cx.vcpu.inject_general_protection();
+            Flow::Continue
+        }
+        Exit::Hypercall => hypercall(cx),
+        Exit::NestedPageFault { gpa, access } => match cx.mmu.handle_fault(Gpa::new(gpa), access) {
+            Ok(Fault::Installed | Fault::Retry) => Flow::Continue,
+            Ok(Fault::NotInSlot) => {
+                cx.vm.exits.add(ExitReason::Mmio);
+                crash(cx, format!("{access:?} at guest address {gpa:#x}, outside every memory slot and device"))
+            }
+            Ok(Fault::WriteToReadOnly) => crash(cx, format!("write to read-only memory at {gpa:#x}")),
+            Err(e) => crash(cx, format!("nested page fault at {gpa:#x} not handled: {e:?}")),
+        },
+        Exit::Hlt => {
+            cx.vcpu.skip_exiting_instruction();
+            Flow::Halt
+        }
+        Exit::Shutdown => crash(cx, format!("triple fault on vcpu {}: {}", cx.index, cx.vcpu.describe())),
+        Exit::InvalidState => {
+            crash(cx, format!("VM entry refused the state of vcpu {}: {}", cx.index, cx.vcpu.describe()))
+        }
+        Exit::Unhandled { code } => {
+            crash(cx, format!("unhandled exit {code:#x} on vcpu {}: {}", cx.index, cx.vcpu.describe()))
+        }
+    }
+}
+
+fn crash<B: Backend>(_cx: &VcpuContext<'_, B>, reason: String) -> Flow {
+    Flow::Finish(VmState::Crashed { reason })
+}
+
+fn hypercall<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
+    let regs = *cx.vcpu.regs();
+    cx.vcpu.skip_exiting_instruction();
+    let result = match Hypercall::from_number(regs.rax) {
+        None => Err(HypercallError::UnknownHypercall),
+        Some(Hypercall::Exit) => return Flow::Finish(VmState::Exited { status: regs.rdi as u32 }),
+        Some(Hypercall::ResetVcpu) => {
+            // As INIT: the vCPU drops its roots (the MMU keeps them, so the next load finds
+            // the same one) and restarts at its entry.
+            cx.mmu.unload();
+            cx.as_id = AsId::Normal;
+            match cx.vm.entry_for(cx.index) {
+                Some(entry) => cx.vcpu.reset(&entry),
+                None => return crash(cx, "reset requested before an image was loaded".into()),
+            }
+            return Flow::Continue;
+        }
+        Some(Hypercall::SwitchAddressSpace) => match regs.rdi {
+            hypercall::ADDRESS_SPACE_NORMAL => {
+                cx.as_id = AsId::Normal;
+                Ok(0)
+            }
+            hypercall::ADDRESS_SPACE_ALTERNATE => {
+                cx.as_id = AsId::Alternate;
+                Ok(0)
+            }
+            _ => Err(HypercallError::InvalidArgument),
+        },
+        Some(Hypercall::DiscardPage) => {
+            let gpa = regs.rdi;
+            if gpa % PAGE_SIZE != 0 {
+                Err(HypercallError::InvalidArgument)
+            } else if gpa >= cx.vm.memory_bytes() {
+                Err(HypercallError::NotMapped)
+            } else {
+                let gfn = Gfn::new(gpa / PAGE_SIZE);
+                cx.vm.mmu.discard_range(AsId::Normal, GfnRange::new(gfn, Gfn::new(gfn.raw() + 1)));
+                Ok(0)
+            }
+        }
+        Some(Hypercall::VcpuCount) => Ok(cx.vm.config.vcpus as u64),
+        Some(Hypercall::LogEvent) => {
+            cx.vm.log_event(format!("vcpu {} event {:#x}", cx.index, regs.rdi));
+            Ok(0)
+        }
+    };
+    cx.vcpu.regs_mut().rax = hypercall::encode_result(result);
+    Flow::Continue
+}

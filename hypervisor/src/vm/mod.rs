@@ -1,0 +1,346 @@
+//! A VM: its memory (the TDP MMU and its slots), its device model, its vCPUs and its
+//! lifecycle, independent of the backend (SVM or VMX) that runs it.
+//!
+//! Lifecycle, as an explicit state machine (Firecracker style): `Created` (memory and image
+//! may change) → `Running` → one of the final states `Exited { status }` (the guest wrote
+//! the exit port or called EXIT), `Crashed { reason }` (triple fault, invalid state, a
+//! memory access no slot or device answers), `Stopped` (the host stopped it). Every
+//! request names the states it is allowed in and answers the others with
+//! [`VmError::WrongState`].
+
+mod exits;
+mod vcpu;
+
+pub use exits::{ExitCounts, ExitReason};
+pub use vcpu::{VcpuEnd, run_vcpu};
+
+use crate::addr::{Gpa, PAGE_SIZE};
+use crate::backend::{Backend, EntryMode, EntryState, GuestRegs};
+use crate::devices::PortBus;
+use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
+use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
+use crate::mmu::{Mmu, MmuConfig, Platform};
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use spin::Mutex;
+
+/// The largest VM the launcher accepts, and the most vCPUs.
+pub const MAX_MEMORY_MIB: u64 = 16 * 1024;
+pub const MAX_VCPUS: u32 = 64;
+/// The slot that holds guest RAM from address 0.
+pub const RAM_SLOT: SlotId = SlotId(0);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmState {
+    Created,
+    Running,
+    Exited { status: u32 },
+    Crashed { reason: String },
+    Stopped,
+}
+
+impl VmState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Exited { .. } => "exited",
+            VmState::Crashed { .. } => "crashed",
+            VmState::Stopped => "stopped",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self, VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmError {
+    InvalidConfig(String),
+    Backend(String),
+    Memory(String),
+    BadImage(String),
+    WrongState { action: &'static str, state: &'static str },
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::InvalidConfig(e) => write!(f, "invalid VM configuration: {e}"),
+            VmError::Backend(e) => write!(f, "virtualization backend: {e}"),
+            VmError::Memory(e) => write!(f, "guest memory: {e}"),
+            VmError::BadImage(e) => write!(f, "bad guest image: {e}"),
+            VmError::WrongState { action, state } => write!(f, "cannot {action} a VM that is {state}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl VmConfig {
+    pub fn validate(&self) -> Result<(), VmError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(VmError::InvalidConfig(format!("vcpus must be 1 to {MAX_VCPUS}, not {}", self.vcpus)));
+        }
+        if self.memory_mib == 0 || self.memory_mib > MAX_MEMORY_MIB {
+            return Err(VmError::InvalidConfig(format!(
+                "memory must be 1 to {MAX_MEMORY_MIB} MiB, not {}",
+                self.memory_mib
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A timestamped entry of the VM's event log (debug port writes, LOG_EVENT hypercalls,
+/// crash reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub time_ns: u64,
+    pub text: String,
+}
+
+/// The most events kept; older ones are dropped (and counted).
+const MAX_EVENTS: usize = 256;
+
+pub struct Vm<B: Backend> {
+    pub id: u32,
+    pub config: VmConfig,
+    pub mmu: Mmu<B::Platform>,
+    pub(crate) backend: Arc<<B::Platform as Platform>::Flush>,
+    pub(crate) devices: Mutex<PortBus>,
+    state: Mutex<VmState>,
+    /// Set when the VM reaches a final state: every vCPU leaves its loop at its next exit.
+    pub(crate) stop: AtomicBool,
+    running_vcpus: AtomicUsize,
+    entry: Mutex<Option<EntryState>>,
+    pub(crate) exits: ExitCounts,
+    events: Mutex<(Vec<Event>, u64)>,
+    pub(crate) clock: fn() -> u64,
+    /// Where complete console lines go as they are written (the image's launcher prints
+    /// them); the console ring keeps every byte regardless.
+    console_sink: Mutex<Option<fn(u32, &str)>>,
+    /// Absolute time after which the VM is stopped (0: no limit).
+    deadline_ns: AtomicU64,
+}
+
+impl<B: Backend> Vm<B> {
+    /// Creates a VM with `config.memory_mib` of RAM from guest address 0. On error nothing
+    /// is left behind (the MMU and backend parts drop).
+    pub fn create(id: u32, config: VmConfig, clock: fn() -> u64) -> Result<Arc<Self>, VmError> {
+        config.validate()?;
+        let backend = B::create_vm().map_err(VmError::Backend)?;
+        let mmu = Mmu::new(MmuConfig::default(), B::pages(), backend.clone(), B::clock());
+        let spec = SlotSpec {
+            id: RAM_SLOT,
+            as_id: AsId::Normal,
+            base: Gpa::new(0),
+            size: config.memory_mib << 20,
+            flags: SlotFlags::default(),
+        };
+        mmu.add_slot(spec).map_err(|e| VmError::Memory(format!("{e:?}")))?;
+        Ok(Arc::new(Self {
+            id,
+            config,
+            mmu,
+            backend,
+            devices: Mutex::new(PortBus::new()),
+            state: Mutex::new(VmState::Created),
+            stop: AtomicBool::new(false),
+            running_vcpus: AtomicUsize::new(0),
+            entry: Mutex::new(None),
+            exits: ExitCounts::default(),
+            events: Mutex::new((Vec::new(), 0)),
+            clock,
+            console_sink: Mutex::new(None),
+            deadline_ns: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn state(&self) -> VmState {
+        self.state.lock().clone()
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.config.memory_mib << 20
+    }
+
+    /// Validates `image` and copies it into guest memory. Only in `Created`; a bad image
+    /// changes nothing (it is checked completely before the first byte is written).
+    pub fn load_image(&self, image: &[u8], format: ImageFormat, cmdline: &str) -> Result<LoadPlan, VmError> {
+        self.require(&[VmState::Created], "load an image into")?;
+        let config = GuestConfig { mem_size: self.memory_bytes(), cmdline };
+        let plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
+        let write = |gpa: u64, bytes: &[u8]| {
+            self.mmu.write_guest(AsId::Normal, Gpa::new(gpa), bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
+        };
+        for segment in &plan.segments {
+            write(segment.gpa, segment.file_bytes(image))?;
+            let zeroes = [0u8; PAGE_SIZE as usize];
+            let mut gpa = segment.gpa + segment.file_range.len() as u64;
+            let end = segment.gpa + segment.mem_size;
+            while gpa < end {
+                let n = (end - gpa).min(PAGE_SIZE) as usize;
+                write(gpa, &zeroes[..n])?;
+                gpa += n as u64;
+            }
+        }
+        if let Some(info) = &plan.boot_info {
+            write(info.gpa, &info.bytes)?;
+        }
+        let mode = match plan.entry.mode {
+            loader::EntryMode::RealMode16 { cs, ip } => EntryMode::Real16 { cs, ip },
+            loader::EntryMode::Protected32 { eip } => EntryMode::Protected32 { eip },
+        };
+        let regs = GuestRegs { rax: plan.entry.eax as u64, rbx: plan.entry.ebx as u64, ..GuestRegs::default() };
+        *self.entry.lock() = Some(EntryState { mode, regs });
+        Ok(plan)
+    }
+
+    /// The entry state of vCPU `index`: the image's, plus the multi-vCPU convention of
+    /// `taproot-guest-abi` (`esi` = index, `edi` = count).
+    pub fn entry_for(&self, index: u32) -> Option<EntryState> {
+        let mut entry = (*self.entry.lock())?;
+        entry.regs.rsi = index as u64;
+        entry.regs.rdi = self.config.vcpus as u64;
+        Some(entry)
+    }
+
+    /// Moves `Created` → `Running` and creates every vCPU; the caller runs each with
+    /// [`run_vcpu`] on a CPU with the backend enabled.
+    pub fn start(self: &Arc<Self>) -> Result<Vec<B::Vcpu>, VmError> {
+        let mut state = self.state.lock();
+        if *state != VmState::Created {
+            return Err(VmError::WrongState { action: "start", state: state.name() });
+        }
+        let mut vcpus = Vec::new();
+        for index in 0..self.config.vcpus {
+            let entry = self.entry_for(index).ok_or(VmError::BadImage("no image is loaded".into()))?;
+            vcpus.push(B::create_vcpu(&self.backend, &entry).map_err(VmError::Backend)?);
+        }
+        self.running_vcpus.store(vcpus.len(), Ordering::SeqCst);
+        *state = VmState::Running;
+        Ok(vcpus)
+    }
+
+    /// Moves a running VM to a final state (the first one wins) and asks every vCPU to
+    /// leave the guest.
+    pub fn finish(&self, end: VmState) {
+        debug_assert!(end.is_final());
+        {
+            let mut state = self.state.lock();
+            if state.is_final() {
+                return;
+            }
+            if let VmState::Crashed { reason } = &end {
+                self.log_event(format!("crashed: {reason}"));
+            }
+            *state = end;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        use crate::mmu::TlbFlush;
+        self.backend.kick_all();
+    }
+
+    /// Stops a VM from the host side.
+    pub fn stop(&self) {
+        self.finish(VmState::Stopped);
+    }
+
+    pub(crate) fn vcpu_ended(&self) {
+        if self.running_vcpus.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last vCPU ended without a final state (all halted): that is a clean stop.
+            self.finish(VmState::Stopped);
+        }
+    }
+
+    /// How many vCPUs are still in their run loop.
+    pub fn running_vcpus(&self) -> usize {
+        self.running_vcpus.load(Ordering::SeqCst)
+    }
+
+    pub fn log_event(&self, text: String) {
+        let mut events = self.events.lock();
+        if events.0.len() == MAX_EVENTS {
+            events.0.remove(0);
+            events.1 += 1;
+        }
+        events.0.push(Event { time_ns: (self.clock)(), text });
+    }
+
+    /// The event log and how many older events were dropped.
+    pub fn events(&self) -> (Vec<Event>, u64) {
+        self.events.lock().clone()
+    }
+
+    fn require(&self, allowed: &[VmState], action: &'static str) -> Result<(), VmError> {
+        let state = self.state.lock();
+        if allowed.contains(&state) {
+            Ok(())
+        } else {
+            Err(VmError::WrongState { action, state: state.name() })
+        }
+    }
+
+    /// Sends each complete console line to `sink` as the guest writes it.
+    pub fn set_console_sink(&self, sink: fn(u32, &str)) {
+        *self.console_sink.lock() = Some(sink);
+    }
+
+    /// Stops the VM once the clock passes `deadline_ns` (checked at every exit; the host
+    /// timer guarantees exits even from a guest that loops without any).
+    pub fn set_deadline(&self, deadline_ns: u64) {
+        self.deadline_ns.store(deadline_ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn check_deadline(&self) {
+        let deadline = self.deadline_ns.load(Ordering::Relaxed);
+        if deadline != 0 && (self.clock)() > deadline {
+            self.log_event("stopped: its time limit passed".into());
+            self.finish(VmState::Stopped);
+        }
+    }
+
+    /// Passes new complete console lines to the sink.
+    pub(crate) fn pump_console(&self) {
+        let Some(sink) = *self.console_sink.lock() else { return };
+        let mut devices = self.devices.lock();
+        while let Some(line) = devices.next_console_line() {
+            sink(self.id, &line);
+        }
+    }
+
+    /// Passes what is left of the console, including an unfinished last line, to the sink.
+    pub fn flush_console(&self) {
+        self.pump_console();
+        let Some(sink) = *self.console_sink.lock() else { return };
+        if let Some(rest) = self.devices.lock().take_partial_console_line() {
+            sink(self.id, &rest);
+        }
+    }
+
+    /// Frees the VM's memory and page tables. Its vCPUs must have ended.
+    pub fn destroy(self) {
+        self.mmu.destroy();
+    }
+
+    /// One line of JSON: the MMU's counters and the exits by reason.
+    pub fn stats_json(&self) -> String {
+        let mut out = String::from("{\"mmu\":");
+        let _ = self.mmu.stats().write_json(&mut out);
+        out.push_str(",\"exits\":");
+        self.exits.write_json(&mut out);
+        out.push_str(&format!(",\"tlb_flushes\":{}", B::flushes(&self.backend)));
+        out.push('}');
+        out
+    }
+}
