@@ -8,6 +8,13 @@ pub const LOAD_GPA: u64 = 0x7C00;
 /// (name, code, what it does)
 pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
     (
+        "hello16",
+        // mov dx, 0x3f8; mov si, msg; l: lodsb; test al, al; jz done; out dx, al; jmp l;
+        // done: mov al, 0; out 0xf4, al; hlt; msg: "hello from a real-mode guest\n\0"
+        b"\xBA\xF8\x03\xBE\x13\x7C\xAC\x84\xC0\x74\x03\xEE\xEB\xF8\xB0\x00\xE6\xF4\xF4hello from a real-mode guest\n\0",
+        "prints a line through the UART and exits 0",
+    ),
+    (
         "triplefault",
         // cli; lidt [0x7C08] (limit 0); int3 -> #GP -> #DF -> shutdown
         &[0xFA, 0x0F, 0x01, 0x1E, 0x08, 0x7C, 0xCC, 0xF4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],

@@ -46,14 +46,19 @@ fn main() -> ! {
             Err(e) => log::error!("svm-smoke: {e}"),
         }
     }
-    if let Some(name) = cmdline::value(line, "guest") {
-        let status = match crate::launch::launch(line, name) {
-            Ok(status) => status,
-            Err(e) => {
-                sys::console_write(format!("taproot: cannot launch guest {name:?}: {e}\n").as_bytes());
-                LAUNCH_FAILED_STATUS
-            }
-        };
+    if let Some(names) = cmdline::value(line, "guest") {
+        // Several guests run one after the other (`guest=a,b`): a hostile one must leave
+        // the hypervisor able to run the next. The exit status is the last guest's.
+        let mut status = 0;
+        for (index, name) in names.split(',').enumerate() {
+            status = match crate::launch::launch(line, name, index as u32 + 1) {
+                Ok(status) => status,
+                Err(e) => {
+                    sys::console_write(format!("taproot: cannot launch guest {name:?}: {e}\n").as_bytes());
+                    LAUNCH_FAILED_STATUS
+                }
+            };
+        }
         if cmdline::flag(line, "exit") {
             sys::exit(status);
         }

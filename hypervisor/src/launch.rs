@@ -18,12 +18,11 @@ use libos::cmdline;
 
 const DEFAULT_VCPUS: u32 = 1;
 const DEFAULT_MEMORY_MIB: u64 = 64;
-const VM_ID: u32 = 1;
 /// How long the APs get to enable virtualization.
 const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// What a launch ended with: the guest's status (or -1 when it did not exit by itself).
-pub fn launch(line: &str, name: &str) -> Result<i32, String> {
+pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let vcpus = parse_or(line, "vcpus", DEFAULT_VCPUS)?;
     let memory_mib = parse_or(line, "mem", DEFAULT_MEMORY_MIB)?;
     let timeout_ms: Option<u64> = cmdline::value(line, "timeout_ms").map(|v| v.parse()).transpose().map_err(|_| "timeout_ms must be a number of milliseconds")?;
@@ -42,9 +41,9 @@ pub fn launch(line: &str, name: &str) -> Result<i32, String> {
         return Err(format!("{vcpus} vCPUs on {cpus} CPUs: time slicing is not implemented yet; use vcpus<={cpus}"));
     }
     match libos::smp::virt_caps(0).unwrap_or_default() {
-        libos::virt::VirtCaps::Svm(_) => run::<Svm>(VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms),
+        libos::virt::VirtCaps::Svm(_) => run::<Svm>(id, VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms),
         libos::virt::VirtCaps::Vmx(_) => {
-            run::<Vmx>(VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms)
+            run::<Vmx>(id, VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms)
         }
         libos::virt::VirtCaps::None => Err("this machine offers no hardware virtualization to Taproot".into()),
     }
@@ -64,6 +63,7 @@ fn parse_or<T: core::str::FromStr>(line: &str, key: &str, default: T) -> Result<
 }
 
 fn run<B: Backend>(
+    id: u32,
     config: VmConfig,
     image: &[u8],
     format: ImageFormat,
@@ -71,7 +71,7 @@ fn run<B: Backend>(
     timeout_ms: Option<u64>,
 ) -> Result<i32, String> {
     enable_everywhere::<B>()?;
-    let vm = Vm::<B>::create(VM_ID, config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
+    let vm = Vm::<B>::create(id, config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
     if let Some(ms) = timeout_ms {
         vm.set_deadline(libos::time::now_ns() + ms * 1_000_000);
@@ -105,7 +105,7 @@ fn run<B: Backend>(
         _ => -1,
     };
     for event in vm.events().0 {
-        crate::sys::console_write(format!("[vm {}] event at {} ns: {}\n", vm.id, event.time_ns, event.text).as_bytes());
+        crate::sys::console_write(format!("[vm {}] event at {} ns: {}\n", vm.id, event.time_ns, event.kind).as_bytes());
     }
     crate::sys::console_write(
         format!("taproot: vm {} exited status={status} state={} stats={}\n", vm.id, state.name(), vm.stats_json()).as_bytes(),

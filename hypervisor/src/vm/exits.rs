@@ -5,6 +5,7 @@ use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
 use crate::memslot::AsId;
+use crate::devices::events::EventKind;
 use crate::mmu::{Fault, VcpuMmu};
 use alloc::format;
 use alloc::string::String;
@@ -218,7 +219,9 @@ fn hypercall<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
         }
         Some(Hypercall::VcpuCount) => Ok(cx.vm.config.vcpus as u64),
         Some(Hypercall::LogEvent) => {
-            cx.vm.log_event(format!("vcpu {} event {:#x}", cx.index, regs.rdi));
+            let now = (cx.vm.clock)();
+            let event = EventKind::Hypercall { vcpu: cx.index, value: regs.rdi };
+            cx.vm.devices.lock().events_mut().push(now, event);
             Ok(0)
         }
     };

@@ -17,6 +17,7 @@ pub use vcpu::{VcpuEnd, run_vcpu};
 use crate::addr::{Gpa, PAGE_SIZE};
 use crate::backend::{Backend, EntryMode, EntryState, GuestRegs};
 use crate::devices::PortBus;
+use crate::devices::events::{Event, EventKind};
 use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
 use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
 use crate::mmu::{Mmu, MmuConfig, Platform};
@@ -101,17 +102,6 @@ impl VmConfig {
     }
 }
 
-/// A timestamped entry of the VM's event log (debug port writes, LOG_EVENT hypercalls,
-/// crash reports).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub time_ns: u64,
-    pub text: String,
-}
-
-/// The most events kept; older ones are dropped (and counted).
-const MAX_EVENTS: usize = 256;
-
 pub struct Vm<B: Backend> {
     pub id: u32,
     pub config: VmConfig,
@@ -124,7 +114,6 @@ pub struct Vm<B: Backend> {
     running_vcpus: AtomicUsize,
     entry: Mutex<Option<EntryState>>,
     pub(crate) exits: ExitCounts,
-    events: Mutex<(Vec<Event>, u64)>,
     pub(crate) clock: fn() -> u64,
     /// Where complete console lines go as they are written (the image's launcher prints
     /// them); the console ring keeps every byte regardless.
@@ -159,7 +148,6 @@ impl<B: Backend> Vm<B> {
             running_vcpus: AtomicUsize::new(0),
             entry: Mutex::new(None),
             exits: ExitCounts::default(),
-            events: Mutex::new((Vec::new(), 0)),
             clock,
             console_sink: Mutex::new(None),
             deadline_ns: AtomicU64::new(0),
@@ -268,18 +256,16 @@ impl<B: Backend> Vm<B> {
         self.running_vcpus.load(Ordering::SeqCst)
     }
 
+    /// Adds a note (a crash with registers, a stop) to the VM's event log.
     pub fn log_event(&self, text: String) {
-        let mut events = self.events.lock();
-        if events.0.len() == MAX_EVENTS {
-            events.0.remove(0);
-            events.1 += 1;
-        }
-        events.0.push(Event { time_ns: (self.clock)(), text });
+        let now = (self.clock)();
+        self.devices.lock().events_mut().push(now, EventKind::Note(text));
     }
 
-    /// The event log and how many older events were dropped.
+    /// The events still in the log (oldest first) and how many older ones were dropped.
     pub fn events(&self) -> (Vec<Event>, u64) {
-        self.events.lock().clone()
+        let devices = self.devices.lock();
+        (devices.events().iter().cloned().collect(), devices.events().dropped())
     }
 
     fn require(&self, allowed: &[VmState], action: &'static str) -> Result<(), VmError> {
@@ -339,7 +325,13 @@ impl<B: Backend> Vm<B> {
         let _ = self.mmu.stats().write_json(&mut out);
         out.push_str(",\"exits\":");
         self.exits.write_json(&mut out);
-        out.push_str(&format!(",\"tlb_flushes\":{}", B::flushes(&self.backend)));
+        let unknown = self.devices.lock().unknown_ports().total();
+        out.push_str(&format!(
+            ",\"tlb_flushes\":{},\"unknown_port_reads\":{},\"unknown_port_writes\":{}",
+            B::flushes(&self.backend),
+            unknown.reads,
+            unknown.writes
+        ));
         out.push('}');
         out
     }

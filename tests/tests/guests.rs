@@ -1,0 +1,115 @@
+//! Child guests end to end: the image launches guests named on its command line
+//! (`guest=a,b,...`, run one after the other), prints their console lines as `[vm <id>] `
+//! and, for each, `taproot: vm <id> exited status=<n> state=<state> stats=<json>`.
+//! SVM runs under QEMU TCG, VMX under Bochs.
+
+use std::time::Duration;
+use taproot_testbed::bochs::Bochs;
+use taproot_testbed::console::field;
+use taproot_testbed::paths::{self, Profile};
+use taproot_testbed::qemu::{Qemu, guest_status};
+
+const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
+const BOCHS_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn elf(profile: Profile) -> std::path::PathBuf {
+    paths::built_elf(profile).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The exit line of VM `id`, split into (status, state, stats JSON).
+fn vm_end(transcript: &str, id: u32) -> (i64, String, String) {
+    let prefix = format!("taproot: vm {id} exited ");
+    let line = transcript
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no exit line for vm {id}:\n{transcript}"));
+    let status = field(line, "status").and_then(|s| s.parse().ok()).expect("status=");
+    let state = field(line, "state").expect("state=").to_string();
+    let stats = line.split_once("stats=").expect("stats=").1.to_string();
+    (status, state, stats)
+}
+
+/// The value of `"key":<number>` in a flat part of the stats JSON.
+fn stat(stats: &str, key: &str) -> u64 {
+    let pattern = format!("\"{key}\":");
+    let at = stats.find(&pattern).unwrap_or_else(|| panic!("no {key} in {stats}")) + pattern.len();
+    stats[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("a number")
+}
+
+fn events_of(transcript: &str, id: u32) -> Vec<&str> {
+    let prefix = format!("[vm {id}] event");
+    transcript.lines().filter(|l| l.starts_with(&prefix)).collect()
+}
+
+/// What every backend must show for the hostile guests and the one that follows them.
+fn check_hostile_then_hello(transcript: &str, hello_id: u32) {
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (-1, "crashed"), "{transcript}");
+    assert_eq!(stat(&stats, "shutdown"), 1, "{stats}");
+    assert!(events_of(transcript, 1).iter().any(|e| e.contains("triple fault on vcpu 0")), "{transcript}");
+
+    let (status, state, stats) = vm_end(transcript, 2);
+    assert_eq!((status, state.as_str()), (-1, "crashed"), "{transcript}");
+    assert_eq!(stat(&stats, "mmio"), 1, "the wild write counts as an MMIO exit: {stats}");
+    assert!(
+        events_of(transcript, 2).iter().any(|e| e.contains("guest address 0x100000, outside every memory slot")),
+        "{transcript}"
+    );
+
+    let (status, state, stats) = vm_end(transcript, 3);
+    assert_eq!((status, state.as_str()), (-1, "stopped"), "{transcript}");
+    assert!(stat(&stats, "host_interrupt") > 0, "the endless loop was interrupted by the host: {stats}");
+    assert!(events_of(transcript, 3).iter().any(|e| e.contains("time limit")), "{transcript}");
+
+    // The hypervisor still runs guests after all that.
+    assert!(transcript.contains(&format!("[vm {hello_id}] hello from a real-mode guest")), "{transcript}");
+    let (status, state, _) = vm_end(transcript, hello_id);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+#[test]
+fn svm_hostile_guests_end_with_clear_reasons_and_the_next_guest_runs() {
+    let cmdline = "exit=1 guest=triplefault,wild,spin,hello16 mem=1 timeout_ms=300";
+    let mut console = Qemu::kernel(&elf(Profile::Debug), cmdline).spawn().unwrap();
+    console.wait_for("taproot: vm 4 exited", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(0), "the image ends with the last guest's status");
+    check_hostile_then_hello(console.transcript(), 4);
+}
+
+#[test]
+fn svm_guest_doing_io_to_every_port_gets_all_ones_and_counted_exits() {
+    let mut console = Qemu::kernel(&elf(Profile::Release), "exit=1 guest=ioscan mem=1").spawn().unwrap();
+    console.wait_for("taproot: vm 1 exited", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(0));
+    // 65,536 reads and the final exit-port write each exit; ports no device claims are
+    // counted.
+    let (status, state, stats) = vm_end(console.transcript(), 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{}", console.transcript());
+    assert_eq!(stat(&stats, "io"), 65_537, "{stats}");
+    assert!(stat(&stats, "unknown_port_reads") > 65_000, "{stats}");
+}
+
+#[test]
+fn vmx_hostile_guests_end_with_clear_reasons_and_the_next_guest_runs() {
+    let iso = paths::scratch_dir("bochs-vmx-hostile-iso").unwrap().join("taproot.iso");
+    let cmdline = "exit=1 guest=triplefault,wild,spin,hello16 mem=1 timeout_ms=300";
+    taproot_testbed::iso::make(&elf(Profile::Release), cmdline, &iso).unwrap();
+    let mut console = Bochs::new(&iso).spawn("bochs-vmx-hostile").unwrap();
+    console.wait_for("taproot: vm 4 exited", BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
+    let transcript = console.transcript();
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_hostile_then_hello(transcript, 4);
+}
+
+#[test]
+fn unknown_guest_names_are_refused_with_the_list_of_guests() {
+    let mut console = Qemu::kernel(&elf(Profile::Debug), "exit=1 guest=nosuchguest").spawn().unwrap();
+    let line = console.wait_for("cannot launch guest", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("no guest named \"nosuchguest\""), "{line}");
+    assert!(line.contains("hello16"), "the error lists what exists: {line}");
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(125));
+}
