@@ -13,7 +13,7 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 
 fn builder() -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
+    builder.preemption_bound = Some(3);
     builder.max_branches = 200_000;
     builder
 }
@@ -57,11 +57,12 @@ fn fault_racing_a_range_invalidation_never_maps_discarded_memory() {
         assert!(matches!(outcome, Fault::Installed | Fault::Retry), "{outcome:?}");
         let root = vcpu.root().unwrap().clone();
         // Whatever the interleaving, a translation that exists maps the current backing,
-        // never the discarded frame.
+        // never the discarded frame. (`backing_of` allocates nothing; the arena may hand the
+        // discarded frame's address out again, so comparing with `old` would prove nothing.)
         if let Some((hpa, _)) = mmu.translate(&root, gfn.gpa()) {
-            assert_ne!(hpa, old, "a translation to discarded memory survived");
-            assert_eq!(Some(hpa), mmu.backing_of(AsId::Normal, gfn));
+            assert_eq!(Some(hpa), mmu.backing_of(AsId::Normal, gfn), "a translation to discarded memory survived");
         }
+        let _ = old;
         let mut byte = [0xffu8];
         mmu.read_guest(AsId::Normal, gfn.gpa(), &mut byte).unwrap();
         assert_eq!(byte, [0], "discarded memory must read as zero");
@@ -80,7 +81,7 @@ fn mmu_lock_excludes_writers_and_shares_readers() {
         let lock = Arc::new(MmuLock::new());
         let readers = Arc::new(AtomicUsize::new(0));
         let writers = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..3)
+        let threads: Vec<_> = (0..2)
             .map(|t| {
                 let (lock, readers, writers) = (lock.clone(), readers.clone(), writers.clone());
                 loom::thread::spawn(move || {

@@ -155,6 +155,12 @@ pub struct VmxVm {
 }
 
 const IO_BITMAP_FRAMES: usize = 2;
+/// MSRs the guest may use without exits because VM entry and exit switch them (the
+/// "load/save IA32_EFER" and "load/save IA32_PAT" controls, and the guest-state fields for
+/// SYSENTER_CS/ESP/EIP and the FS/GS bases; SDM Vol. 3C §26.3.2.1 and §28.3): IA32_EFER,
+/// IA32_PAT, IA32_SYSENTER_CS/ESP/EIP, IA32_FS_BASE, IA32_GS_BASE. The bitmap's halves
+/// are laid out as in SDM Vol. 3C §25.6.9.
+const PASSTHROUGH_MSRS: [u32; 7] = [0xC000_0080, 0x277, 0x174, 0x175, 0x176, 0xC000_0100, 0xC000_0101];
 
 impl VmxVm {
     pub fn new() -> Result<Arc<Self>, VmxError> {
@@ -167,6 +173,18 @@ impl VmxVm {
         unsafe {
             core::ptr::write_bytes(io_bitmaps as *mut u8, 0xFF, IO_BITMAP_FRAMES * 4096);
             core::ptr::write_bytes(msr_bitmap as *mut u8, 0xFF, 4096);
+        }
+        for msr in PASSTHROUGH_MSRS {
+            let (base, read_offset, write_offset) =
+                if msr >= 0xC000_0000 { (0xC000_0000, 0x400, 0xC00) } else { (0, 0x000, 0x800) };
+            let bit = (msr - base) as usize;
+            for offset in [read_offset, write_offset] {
+                // SAFETY: `offset + bit / 8` is inside the 4 KiB bitmap allocated above.
+                unsafe {
+                    let byte = (msr_bitmap as *mut u8).add(offset + bit / 8);
+                    byte.write(byte.read() & !(1 << (bit % 8)));
+                }
+            }
         }
         let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Arc::new(Self { vpid, io_bitmaps, msr_bitmap, vcpus: spin::Mutex::new(Vec::new()), flushes: AtomicU64::new(0) }))
