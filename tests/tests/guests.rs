@@ -113,3 +113,54 @@ fn unknown_guest_names_are_refused_with_the_list_of_guests() {
     let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(guest_status(status), Some(125));
 }
+
+/// Boots `cmdline` under QEMU TCG (SVM) and returns the transcript once the image ended.
+fn run_svm(cmdline: &str, last_vm: u32) -> String {
+    let mut console = Qemu::kernel(&elf(Profile::Release), cmdline).spawn().unwrap();
+    console.wait_for(&format!("taproot: vm {last_vm} exited"), QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console.transcript().to_string()
+}
+
+/// Boots `cmdline` from an ISO under Bochs (VMX) and returns the transcript.
+fn run_vmx(name: &str, cmdline: &str, last_vm: u32) -> String {
+    let iso = paths::scratch_dir(&format!("{name}-iso")).unwrap().join("taproot.iso");
+    taproot_testbed::iso::make(&elf(Profile::Release), cmdline, &iso).unwrap();
+    let mut console = Bochs::new(&iso).spawn(name).unwrap();
+    console.wait_for(&format!("taproot: vm {last_vm} exited"), BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
+    console.transcript().to_string()
+}
+
+/// hello prints and exits 0; memtouch with 2 vCPUs verifies its pattern; tlbprobe's
+/// spinning vCPU sees a page discarded by the other once the hypercall returned.
+fn check_guests(transcript: &str) {
+    assert!(transcript.contains("[vm 1] hello from taproot guest"), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+
+    assert!(transcript.contains("[vm 2] memtouch: 2 vcpus"), "{transcript}");
+    assert!(transcript.contains("[vm 2] memtouch: verified"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 2);
+    assert_eq!(status, 0, "{transcript}");
+    assert_eq!(stat(&stats, "roots_allocated"), 1, "both vCPUs share one root: {stats}");
+    assert_eq!(stat(&stats, "roots_reused"), 1, "the second vCPU reuses it: {stats}");
+
+    assert!(transcript.contains("[vm 3] tlbprobe: PASS"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 3);
+    assert_eq!(status, 0, "{transcript}");
+    assert_eq!(stat(&stats, "zaps"), 1, "the discard zapped once: {stats}");
+    assert!(stat(&stats, "tlb_flushes") >= 1, "{stats}");
+}
+
+#[test]
+fn svm_runs_hello_memtouch_on_two_vcpus_and_tlbprobe() {
+    let transcript = run_svm("exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=32", 3);
+    check_guests(&transcript);
+}
+
+#[test]
+fn vmx_runs_hello_memtouch_on_two_vcpus_and_tlbprobe() {
+    let transcript = run_vmx("bochs-vmx-guests", "exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=16", 3);
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_guests(&transcript);
+}
