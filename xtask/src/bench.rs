@@ -102,30 +102,78 @@ fn boot(report: &mut Report) -> Result<(), String> {
     drop(console);
     report.add("boot.qemu_tcg_wall_ms", tcg_ms);
 
-    let mut qemu = Qemu::kernel(&elf, "exit=1");
+    // One run per emulator counts everything in instructions: QEMU with `-icount shift=0`
+    // (guest time in ns = instructions) and Bochs (TSC ticks = instructions at ips=50M).
+    let mut qemu = Qemu::kernel(&elf, GUEST_BENCH_CMDLINE);
     qemu.icount = true;
     let mut console = qemu.spawn().map_err(|e| e.to_string())?;
-    let tsc_line = console.wait_for("boot: banner at tsc=", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
-    let icount = tsc_of(&tsc_line)?;
+    let svm = measure(&mut console)?;
     drop(console);
-    report.add("boot.qemu_icount_instructions", icount);
+    report.add("boot.qemu_icount_instructions", svm.banner_tsc);
     report.line(format!(
-        "boot to banner, QEMU TCG: {tcg_ms:.0} ms wall; {icount:.0} instructions under -icount shift=0"
+        "boot to banner, QEMU TCG: {tcg_ms:.0} ms wall; {:.0} instructions under -icount shift=0",
+        svm.banner_tsc
     ));
 
     let iso = paths::workspace_root().join("target/testbed/bench-boot.iso");
-    taproot_testbed::iso::make(&elf, "exit=1", &iso)?;
+    taproot_testbed::iso::make(&elf, GUEST_BENCH_CMDLINE, &iso)?;
     let mut console = Bochs::new(&iso).spawn("bench-bochs").map_err(|e| e.to_string())?;
-    let tsc_line = console.wait_for("boot: banner at tsc=", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let vmx = measure(&mut console)?;
     let bochs_ms = console.elapsed().as_secs_f64() * 1000.0;
-    let ticks = tsc_of(&tsc_line)?;
     drop(console);
-    report.add("boot.bochs_wall_ms", bochs_ms);
-    report.add("boot.bochs_ticks", ticks);
+    report.add("boot.bochs_ticks", vmx.banner_tsc);
     report.line(format!(
-        "boot to banner, Bochs (BIOS + GRUB + Taproot): {bochs_ms:.0} ms wall; {ticks:.0} emulated ticks (1 tick = 1 instruction at ips=50M)"
+        "boot to banner, Bochs (BIOS + GRUB + Taproot): {:.0} emulated ticks (1 tick = 1 instruction at ips=50M); whole run {bochs_ms:.0} ms wall",
+        vmx.banner_tsc
+    ));
+
+    for (kind, svm_value, vmx_value) in [
+        ("cpuid", svm.cpuid, vmx.cpuid),
+        ("hypercall", svm.hypercall, vmx.hypercall),
+        ("pio", svm.pio, vmx.pio),
+    ] {
+        report.add(&format!("exit.svm_{kind}_instructions"), svm_value);
+        report.add(&format!("exit.vmx_{kind}_ticks"), vmx_value);
+    }
+    report.add("exit.vmx_over_svm_cpuid", vmx.cpuid / svm.cpuid);
+    report.line(format!(
+        "exit round trips (guest exit + Taproot's handling + re-entry): CPUID {:.0} instructions under SVM (QEMU -icount), {:.0} ticks under VMX (Bochs), ratio {:.2}; hypercall {:.0} / {:.0}; port read {:.0} / {:.0}",
+        svm.cpuid, vmx.cpuid, vmx.cpuid / svm.cpuid, svm.hypercall, vmx.hypercall, svm.pio, vmx.pio
+    ));
+    report.add("guest.hello_start_to_console_svm_instructions", svm.hello_to_console);
+    report.add("guest.hello_start_to_console_vmx_ticks", vmx.hello_to_console);
+    report.line(format!(
+        "hello, VM start to first console byte: {:.0} instructions (SVM, QEMU -icount), {:.0} ticks (VMX, Bochs)",
+        svm.hello_to_console, vmx.hello_to_console
     ));
     Ok(())
+}
+
+/// `hello` then `exitbench`, printing TSC deltas even where the TSC is not invariant.
+const GUEST_BENCH_CMDLINE: &str = "exit=1 guest=hello,exitbench guest.tsc=1 guest.iters=2000";
+
+struct GuestNumbers {
+    banner_tsc: f64,
+    hello_to_console: f64,
+    cpuid: f64,
+    hypercall: f64,
+    pio: f64,
+}
+
+fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, String> {
+    let banner = console.wait_for("boot: banner at tsc=", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let hello = console.wait_for("taproot: vm 1 exited", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let mut per_exit = |kind: &str| -> Result<f64, String> {
+        let line = console.wait_for(&format!("exitbench: {kind} exits="), BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+        field(&line, "tsc_per_exit").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no tsc_per_exit in {line:?}"))
+    };
+    let (cpuid, hypercall, pio) = (per_exit("cpuid")?, per_exit("hypercall")?, per_exit("pio_in")?);
+    let hello_to_console = hello
+        .split("\"start_to_first_console_ns\":")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches('}').parse::<f64>().ok())
+        .ok_or_else(|| format!("no start_to_first_console_ns in {hello:?}"))?;
+    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio })
 }
 
 fn tsc_of(line: &str) -> Result<f64, String> {

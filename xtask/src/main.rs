@@ -47,6 +47,10 @@ enum Cmd {
         /// Kernel command line (e.g. `exit=1`, `log=debug`).
         #[arg(long, default_value = "")]
         cmdline: String,
+        /// The demo guest(s) launched at boot (`guest=` on the command line; comma
+        /// separated); `none` boots the image alone.
+        #[arg(long, default_value = "hello")]
+        guest: String,
     },
     /// Run every test: lints, host unit/property/stress/model tests, then the emulator tests.
     Test {
@@ -75,7 +79,8 @@ fn main() -> ExitCode {
                 })
             })
         }
-        Cmd::Run { release, accel, bochs, cpus, mem, cmdline } => {
+        Cmd::Run { release, accel, bochs, cpus, mem, cmdline, guest } => {
+            let cmdline = if guest == "none" { cmdline } else { format!("guest={guest} {cmdline}") };
             run::run(run::Options { profile: profile(release), accel, bochs, cpus, memory_mib: mem, cmdline })
         }
         Cmd::Test { full, host_only } => test::run(test::Options { full, host_only }),

@@ -135,8 +135,8 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
                 regs.rax = (regs.rax & !mask) | (result.value as u64 & mask);
             }
             cx.vcpu.set_rip(io.next_rip);
-            if !io.is_in && taproot_guest_abi::port::is_com1(io.port) {
-                cx.vm.pump_console();
+            if !io.is_in && io.port == taproot_guest_abi::port::COM1_BASE {
+                cx.vm.console_written();
             }
             match result.exit_status {
                 Some(status) => Flow::Finish(VmState::Exited { status }),

@@ -120,6 +120,9 @@ pub struct Vm<B: Backend> {
     console_sink: Mutex<Option<fn(u32, &str)>>,
     /// Absolute time after which the VM is stopped (0: no limit).
     deadline_ns: AtomicU64,
+    /// When the VM started, and when its guest first wrote to the console (0: not yet).
+    started_ns: AtomicU64,
+    first_console_ns: AtomicU64,
 }
 
 impl<B: Backend> Vm<B> {
@@ -151,6 +154,8 @@ impl<B: Backend> Vm<B> {
             clock,
             console_sink: Mutex::new(None),
             deadline_ns: AtomicU64::new(0),
+            started_ns: AtomicU64::new(0),
+            first_console_ns: AtomicU64::new(0),
         }))
     }
 
@@ -216,6 +221,7 @@ impl<B: Backend> Vm<B> {
             vcpus.push(B::create_vcpu(&self.backend, &entry).map_err(VmError::Backend)?);
         }
         self.running_vcpus.store(vcpus.len(), Ordering::SeqCst);
+        self.started_ns.store((self.clock)(), Ordering::Relaxed);
         *state = VmState::Running;
         Ok(vcpus)
     }
@@ -296,6 +302,15 @@ impl<B: Backend> Vm<B> {
         }
     }
 
+    /// Records the first console output (boot-time measurement) and passes new complete
+    /// lines to the sink.
+    pub(crate) fn console_written(&self) {
+        if self.first_console_ns.load(Ordering::Relaxed) == 0 {
+            let _ = self.first_console_ns.compare_exchange(0, (self.clock)(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.pump_console();
+    }
+
     /// Passes new complete console lines to the sink.
     pub(crate) fn pump_console(&self) {
         let Some(sink) = *self.console_sink.lock() else { return };
@@ -326,11 +341,15 @@ impl<B: Backend> Vm<B> {
         out.push_str(",\"exits\":");
         self.exits.write_json(&mut out);
         let unknown = self.devices.lock().unknown_ports().total();
+        let first_console = self.first_console_ns.load(Ordering::Relaxed);
+        let boot_to_console =
+            if first_console == 0 { 0 } else { first_console.saturating_sub(self.started_ns.load(Ordering::Relaxed)) };
         out.push_str(&format!(
-            ",\"tlb_flushes\":{},\"unknown_port_reads\":{},\"unknown_port_writes\":{}",
+            ",\"tlb_flushes\":{},\"unknown_port_reads\":{},\"unknown_port_writes\":{},\"start_to_first_console_ns\":{}",
             B::flushes(&self.backend),
             unknown.reads,
-            unknown.writes
+            unknown.writes,
+            boot_to_console
         ));
         out.push('}');
         out
