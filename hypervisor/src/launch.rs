@@ -13,7 +13,8 @@ use hypervisor::backend::Backend;
 use hypervisor::backend::svm::Svm;
 use hypervisor::backend::vmx::Vmx;
 use hypervisor::loader::ImageFormat;
-use hypervisor::vm::{Vm, VmConfig, VmState, run_vcpu};
+use alloc::collections::VecDeque;
+use hypervisor::vm::{Vm, VmConfig, VmState, VcpuRunner, run_shared};
 use libos::cmdline;
 
 const DEFAULT_VCPUS: u32 = 1;
@@ -36,10 +37,6 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let guest_cmdline: Vec<String> = cmdline::words(line)
         .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
         .collect();
-    let cpus = libos::smp::cpu_count();
-    if vcpus as usize > cpus {
-        return Err(format!("{vcpus} vCPUs on {cpus} CPUs: time slicing is not implemented yet; use vcpus<={cpus}"));
-    }
     match libos::smp::virt_caps(0).unwrap_or_default() {
         libos::virt::VirtCaps::Svm(_) => run::<Svm>(id, VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms),
         libos::virt::VirtCaps::Vmx(_) => {
@@ -78,23 +75,20 @@ fn run<B: Backend>(
     }
     vm.load_image(image, format, guest_cmdline).map_err(|e| format!("{e}"))?;
     let mut vcpus = vm.start().map_err(|e| format!("{e}"))?;
+    // vCPU i runs on CPU i % cpus; CPUs with several vCPUs share them by host-timer slices.
+    // CPU 0 (this one) runs its share inline.
     let cpus = libos::smp::cpu_count();
-    // vCPU i runs on CPU i; vCPU 0 on this (the boot) CPU, inline.
-    let mut first = None;
-    for (index, mut vcpu) in vcpus.drain(..).enumerate() {
-        if index % cpus == 0 {
-            first = Some(vcpu);
-            continue;
+    let mut queues: Vec<VecDeque<VcpuRunner<B>>> = (0..cpus).map(|_| VecDeque::new()).collect();
+    for (index, vcpu) in vcpus.drain(..).enumerate() {
+        queues[index % cpus].push_back(VcpuRunner::new(&vm, index as u32, vcpu));
+    }
+    let mine = core::mem::take(&mut queues[0]);
+    for (cpu, queue) in queues.into_iter().enumerate().skip(1) {
+        if !queue.is_empty() {
+            libos::smp::run_on(cpu, move || run_shared(queue)).map_err(|e| format!("{e}"))?;
         }
-        let vm = vm.clone();
-        libos::smp::run_on(index % cpus, move || {
-            run_vcpu(&vm, index as u32, &mut vcpu);
-        })
-        .map_err(|e| format!("{e}"))?;
     }
-    if let Some(mut vcpu) = first {
-        run_vcpu(&vm, 0, &mut vcpu);
-    }
+    run_shared(mine);
     while vm.running_vcpus() > 0 {
         crate::sys::sleep_us(1000);
     }

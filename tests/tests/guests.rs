@@ -164,3 +164,15 @@ fn vmx_runs_hello_memtouch_on_two_vcpus_and_tlbprobe() {
     assert!(transcript.contains("virt=vmx"), "{transcript}");
     check_guests(&transcript);
 }
+
+#[test]
+fn svm_runs_more_vcpus_than_host_cpus_by_time_slicing() {
+    // 4 vCPUs on a 2-CPU machine: two share each CPU, switched at host timer interrupts.
+    let transcript = run_svm("exit=1 guest=memtouch vcpus=4 mem=64 guest.mib=32", 1);
+    assert!(transcript.contains("[vm 1] memtouch: 4 vcpus"), "{transcript}");
+    assert!(transcript.contains("[vm 1] memtouch: verified 32 MiB"), "{transcript}");
+    let (status, _, stats) = vm_end(&transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert_eq!(stat(&stats, "roots_allocated"), 1, "{stats}");
+    assert_eq!(stat(&stats, "roots_reused"), 3, "{stats}");
+}

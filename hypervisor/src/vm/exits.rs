@@ -207,7 +207,7 @@ fn hypercall<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
         },
         Some(Hypercall::DiscardPage) => {
             let gpa = regs.rdi;
-            if gpa % PAGE_SIZE != 0 {
+            if !gpa.is_multiple_of(PAGE_SIZE) {
                 Err(HypercallError::InvalidArgument)
             } else if gpa >= cx.vm.memory_bytes() {
                 Err(HypercallError::NotMapped)

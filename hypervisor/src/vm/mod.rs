@@ -12,7 +12,7 @@ mod exits;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason};
-pub use vcpu::{VcpuEnd, run_vcpu};
+pub use vcpu::{Slice, VcpuEnd, VcpuRunner, run_shared, run_vcpu};
 
 use crate::addr::{Gpa, PAGE_SIZE};
 use crate::backend::{Backend, EntryMode, EntryState, GuestRegs};
@@ -102,6 +102,9 @@ impl VmConfig {
     }
 }
 
+/// Receives each complete console line of a VM: `(vm id, line)`.
+pub type ConsoleSink = fn(u32, &str);
+
 pub struct Vm<B: Backend> {
     pub id: u32,
     pub config: VmConfig,
@@ -117,7 +120,7 @@ pub struct Vm<B: Backend> {
     pub(crate) clock: fn() -> u64,
     /// Where complete console lines go as they are written (the image's launcher prints
     /// them); the console ring keeps every byte regardless.
-    console_sink: Mutex<Option<fn(u32, &str)>>,
+    console_sink: Mutex<Option<ConsoleSink>>,
     /// Absolute time after which the VM is stopped (0: no limit).
     deadline_ns: AtomicU64,
     /// When the VM started, and when its guest first wrote to the console (0: not yet).
@@ -284,7 +287,7 @@ impl<B: Backend> Vm<B> {
     }
 
     /// Sends each complete console line to `sink` as the guest writes it.
-    pub fn set_console_sink(&self, sink: fn(u32, &str)) {
+    pub fn set_console_sink(&self, sink: ConsoleSink) {
         *self.console_sink.lock() = Some(sink);
     }
 

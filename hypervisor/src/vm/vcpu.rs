@@ -1,11 +1,14 @@
 //! The vCPU loop: load the root for the vCPU's role, run, report quiescence, handle the
-//! exit; until the VM reaches a final state or the vCPU halts.
+//! exit; until the VM reaches a final state or the vCPU halts. A [`VcpuRunner`] runs in
+//! slices, so several vCPUs can share a host CPU (time-sliced by the host timer, whose
+//! interrupts make the guest exit).
 
 use super::Vm;
 use super::exits::{self, Flow, VcpuContext};
 use crate::backend::{Backend, BackendVcpu};
 use crate::memslot::AsId;
-use crate::mmu::Role;
+use crate::mmu::{Role, VcpuMmu};
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
@@ -19,39 +22,100 @@ pub enum VcpuEnd {
     Halted,
 }
 
-/// Runs vCPU `index` of `vm` on the calling CPU (virtualization enabled there).
-pub fn run_vcpu<B: Backend>(vm: &Arc<Vm<B>>, index: u32, vcpu: &mut B::Vcpu) -> VcpuEnd {
-    let mut mmu = vm.mmu.create_vcpu();
-    let mut cx = VcpuContext { vm, index, vcpu, mmu: &mut mmu, as_id: AsId::Normal };
-    let end = loop {
-        if cx.vm.stop.load(Ordering::SeqCst) {
-            break VcpuEnd::VmFinished;
-        }
-        // A reload request only asks for what `load` checks anyway: whether the current
-        // root is still valid. Clearing it first means a request that arrives after this
-        // point forces another pass.
-        cx.mmu.take_reload_request();
-        let root = match cx.mmu.load(Role::new(cx.as_id)) {
-            Ok(root) => root,
-            Err(e) => {
-                cx.vm.finish(super::VmState::Crashed { reason: format!("no TDP root for vcpu {index}: {e:?}") });
+/// How a slice ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slice {
+    /// The host timer fired and the caller asked to share the CPU: run another vCPU.
+    Yielded,
+    Ended(VcpuEnd),
+}
+
+/// One vCPU with everything its loop keeps between slices.
+pub struct VcpuRunner<B: Backend> {
+    vm: Arc<Vm<B>>,
+    index: u32,
+    vcpu: B::Vcpu,
+    mmu: VcpuMmu<B::Platform>,
+    as_id: AsId,
+}
+
+impl<B: Backend> VcpuRunner<B> {
+    pub fn new(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> Self {
+        Self { vm: vm.clone(), index, vcpu, mmu: vm.mmu.create_vcpu(), as_id: AsId::Normal }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Runs until the vCPU ends or, with `share_cpu`, until the next host interrupt.
+    pub fn run_slice(&mut self, share_cpu: bool) -> Slice {
+        let mut cx = VcpuContext {
+            vm: &self.vm,
+            index: self.index,
+            vcpu: &mut self.vcpu,
+            mmu: &mut self.mmu,
+            as_id: self.as_id,
+        };
+        let end = loop {
+            if cx.vm.stop.load(Ordering::SeqCst) {
                 break VcpuEnd::VmFinished;
+            }
+            // A reload request only asks for what `load` checks anyway: whether the current
+            // root is still valid. Clearing it first means a request that arrives after this
+            // point forces another pass.
+            cx.mmu.take_reload_request();
+            let root = match cx.mmu.load(Role::new(cx.as_id)) {
+                Ok(root) => root,
+                Err(e) => {
+                    let reason = format!("no TDP root for vcpu {}: {e:?}", cx.index);
+                    cx.vm.finish(super::VmState::Crashed { reason });
+                    break VcpuEnd::VmFinished;
+                }
+            };
+            let exit = cx.vcpu.run(root);
+            cx.mmu.report_quiescent();
+            cx.vm.check_deadline();
+            let host_interrupt = exit == crate::backend::Exit::HostInterrupt;
+            match exits::handle(&mut cx, exit) {
+                Flow::Continue if host_interrupt && share_cpu => {
+                    self.as_id = cx.as_id;
+                    // Off the CPU, this vCPU walks no table: grace periods need not wait
+                    // for it until it runs again.
+                    self.mmu.report_offline();
+                    return Slice::Yielded;
+                }
+                Flow::Continue => {}
+                Flow::Halt => break VcpuEnd::Halted,
+                Flow::Finish(state) => {
+                    cx.vm.finish(state);
+                    break VcpuEnd::VmFinished;
+                }
             }
         };
-        let exit = cx.vcpu.run(root);
-        cx.mmu.report_quiescent();
-        cx.vm.check_deadline();
-        match exits::handle(&mut cx, exit) {
-            Flow::Continue => {}
-            Flow::Halt => break VcpuEnd::Halted,
-            Flow::Finish(state) => {
-                cx.vm.finish(state);
-                break VcpuEnd::VmFinished;
-            }
+        self.mmu.unload();
+        self.mmu.report_offline();
+        self.vm.vcpu_ended();
+        Slice::Ended(end)
+    }
+}
+
+/// Runs vCPU `index` of `vm` on the calling CPU until it ends.
+pub fn run_vcpu<B: Backend>(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> VcpuEnd {
+    let mut runner = VcpuRunner::new(vm, index, vcpu);
+    loop {
+        if let Slice::Ended(end) = runner.run_slice(false) {
+            return end;
         }
-    };
-    mmu.unload();
-    mmu.report_offline();
-    vm.vcpu_ended();
-    end
+    }
+}
+
+/// Round-robins `runners` on the calling CPU, one host-timer slice each, until all ended.
+pub fn run_shared<B: Backend>(mut runners: VecDeque<VcpuRunner<B>>) {
+    while let Some(mut runner) = runners.pop_front() {
+        let share = !runners.is_empty();
+        if runner.run_slice(share) == Slice::Yielded {
+            runners.push_back(runner);
+        }
+    }
 }

@@ -186,7 +186,7 @@ impl Vmcb {
     }
 
     fn ptr<T>(&self, offset: usize) -> *mut T {
-        debug_assert!(offset + size_of::<T>() <= 4096 && offset % align_of::<T>() == 0);
+        debug_assert!(offset + size_of::<T>() <= 4096 && offset.is_multiple_of(align_of::<T>()));
         (self.phys as usize + offset) as *mut T
     }
 
