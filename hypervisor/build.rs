@@ -21,7 +21,9 @@ fn main() {
 
 fn embed_guests() {
     println!("cargo::rerun-if-env-changed=TAPROOT_GUEST_DIR");
-    let mut table = String::from("/// Embedded guest images: (name, ELF bytes).\npub static GUESTS: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from(
+        "/// Embedded guest images: (name, ELF bytes).\npub static GUESTS: &[(&str, &[u8])] = &[\n",
+    );
     if let Ok(dir) = std::env::var("TAPROOT_GUEST_DIR") {
         for name in GUESTS {
             let path = Path::new(&dir).join(name);

@@ -4,20 +4,26 @@
 //! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`.
 
 use crate::guests::GUESTS;
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use hypervisor::addr::Gpa;
 use hypervisor::backend::Backend;
 use hypervisor::backend::svm::Svm;
 use hypervisor::backend::vmx::Vmx;
 use hypervisor::loader::ImageFormat;
-use alloc::collections::VecDeque;
-use hypervisor::vm::{Vm, VmConfig, VmState, VcpuRunner, run_shared};
+use hypervisor::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
+use hypervisor::vm::{VcpuRunner, Vm, VmConfig, VmState, run_shared};
 use libos::cmdline;
 
 const DEFAULT_VCPUS: u32 = 1;
+/// The extra slot of `delete_slot_ms`: 2 MiB at 4 GiB, beyond any guest's RAM.
+const EXTRA_SLOT: SlotId = SlotId(1);
+const EXTRA_SLOT_GPA: u64 = 1 << 32;
+const EXTRA_SLOT_SIZE: u64 = 2 << 20;
 const DEFAULT_MEMORY_MIB: u64 = 64;
 /// How long the APs get to enable virtualization.
 const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
@@ -26,7 +32,14 @@ const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
 pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let vcpus = parse_or(line, "vcpus", DEFAULT_VCPUS)?;
     let memory_mib = parse_or(line, "mem", DEFAULT_MEMORY_MIB)?;
-    let timeout_ms: Option<u64> = cmdline::value(line, "timeout_ms").map(|v| v.parse()).transpose().map_err(|_| "timeout_ms must be a number of milliseconds")?;
+    let delete_slot_ms: Option<u64> = cmdline::value(line, "delete_slot_ms")
+        .map(|v| v.parse())
+        .transpose()
+        .map_err(|_| "delete_slot_ms must be a number of milliseconds")?;
+    let timeout_ms: Option<u64> = cmdline::value(line, "timeout_ms")
+        .map(|v| v.parse())
+        .transpose()
+        .map_err(|_| "timeout_ms must be a number of milliseconds")?;
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => (*bytes, ImageFormat::Elf),
         None => match crate::builtin::find(name) {
@@ -38,11 +51,27 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
         .collect();
     match libos::smp::virt_caps(0).unwrap_or_default() {
-        libos::virt::VirtCaps::Svm(_) => run::<Svm>(id, VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms),
-        libos::virt::VirtCaps::Vmx(_) => {
-            run::<Vmx>(id, VmConfig { vcpus, memory_mib }, image, format, &guest_cmdline.join(" "), timeout_ms)
+        libos::virt::VirtCaps::Svm(_) => run::<Svm>(
+            id,
+            VmConfig { vcpus, memory_mib },
+            image,
+            format,
+            &guest_cmdline.join(" "),
+            timeout_ms,
+            delete_slot_ms,
+        ),
+        libos::virt::VirtCaps::Vmx(_) => run::<Vmx>(
+            id,
+            VmConfig { vcpus, memory_mib },
+            image,
+            format,
+            &guest_cmdline.join(" "),
+            timeout_ms,
+            delete_slot_ms,
+        ),
+        libos::virt::VirtCaps::None => {
+            Err("this machine offers no hardware virtualization to Taproot".into())
         }
-        libos::virt::VirtCaps::None => Err("this machine offers no hardware virtualization to Taproot".into()),
     }
 }
 
@@ -66,6 +95,7 @@ fn run<B: Backend>(
     format: ImageFormat,
     guest_cmdline: &str,
     timeout_ms: Option<u64>,
+    delete_slot_ms: Option<u64>,
 ) -> Result<i32, String> {
     enable_everywhere::<B>()?;
     let vm = Vm::<B>::create(id, config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
@@ -75,12 +105,25 @@ fn run<B: Backend>(
     }
     vm.load_image(image, format, guest_cmdline).map_err(|e| format!("{e}"))?;
     let mut vcpus = vm.start().map_err(|e| format!("{e}"))?;
+    if delete_slot_ms.is_some() {
+        // A slot the guest never uses, deleted while the guest runs (`delete_slot_ms`).
+        let spec = SlotSpec {
+            id: EXTRA_SLOT,
+            as_id: AsId::Normal,
+            base: Gpa::new(EXTRA_SLOT_GPA),
+            size: EXTRA_SLOT_SIZE,
+            flags: SlotFlags::default(),
+        };
+        vm.mmu.add_slot(spec).map_err(|e| format!("extra slot: {e:?}"))?;
+    }
     // vCPU i runs on CPU i % cpus; CPUs with several vCPUs share them by host-timer slices.
-    // CPU 0 (this one) runs its share inline.
+    // CPU 0 (this one) runs its share inline, unless it has host work to do (a slot to
+    // delete while the guest runs): then the vCPUs go to the other CPUs.
     let cpus = libos::smp::cpu_count();
+    let (first_cpu, vcpu_cpus) = if delete_slot_ms.is_some() && cpus > 1 { (1, cpus - 1) } else { (0, cpus) };
     let mut queues: Vec<VecDeque<VcpuRunner<B>>> = (0..cpus).map(|_| VecDeque::new()).collect();
     for (index, vcpu) in vcpus.drain(..).enumerate() {
-        queues[index % cpus].push_back(VcpuRunner::new(&vm, index as u32, vcpu));
+        queues[first_cpu + index % vcpu_cpus].push_back(VcpuRunner::new(&vm, index as u32, vcpu));
     }
     let mine = core::mem::take(&mut queues[0]);
     for (cpu, queue) in queues.into_iter().enumerate().skip(1) {
@@ -89,6 +132,16 @@ fn run<B: Backend>(
         }
     }
     run_shared(mine);
+    if let Some(ms) = delete_slot_ms {
+        crate::sys::sleep_us(ms * 1000);
+        let before = vm.mmu.stats();
+        let result = vm.mmu.delete_slot(EXTRA_SLOT);
+        let after = vm.mmu.stats();
+        vm.log_event(format!(
+            "host deleted slot {} while the guest ran ({result:?}): roots_invalidated {} -> {}, zaps {} -> {}, faults at delete {}",
+            EXTRA_SLOT.0, before.roots_invalidated, after.roots_invalidated, before.zaps, after.zaps, after.faults
+        ));
+    }
     while vm.running_vcpus() > 0 {
         crate::sys::sleep_us(1000);
     }
@@ -99,10 +152,18 @@ fn run<B: Backend>(
         _ => -1,
     };
     for event in vm.events().0 {
-        crate::sys::console_write(format!("[vm {}] event at {} ns: {}\n", vm.id, event.time_ns, event.kind).as_bytes());
+        crate::sys::console_write(
+            format!("[vm {}] event at {} ns: {}\n", vm.id, event.time_ns, event.kind).as_bytes(),
+        );
     }
     crate::sys::console_write(
-        format!("taproot: vm {} exited status={status} state={} stats={}\n", vm.id, state.name(), vm.stats_json()).as_bytes(),
+        format!(
+            "taproot: vm {} exited status={status} state={} stats={}\n",
+            vm.id,
+            state.name(),
+            vm.stats_json()
+        )
+        .as_bytes(),
     );
     let vm = Arc::try_unwrap(vm).map_err(|_| "VM still referenced after its vCPUs ended")?;
     vm.destroy();

@@ -8,6 +8,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
+pub mod api;
 pub mod backend;
 pub mod cpuid;
 pub mod devices;

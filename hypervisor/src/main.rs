@@ -7,9 +7,9 @@
 #![deny(unsafe_code)]
 
 #[cfg(target_os = "none")]
-mod image;
-#[cfg(target_os = "none")]
 mod builtin;
+#[cfg(target_os = "none")]
+mod image;
 #[cfg(target_os = "none")]
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));

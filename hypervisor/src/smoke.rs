@@ -21,12 +21,23 @@ const LOAD_AT: u64 = 0x7C00;
 pub fn run() -> Result<i32, String> {
     svm::enable_on_this_cpu().map_err(|e| alloc::format!("{e}"))?;
     let vm = SvmVm::new().map_err(|e| alloc::format!("{e}"))?;
-    let mmu: Mmu<SvmPlatform> =
-        Mmu::new(MmuConfig::default(), Arc::new(hypervisor::backend::direct_map::DirectMap), vm.clone(), svm::LibosClock);
-    let spec = SlotSpec { id: SlotId(0), as_id: AsId::Normal, base: Gpa::new(0), size: 16 << 20, flags: SlotFlags::default() };
+    let mmu: Mmu<SvmPlatform> = Mmu::new(
+        MmuConfig::default(),
+        Arc::new(hypervisor::backend::direct_map::DirectMap),
+        vm.clone(),
+        svm::LibosClock,
+    );
+    let spec = SlotSpec {
+        id: SlotId(0),
+        as_id: AsId::Normal,
+        base: Gpa::new(0),
+        size: 16 << 20,
+        flags: SlotFlags::default(),
+    };
     mmu.add_slot(spec).map_err(|e| alloc::format!("{e:?}"))?;
     mmu.write_guest(AsId::Normal, Gpa::new(LOAD_AT), &CODE).map_err(|e| alloc::format!("{e:?}"))?;
-    let entry = EntryState { mode: EntryMode::Real16 { cs: 0, ip: LOAD_AT as u16 }, regs: GuestRegs::default() };
+    let entry =
+        EntryState { mode: EntryMode::Real16 { cs: 0, ip: LOAD_AT as u16 }, regs: GuestRegs::default() };
     let mut vcpu = SvmVcpu::new(&vm, &entry).map_err(|e| alloc::format!("{e}"))?;
     let mut vmmu = mmu.create_vcpu();
     let mut console = String::new();

@@ -11,16 +11,18 @@ use hypervisor::mmu::{Access, Fault, Mmu, MmuConfig, NoClock, Role};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 
-fn builder() -> loom::model::Builder {
+/// Spin-waits make unbounded models explode; two preemptions cover the interleavings these
+/// races need (each side preempted once inside its critical section) and finish in seconds.
+fn builder(preemptions: usize) -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
+    builder.preemption_bound = Some(preemptions);
     builder.max_branches = 200_000;
     builder
 }
 
 #[test]
 fn fault_racing_a_range_invalidation_never_maps_discarded_memory() {
-    builder().check(|| {
+    builder(3).check(|| {
         let pages = std::sync::Arc::new(HostPages::new(HostPagesConfig {
             tables: 64,
             frames_4k: 16,
@@ -29,7 +31,8 @@ fn fault_racing_a_range_invalidation_never_maps_discarded_memory() {
         }));
         let flush = std::sync::Arc::new(RecordingFlush::new());
         let config = MmuConfig { max_page_size: PageSize::Size4K, ..MmuConfig::default() };
-        let mmu = Arc::new(Mmu::<HostPlatform<TestFormat, NoClock>>::new(config, pages.clone(), flush, NoClock));
+        let mmu =
+            Arc::new(Mmu::<HostPlatform<TestFormat, NoClock>>::new(config, pages.clone(), flush, NoClock));
         mmu.add_slot(SlotSpec {
             id: SlotId(0),
             as_id: AsId::Normal,
@@ -60,7 +63,11 @@ fn fault_racing_a_range_invalidation_never_maps_discarded_memory() {
         // never the discarded frame. (`backing_of` allocates nothing; the arena may hand the
         // discarded frame's address out again, so comparing with `old` would prove nothing.)
         if let Some((hpa, _)) = mmu.translate(&root, gfn.gpa()) {
-            assert_eq!(Some(hpa), mmu.backing_of(AsId::Normal, gfn), "a translation to discarded memory survived");
+            assert_eq!(
+                Some(hpa),
+                mmu.backing_of(AsId::Normal, gfn),
+                "a translation to discarded memory survived"
+            );
         }
         let _ = old;
         let mut byte = [0xffu8];
@@ -77,7 +84,7 @@ fn fault_racing_a_range_invalidation_never_maps_discarded_memory() {
 
 #[test]
 fn mmu_lock_excludes_writers_and_shares_readers() {
-    builder().check(|| {
+    builder(2).check(|| {
         let lock = Arc::new(MmuLock::new());
         let readers = Arc::new(AtomicUsize::new(0));
         let writers = Arc::new(AtomicUsize::new(0));
@@ -107,7 +114,7 @@ fn mmu_lock_excludes_writers_and_shares_readers() {
 
 #[test]
 fn mmu_lock_serves_two_writers_in_turn() {
-    builder().check(|| {
+    builder(2).check(|| {
         let lock = Arc::new(MmuLock::new());
         let inside = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..2)

@@ -57,7 +57,12 @@ fn a_million_reload_cycles_allocate_one_root_per_role_and_install_nothing_new() 
 fn switching_roles_is_a_cache_lookup() {
     let vm = vm();
     let mut vcpu = vm.mmu.create_vcpu();
-    let roles = [Role::new(AsId::Normal), Role::new(AsId::Alternate), nested(), Role { levels: 5, ..Role::new(AsId::Normal) }];
+    let roles = [
+        Role::new(AsId::Normal),
+        Role::new(AsId::Alternate),
+        nested(),
+        Role { levels: 5, ..Role::new(AsId::Normal) },
+    ];
     for role in roles {
         vcpu.load(role).unwrap();
     }
@@ -174,7 +179,8 @@ fn zap_returns_only_after_flush_and_frees_only_after_it() {
             _ => None,
         })
         .unwrap();
-    let root_flush = events.iter().rposition(|e| *e == Event::Flush(hypervisor::mmu::FlushScope::Root(root))).unwrap();
+    let root_flush =
+        events.iter().rposition(|e| *e == Event::Flush(hypervisor::mmu::FlushScope::Root(root))).unwrap();
     let root_free = events.iter().position(|e| *e == Event::TableFreed(root)).expect("root table not freed");
     assert!(root_flush < root_free, "{events:?}");
     assert_eq!(events.iter().filter(|e| matches!(e, Event::TableFreed(_))).count(), 3, "{events:?}");

@@ -66,10 +66,16 @@ fn find(model: &HashMap<u32, ModelSlot>, as_id: AsId, gfn: u64) -> Option<(u32, 
         .map(|(id, s)| (*id, s))
 }
 
-fn overlaps(model: &HashMap<u32, ModelSlot>, except: Option<u32>, as_id: AsId, base: u64, pages: u64) -> bool {
-    model
-        .iter()
-        .any(|(id, s)| Some(*id) != except && s.as_id == as_id && s.base < base + pages && base < s.base + s.pages)
+fn overlaps(
+    model: &HashMap<u32, ModelSlot>,
+    except: Option<u32>,
+    as_id: AsId,
+    base: u64,
+    pages: u64,
+) -> bool {
+    model.iter().any(|(id, s)| {
+        Some(*id) != except && s.as_id == as_id && s.base < base + pages && base < s.base + s.pages
+    })
 }
 
 fn run(ops: Vec<Op>) {
@@ -90,7 +96,13 @@ fn run(ops: Vec<Op>) {
                     assert_eq!(result, Err(SlotError::DuplicateId));
                 } else {
                     result.unwrap();
-                    let slot = ModelSlot { as_id: space(alt), base, pages, flags: SlotFlags::default(), bytes: HashMap::new() };
+                    let slot = ModelSlot {
+                        as_id: space(alt),
+                        base,
+                        pages,
+                        flags: SlotFlags::default(),
+                        bytes: HashMap::new(),
+                    };
                     model.insert(id, slot);
                 }
             }
@@ -114,7 +126,10 @@ fn run(ops: Vec<Op>) {
             }
             Op::ReadOnly { id, on } | Op::DirtyLog { id, on } => {
                 let Some(slot) = model.get_mut(&id) else {
-                    assert_eq!(vm.mmu.set_slot_flags(SlotId(id), SlotFlags::default()), Err(SlotError::UnknownSlot));
+                    assert_eq!(
+                        vm.mmu.set_slot_flags(SlotId(id), SlotFlags::default()),
+                        Err(SlotError::UnknownSlot)
+                    );
                     continue;
                 };
                 match op {
@@ -138,7 +153,8 @@ fn run(ops: Vec<Op>) {
                 };
                 assert_eq!(result, expected);
                 if result == Fault::Installed {
-                    let (_, writable) = vm.mmu.translate(vcpu.root().unwrap(), Gfn::new(gfn).gpa()).expect("installed");
+                    let (_, writable) =
+                        vm.mmu.translate(vcpu.root().unwrap(), Gfn::new(gfn).gpa()).expect("installed");
                     assert!(writable || !write);
                 }
             }
@@ -162,7 +178,11 @@ fn run(ops: Vec<Op>) {
                 match find(&model, space(alt), gfn) {
                     Some((_, s)) => {
                         result.unwrap();
-                        assert_eq!(buf[0], s.bytes.get(&(gfn - s.base)).copied().unwrap_or(0), "gfn {gfn:#x}");
+                        assert_eq!(
+                            buf[0],
+                            s.bytes.get(&(gfn - s.base)).copied().unwrap_or(0),
+                            "gfn {gfn:#x}"
+                        );
                     }
                     None => assert!(result.is_err()),
                 }
@@ -181,7 +201,10 @@ fn run(ops: Vec<Op>) {
             let root = vcpu.root().unwrap();
             if root.is_valid() {
                 for leaf in vm.mmu.leaves(root) {
-                    assert!(find(&model, root.role().as_id, leaf.gfn.raw()).is_some(), "{leaf:?} is in no slot");
+                    assert!(
+                        find(&model, root.role().as_id, leaf.gfn.raw()).is_some(),
+                        "{leaf:?} is in no slot"
+                    );
                 }
             } else {
                 assert!(vm.mmu.leaves(root).is_empty(), "an invalid root still maps memory");
@@ -200,7 +223,13 @@ fn run(ops: Vec<Op>) {
                 let (hpa, _) = vm.mmu.translate(vcpu.root().unwrap(), gpa).unwrap();
                 let (frame, size) = vm.pages.frame_containing(hpa).unwrap();
                 let mut buf = [0u8];
-                hypervisor::mmu::PageSource::read_frame(&*vm.pages, frame, size, hpa.raw() - frame.raw(), &mut buf);
+                hypervisor::mmu::PageSource::read_frame(
+                    &*vm.pages,
+                    frame,
+                    size,
+                    hpa.raw() - frame.raw(),
+                    &mut buf,
+                );
                 assert_eq!(buf[0], *value);
             }
         }

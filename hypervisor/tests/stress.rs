@@ -46,7 +46,11 @@ fn run(threads: usize, rounds: u32, max_page_size: PageSize, seed: u64) {
                     // A VM exit: report quiescence, then handle the exit.
                     vcpu.report_quiescent();
                     if rng.below(64) == 0 {
-                        role = Role::new(if role.as_id == AsId::Normal { AsId::Alternate } else { AsId::Normal });
+                        role = Role::new(if role.as_id == AsId::Normal {
+                            AsId::Alternate
+                        } else {
+                            AsId::Normal
+                        });
                         vcpu.load(role).unwrap();
                     }
                     if rng.below(512) == 0 {
@@ -79,7 +83,9 @@ fn run(threads: usize, rounds: u32, max_page_size: PageSize, seed: u64) {
         match rng.below(6) {
             0 if present[s] => {
                 let frames: Vec<_> = (0..1024)
-                    .filter_map(|p| vm.mmu.backing_of(AsId::Normal, Gpa::new(window(i, moved[s])).gfn().add(p)))
+                    .filter_map(|p| {
+                        vm.mmu.backing_of(AsId::Normal, Gpa::new(window(i, moved[s])).gfn().add(p))
+                    })
                     .collect();
                 vm.mmu.delete_slot(SlotId(i)).unwrap();
                 present[s] = false;
@@ -115,7 +121,8 @@ fn run(threads: usize, rounds: u32, max_page_size: PageSize, seed: u64) {
                 }
             }
             _ => {
-                vm.mmu.discard_range(AsId::Alternate, GfnRange::new(Gfn::new(0), Gfn::new(rng.range(1, 1024))));
+                vm.mmu
+                    .discard_range(AsId::Alternate, GfnRange::new(Gfn::new(0), Gfn::new(rng.range(1, 1024))));
             }
         }
         if round % 16 == 0 {

@@ -176,3 +176,40 @@ fn svm_runs_more_vcpus_than_host_cpus_by_time_slicing() {
     assert_eq!(stat(&stats, "roots_allocated"), 1, "{stats}");
     assert_eq!(stat(&stats, "roots_reused"), 3, "{stats}");
 }
+
+/// A slot deleted while memtouch runs: every root is invalidated and zapped once, the
+/// guest keeps running on a new root (it faults again after the delete), and what it wrote
+/// before the delete, in the slot that stays, is intact (it verifies every pass).
+fn check_slot_delete_while_running(transcript: &str) {
+    let event = transcript
+        .lines()
+        .find(|l| l.contains("host deleted slot 1 while the guest ran (Ok(()))"))
+        .unwrap_or_else(|| panic!("no delete event:\n{transcript}"));
+    assert!(event.contains("roots_invalidated 0 -> 1"), "{event}");
+    assert!(event.contains("zaps 0 -> 1"), "exactly one zap for one root: {event}");
+    let faults_at_delete: u64 = event.rsplit("faults at delete ").next().and_then(|v| v.trim().parse().ok()).unwrap();
+    assert!(transcript.contains("[vm 1] memtouch: verified"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 1);
+    assert_eq!(status, 0, "the pattern survived: {transcript}");
+    assert_eq!(stat(&stats, "roots_invalidated"), 1, "{stats}");
+    assert_eq!(stat(&stats, "zaps"), 1, "{stats}");
+    assert_eq!(stat(&stats, "roots_allocated"), 2, "the guest went on with a new root: {stats}");
+    assert!(stat(&stats, "faults") > faults_at_delete, "the guest faulted its memory in again: {stats}");
+}
+
+#[test]
+fn svm_slot_deleted_while_memtouch_runs_invalidates_and_zaps_once() {
+    let transcript =
+        run_svm("exit=1 guest=memtouch mem=128 guest.mib=64 guest.passes=40 delete_slot_ms=100", 1);
+    check_slot_delete_while_running(&transcript);
+}
+
+#[test]
+fn vmx_slot_deleted_while_memtouch_runs_invalidates_and_zaps_once() {
+    let transcript = run_vmx(
+        "bochs-vmx-slot-delete",
+        "exit=1 guest=memtouch mem=64 guest.mib=8 guest.passes=6 delete_slot_ms=20",
+        1,
+    );
+    check_slot_delete_while_running(&transcript);
+}

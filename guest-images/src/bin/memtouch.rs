@@ -1,7 +1,8 @@
 //! `memtouch`: every vCPU writes, then verifies, the pattern over its share of N MiB
 //! (`mib=N` on the PVH command line, default 16) starting at the first 2 MiB boundary
 //! after the image. vCPU 0 prints the checksum of the whole region, which does not depend
-//! on the number of vCPUs, and exits 0; a mismatch exits 1 at once.
+//! on the number of vCPUs, and exits 0; a mismatch exits 1 at once. `passes=N` verifies
+//! N times.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -54,25 +55,28 @@ fn guest(boot: &guest_images::rt::Boot) -> u32 {
         unsafe { base.add(i as usize).write_volatile(value) };
         sum = sum.wrapping_add(value);
     }
-    // Verify page by page, so a mismatch names its address.
+    // Verify page by page, so a mismatch names its address; `passes=N` verifies N times
+    // (tests change the hypervisor's mappings while this runs).
+    let passes = guest_images::logic::cmdline_u64(boot.cmdline(), "passes").unwrap_or(1).max(1);
     let mut page = [0u64; 512];
-    let mut addr = mine.start;
-    while addr < mine.end {
-        let n = (((mine.end - addr) / 8) as usize).min(page.len());
-        for (i, word) in page[..n].iter_mut().enumerate() {
-            // SAFETY: as above; the word was written by this vCPU.
-            *word = unsafe { (addr as *const u64).add(i).read_volatile() };
+    for _ in 0..passes {
+        let mut addr = mine.start;
+        while addr < mine.end {
+            let n = (((mine.end - addr) / 8) as usize).min(page.len());
+            for (i, word) in page[..n].iter_mut().enumerate() {
+                // SAFETY: as above; the word was written by this vCPU.
+                *word = unsafe { (addr as *const u64).add(i).read_volatile() };
+            }
+            if let Some((at, expected, found)) = first_mismatch(addr, &page[..n]) {
+                println!(
+                    "memtouch: vcpu {} mismatch at {at:#x}: expected {expected:#018x}, found {found:#018x}",
+                    boot.vcpu_index
+                );
+                return status::FAILED;
+            }
+            addr += 8 * n as u64;
         }
-        if let Some((at, expected, found)) = first_mismatch(addr, &page[..n]) {
-            println!(
-                "memtouch: vcpu {} mismatch at {at:#x}: expected {expected:#018x}, found {found:#018x}",
-                boot.vcpu_index
-            );
-            return status::FAILED;
-        }
-        addr += 8 * n as u64;
     }
-
     CHECKSUM.fetch_add(sum, Ordering::Relaxed);
     DONE.fetch_add(1, Ordering::AcqRel);
     if boot.vcpu_index != 0 {

@@ -74,17 +74,24 @@ pub enum Exit {
     HostInterrupt,
     Cpuid,
     Io(IoExit),
-    Msr { write: bool },
+    Msr {
+        write: bool,
+    },
     /// VMMCALL / VMCALL.
     Hypercall,
-    NestedPageFault { gpa: u64, access: Access },
+    NestedPageFault {
+        gpa: u64,
+        access: Access,
+    },
     Hlt,
     /// Triple fault.
     Shutdown,
     /// VM entry refused the guest state (a backend bug or a state the guest cannot reach).
     InvalidState,
     /// An exit the backend does not handle, with its raw code.
-    Unhandled { code: u64 },
+    Unhandled {
+        code: u64,
+    },
 }
 
 /// A vCPU's hardware side.
@@ -121,7 +128,10 @@ pub trait Backend: Send + Sync + 'static {
     fn enable_on_this_cpu() -> Result<(), String>;
     /// The per-VM part, which is also the MMU's TLB flush hook.
     fn create_vm() -> Result<Arc<<Self::Platform as Platform>::Flush>, String>;
-    fn create_vcpu(vm: &Arc<<Self::Platform as Platform>::Flush>, entry: &EntryState) -> Result<Self::Vcpu, String>;
+    fn create_vcpu(
+        vm: &Arc<<Self::Platform as Platform>::Flush>,
+        entry: &EntryState,
+    ) -> Result<Self::Vcpu, String>;
     fn pages() -> Arc<<Self::Platform as Platform>::Pages>;
     fn clock() -> <Self::Platform as Platform>::Clock;
     /// The host's CPUID for `leaf`/`subleaf` (the guest's view is derived from it).

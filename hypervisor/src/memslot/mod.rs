@@ -61,7 +61,9 @@ pub enum SlotError {
     Misaligned,
     /// The slot would reach beyond the guest-physical address width.
     BeyondAddressWidth,
-    Overlap { with: SlotId },
+    Overlap {
+        with: SlotId,
+    },
     UnknownSlot,
     DuplicateId,
     OutOfMemory,
@@ -177,8 +179,7 @@ impl DirtyBitmap {
     }
 
     pub(crate) fn mark(&self, page: u64) {
-        self.words[(page / 64) as usize]
-            .fetch_or(1 << (page % 64), core::sync::atomic::Ordering::AcqRel);
+        self.words[(page / 64) as usize].fetch_or(1 << (page % 64), core::sync::atomic::Ordering::AcqRel);
     }
 
     /// Returns the bitmap and clears it, word by word atomically.

@@ -79,10 +79,8 @@ impl<P: Platform> Core<P> {
         }
         let size = slot.mapping_size(self.config.max_page_size.min(<P::Format as TdpFormat>::MAX_LEAF));
         let (chunk, offset) = slot.locate(gfn);
-        let frame = slot
-            .backing
-            .frame_or_alloc(chunk, &*self.pages, &self.counters)
-            .ok_or(MmuError::OutOfMemory)?;
+        let frame =
+            slot.backing.frame_or_alloc(chunk, &*self.pages, &self.counters).ok_or(MmuError::OutOfMemory)?;
         let target = Target {
             gfn,
             page: frame.add(offset),

@@ -163,7 +163,8 @@ impl HostPages {
         self.classes.iter().find_map(|class| {
             let offset = hpa.raw().checked_sub(class.base)?;
             let index = offset / class.size.bytes();
-            (index < class.capacity as u64).then(|| (Hpa::new(class.base + index * class.size.bytes()), class.size))
+            (index < class.capacity as u64)
+                .then(|| (Hpa::new(class.base + index * class.size.bytes()), class.size))
         })
     }
 

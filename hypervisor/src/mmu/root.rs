@@ -14,8 +14,8 @@
 //! invalidation no fault installs into the root (a fault checks validity under the shared
 //! lock, and invalidation happens under the exclusive lock).
 
-use super::flush::{self, FlushScope, OFFLINE, ZapBatch};
 use super::flush::TlbFlush;
+use super::flush::{self, FlushScope, OFFLINE, ZapBatch};
 use super::lock::MmuExclusive;
 use super::pages::PageSource;
 use super::stats::Counters;
@@ -104,7 +104,8 @@ impl<P: Platform> Drop for Root<P> {
         }
         let mut batch = ZapBatch::new();
         batch.unlinked(self.table);
-        let flushed = flush::flush(&*core.hook, &*core.pages, &core.counters, batch, FlushScope::Root(self.table));
+        let flushed =
+            flush::flush(&*core.hook, &*core.pages, &core.counters, batch, FlushScope::Root(self.table));
         core.grace.retire(flushed, &core.counters);
         Counters::add(&core.counters.roots_freed, 1);
     }
@@ -131,7 +132,8 @@ impl<P: Platform> Core<P> {
         // valid when any later invalidation looks at the list.
         let _shared = core.lock.read();
         let mut roots = core.roots.lock();
-        let existing = if core.destroyed.load(Ordering::Relaxed) { Err(MmuError::Destroyed) } else { Ok(find(&roots)) };
+        let existing =
+            if core.destroyed.load(Ordering::Relaxed) { Err(MmuError::Destroyed) } else { Ok(find(&roots)) };
         if !matches!(existing, Ok(None)) {
             // Another vCPU created it meanwhile (or the VM is going): our table was never
             // published, so it can go back at once.
@@ -249,7 +251,8 @@ impl<P: Platform> VcpuMmu<P> {
         {
             return Ok(root.pointer());
         }
-        let cached = self.previous.iter().position(|r| r.as_ref().is_some_and(|r| r.role == role && r.is_valid()));
+        let cached =
+            self.previous.iter().position(|r| r.as_ref().is_some_and(|r| r.role == role && r.is_valid()));
         let root = match cached {
             Some(i) => {
                 Counters::add(&self.core.counters.roots_reused, 1);

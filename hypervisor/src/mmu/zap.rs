@@ -21,13 +21,13 @@
 //! earlier faults have all finished. The sweep does not rely on it: it exchanges entries,
 //! so whatever is there is taken.
 
+use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, ZapBatch};
 use super::iter::{reach, span};
-use super::flush::TlbFlush;
 use super::lock::MmuShared;
 use super::pages::PageSource;
-use super::stats::Clock;
 use super::root::Root;
+use super::stats::Clock;
 use super::stats::Counters;
 use super::sync::{Ordering, spin_wait};
 use super::{Core, Platform, TdpFormat};
@@ -45,13 +45,8 @@ impl<P: Platform> Core<P> {
     /// Zaps `range` in every root of `as_id` (all if `None`) that may map it: the valid ones
     /// and the invalid ones whose own zap has not finished.
     pub(crate) fn zap_range(&self, as_id: Option<AsId>, range: GfnRange) {
-        let roots: Vec<Arc<Root<P>>> = self
-            .roots
-            .lock()
-            .iter()
-            .filter(|r| as_id.is_none_or(|a| r.role().as_id == a))
-            .cloned()
-            .collect();
+        let roots: Vec<Arc<Root<P>>> =
+            self.roots.lock().iter().filter(|r| as_id.is_none_or(|a| r.role().as_id == a)).cloned().collect();
         for root in &roots {
             self.timed_zap(root, range, FlushScope::Vm);
         }
@@ -71,8 +66,16 @@ impl<P: Platform> Core<P> {
         loop {
             let mut batch = ZapBatch::new();
             let mut budget = self.config.zap_batch;
-            let resume =
-                self.zap_table(&shared, root.table(), levels, Gfn::new(0), range, from, &mut budget, &mut batch);
+            let resume = self.zap_table(
+                &shared,
+                root.table(),
+                levels,
+                Gfn::new(0),
+                range,
+                from,
+                &mut budget,
+                &mut batch,
+            );
             Counters::add(&self.counters.sptes_zapped, batch.leaves);
             let flushed = flush::flush(&*self.hook, &*self.pages, &self.counters, batch, scope);
             self.grace.retire(flushed, &self.counters);
@@ -129,7 +132,12 @@ impl<P: Platform> Core<P> {
                     // A huge leaf only partly in the range goes whole: zapping more than
                     // asked is always correct, the rest faults back in.
                     if entry
-                        .compare_exchange(old, <P::Format as TdpFormat>::FROZEN, Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(
+                            old,
+                            <P::Format as TdpFormat>::FROZEN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
                         .is_err()
                     {
                         continue;
@@ -142,7 +150,12 @@ impl<P: Platform> Core<P> {
                 let child = <P::Format as TdpFormat>::table_address(old);
                 if covered && (level == 2 || descended) {
                     if entry
-                        .compare_exchange(old, <P::Format as TdpFormat>::FROZEN, Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(
+                            old,
+                            <P::Format as TdpFormat>::FROZEN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
                         .is_err()
                     {
                         continue;
@@ -216,8 +229,16 @@ impl<P: Platform> Core<P> {
     /// Clears the writable bit of the leaf mapping `gfn` in `root`. Returns whether it did.
     fn write_protect(&self, shared: &MmuShared<'_>, root: &Root<P>, gfn: Gfn) -> bool {
         loop {
-            let stop = super::iter::walk::<P::Format, _>(shared, &*self.pages, root.table(), root.role().levels, gfn);
-            if !<P::Format as TdpFormat>::is_present(stop.spte) || !<P::Format as TdpFormat>::is_writable(stop.spte) {
+            let stop = super::iter::walk::<P::Format, _>(
+                shared,
+                &*self.pages,
+                root.table(),
+                root.role().levels,
+                gfn,
+            );
+            if !<P::Format as TdpFormat>::is_present(stop.spte)
+                || !<P::Format as TdpFormat>::is_writable(stop.spte)
+            {
                 return false;
             }
             debug_assert!(PageSize::from_level(stop.level).is_some());

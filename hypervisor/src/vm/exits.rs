@@ -4,8 +4,8 @@
 use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
-use crate::memslot::AsId;
 use crate::devices::events::EventKind;
+use crate::memslot::AsId;
 use crate::mmu::{Fault, VcpuMmu};
 use alloc::format;
 use alloc::string::String;
@@ -117,7 +117,10 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
         }
         Exit::Io(io) => {
             if io.is_string {
-                return crash(cx, format!("string port I/O (INS/OUTS) on port {:#x} is not supported", io.port));
+                return crash(
+                    cx,
+                    format!("string port I/O (INS/OUTS) on port {:#x} is not supported", io.port),
+                );
             }
             let mask = match io.size {
                 1 => 0xFF,
@@ -154,7 +157,10 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             Ok(Fault::Installed | Fault::Retry) => Flow::Continue,
             Ok(Fault::NotInSlot) => {
                 cx.vm.exits.add(ExitReason::Mmio);
-                crash(cx, format!("{access:?} at guest address {gpa:#x}, outside every memory slot and device"))
+                crash(
+                    cx,
+                    format!("{access:?} at guest address {gpa:#x}, outside every memory slot and device"),
+                )
             }
             Ok(Fault::WriteToReadOnly) => crash(cx, format!("write to read-only memory at {gpa:#x}")),
             Err(e) => crash(cx, format!("nested page fault at {gpa:#x} not handled: {e:?}")),

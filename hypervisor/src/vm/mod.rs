@@ -90,7 +90,10 @@ pub struct VmConfig {
 impl VmConfig {
     pub fn validate(&self) -> Result<(), VmError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(VmError::InvalidConfig(format!("vcpus must be 1 to {MAX_VCPUS}, not {}", self.vcpus)));
+            return Err(VmError::InvalidConfig(format!(
+                "vcpus must be 1 to {MAX_VCPUS}, not {}",
+                self.vcpus
+            )));
         }
         if self.memory_mib == 0 || self.memory_mib > MAX_MEMORY_MIB {
             return Err(VmError::InvalidConfig(format!(
@@ -177,7 +180,9 @@ impl<B: Backend> Vm<B> {
         let config = GuestConfig { mem_size: self.memory_bytes(), cmdline };
         let plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
         let write = |gpa: u64, bytes: &[u8]| {
-            self.mmu.write_guest(AsId::Normal, Gpa::new(gpa), bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
+            self.mmu
+                .write_guest(AsId::Normal, Gpa::new(gpa), bytes)
+                .map_err(|e| VmError::Memory(format!("{e:?}")))
         };
         for segment in &plan.segments {
             write(segment.gpa, segment.file_bytes(image))?;
@@ -197,7 +202,8 @@ impl<B: Backend> Vm<B> {
             loader::EntryMode::RealMode16 { cs, ip } => EntryMode::Real16 { cs, ip },
             loader::EntryMode::Protected32 { eip } => EntryMode::Protected32 { eip },
         };
-        let regs = GuestRegs { rax: plan.entry.eax as u64, rbx: plan.entry.ebx as u64, ..GuestRegs::default() };
+        let regs =
+            GuestRegs { rax: plan.entry.eax as u64, rbx: plan.entry.ebx as u64, ..GuestRegs::default() };
         *self.entry.lock() = Some(EntryState { mode, regs });
         Ok(plan)
     }
@@ -309,7 +315,12 @@ impl<B: Backend> Vm<B> {
     /// lines to the sink.
     pub(crate) fn console_written(&self) {
         if self.first_console_ns.load(Ordering::Relaxed) == 0 {
-            let _ = self.first_console_ns.compare_exchange(0, (self.clock)(), Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.first_console_ns.compare_exchange(
+                0,
+                (self.clock)(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         self.pump_console();
     }
@@ -345,8 +356,11 @@ impl<B: Backend> Vm<B> {
         self.exits.write_json(&mut out);
         let unknown = self.devices.lock().unknown_ports().total();
         let first_console = self.first_console_ns.load(Ordering::Relaxed);
-        let boot_to_console =
-            if first_console == 0 { 0 } else { first_console.saturating_sub(self.started_ns.load(Ordering::Relaxed)) };
+        let boot_to_console = if first_console == 0 {
+            0
+        } else {
+            first_console.saturating_sub(self.started_ns.load(Ordering::Relaxed))
+        };
         out.push_str(&format!(
             ",\"tlb_flushes\":{},\"unknown_port_reads\":{},\"unknown_port_writes\":{},\"start_to_first_console_ns\":{}",
             B::flushes(&self.backend),

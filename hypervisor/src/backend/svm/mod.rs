@@ -40,8 +40,17 @@ const MSR_EFER: u32 = 0xC000_0080;
 /// the guest may access them without an exit: SYSENTER_CS/ESP/EIP, PAT (G_PAT with NPT),
 /// STAR, LSTAR, CSTAR, SFMASK, FS.base, GS.base, KernelGSBase.
 const PASSTHROUGH_MSRS: [u32; 11] = [
-    0x174, 0x175, 0x176, 0x277, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100,
-    0xC000_0101, 0xC000_0102,
+    0x174,
+    0x175,
+    0x176,
+    0x277,
+    0xC000_0081,
+    0xC000_0082,
+    0xC000_0083,
+    0xC000_0084,
+    0xC000_0100,
+    0xC000_0101,
+    0xC000_0102,
 ];
 /// The MSR permission map's three ranges and where their bit pairs start (APM Vol. 2
 /// §15.11, Table 15-7).
@@ -71,7 +80,9 @@ impl core::fmt::Display for SvmError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             SvmError::NotSupported => "this CPU has no AMD SVM",
-            SvmError::DisabledByFirmware => "SVM is disabled by the firmware (VM_CR.SVMDIS); enable it in the BIOS",
+            SvmError::DisabledByFirmware => {
+                "SVM is disabled by the firmware (VM_CR.SVMDIS); enable it in the BIOS"
+            }
             SvmError::NoNestedPaging => "this CPU's SVM has no nested paging, which Taproot requires",
             SvmError::OutOfMemory => "out of memory for SVM structures",
             SvmError::OutOfAsids => "no free ASID for another VM",
@@ -163,7 +174,8 @@ impl SvmVm {
             core::ptr::write_bytes(msrpm as *mut u8, 0xFF, MSRPM_FRAMES * 4096);
         }
         for msr in PASSTHROUGH_MSRS {
-            let Some(&(base, offset)) = MSRPM_RANGES.iter().find(|(base, _)| (*base..*base + 0x2000).contains(&msr))
+            let Some(&(base, offset)) =
+                MSRPM_RANGES.iter().find(|(base, _)| (*base..*base + 0x2000).contains(&msr))
             else {
                 continue;
             };
@@ -174,7 +186,13 @@ impl SvmVm {
                 byte.write(byte.read() & !(0b11 << (bit % 8)));
             }
         }
-        Ok(Arc::new(Self { asid, iopm, msrpm, vcpus: spin::Mutex::new(Vec::new()), flushes: AtomicU64::new(0) }))
+        Ok(Arc::new(Self {
+            asid,
+            iopm,
+            msrpm,
+            vcpus: spin::Mutex::new(Vec::new()),
+            flushes: AtomicU64::new(0),
+        }))
     }
 
     pub fn flushes(&self) -> u64 {
@@ -375,7 +393,9 @@ impl BackendVcpu for SvmVcpu {
                 (Segment::real_mode_code(cs), Segment::real_mode_data(0), 0x10u64 /* ET */, ip as u64)
             }
             // CR0.PE | ET.
-            EntryMode::Protected32 { eip } => (Segment::FLAT32_CODE, Segment::FLAT32_DATA, 0x11u64, eip as u64),
+            EntryMode::Protected32 { eip } => {
+                (Segment::FLAT32_CODE, Segment::FLAT32_DATA, 0x11u64, eip as u64)
+            }
         };
         v.write_segment(save::CS, cs);
         for seg in [save::DS, save::ES, save::SS, save::FS, save::GS] {

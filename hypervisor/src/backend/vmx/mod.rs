@@ -40,10 +40,16 @@ pub enum VmxError {
     NotSupported,
     DisabledByFirmware,
     /// Controls the CPU cannot give, by name.
-    MissingControls { set: &'static str, names: String },
+    MissingControls {
+        set: &'static str,
+        names: String,
+    },
     OutOfMemory,
     /// A VMX instruction failed, with the VM-instruction error when there is one.
-    Instruction { what: &'static str, error: String },
+    Instruction {
+        what: &'static str,
+        error: String,
+    },
 }
 
 impl core::fmt::Display for VmxError {
@@ -111,7 +117,8 @@ pub fn enable_on_this_cpu() -> Result<(), VmxError> {
         let cr4 = x86_64::registers::control::Cr4::read_raw() | CR4_VMXE;
         let cr4 = (cr4 | rdmsr(msr::IA32_VMX_CR4_FIXED0)) & rdmsr(msr::IA32_VMX_CR4_FIXED1);
         x86_64::registers::control::Cr4::write_raw(cr4);
-        x86::bits64::vmx::vmxon(region).map_err(|e| VmxError::Instruction { what: "VMXON", error: format!("{e:?}") })?;
+        x86::bits64::vmx::vmxon(region)
+            .map_err(|e| VmxError::Instruction { what: "VMXON", error: format!("{e:?}") })?;
     }
     VMXON_REGION[cpu].store(region, Ordering::Release);
     Ok(())
@@ -187,7 +194,13 @@ impl VmxVm {
             }
         }
         let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1);
-        Ok(Arc::new(Self { vpid, io_bitmaps, msr_bitmap, vcpus: spin::Mutex::new(Vec::new()), flushes: AtomicU64::new(0) }))
+        Ok(Arc::new(Self {
+            vpid,
+            io_bitmaps,
+            msr_bitmap,
+            vcpus: spin::Mutex::new(Vec::new()),
+            flushes: AtomicU64::new(0),
+        }))
     }
 
     pub fn flushes(&self) -> u64 {
@@ -284,9 +297,6 @@ fn preemption_timer_ticks() -> u64 {
     (tsc_ticks >> shift).clamp(1, u32::MAX as u64)
 }
 
-
-
-
 /// One vCPU: its VMCS and the registers VM entry does not load.
 pub struct VmxVcpu {
     vm: Arc<VmxVm>,
@@ -331,7 +341,10 @@ impl VmxVcpu {
     fn make_current(&mut self) -> Result<(), VmxError> {
         let cpu = libos::smp::current_cpu();
         if VMXON_REGION[cpu].load(Ordering::Acquire) == 0 {
-            return Err(VmxError::Instruction { what: "VM entry", error: format!("VMX is not on for cpu {cpu}") });
+            return Err(VmxError::Instruction {
+                what: "VM entry",
+                error: format!("VMX is not on for cpu {cpu}"),
+            });
         }
         match self.set_up_on {
             Some(c) if c == cpu => {
@@ -345,7 +358,9 @@ impl VmxVcpu {
             }
             Some(c) => Err(VmxError::Instruction {
                 what: "VM entry",
-                error: format!("vCPU set up on cpu {c} cannot move to cpu {cpu} (VMCS migration is not implemented)"),
+                error: format!(
+                    "vCPU set up on cpu {c} cannot move to cpu {cpu} (VMCS migration is not implemented)"
+                ),
             }),
             None => {
                 // SAFETY: our fresh VMCS page with its revision: VMCLEAR puts it in the
@@ -368,7 +383,9 @@ impl VmxVcpu {
     }
 
     fn write_controls(&mut self) -> Result<(), VmxError> {
-        use vmcs::control::{EntryControls, ExitControls, PinbasedControls, PrimaryControls, SecondaryControls};
+        use vmcs::control::{
+            EntryControls, ExitControls, PinbasedControls, PrimaryControls, SecondaryControls,
+        };
         let caps = caps().ok_or(VmxError::NotSupported)?;
         let mut pin = PinbasedControls::EXTERNAL_INTERRUPT_EXITING | PinbasedControls::NMI_EXITING;
         if caps.preemption_timer {
@@ -394,9 +411,10 @@ impl VmxVcpu {
         if caps.vpid {
             secondary |= SecondaryControls::ENABLE_VPID;
         }
-        let secondary = adjust(msr::IA32_VMX_PROCBASED_CTLS2, "secondary processor-based", secondary.bits(), |b| {
-            format!("{:?}", SecondaryControls::from_bits_truncate(b))
-        })?;
+        let secondary =
+            adjust(msr::IA32_VMX_PROCBASED_CTLS2, "secondary processor-based", secondary.bits(), |b| {
+                format!("{:?}", SecondaryControls::from_bits_truncate(b))
+            })?;
         let exit = adjust(
             true_or(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
             "VM-exit",
@@ -479,9 +497,16 @@ impl VmxVcpu {
 
     fn write_guest_state(&mut self, entry: &EntryState) -> Result<(), VmxError> {
         let (cs_sel, cs_base, cs_limit, cs_ar, data_ar, data_limit, cr0_guest, rip) = match entry.mode {
-            EntryMode::Real16 { cs, ip } => {
-                (cs as u64, (cs as u64) << 4, 0xFFFF, access_rights::REAL_CODE, access_rights::REAL_DATA, 0xFFFF, CR0_ET, ip as u64)
-            }
+            EntryMode::Real16 { cs, ip } => (
+                cs as u64,
+                (cs as u64) << 4,
+                0xFFFF,
+                access_rights::REAL_CODE,
+                access_rights::REAL_DATA,
+                0xFFFF,
+                CR0_ET,
+                ip as u64,
+            ),
             EntryMode::Protected32 { eip } => (
                 0x08,
                 0,
@@ -718,7 +743,10 @@ impl BackendVcpu for VmxVcpu {
                 return self.entry_failed(e);
             }
             let caps = caps().unwrap_or_default();
-            let eptp = root_pointer | EPTP_MEMORY_TYPE_WB | EPTP_WALK_LENGTH_4 | if caps.ept_ad { EPTP_ACCESSED_DIRTY } else { 0 };
+            let eptp = root_pointer
+                | EPTP_MEMORY_TYPE_WB
+                | EPTP_WALK_LENGTH_4
+                | if caps.ept_ad { EPTP_ACCESSED_DIRTY } else { 0 };
             if eptp != self.eptp {
                 if let Err(e) = vmwrite(control::EPTP_FULL, eptp) {
                     return self.entry_failed(e);

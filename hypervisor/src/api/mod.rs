@@ -1,0 +1,1 @@
+//! The control plane (work in progress).

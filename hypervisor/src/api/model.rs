@@ -1,0 +1,318 @@
+//! The API's resources as Rust types: request bodies (`Deserialize`, unknown fields
+//! rejected), responses (`Serialize`), and the validated path and query parameters the
+//! router hands to the [`ApiHandler`](super::ApiHandler). Conversions to the VM layer's
+//! own types (`VmConfig`, `SlotSpec`, `ImageFormat`) live here so a handler over
+//! [`crate::vm::Vm`] is a thin layer.
+
+use super::error::ApiError;
+use crate::addr::Gpa;
+use crate::loader::{BootProtocol, ImageFormat, LoadPlan};
+use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
+use crate::vm::{VmConfig, VmState};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+/// Longest VM id.
+pub const VM_ID_MAX_LEN: usize = 64;
+
+/// A VM's name in the API: 1 to 64 of `[a-zA-Z0-9_-]`, chosen by the user at creation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmId(String);
+
+impl VmId {
+    /// Checks `id` against the id rules (400 otherwise).
+    pub fn parse(id: &str) -> Result<Self, ApiError> {
+        let valid = !id.is_empty()
+            && id.len() <= VM_ID_MAX_LEN
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(String::from(id)))
+        } else {
+            Err(ApiError::BadRequest(format!(
+                "invalid VM id: use 1 to {VM_ID_MAX_LEN} characters from [a-zA-Z0-9_-]"
+            )))
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `PUT /v1/vms/{id}`: `{"vcpus": 2, "memory_mib": 128}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreate {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl VmCreate {
+    /// The VM layer's configuration; [`VmConfig::validate`] checks the ranges.
+    #[must_use]
+    pub fn config(&self) -> VmConfig {
+        VmConfig { vcpus: self.vcpus, memory_mib: self.memory_mib }
+    }
+}
+
+/// A VM's lifecycle state as the API shows it. `paused` is the API's own state (a running
+/// VM whose vCPUs are held); the others are [`VmState`]'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    Created,
+    Running,
+    Paused,
+    Exited,
+    Crashed,
+    Stopped,
+}
+
+impl VmStatus {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            VmStatus::Created => "created",
+            VmStatus::Running => "running",
+            VmStatus::Paused => "paused",
+            VmStatus::Exited => "exited",
+            VmStatus::Crashed => "crashed",
+            VmStatus::Stopped => "stopped",
+        }
+    }
+
+    /// No more console output will come (until a `reset`).
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, VmStatus::Exited | VmStatus::Crashed | VmStatus::Stopped)
+    }
+
+    #[must_use]
+    pub fn of(state: &VmState) -> Self {
+        match state {
+            VmState::Created => VmStatus::Created,
+            VmState::Running => VmStatus::Running,
+            VmState::Exited { .. } => VmStatus::Exited,
+            VmState::Crashed { .. } => VmStatus::Crashed,
+            VmState::Stopped => VmStatus::Stopped,
+        }
+    }
+}
+
+/// `GET /v1/vms/{id}` and the answer of create and action requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub state: VmStatus,
+    /// The guest's exit status, once `exited`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// Why the guest crashed, once `crashed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_reason: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub image_loaded: bool,
+    pub memslots: Vec<MemslotInfo>,
+}
+
+impl VmInfo {
+    /// Sets `state`, `exit_status` and `crash_reason` from the VM layer's state.
+    pub fn set_state(&mut self, state: &VmState) {
+        self.state = VmStatus::of(state);
+        self.exit_status = match state {
+            VmState::Exited { status } => Some(*status),
+            _ => None,
+        };
+        self.crash_reason = match state {
+            VmState::Crashed { reason } => Some(reason.clone()),
+            _ => None,
+        };
+    }
+}
+
+/// `GET /v1/vms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmList {
+    pub vms: Vec<VmInfo>,
+}
+
+/// `PUT /v1/vms/{id}/memslots/{slot}`: a memory slot's placement and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemslotSpec {
+    /// Guest-physical base, a multiple of 4 KiB.
+    pub guest_address: u64,
+    /// Bytes, a multiple of 4 KiB.
+    pub size: u64,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub dirty_log: bool,
+    /// 0: the normal address space; 1: the alternate (SMRAM-like) one.
+    #[serde(default)]
+    pub address_space: u8,
+}
+
+impl MemslotSpec {
+    /// The address space, or 400 for anything but 0 and 1.
+    pub fn as_id(&self) -> Result<AsId, ApiError> {
+        match self.address_space {
+            0 => Ok(AsId::Normal),
+            1 => Ok(AsId::Alternate),
+            n => Err(ApiError::BadRequest(format!(
+                "address_space must be 0 (normal) or 1 (alternate), not {n}"
+            ))),
+        }
+    }
+
+    /// The MMU's slot request for slot number `slot`.
+    pub fn to_slot_spec(&self, slot: u32) -> Result<SlotSpec, ApiError> {
+        Ok(SlotSpec {
+            id: SlotId(slot),
+            as_id: self.as_id()?,
+            base: Gpa::new(self.guest_address),
+            size: self.size,
+            flags: SlotFlags { read_only: self.read_only, dirty_log: self.dirty_log },
+        })
+    }
+}
+
+/// A slot as listed in [`VmInfo`] and answered by a slot `PUT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemslotInfo {
+    pub slot: u32,
+    pub guest_address: u64,
+    pub size: u64,
+    pub read_only: bool,
+    pub dirty_log: bool,
+    pub address_space: u8,
+}
+
+impl MemslotInfo {
+    #[must_use]
+    pub fn new(slot: u32, spec: &MemslotSpec) -> Self {
+        Self {
+            slot,
+            guest_address: spec.guest_address,
+            size: spec.size,
+            read_only: spec.read_only,
+            dirty_log: spec.dirty_log,
+            address_space: spec.address_space,
+        }
+    }
+}
+
+/// `POST /v1/vms/{id}/actions`: `{"action": "start"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    pub action: Action,
+}
+
+/// A lifecycle action.
+///
+/// - `start`: `created` → `running` (an image must be loaded).
+/// - `pause`: `running` → `paused`; `resume`: `paused` → `running`.
+/// - `stop`: `running` or `paused` → `stopped`.
+/// - `reset`: any state but `created` → `created`, keeping the slots, the memory and the
+///   loaded image's entry point; a new image may then be loaded, and `start` runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Start,
+    Pause,
+    Resume,
+    Stop,
+    Reset,
+}
+
+impl Action {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Stop => "stop",
+            Action::Reset => "reset",
+        }
+    }
+}
+
+/// `GET /v1/info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HypervisorInfo {
+    /// Taproot's version (the crate version).
+    pub version: String,
+    pub cpus: u32,
+    /// `svm` or `vmx`.
+    pub backend: String,
+    /// The backend's features (`npt`, `ept`, `vpid`, ...).
+    pub features: Vec<String>,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    pub vms: u32,
+}
+
+/// `PUT /v1/vms/{id}/image`: how to read the uploaded bytes (from the query string).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub format: ImageFormat,
+    /// The guest's command line (PVH and multiboot; empty for flat binaries).
+    pub cmdline: String,
+}
+
+/// The answer to a completed image upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoaded {
+    /// Bytes received.
+    pub bytes: u64,
+    /// `flat`, `pvh` or `multiboot1`.
+    pub protocol: String,
+    /// Gpa of the first instruction.
+    pub entry: u64,
+    /// Loadable segments copied into guest memory.
+    pub segments: u32,
+}
+
+impl ImageLoaded {
+    #[must_use]
+    pub fn from_plan(bytes: u64, plan: &LoadPlan) -> Self {
+        let protocol = match plan.protocol {
+            BootProtocol::Flat => "flat",
+            BootProtocol::Pvh => "pvh",
+            BootProtocol::Multiboot1 => "multiboot1",
+        };
+        Self {
+            bytes,
+            protocol: String::from(protocol),
+            entry: plan.entry.mode.entry_gpa(),
+            segments: u32::try_from(plan.segments.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// What one console read copied (like [`crate::devices::ConsoleRead`], plus the VM's
+/// state, which tells a follower whether more output can come).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleRead {
+    /// Bytes copied into the caller's buffer.
+    pub len: usize,
+    /// Bytes between the requested offset and the oldest byte still kept, lost to the
+    /// reader.
+    pub missed: u64,
+    /// Offset to ask for next.
+    pub next_offset: u64,
+    pub state: VmStatus,
+}
