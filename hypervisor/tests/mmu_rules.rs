@@ -36,9 +36,8 @@ fn a_million_reload_cycles_allocate_one_root_per_role_and_install_nothing_new() 
     for i in 0..1_000_000u64 {
         // What INIT (unload everything), CR0.WP/CR4 toggles and SMM entry/exit (switch
         // role, keeping the previous root cached) do.
-        match i % 4 {
-            0 => vcpu.unload(),
-            _ => {}
+        if i % 4 == 0 {
+            vcpu.unload();
         }
         let role = roles[(i % 3) as usize];
         let pointer = vcpu.load(role).unwrap();
@@ -338,14 +337,14 @@ fn read_only_slots_refuse_guest_writes_and_making_one_read_only_invalidates() {
     vcpu.load(Role::new(AsId::Normal)).unwrap();
     vcpu.handle_fault(gpa(1), Access::Write).unwrap();
     let root = vcpu.root().unwrap().clone();
-    assert_eq!(vm.mmu.translate(&root, gpa(1)).unwrap().1, true);
+    assert!(vm.mmu.translate(&root, gpa(1)).unwrap().1);
     vm.mmu.set_slot_flags(SlotId(0), SlotFlags { read_only: true, dirty_log: false }).unwrap();
     assert!(!root.is_valid());
     vcpu.take_reload_request();
     vcpu.load(Role::new(AsId::Normal)).unwrap();
     assert_eq!(vcpu.handle_fault(gpa(1), Access::Write), Ok(Fault::WriteToReadOnly));
     assert_eq!(vcpu.handle_fault(gpa(1), Access::Read), Ok(Fault::Installed));
-    assert_eq!(vm.mmu.translate(vcpu.root().unwrap(), gpa(1)).unwrap().1, false);
+    assert!(!vm.mmu.translate(vcpu.root().unwrap(), gpa(1)).unwrap().1);
     // The hypervisor itself may still write it (ROM images).
     vm.mmu.write_guest(AsId::Normal, gpa(1), &[1, 2, 3]).unwrap();
     // Lifting read-only widens permissions: no invalidation, the next write upgrades.
@@ -353,7 +352,7 @@ fn read_only_slots_refuse_guest_writes_and_making_one_read_only_invalidates() {
     vm.mmu.set_slot_flags(SlotId(0), SlotFlags::default()).unwrap();
     assert_eq!(vm.mmu.stats().roots_invalidated, invalidated);
     assert_eq!(vcpu.handle_fault(gpa(1), Access::Write), Ok(Fault::Installed));
-    assert_eq!(vm.mmu.translate(vcpu.root().unwrap(), gpa(1)).unwrap().1, true);
+    assert!(vm.mmu.translate(vcpu.root().unwrap(), gpa(1)).unwrap().1);
 }
 
 fn leaf_size<F: TdpFormat>(base: u64, size: u64, probe: u64, move_to: Option<u64>) -> PageSize {
@@ -413,7 +412,7 @@ fn dirty_log_returns_and_clears_the_bitmap() {
     vcpu.handle_fault(page(7), Access::Read).unwrap();
     vm.mmu.write_guest(AsId::Normal, page(100), &[9]).unwrap();
     assert!(vm.mmu.leaves(vcpu.root().unwrap()).iter().all(|l| l.size == PageSize::Size4K));
-    assert_eq!(vm.mmu.translate(vcpu.root().unwrap(), page(7)).unwrap().1, false);
+    assert!(!vm.mmu.translate(vcpu.root().unwrap(), page(7)).unwrap().1);
     let log = vm.mmu.dirty_log(SlotId(0)).unwrap();
     assert_eq!(log.len(), 8);
     assert_eq!(log[0], 1 << 1);
@@ -421,7 +420,7 @@ fn dirty_log_returns_and_clears_the_bitmap() {
     assert!(log[2..].iter().all(|w| *w == 0));
     assert!(vm.mmu.dirty_log(SlotId(0)).unwrap().iter().all(|w| *w == 0));
     // Reported pages were write-protected: the next write faults and is logged again.
-    assert_eq!(vm.mmu.translate(vcpu.root().unwrap(), page(1)).unwrap().1, false);
+    assert!(!vm.mmu.translate(vcpu.root().unwrap(), page(1)).unwrap().1);
     vcpu.handle_fault(page(1), Access::Write).unwrap();
     assert_eq!(vm.mmu.dirty_log(SlotId(0)).unwrap()[0], 1 << 1);
 }
@@ -477,6 +476,41 @@ fn address_spaces_are_separate() {
     vm.mmu.read_guest(AsId::Alternate, gpa(0), &mut buf).unwrap();
     assert_eq!(&buf, b"smram!");
     assert!(vm.mmu.read_guest(AsId::Normal, Gpa::new(MIB), &mut buf).is_err());
+}
+
+#[test]
+fn the_alternate_space_overlays_normal_memory() {
+    let vm = vm();
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0, 4 * MIB)).unwrap();
+    vm.mmu.write_guest(AsId::Normal, gpa(16), b"normal").unwrap();
+    // Without an alternate slot there, the alternate space sees the normal memory.
+    let mut vcpu = vm.mmu.create_vcpu();
+    vcpu.load(Role::new(AsId::Alternate)).unwrap();
+    assert_eq!(vcpu.handle_fault(gpa(16), Access::Read).unwrap(), Fault::Installed);
+    let (hpa, _) = vm.mmu.translate(vcpu.root().unwrap(), gpa(16)).unwrap();
+    assert_eq!(Some(hpa), vm.mmu.backing_of(AsId::Normal, Gfn::new(16)));
+    let mut buf = [0u8; 6];
+    vm.mmu.read_guest(AsId::Alternate, gpa(16), &mut buf).unwrap();
+    assert_eq!(&buf, b"normal");
+
+    // An alternate slot over it hides it: the stale translation is zapped when the slot is
+    // added (no root is invalidated), and the next fault maps the alternate slot.
+    let invalidated = vm.mmu.stats().roots_invalidated;
+    vm.mmu.add_slot(spec(1, AsId::Alternate, 0, 2 * MIB)).unwrap();
+    assert_eq!(vm.mmu.stats().roots_invalidated, invalidated);
+    assert_eq!(vm.mmu.translate(vcpu.root().unwrap(), gpa(16)), None, "the hidden mapping is gone");
+    vcpu.handle_fault(gpa(16), Access::Read).unwrap();
+    let (hpa, _) = vm.mmu.translate(vcpu.root().unwrap(), gpa(16)).unwrap();
+    assert_eq!(Some(hpa), vm.mmu.backing_of(AsId::Alternate, Gfn::new(16)));
+    assert_ne!(Some(hpa), vm.mmu.backing_of(AsId::Normal, Gfn::new(16)));
+
+    // A discard of normal memory reaches alternate roots that map it through the overlay.
+    let beyond = 3 * MIB / PAGE_SIZE;
+    vcpu.handle_fault(gpa(beyond), Access::Write).unwrap();
+    assert!(vm.mmu.translate(vcpu.root().unwrap(), gpa(beyond)).is_some());
+    vm.mmu.discard_range(AsId::Normal, GfnRange::new(Gfn::new(beyond), Gfn::new(beyond + 1)));
+    assert_eq!(vm.mmu.translate(vcpu.root().unwrap(), gpa(beyond)), None);
+    check_translations(&vm.mmu);
 }
 
 #[test]

@@ -213,3 +213,29 @@ fn vmx_slot_deleted_while_memtouch_runs_invalidates_and_zaps_once() {
     );
     check_slot_delete_while_running(&transcript);
 }
+
+/// `roots`: 100,000 CR0.WP and 100,000 CR4.PGE toggles, two address-space switches and an
+/// INIT-like reset use at most one root per role (normal, alternate) and fault nothing in
+/// after warm-up (one fault per root for its one 2 MiB leaf).
+fn check_roots(transcript: &str) {
+    assert!(
+        transcript.contains("[vm 1] roots: cr0.wp toggles=100000 cr4.pge toggles=100000 as switches=2 resets=1"),
+        "{transcript}"
+    );
+    let (status, _, stats) = vm_end(transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert!(stat(&stats, "roots_allocated") <= 2, "{stats}");
+    assert_eq!(stat(&stats, "roots_invalidated"), 0, "{stats}");
+    assert!(stat(&stats, "faults") <= 2, "no faults after warm-up: {stats}");
+    assert_eq!(stat(&stats, "hypercall"), 3, "two switches and a reset: {stats}");
+}
+
+#[test]
+fn svm_roots_survive_mode_toggles_switches_and_reset() {
+    check_roots(&run_svm("exit=1 guest=roots", 1));
+}
+
+#[test]
+fn vmx_roots_survive_mode_toggles_switches_and_reset() {
+    check_roots(&run_vmx("bochs-vmx-roots", "exit=1 guest=roots", 1));
+}

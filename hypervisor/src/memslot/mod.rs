@@ -26,6 +26,12 @@ pub enum AsId {
 impl AsId {
     pub const ALL: [AsId; 2] = [AsId::Normal, AsId::Alternate];
 
+    /// Whether a root of address space `self` may map slots of `slots`: its own, and the
+    /// normal space's for the alternate space, which overlays it (see `SlotTable`).
+    pub const fn sees(self, slots: AsId) -> bool {
+        matches!((self, slots), (AsId::Normal, AsId::Normal) | (AsId::Alternate, _))
+    }
+
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -265,6 +271,13 @@ impl Memslot {
 }
 
 /// The slots of both address spaces, each sorted by base.
+///
+/// The alternate space is an overlay: a gfn that no alternate slot covers resolves to the
+/// normal space's slot (as KVM's SMM address space sees SMRAM over normal RAM, which QEMU
+/// builds by registering RAM in both). So a vCPU that switches address space keeps
+/// fetching the same code, and a root of the alternate space may map normal slots. What
+/// that costs elsewhere: changes to a normal slot's mappings must also reach alternate
+/// roots ([`AsId::sees`]), and adding an alternate slot must zap the range it now hides.
 #[derive(Default)]
 pub(crate) struct SlotTable {
     spaces: [Vec<Arc<Memslot>>; 2],
@@ -272,9 +285,15 @@ pub(crate) struct SlotTable {
 
 impl SlotTable {
     pub(crate) fn find(&self, as_id: AsId, gfn: Gfn) -> Option<&Arc<Memslot>> {
-        let space = &self.spaces[as_id.index()];
-        let i = space.partition_point(|s| s.base <= gfn);
-        space[..i].last().filter(|s| s.contains(gfn))
+        let own = |as_id: AsId| {
+            let space = &self.spaces[as_id.index()];
+            let i = space.partition_point(|s| s.base <= gfn);
+            space[..i].last().filter(|s| s.contains(gfn))
+        };
+        match as_id {
+            AsId::Normal => own(AsId::Normal),
+            AsId::Alternate => own(AsId::Alternate).or_else(|| own(AsId::Normal)),
+        }
     }
 
     pub(crate) fn by_id(&self, id: SlotId) -> Option<&Arc<Memslot>> {
@@ -315,7 +334,7 @@ impl SlotTable {
         if size == 0 {
             return Err(SlotError::ZeroSize);
         }
-        if !base.is_aligned(PageSize::Size4K) || size % PAGE_SIZE != 0 {
+        if !base.is_aligned(PageSize::Size4K) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(SlotError::Misaligned);
         }
         match base.raw().checked_add(size) {
@@ -329,7 +348,7 @@ impl SlotTable {
     pub(crate) fn build(spec: &SlotSpec, max: PageSize) -> Result<Memslot, SlotError> {
         let pages = spec.size / PAGE_SIZE;
         let mut chunk = max;
-        while !(spec.base.is_aligned(chunk) && spec.size % chunk.bytes() == 0) {
+        while !(spec.base.is_aligned(chunk) && spec.size.is_multiple_of(chunk.bytes())) {
             chunk = chunk.smaller().unwrap_or(PageSize::Size4K);
         }
         let dirty = if spec.flags.dirty_log { Some(Arc::new(DirtyBitmap::new(pages)?)) } else { None };

@@ -143,7 +143,7 @@ impl HostPages {
 
     fn table_index(&self, table: Hpa) -> usize {
         let offset = table.raw().checked_sub(TABLE_BASE).expect("not a table address");
-        assert!(offset % PAGE_SIZE == 0, "table address {table:?} is not page aligned");
+        assert!(offset.is_multiple_of(PAGE_SIZE), "table address {table:?} is not page aligned");
         let index = (offset / PAGE_SIZE) as usize;
         assert!(index < self.tables.len(), "table address {table:?} out of the arena");
         index
@@ -152,7 +152,7 @@ impl HostPages {
     fn frame_index(&self, frame: Hpa, size: PageSize) -> usize {
         let class = self.class(size);
         let offset = frame.raw().checked_sub(class.base).expect("not a frame address");
-        assert!(offset % size.bytes() == 0, "frame {frame:?} is not aligned to {size:?}");
+        assert!(offset.is_multiple_of(size.bytes()), "frame {frame:?} is not aligned to {size:?}");
         let index = (offset / size.bytes()) as usize;
         assert!(index < class.capacity, "frame {frame:?} out of the arena");
         index

@@ -192,7 +192,9 @@ impl<P: Platform> Mmu<P> {
 
     /// Adds a slot. Rule 4: this invalidates nothing. A gfn outside every slot has no
     /// translation in any root (a fault there returns `NotInSlot` and installs nothing), so
-    /// a new slot cannot make an existing translation wrong; its gfns fault in on use.
+    /// a new slot cannot make an existing translation wrong; its gfns fault in on use. The
+    /// one exception is the overlay: an alternate slot hides normal memory that alternate
+    /// roots may map, so that range (only) is zapped in those roots before this returns.
     pub fn add_slot(&self, spec: SlotSpec) -> Result<(), SlotError> {
         let core = &*self.core;
         let _update = core.update.lock();
@@ -214,6 +216,11 @@ impl<P: Platform> Mmu<P> {
         }
         core.slots.write().insert(slot);
         core.try_reclaim_locked(&mut exclusive);
+        drop(exclusive);
+        if spec.as_id == AsId::Alternate {
+            let start = spec.base.gfn();
+            core.zap_range(Some(AsId::Alternate), GfnRange::new(start, start.add(spec.size / PAGE_SIZE)));
+        }
         Ok(())
     }
 
@@ -536,6 +543,7 @@ impl<P: Platform> Core<P> {
         Some((base.add(offset), <P::Format as TdpFormat>::is_writable(stop.spte)))
     }
 
+    #[expect(clippy::only_used_in_recursion, reason = "the guard proves the shared lock is held")]
     fn collect_leaves(
         &self,
         shared: &lock::MmuShared<'_>,

@@ -42,11 +42,12 @@ impl<P: Platform> Core<P> {
         self.timed_zap(root, range, FlushScope::Root(root.table()));
     }
 
-    /// Zaps `range` in every root of `as_id` (all if `None`) that may map it: the valid ones
+    /// Zaps `range` in every root that may map slots of `as_id` (all if `None`; the
+    /// alternate space's roots also map normal slots): the valid ones
     /// and the invalid ones whose own zap has not finished.
     pub(crate) fn zap_range(&self, as_id: Option<AsId>, range: GfnRange) {
         let roots: Vec<Arc<Root<P>>> =
-            self.roots.lock().iter().filter(|r| as_id.is_none_or(|a| r.role().as_id == a)).cloned().collect();
+            self.roots.lock().iter().filter(|r| as_id.is_none_or(|a| r.role().as_id.sees(a))).cloned().collect();
         for root in &roots {
             self.timed_zap(root, range, FlushScope::Vm);
         }
@@ -92,7 +93,9 @@ impl<P: Platform> Core<P> {
 
     /// Zaps the part of `range` at or after `from` below the entries of `table` (at `level`,
     /// spanning from `base`). Returns where to resume if the budget ran out.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "the walk state of one recursion level")]
+    #[expect(clippy::only_used_in_recursion, reason = "the guard proves the shared lock is held")]
+    #[expect(clippy::needless_range_loop, reason = "the index also names the entry in the batch and its gfn")]
     fn zap_table(
         &self,
         shared: &MmuShared<'_>,
@@ -206,7 +209,7 @@ impl<P: Platform> Core<P> {
         let dirty = slot.dirty.clone().ok_or(SlotError::DirtyLogDisabled)?;
         let bits = dirty.take();
         let roots: Vec<Arc<Root<P>>> =
-            self.roots.lock().iter().filter(|r| r.role().as_id == slot.as_id).cloned().collect();
+            self.roots.lock().iter().filter(|r| r.role().as_id.sees(slot.as_id)).cloned().collect();
         let mut protected = false;
         for (w, word) in bits.iter().enumerate() {
             let mut rest = *word;
