@@ -59,11 +59,18 @@ fn space(alt: bool) -> AsId {
     if alt { AsId::Alternate } else { AsId::Normal }
 }
 
+/// The slot `gfn` resolves to in `as_id`: the alternate space overlays the normal one.
 fn find(model: &HashMap<u32, ModelSlot>, as_id: AsId, gfn: u64) -> Option<(u32, &ModelSlot)> {
-    model
-        .iter()
-        .find(|(_, s)| s.as_id == as_id && s.base <= gfn && gfn < s.base + s.pages)
-        .map(|(id, s)| (*id, s))
+    let own = |space: AsId| {
+        model
+            .iter()
+            .find(|(_, s)| s.as_id == space && s.base <= gfn && gfn < s.base + s.pages)
+            .map(|(id, s)| (*id, s))
+    };
+    match as_id {
+        AsId::Normal => own(AsId::Normal),
+        AsId::Alternate => own(AsId::Alternate).or_else(|| own(AsId::Normal)),
+    }
 }
 
 fn overlaps(
@@ -92,9 +99,7 @@ fn run(ops: Vec<Op>) {
                 let result = vm.mmu.add_slot(spec(id, space(alt), base * PAGE_SIZE, pages * PAGE_SIZE));
                 if overlaps(&model, None, space(alt), base, pages) {
                     assert!(matches!(result, Err(SlotError::Overlap { .. })), "{result:?}");
-                } else if model.contains_key(&id) {
-                    assert_eq!(result, Err(SlotError::DuplicateId));
-                } else {
+                } else if let std::collections::hash_map::Entry::Vacant(entry) = model.entry(id) {
                     result.unwrap();
                     let slot = ModelSlot {
                         as_id: space(alt),
@@ -103,7 +108,9 @@ fn run(ops: Vec<Op>) {
                         flags: SlotFlags::default(),
                         bytes: HashMap::new(),
                     };
-                    model.insert(id, slot);
+                    entry.insert(slot);
+                } else {
+                    assert_eq!(result, Err(SlotError::DuplicateId));
                 }
             }
             Op::Delete { id } => {
