@@ -69,7 +69,7 @@ fn main() -> ! {
     if cmdline::flag(line, "exit") {
         sys::exit(0);
     }
-    libos::smp::idle()
+    crate::netcheck::serve(line)
 }
 
 /// Logs every CPU's local APIC timer interrupts so far, after letting a few ticks pass: a

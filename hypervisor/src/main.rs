@@ -17,6 +17,8 @@ mod guests {
 #[cfg(target_os = "none")]
 mod launch;
 #[cfg(target_os = "none")]
+mod netcheck;
+#[cfg(target_os = "none")]
 mod smoke;
 #[cfg(target_os = "none")]
 mod sys;

@@ -31,6 +31,8 @@ mod logger;
 #[cfg(target_os = "none")]
 pub mod mm;
 #[cfg(target_os = "none")]
+pub mod net;
+#[cfg(target_os = "none")]
 pub mod power;
 #[cfg(target_os = "none")]
 pub mod smp;

@@ -1,7 +1,7 @@
 //! CPUs: bring-up of the application processors (INIT-SIPI-SIPI, Intel SDM Vol. 3A
 //! §9.4.4), the per-CPU idle loop, and a way to give a CPU work.
 
-use crate::arch::x86_64::{apic, cpu, gdt, interrupts, paging, percpu, trampoline};
+use crate::arch::x86_64::{apic, cpu, gdt, interrupts, paging, percpu, stack_guard, trampoline};
 use crate::mm::frame;
 use crate::time;
 use crate::virt::VirtCaps;
@@ -11,7 +11,8 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub use percpu::MAX_CPUS;
 
-const AP_STACK_FRAMES: usize = 16;
+/// 256 KiB: vCPU loops and their exit handling run on AP stacks.
+const AP_STACK_FRAMES: usize = 64;
 const INIT_DEASSERT_WAIT_US: u64 = 10_000;
 const SIPI_WAIT_US: u64 = 200;
 const AP_START_TIMEOUT_US: u64 = 500_000;
@@ -99,7 +100,9 @@ pub(crate) fn start_aps(apic_ids: &[u32]) {
             break;
         };
         let stack_top = stack + (AP_STACK_FRAMES as u64) * frame::FRAME_SIZE;
-        percpu::cpu(next).expect("index below MAX_CPUS").apic_id.store(apic_id, Ordering::Relaxed);
+        let cpu = percpu::cpu(next).expect("index below MAX_CPUS");
+        cpu.apic_id.store(apic_id, Ordering::Relaxed);
+        stack_guard::install(cpu, stack);
         AP_STARTED.store(false, Ordering::Release);
         trampoline::install(paging::kernel_pml4(), stack_top, ap_main, next as u64);
         let page = (trampoline::TRAMPOLINE_PHYS / 4096) as u8;

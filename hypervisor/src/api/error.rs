@@ -153,7 +153,9 @@ impl From<SlotError> for ApiError {
             SlotError::Overlap { .. } => {
                 ApiError::Conflict(format!("{e}; choose another guest_address or delete that slot first"))
             }
-            SlotError::DuplicateId => ApiError::Conflict(format!("{e}; delete it first or choose another slot")),
+            SlotError::DuplicateId => {
+                ApiError::Conflict(format!("{e}; delete it first or choose another slot"))
+            }
             SlotError::Destroyed => ApiError::Conflict(e.to_string()),
             SlotError::UnknownSlot => ApiError::NotFound(format!("{e}; GET the VM to list its slots")),
             SlotError::OutOfMemory => ApiError::Unavailable(format!("{e}; delete a VM or a slot and retry")),

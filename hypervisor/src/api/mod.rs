@@ -1,1 +1,85 @@
-//! The control plane (work in progress).
+//! The control plane: HTTP/1.1 with JSON bodies, bearer-token authentication, and the
+//! resources of `docs/api/openapi.yaml` (the contract; a test keeps [`router::ROUTES`] and
+//! it in step).
+//!
+//! The request path, as in Firecracker's API server: parse ([`http`]), route and validate
+//! ([`router`], [`model`]), act ([`ApiHandler`]), render ([`http::Response`]), with errors
+//! whose `Display` is the user's message ([`ApiError`]). [`Connection`] ties them together
+//! over a byte stream; it does no I/O and reads no clock, so it runs the same in the image
+//! (fed by a smoltcp TCP socket) and in host tests (fed by byte slices).
+//!
+//! Image upload (`PUT /v1/vms/{id}/image?format=...`) is streamed: the connection hands
+//! body bytes to [`ApiHandler::image_chunk`] as they arrive and never buffers the body.
+
+mod auth;
+mod connection;
+mod error;
+mod handler;
+pub mod http;
+pub mod mock;
+pub mod model;
+pub mod router;
+
+#[cfg(test)]
+mod tests;
+
+pub use auth::{TOKEN_MAX_LEN, Token, constant_time_eq};
+pub use connection::Connection;
+pub use error::ApiError;
+pub use handler::ApiHandler;
+
+/// Bounds on what one connection accepts and holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and header fields), in bytes.
+    pub max_head_bytes: usize,
+    /// Largest JSON request body.
+    pub max_json_body: usize,
+    /// Largest image upload (the handler also refuses images larger than the VM's memory).
+    pub max_image_bytes: u64,
+    /// A rejected request's body up to this size is read and dropped, keeping the
+    /// connection; a larger one closes it.
+    pub max_discard_bytes: u64,
+    /// Most console bytes one read returns.
+    pub max_console_bytes: usize,
+    /// Longest console long-poll (`wait_ms` is capped to it).
+    pub max_wait_ms: u64,
+    /// A connection with no traffic in either direction for this long is closed (a
+    /// request in progress is answered with 408 first).
+    pub idle_timeout_ms: u64,
+    /// A request head must be complete this long after its first byte (slow-header
+    /// clients).
+    pub head_timeout_ms: u64,
+    /// While this many response bytes wait to be sent, no further request is handled.
+    pub max_output_backlog: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 8 * 1024,
+            max_json_body: 64 * 1024,
+            max_image_bytes: 256 << 20,
+            max_discard_bytes: 1 << 20,
+            max_console_bytes: 64 * 1024,
+            max_wait_ms: 60_000,
+            idle_timeout_ms: 60_000,
+            head_timeout_ms: 10_000,
+            max_output_backlog: 128 * 1024,
+        }
+    }
+}
+
+/// What every connection of one API server shares.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub token: Token,
+    pub limits: Limits,
+}
+
+impl ApiConfig {
+    #[must_use]
+    pub fn new(token: Token) -> Self {
+        Self { token, limits: Limits::default() }
+    }
+}

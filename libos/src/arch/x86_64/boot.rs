@@ -32,6 +32,7 @@ pub fn boot_info() -> &'static BootInfo {
 /// Called by the 64-bit entry stub (`start.rs`) on the boot stack with interrupts off.
 pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
     percpu::install(0, 0);
+    super::stack_guard::install_boot(percpu::current());
     serial::init();
     // SAFETY: `magic`/`info_addr` come straight from the loader, as the entry stubs
     // received them; nothing has been allocated over the loader's structures yet.

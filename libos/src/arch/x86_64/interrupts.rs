@@ -201,8 +201,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
         v if v < 32 => exception(frame),
         TIMER_VECTOR => {
-            percpu::current().timer_ticks.fetch_add(1, Ordering::Relaxed);
+            let cpu = percpu::current();
+            cpu.timer_ticks.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
+            if !super::stack_guard::is_intact(cpu) {
+                panic!("stack overflow on cpu {}: the canary at the bottom of its stack is gone", cpu.index());
+            }
         }
         WAKE_VECTOR => apic::eoi(),
         SPURIOUS_VECTOR | PIC1_SPURIOUS | PIC2_SPURIOUS => {}

@@ -11,6 +11,7 @@ pub mod paging;
 pub mod percpu;
 pub mod pic;
 pub mod pit;
+pub mod stack_guard;
 mod start;
 pub mod trampoline;
 pub mod tsc;

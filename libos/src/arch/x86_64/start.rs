@@ -15,8 +15,9 @@ pub const MULTIBOOT2_BOOT_MAGIC: u32 = 0x36D7_6289;
 /// Our own tag for the PVH entry, passed to Rust in place of a loader magic.
 pub const PVH_BOOT_TAG: u32 = 0x5056_4800;
 
-/// Size of the boot CPU's stack.
-const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of the boot CPU's stack (the boot CPU runs the application's main; debug builds of
+/// the network stack use deep frames).
+pub const BOOT_STACK_SIZE: usize = 512 * 1024;
 
 // The identity map built before long mode: one PML4, one PDPT and four page directories of
 // 2 MiB pages cover [0, 4 GiB), which holds the image, low memory, the local APIC and the
@@ -30,6 +31,7 @@ boot_pml4:      .skip 4096
 boot_pdpt:      .skip 4096
 boot_pds:       .skip 4 * 4096
     .balign 16
+    .global boot_stack_bottom
 boot_stack_bottom:
     .skip {stack_size}
     .global boot_stack_top

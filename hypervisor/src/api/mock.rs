@@ -1,0 +1,344 @@
+//! An in-memory [`ApiHandler`] with the real lifecycle rules, for tests and for trying
+//! the API without hardware. Images are validated by the real loader
+//! ([`crate::loader::plan`]); consoles are real [`ConsoleRing`]s. Every call is recorded
+//! in [`MockHypervisor::calls`], so a test can check, for example, that an aborted upload
+//! reached [`ApiHandler::abort_image`].
+
+use super::error::ApiError;
+use super::handler::ApiHandler;
+use super::model::{
+    Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
+    VmInfo, VmStatus,
+};
+use crate::devices::ConsoleRing;
+use crate::loader::{self, GuestConfig};
+use crate::vm::RAM_SLOT;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// One mock VM.
+pub struct MockVm {
+    pub config: VmCreate,
+    pub status: VmStatus,
+    pub exit_status: Option<u32>,
+    pub slots: BTreeMap<u32, MemslotSpec>,
+    /// The loaded image's bytes (as a stand-in for guest memory).
+    pub image: Option<Vec<u8>>,
+    pub console: ConsoleRing,
+    /// An upload is in flight.
+    pub is_uploading: bool,
+}
+
+/// The in-memory hypervisor.
+pub struct MockHypervisor {
+    pub vms: BTreeMap<VmId, MockVm>,
+    /// Memory left for new VMs (503 beyond).
+    pub free_memory_mib: u64,
+    pub total_memory_mib: u64,
+    /// Console capacity of new VMs.
+    pub console_bytes: usize,
+    /// Test hook: an image chunk at or beyond this upload offset fails with 503.
+    pub fail_chunk_at: Option<u64>,
+    /// Every handler call, as `"name id ..."`.
+    pub calls: Vec<String>,
+}
+
+/// An upload in flight: the bytes so far.
+pub struct MockUpload {
+    vm: VmId,
+    request: ImageRequest,
+    bytes: Vec<u8>,
+}
+
+impl Default for MockHypervisor {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+impl MockHypervisor {
+    /// A hypervisor with `memory_mib` for its VMs.
+    #[must_use]
+    pub fn new(memory_mib: u64) -> Self {
+        Self {
+            vms: BTreeMap::new(),
+            free_memory_mib: memory_mib,
+            total_memory_mib: memory_mib,
+            console_bytes: 4096,
+            fail_chunk_at: None,
+            calls: Vec::new(),
+        }
+    }
+
+    /// The guest of VM `id` writes `bytes` to its console.
+    pub fn write_console(&mut self, id: &str, bytes: &[u8]) {
+        if let Some(vm) = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id)) {
+            vm.console.push(bytes);
+        }
+    }
+
+    /// The guest of VM `id` exits with `status` (a running or paused VM only).
+    pub fn guest_exits(&mut self, id: &str, status: u32) {
+        if let Some(vm) = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id))
+            && matches!(vm.status, VmStatus::Running | VmStatus::Paused)
+        {
+            vm.status = VmStatus::Exited;
+            vm.exit_status = Some(status);
+        }
+    }
+
+    fn get(&self, id: &VmId) -> Result<&MockVm, ApiError> {
+        self.vms.get(id).ok_or_else(|| ApiError::unknown_vm(id.as_str()))
+    }
+
+    fn get_mut(&mut self, id: &VmId) -> Result<&mut MockVm, ApiError> {
+        self.vms.get_mut(id).ok_or_else(|| ApiError::unknown_vm(id.as_str()))
+    }
+
+    fn info_of(id: &VmId, vm: &MockVm) -> VmInfo {
+        VmInfo {
+            id: id.to_string(),
+            state: vm.status,
+            exit_status: vm.exit_status,
+            crash_reason: None,
+            vcpus: vm.config.vcpus,
+            memory_mib: vm.config.memory_mib,
+            image_loaded: vm.image.is_some(),
+            memslots: vm.slots.iter().map(|(slot, spec)| MemslotInfo::new(*slot, spec)).collect(),
+        }
+    }
+
+    fn record(&mut self, call: String) {
+        self.calls.push(call);
+    }
+}
+
+/// The state after `action` in state `from`, or why not. Every pair is spelled out.
+fn transition(from: VmStatus, action: Action, has_image: bool) -> Result<VmStatus, ApiError> {
+    use Action::*;
+    use VmStatus::*;
+    let refuse = || Err(ApiError::wrong_state(action.name(), from.name()));
+    match (from, action) {
+        (Created, Start) if has_image => Ok(Running),
+        (Created, Start) => {
+            Err(ApiError::Conflict("cannot start a VM without an image; PUT /v1/vms/{id}/image first".into()))
+        }
+        (Created, Pause | Resume | Stop | Reset) => refuse(),
+        (Running, Pause) => Ok(Paused),
+        (Running, Stop) => Ok(Stopped),
+        (Running, Reset) => Ok(Created),
+        (Running, Start | Resume) => refuse(),
+        (Paused, Resume) => Ok(Running),
+        (Paused, Stop) => Ok(Stopped),
+        (Paused, Reset) => Ok(Created),
+        (Paused, Start | Pause) => refuse(),
+        (Exited | Crashed | Stopped, Reset) => Ok(Created),
+        (Exited | Crashed | Stopped, Start | Pause | Resume | Stop) => refuse(),
+    }
+}
+
+impl ApiHandler for MockHypervisor {
+    type Upload = MockUpload;
+
+    fn info(&mut self) -> Result<HypervisorInfo, ApiError> {
+        self.record("info".into());
+        Ok(HypervisorInfo {
+            version: String::from(env!("CARGO_PKG_VERSION")),
+            cpus: 2,
+            backend: "mock".into(),
+            features: alloc::vec!["npt".into()],
+            memory_total_bytes: self.total_memory_mib << 20,
+            memory_free_bytes: self.free_memory_mib << 20,
+            vms: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn create_vm(&mut self, id: &VmId, config: &VmCreate) -> Result<VmInfo, ApiError> {
+        self.record(format!("create_vm {id}"));
+        if self.vms.contains_key(id) {
+            return Err(ApiError::Conflict(format!(
+                "a VM with id `{id}` exists; delete it first or choose another id"
+            )));
+        }
+        config.config().validate()?;
+        if config.memory_mib > self.free_memory_mib {
+            return Err(ApiError::Unavailable(format!(
+                "out of memory: {} MiB asked, {} MiB free; delete a VM or ask for less",
+                config.memory_mib, self.free_memory_mib
+            )));
+        }
+        self.free_memory_mib -= config.memory_mib;
+        let ram = MemslotSpec {
+            guest_address: 0,
+            size: config.memory_mib << 20,
+            read_only: false,
+            dirty_log: false,
+            address_space: 0,
+        };
+        let vm = MockVm {
+            config: *config,
+            status: VmStatus::Created,
+            exit_status: None,
+            slots: BTreeMap::from([(RAM_SLOT.0, ram)]),
+            image: None,
+            console: ConsoleRing::new(self.console_bytes),
+            is_uploading: false,
+        };
+        let info = Self::info_of(id, &vm);
+        self.vms.insert(id.clone(), vm);
+        Ok(info)
+    }
+
+    fn vm(&mut self, id: &VmId) -> Result<VmInfo, ApiError> {
+        self.record(format!("vm {id}"));
+        Ok(Self::info_of(id, self.get(id)?))
+    }
+
+    fn list_vms(&mut self) -> Result<Vec<VmInfo>, ApiError> {
+        self.record("list_vms".into());
+        Ok(self.vms.iter().map(|(id, vm)| Self::info_of(id, vm)).collect())
+    }
+
+    fn delete_vm(&mut self, id: &VmId) -> Result<(), ApiError> {
+        self.record(format!("delete_vm {id}"));
+        let vm = self.get(id)?;
+        if vm.is_uploading {
+            return Err(ApiError::Conflict(
+                "an image upload to this VM is in progress; retry after it ends".into(),
+            ));
+        }
+        let memory = vm.config.memory_mib;
+        self.vms.remove(id);
+        self.free_memory_mib += memory;
+        Ok(())
+    }
+
+    fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
+        self.record(format!("put_memslot {id} {slot}"));
+        let vm = self.get_mut(id)?;
+        if vm.status.is_final() {
+            return Err(ApiError::wrong_state("add a memory slot to", vm.status.name()));
+        }
+        if spec.size == 0 || !spec.size.is_multiple_of(4096) || !spec.guest_address.is_multiple_of(4096) {
+            return Err(crate::memslot::SlotError::Misaligned.into());
+        }
+        let end =
+            spec.guest_address.checked_add(spec.size).ok_or(crate::memslot::SlotError::BeyondAddressWidth)?;
+        if vm.slots.contains_key(&slot) {
+            return Err(crate::memslot::SlotError::DuplicateId.into());
+        }
+        for (other, o) in &vm.slots {
+            if o.address_space == spec.address_space
+                && spec.guest_address < o.guest_address + o.size
+                && o.guest_address < end
+            {
+                return Err(
+                    crate::memslot::SlotError::Overlap { with: crate::memslot::SlotId(*other) }.into()
+                );
+            }
+        }
+        vm.slots.insert(slot, *spec);
+        Ok(MemslotInfo::new(slot, spec))
+    }
+
+    fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
+        self.record(format!("delete_memslot {id} {slot}"));
+        let vm = self.get_mut(id)?;
+        if vm.status.is_final() {
+            return Err(ApiError::wrong_state("delete a memory slot of", vm.status.name()));
+        }
+        vm.slots.remove(&slot).map(|_| ()).ok_or_else(|| ApiError::unknown_slot(id.as_str(), slot))
+    }
+
+    fn begin_image(
+        &mut self,
+        id: &VmId,
+        request: &ImageRequest,
+        total_len: u64,
+    ) -> Result<MockUpload, ApiError> {
+        self.record(format!("begin_image {id} {total_len}"));
+        let vm = self.get_mut(id)?;
+        if vm.status != VmStatus::Created {
+            return Err(ApiError::wrong_state("load an image into", vm.status.name()));
+        }
+        if vm.is_uploading {
+            return Err(ApiError::Conflict(
+                "another image upload to this VM is in progress; wait for it".into(),
+            ));
+        }
+        let memory = vm.config.memory_mib << 20;
+        if total_len > memory {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the image is {total_len} bytes, larger than the VM's memory ({memory} bytes)"
+            )));
+        }
+        vm.is_uploading = true;
+        Ok(MockUpload { vm: id.clone(), request: request.clone(), bytes: Vec::new() })
+    }
+
+    fn image_chunk(&mut self, upload: &mut MockUpload, offset: u64, bytes: &[u8]) -> Result<(), ApiError> {
+        self.record(format!("image_chunk {} {offset} {}", upload.vm, bytes.len()));
+        if offset != upload.bytes.len() as u64 {
+            return Err(ApiError::Internal(format!("chunk at {offset}, expected {}", upload.bytes.len())));
+        }
+        if self.fail_chunk_at.is_some_and(|at| offset + bytes.len() as u64 > at) {
+            return Err(ApiError::Unavailable("out of memory while loading the image; retry later".into()));
+        }
+        upload.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish_image(&mut self, upload: MockUpload) -> Result<ImageLoaded, ApiError> {
+        self.record(format!("finish_image {}", upload.vm));
+        let vm = self.get_mut(&upload.vm)?;
+        vm.is_uploading = false;
+        let config = GuestConfig { mem_size: vm.config.memory_mib << 20, cmdline: &upload.request.cmdline };
+        let plan = loader::plan(&upload.bytes, upload.request.format, &config)?;
+        let loaded = ImageLoaded::from_plan(upload.bytes.len() as u64, &plan);
+        vm.image = Some(upload.bytes);
+        Ok(loaded)
+    }
+
+    fn abort_image(&mut self, upload: MockUpload) {
+        self.record(format!("abort_image {}", upload.vm));
+        if let Some(vm) = self.vms.get_mut(&upload.vm) {
+            vm.is_uploading = false;
+        }
+    }
+
+    fn action(&mut self, id: &VmId, action: Action) -> Result<VmInfo, ApiError> {
+        self.record(format!("action {id} {}", action.name()));
+        let vm = self.get_mut(id)?;
+        if vm.is_uploading {
+            return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
+        }
+        vm.status = transition(vm.status, action, vm.image.is_some())?;
+        if vm.status != VmStatus::Exited {
+            vm.exit_status = None;
+        }
+        Ok(Self::info_of(id, vm))
+    }
+
+    fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
+        let vm = self.get(id)?;
+        let read = vm.console.read(offset, out);
+        Ok(ConsoleRead {
+            len: read.len,
+            missed: read.missed,
+            next_offset: read.next_offset,
+            state: vm.status,
+        })
+    }
+
+    fn stats(&mut self, id: &VmId) -> Result<String, ApiError> {
+        self.record(format!("stats {id}"));
+        let vm = self.get(id)?;
+        Ok(format!(
+            "{{\"mmu\":{{\"slots\":{}}},\"exits\":{{}},\"console_bytes\":{}}}",
+            vm.slots.len(),
+            vm.console.end_offset()
+        ))
+    }
+}

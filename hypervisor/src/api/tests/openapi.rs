@@ -1,0 +1,99 @@
+//! `docs/api/openapi.yaml` is the contract: it lists exactly the router's paths and
+//! methods, every operation documents its errors, and the documented limits match the
+//! code's.
+
+use crate::api::Limits;
+use crate::api::router::ROUTES;
+use alloc::string::String;
+use alloc::vec::Vec;
+use std::format;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn document() -> Yaml {
+    let path = format!("{}/../docs/api/openapi.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(docs.len(), 1);
+    docs.remove(0)
+}
+
+fn methods_of(item: &Yaml) -> Vec<String> {
+    let mut methods: Vec<String> = item
+        .as_hash()
+        .expect("a path item is a mapping")
+        .keys()
+        .filter_map(Yaml::as_str)
+        .filter(|k| ["get", "put", "post", "delete", "patch", "head", "options", "trace"].contains(k))
+        .map(str::to_ascii_uppercase)
+        .collect();
+    methods.sort();
+    methods
+}
+
+#[test]
+fn the_openapi_document_has_exactly_the_routers_paths_and_methods() {
+    let doc = document();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_hash().expect("paths");
+    let documented: Vec<&str> = paths.keys().map(|k| k.as_str().expect("path keys are strings")).collect();
+    for route in ROUTES {
+        let item = &doc["paths"][route.template];
+        assert!(!item.is_badvalue(), "{} is not in openapi.yaml", route.template);
+        let mut methods: Vec<String> = route.methods.iter().map(|m| String::from(m.name())).collect();
+        methods.sort();
+        assert_eq!(methods_of(item), methods, "methods of {}", route.template);
+    }
+    for path in documented {
+        assert!(
+            ROUTES.iter().any(|r| r.template == path),
+            "openapi.yaml documents {path}, which the router lacks"
+        );
+    }
+}
+
+#[test]
+fn every_operation_documents_success_auth_and_its_errors() {
+    let doc = document();
+    for route in ROUTES {
+        for method in route.methods {
+            let op = &doc["paths"][route.template][method.name().to_ascii_lowercase().as_str()];
+            let responses =
+                op["responses"].as_hash().unwrap_or_else(|| panic!("{} {}", method.name(), route.template));
+            let codes: Vec<&str> = responses.keys().filter_map(Yaml::as_str).collect();
+            assert!(
+                codes.iter().any(|c| c.starts_with('2')),
+                "{} {} has a success",
+                method.name(),
+                route.template
+            );
+            for needed in ["400", "401"] {
+                assert!(codes.contains(&needed), "{} {} documents {needed}", method.name(), route.template);
+            }
+            if route.template.contains("{id}") {
+                assert!(codes.contains(&"404"), "{} {} documents 404", method.name(), route.template);
+            }
+            assert!(
+                op["operationId"].as_str().is_some(),
+                "{} {} has an operationId",
+                method.name(),
+                route.template
+            );
+        }
+    }
+}
+
+#[test]
+fn the_documented_limits_are_the_codes() {
+    let doc = document();
+    let limits = &doc["x-taproot-limits"];
+    let defaults = Limits::default();
+    assert_eq!(limits["max_head_bytes"].as_i64(), Some(defaults.max_head_bytes as i64));
+    assert_eq!(limits["max_json_body_bytes"].as_i64(), Some(defaults.max_json_body as i64));
+    assert_eq!(limits["max_image_bytes"].as_i64(), Some(defaults.max_image_bytes as i64));
+    assert_eq!(limits["max_console_bytes"].as_i64(), Some(defaults.max_console_bytes as i64));
+    assert_eq!(limits["max_wait_ms"].as_i64(), Some(defaults.max_wait_ms as i64));
+    assert_eq!(limits["idle_timeout_ms"].as_i64(), Some(defaults.idle_timeout_ms as i64));
+    assert_eq!(limits["head_timeout_ms"].as_i64(), Some(defaults.head_timeout_ms as i64));
+    assert_eq!(limits["max_discarded_body_bytes"].as_i64(), Some(defaults.max_discard_bytes as i64));
+    assert_eq!(limits["max_headers"].as_i64(), Some(crate::api::http::MAX_HEADERS as i64));
+}
