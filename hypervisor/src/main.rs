@@ -1,5 +1,6 @@
-//! The Taproot image: libos boots the machine and calls [`image::main`] on the boot CPU
-//! once every CPU is up.
+//! The Taproot image: libos boots the machine and calls `image::main` on the boot CPU
+//! once every CPU is up; `image/` holds what the image does with it (the guest launcher,
+//! the vCPU scheduler, the VM registry behind the API, the API server).
 //!
 //! On the host this binary only explains itself: the image is built and booted with
 //! `cargo xtask run`.
@@ -7,19 +8,11 @@
 #![deny(unsafe_code)]
 
 #[cfg(target_os = "none")]
-mod builtin;
-#[cfg(target_os = "none")]
-mod image;
-#[cfg(target_os = "none")]
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 #[cfg(target_os = "none")]
-mod launch;
-#[cfg(target_os = "none")]
-mod netcheck;
-#[cfg(target_os = "none")]
-mod smoke;
+mod image;
 #[cfg(target_os = "none")]
 mod sys;
 

@@ -30,3 +30,10 @@ pub fn exit(status: i32) -> ! {
     // SAFETY: no pointers are involved; the call does not return.
     unsafe { hermit_abi::exit(status) }
 }
+
+/// Fills `buf` with random bytes from the CPU (RDRAND); false if it has none.
+pub fn random(buf: &mut [u8]) -> bool {
+    // SAFETY: `buf` is a valid, writable slice for the duration of the call.
+    let n = unsafe { hermit_abi::read_entropy(buf.as_mut_ptr(), buf.len(), 0) };
+    n == buf.len() as isize
+}

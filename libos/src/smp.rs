@@ -145,6 +145,19 @@ extern "C" fn ap_main(index: u64) -> ! {
     idle_loop(me)
 }
 
+/// Sleeps until the next interrupt (timer tick, IPI) unless `has_work` says there is work:
+/// interrupts are off while it looks, and `sti; hlt` re-enables them atomically with the
+/// halt, so a wake-up IPI sent after the look is not lost.
+pub fn sleep_unless(has_work: impl FnOnce() -> bool) {
+    use x86_64::instructions::interrupts;
+    interrupts::disable();
+    if has_work() {
+        interrupts::enable();
+    } else {
+        interrupts::enable_and_hlt();
+    }
+}
+
 /// Turns the calling CPU into an idle CPU for good (the boot CPU, once the application has
 /// nothing left to do on it).
 pub fn idle() -> ! {

@@ -12,7 +12,7 @@ mod exits;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason};
-pub use vcpu::{Slice, VcpuEnd, VcpuRunner, run_shared, run_vcpu};
+pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner, run_shared, run_vcpu};
 
 use crate::addr::{Gpa, PAGE_SIZE};
 use crate::backend::{Backend, EntryMode, EntryState, GuestRegs};
@@ -126,6 +126,8 @@ pub struct Vm<B: Backend> {
     console_sink: Mutex<Option<ConsoleSink>>,
     /// Absolute time after which the VM is stopped (0: no limit).
     deadline_ns: AtomicU64,
+    /// Held by the host (`pause`): vCPUs leave the guest and wait off their CPUs.
+    paused: AtomicBool,
     /// When the VM started, and when its guest first wrote to the console (0: not yet).
     started_ns: AtomicU64,
     first_console_ns: AtomicU64,
@@ -160,6 +162,7 @@ impl<B: Backend> Vm<B> {
             clock,
             console_sink: Mutex::new(None),
             deadline_ns: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
             started_ns: AtomicU64::new(0),
             first_console_ns: AtomicU64::new(0),
         }))
@@ -256,7 +259,54 @@ impl<B: Backend> Vm<B> {
 
     /// Stops a VM from the host side.
     pub fn stop(&self) {
+        self.paused.store(false, Ordering::SeqCst);
         self.finish(VmState::Stopped);
+    }
+
+    /// Holds every vCPU outside the guest until [`Vm::resume`]. Only while running.
+    pub fn pause(&self) -> Result<(), VmError> {
+        self.require(&[VmState::Running], "pause")?;
+        self.paused.store(true, Ordering::SeqCst);
+        use crate::mmu::TlbFlush;
+        self.backend.kick_all();
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), VmError> {
+        self.require(&[VmState::Running], "resume")?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Back to `Created` after the VM ended (its vCPUs must have left their loops): memory,
+    /// slots and the loaded image stay, so it can be started again or given a new image.
+    pub fn reset_to_created(&self) -> Result<(), VmError> {
+        if self.running_vcpus() != 0 {
+            return Err(VmError::WrongState { action: "reset", state: "still stopping" });
+        }
+        let mut state = self.state.lock();
+        if !state.is_final() {
+            return Err(VmError::WrongState { action: "reset", state: state.name() });
+        }
+        *state = VmState::Created;
+        self.stop.store(false, Ordering::SeqCst);
+        self.paused.store(false, Ordering::SeqCst);
+        self.first_console_ns.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether an image has been loaded (the VM can start).
+    pub fn has_image(&self) -> bool {
+        self.entry.lock().is_some()
+    }
+
+    /// Console bytes from absolute `offset` into `out`.
+    pub fn read_console(&self, offset: u64, out: &mut [u8]) -> crate::devices::console::ConsoleRead {
+        self.devices.lock().console().read(offset, out)
     }
 
     pub(crate) fn vcpu_ended(&self) {

@@ -27,6 +27,8 @@ pub enum VcpuEnd {
 pub enum Slice {
     /// The host timer fired and the caller asked to share the CPU: run another vCPU.
     Yielded,
+    /// The VM is paused: run this vCPU again later.
+    Paused,
     Ended(VcpuEnd),
 }
 
@@ -60,6 +62,11 @@ impl<B: Backend> VcpuRunner<B> {
         let end = loop {
             if cx.vm.stop.load(Ordering::SeqCst) {
                 break VcpuEnd::VmFinished;
+            }
+            if cx.vm.is_paused() {
+                self.as_id = cx.as_id;
+                self.mmu.report_offline();
+                return Slice::Paused;
             }
             // A reload request only asks for what `load` checks anyway: whether the current
             // root is still valid. Clearing it first means a request that arrives after this
@@ -110,12 +117,24 @@ pub fn run_vcpu<B: Backend>(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> VcpuE
     }
 }
 
+/// A vCPU runner with its backend erased, for the host's scheduler queues.
+pub trait Runnable: Send {
+    fn run_slice(&mut self, share_cpu: bool) -> Slice;
+}
+
+impl<B: Backend> Runnable for VcpuRunner<B> {
+    fn run_slice(&mut self, share_cpu: bool) -> Slice {
+        VcpuRunner::run_slice(self, share_cpu)
+    }
+}
+
 /// Round-robins `runners` on the calling CPU, one host-timer slice each, until all ended.
 pub fn run_shared<B: Backend>(mut runners: VecDeque<VcpuRunner<B>>) {
     while let Some(mut runner) = runners.pop_front() {
         let share = !runners.is_empty();
-        if runner.run_slice(share) == Slice::Yielded {
-            runners.push_back(runner);
+        match runner.run_slice(share) {
+            Slice::Yielded | Slice::Paused => runners.push_back(runner),
+            Slice::Ended(_) => {}
         }
     }
 }

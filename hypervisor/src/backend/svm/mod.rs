@@ -462,7 +462,12 @@ impl BackendVcpu for SvmVcpu {
         loop {
             let cpu = libos::smp::current_cpu();
             let host_area = HOST_VMSAVE_AREA[cpu].load(Ordering::Acquire);
-            assert!(host_area != 0, "SVM is not enabled on cpu {cpu}");
+            if host_area == 0 {
+                // A scheduling bug, not the guest's doing: refuse to enter, and let the VM
+                // layer end this VM with the reason.
+                log::error!("svm: vCPU scheduled on cpu {cpu}, where SVM is off");
+                return Exit::InvalidState;
+            }
             self.vmcb.write64(control::NESTED_CR3, root_pointer);
             self.sync.cpu.store(cpu, Ordering::Relaxed);
             self.sync.in_guest.store(true, Ordering::SeqCst);

@@ -42,8 +42,8 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         .map_err(|_| "timeout_ms must be a number of milliseconds")?;
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => (*bytes, ImageFormat::Elf),
-        None => match crate::builtin::find(name) {
-            Some(code) => (code, ImageFormat::Flat { load_gpa: crate::builtin::LOAD_GPA, entry_gpa: None }),
+        None => match super::builtin::find(name) {
+            Some(code) => (code, ImageFormat::Flat { load_gpa: super::builtin::LOAD_GPA, entry_gpa: None }),
             None => return Err(unknown_guest(name)),
         },
     };
@@ -77,7 +77,7 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
 
 fn unknown_guest(name: &str) -> String {
     let mut names: Vec<&str> = GUESTS.iter().map(|(n, _)| *n).collect();
-    names.extend(crate::builtin::BUILTIN_GUESTS.iter().map(|(n, _, _)| *n));
+    names.extend(super::builtin::BUILTIN_GUESTS.iter().map(|(n, _, _)| *n));
     format!("no guest named {name:?}; the image has: {}", names.join(", "))
 }
 

@@ -1,6 +1,12 @@
 //! The image's main: checks every CPU's idle loop answers, prints the boot banner, and
 //! acts on the test options of the command line.
 
+mod builtin;
+mod launch;
+mod manager;
+mod sched;
+mod server;
+
 use crate::sys;
 use alloc::format;
 use alloc::sync::Arc;
@@ -40,18 +46,12 @@ fn main() -> ! {
         .as_bytes(),
     );
 
-    if cmdline::flag(line, "svm-smoke") {
-        match crate::smoke::run() {
-            Ok(status) => log::info!("svm-smoke: ok, status {status}"),
-            Err(e) => log::error!("svm-smoke: {e}"),
-        }
-    }
     if let Some(names) = cmdline::value(line, "guest") {
         // Several guests run one after the other (`guest=a,b`): a hostile one must leave
         // the hypervisor able to run the next. The exit status is the last guest's.
         let mut status = 0;
         for (index, name) in names.split(',').enumerate() {
-            status = match crate::launch::launch(line, name, index as u32 + 1) {
+            status = match launch::launch(line, name, index as u32 + 1) {
                 Ok(status) => status,
                 Err(e) => {
                     sys::console_write(format!("taproot: cannot launch guest {name:?}: {e}\n").as_bytes());
@@ -69,7 +69,7 @@ fn main() -> ! {
     if cmdline::flag(line, "exit") {
         sys::exit(0);
     }
-    crate::netcheck::serve(line)
+    server::serve(line)
 }
 
 /// Logs every CPU's local APIC timer interrupts so far, after letting a few ticks pass: a

@@ -1,0 +1,282 @@
+//! The VM registry behind the control plane: [`ApiHandler`] over [`Vm`]. Every call
+//! returns promptly (the API server polls the network between calls); the only waits are
+//! for vCPUs to leave their loops on stop/delete/reset, which takes at most one host timer
+//! period per vCPU.
+
+use super::sched;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use hypervisor::api::ApiError;
+use hypervisor::api::ApiHandler;
+use hypervisor::api::model::{
+    Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
+    VmInfo, VmStatus,
+};
+use hypervisor::backend::Backend;
+use hypervisor::memslot::SlotId;
+use hypervisor::vm::{RAM_SLOT, Vm, VmState, VcpuRunner};
+
+/// How long stop, delete and reset wait for vCPUs to leave their loops.
+const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
+
+struct Entry<B: Backend> {
+    vm: Arc<Vm<B>>,
+    slots: BTreeMap<u32, MemslotInfo>,
+    uploading: bool,
+}
+
+/// An image upload in flight: the bytes received so far (the loader needs the whole image
+/// to validate it before it writes guest memory, so it is held once, here).
+pub struct Upload {
+    id: VmId,
+    request: ImageRequest,
+    bytes: Vec<u8>,
+}
+
+pub struct Manager<B: Backend> {
+    vms: BTreeMap<String, Entry<B>>,
+    next_vm_number: u32,
+    next_cpu: usize,
+}
+
+impl<B: Backend> Manager<B> {
+    pub fn new() -> Self {
+        Self { vms: BTreeMap::new(), next_vm_number: 1, next_cpu: 0 }
+    }
+
+    fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
+        self.vms.get(id.as_str()).ok_or_else(|| not_found(id))
+    }
+
+    fn entry_mut(&mut self, id: &VmId) -> Result<&mut Entry<B>, ApiError> {
+        self.vms.get_mut(id.as_str()).ok_or_else(|| not_found(id))
+    }
+
+    fn info_of(id: &str, entry: &Entry<B>) -> VmInfo {
+        let mut info = VmInfo {
+            id: id.to_string(),
+            state: VmStatus::Created,
+            exit_status: None,
+            crash_reason: None,
+            vcpus: entry.vm.config.vcpus,
+            memory_mib: entry.vm.config.memory_mib,
+            image_loaded: entry.vm.has_image(),
+            memslots: entry.slots.values().cloned().collect(),
+        };
+        info.set_state(&entry.vm.state());
+        if info.state == VmStatus::Running && entry.vm.is_paused() {
+            info.state = VmStatus::Paused;
+        }
+        info
+    }
+
+    /// Stops `vm` and waits until no vCPU runs it and no scheduler queue holds it: until
+    /// only the `held` references of the registry and the caller remain.
+    fn stop_and_wait(vm: &Arc<Vm<B>>, held: usize) -> Result<(), ApiError> {
+        if vm.state() == VmState::Running {
+            vm.stop();
+        }
+        let deadline = libos::time::now_ns() + STOP_TIMEOUT_NS;
+        let busy = || vm.running_vcpus() > 0 || Arc::strong_count(vm) > held;
+        while busy() && libos::time::now_ns() < deadline {
+            core::hint::spin_loop();
+        }
+        if busy() {
+            return Err(ApiError::Conflict("the VM's vCPUs are still stopping; retry in a moment".into()));
+        }
+        Ok(())
+    }
+}
+
+fn not_found(id: &VmId) -> ApiError {
+    ApiError::NotFound(format!("no VM {id}; GET /v1/vms lists them"))
+}
+
+impl<B: Backend> ApiHandler for Manager<B> {
+    type Upload = Upload;
+
+    fn info(&mut self) -> Result<HypervisorInfo, ApiError> {
+        let virt = libos::smp::virt_caps(0).unwrap_or_default();
+        let features = virt.features().to_string();
+        Ok(HypervisorInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            cpus: libos::smp::cpu_count() as u32,
+            backend: B::NAME.into(),
+            features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
+            memory_total_bytes: libos::mm::frame::total_bytes(),
+            memory_free_bytes: libos::mm::frame::free_bytes(),
+            vms: self.vms.len() as u32,
+        })
+    }
+
+    fn create_vm(&mut self, id: &VmId, config: &VmCreate) -> Result<VmInfo, ApiError> {
+        if self.vms.contains_key(id.as_str()) {
+            return Err(ApiError::Conflict(format!("VM {id} exists; DELETE it first or choose another id")));
+        }
+        let config = config.config();
+        config.validate()?;
+        let free = libos::mm::frame::free_bytes();
+        if config.memory_mib << 20 > free {
+            return Err(ApiError::Unavailable(format!(
+                "{} MiB asked, {} MiB free; delete a VM or ask for less",
+                config.memory_mib,
+                free >> 20
+            )));
+        }
+        let vm = Vm::<B>::create(self.next_vm_number, config, libos::time::now_ns)?;
+        self.next_vm_number += 1;
+        let mut slots = BTreeMap::new();
+        let ram = MemslotSpec {
+            guest_address: 0,
+            size: config.memory_mib << 20,
+            read_only: false,
+            dirty_log: false,
+            address_space: 0,
+        };
+        slots.insert(RAM_SLOT.0, MemslotInfo::new(RAM_SLOT.0, &ram));
+        let entry = Entry { vm, slots, uploading: false };
+        let info = Self::info_of(id.as_str(), &entry);
+        self.vms.insert(id.as_str().into(), entry);
+        Ok(info)
+    }
+
+    fn vm(&mut self, id: &VmId) -> Result<VmInfo, ApiError> {
+        Ok(Self::info_of(id.as_str(), self.entry(id)?))
+    }
+
+    fn list_vms(&mut self) -> Result<Vec<VmInfo>, ApiError> {
+        Ok(self.vms.iter().map(|(id, entry)| Self::info_of(id, entry)).collect())
+    }
+
+    fn delete_vm(&mut self, id: &VmId) -> Result<(), ApiError> {
+        let entry = self.entry(id)?;
+        if entry.uploading {
+            return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
+        }
+        Self::stop_and_wait(&entry.vm, 1)?;
+        let entry = self.vms.remove(id.as_str()).expect("looked up above");
+        match Arc::try_unwrap(entry.vm) {
+            Ok(vm) => vm.destroy(),
+            Err(_) => return Err(ApiError::Internal("VM still referenced after its vCPUs ended".into())),
+        }
+        Ok(())
+    }
+
+    fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
+        let entry = self.entry_mut(id)?;
+        if entry.slots.contains_key(&slot) {
+            return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
+        }
+        entry.vm.mmu.add_slot(spec.to_slot_spec(slot)?)?;
+        let info = MemslotInfo::new(slot, spec);
+        entry.slots.insert(slot, info.clone());
+        Ok(info)
+    }
+
+    fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
+        let entry = self.entry_mut(id)?;
+        entry.vm.mmu.delete_slot(SlotId(slot))?;
+        entry.slots.remove(&slot);
+        Ok(())
+    }
+
+    fn begin_image(&mut self, id: &VmId, request: &ImageRequest, total_len: u64) -> Result<Upload, ApiError> {
+        let entry = self.entry_mut(id)?;
+        if entry.uploading {
+            return Err(ApiError::Conflict("another image upload to this VM is in progress".into()));
+        }
+        let state = entry.vm.state();
+        if state != VmState::Created {
+            return Err(ApiError::wrong_state("load an image into", state.name()));
+        }
+        if total_len > entry.vm.memory_bytes() {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the image is {total_len} bytes, the VM has {} MiB of memory",
+                entry.vm.config.memory_mib
+            )));
+        }
+        entry.uploading = true;
+        Ok(Upload { id: id.clone(), request: request.clone(), bytes: Vec::with_capacity(total_len as usize) })
+    }
+
+    fn image_chunk(&mut self, upload: &mut Upload, offset: u64, bytes: &[u8]) -> Result<(), ApiError> {
+        if offset != upload.bytes.len() as u64 {
+            return Err(ApiError::Internal(format!("image chunk at {offset}, expected {}", upload.bytes.len())));
+        }
+        upload.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish_image(&mut self, upload: Upload) -> Result<ImageLoaded, ApiError> {
+        let entry = self.entry_mut(&upload.id)?;
+        entry.uploading = false;
+        let plan = entry.vm.load_image(&upload.bytes, upload.request.format, &upload.request.cmdline)?;
+        Ok(ImageLoaded::from_plan(upload.bytes.len() as u64, &plan))
+    }
+
+    fn abort_image(&mut self, upload: Upload) {
+        if let Ok(entry) = self.entry_mut(&upload.id) {
+            entry.uploading = false;
+        }
+    }
+
+    fn action(&mut self, id: &VmId, action: Action) -> Result<VmInfo, ApiError> {
+        let entry = self.entry(id)?;
+        if entry.uploading {
+            return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
+        }
+        let vm = entry.vm.clone();
+        match action {
+            Action::Start => {
+                if !vm.has_image() {
+                    return Err(ApiError::Conflict(format!(
+                        "VM {id} has no image; PUT /v1/vms/{id}/image first"
+                    )));
+                }
+                let vcpus = vm.start()?;
+                let cpus = sched::vcpu_cpus();
+                for (index, vcpu) in vcpus.into_iter().enumerate() {
+                    let cpu = cpus.start + (self.next_cpu + index) % cpus.len();
+                    sched::submit(cpu, Box::new(VcpuRunner::new(&vm, index as u32, vcpu)));
+                }
+                self.next_cpu = self.next_cpu.wrapping_add(1);
+            }
+            Action::Pause => vm.pause()?,
+            Action::Resume => vm.resume()?,
+            Action::Stop => {
+                let state = vm.state();
+                if state != VmState::Running {
+                    return Err(ApiError::wrong_state("stop", state.name()));
+                }
+                vm.stop();
+            }
+            Action::Reset => {
+                if vm.state() == VmState::Created {
+                    return Err(ApiError::wrong_state("reset", "created"));
+                }
+                Self::stop_and_wait(&vm, 2)?;
+                vm.reset_to_created()?;
+            }
+        }
+        Ok(Self::info_of(id.as_str(), self.entry(id)?))
+    }
+
+    fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
+        let entry = self.entry(id)?;
+        let read = entry.vm.read_console(offset, out);
+        Ok(ConsoleRead {
+            len: read.len,
+            missed: read.missed,
+            next_offset: read.next_offset,
+            state: Self::info_of(id.as_str(), entry).state,
+        })
+    }
+
+    fn stats(&mut self, id: &VmId) -> Result<String, ApiError> {
+        Ok(self.entry(id)?.vm.stats_json())
+    }
+}
