@@ -44,6 +44,9 @@ pub enum Boot {
 /// `(v << 1) | 1`.
 pub const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 
+/// The image's default control-plane port.
+pub const GUEST_API_PORT: u16 = 8080;
+
 /// The guest's exit status from QEMU's, when the image ended through the debug-exit port.
 pub fn guest_status(status: ExitStatus) -> Option<i32> {
     let code = status.code()?;
@@ -60,6 +63,9 @@ pub struct Qemu {
     /// `-icount shift=0`: one instruction is one virtual nanosecond, so guest time counts
     /// instructions (TCG only).
     pub icount: bool,
+    /// A virtio-net NIC on QEMU's user network, with host `127.0.0.1:<port>` forwarded to
+    /// the image's API port 8080.
+    pub api_port: Option<u16>,
     pub extra: Vec<String>,
 }
 
@@ -72,6 +78,7 @@ impl Qemu {
             cpus: 2,
             memory_mib: 512,
             icount: false,
+            api_port: None,
             extra: Vec::new(),
         }
     }
@@ -126,6 +133,12 @@ impl Qemu {
                 push("-cdrom");
                 push(&iso.display().to_string());
             }
+        }
+        if let Some(port) = self.api_port {
+            args.push("-netdev".into());
+            args.push(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
+            args.push("-device".into());
+            args.push("virtio-net-pci,netdev=net0".into());
         }
         args.extend(self.extra.iter().cloned());
         args

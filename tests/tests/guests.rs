@@ -239,3 +239,15 @@ fn svm_roots_survive_mode_toggles_switches_and_reset() {
 fn vmx_roots_survive_mode_toggles_switches_and_reset() {
     check_roots(&run_vmx("bochs-vmx-roots", "exit=1 guest=roots", 1));
 }
+
+#[test]
+#[ignore = "heavy (minutes in Bochs): cargo xtask test --full runs it"]
+fn vmx_full_io_to_every_port_and_more_vcpus_than_cpus() {
+    let transcript = run_vmx("bochs-vmx-ioscan", "exit=1 guest=ioscan mem=1", 1);
+    let (status, _, stats) = vm_end(&transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert_eq!(stat(&stats, "io"), 65_537, "{stats}");
+    let transcript = run_vmx("bochs-vmx-3vcpus", "exit=1 guest=memtouch mem=64 vcpus=3 guest.mib=8", 1);
+    assert!(transcript.contains("[vm 1] memtouch: 3 vcpus"), "{transcript}");
+    assert_eq!(vm_end(&transcript, 1).0, 0, "{transcript}");
+}

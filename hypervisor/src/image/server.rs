@@ -80,6 +80,7 @@ fn serve_with<B: Backend>(line: &str) -> ! {
     let mut manager = Manager::<B>::new();
     let mut slots: Vec<(SocketHandle, Option<Connection<Manager<B>>>)> =
         (0..CONNECTIONS).map(|_| (stack.add_tcp_socket(SOCKET_BUFFER), None)).collect();
+    let mut states = [tcp::State::Closed; CONNECTIONS];
     let mut announced = false;
     loop {
         stack.poll();
@@ -94,8 +95,12 @@ fn serve_with<B: Backend>(line: &str) -> ! {
             announced = true;
         }
         let now = now_ms();
-        for (handle, connection) in slots.iter_mut() {
+        for (index, (handle, connection)) in slots.iter_mut().enumerate() {
             let socket = stack.sockets.get_mut::<tcp::Socket>(*handle);
+            if socket.state() != states[index] {
+                log::trace!("api: socket {index}: {} -> {}", states[index], socket.state());
+                states[index] = socket.state();
+            }
             if !socket.is_open() {
                 if let Some(mut old) = connection.take() {
                     old.close(&mut manager);
@@ -127,7 +132,14 @@ fn serve_with<B: Backend>(line: &str) -> ! {
             // the peer has closed its side (no more requests can come).
             let peer_closed = socket.state() == tcp::State::CloseWait;
             if conn.output().is_empty() && (conn.should_close() || peer_closed) {
-                socket.close();
+                if socket.can_recv() && socket.send_queue() == 0 {
+                    // The connection refused the rest of what the peer sends (a framing
+                    // error, an oversized body): reset rather than leave a half-closed
+                    // socket that the peer keeps feeding.
+                    socket.abort();
+                } else {
+                    socket.close();
+                }
             }
             if !socket.may_recv() && !socket.may_send() {
                 conn.close(&mut manager);
