@@ -58,6 +58,8 @@ pub struct Console {
     transcript: String,
     started: Instant,
     exit_status: Option<ExitStatus>,
+    /// Print each line as it is read (`cargo xtask run` shows the console live).
+    echo: bool,
 }
 
 impl Console {
@@ -69,7 +71,13 @@ impl Console {
             transcript: String::new(),
             started: Instant::now(),
             exit_status: None,
+            echo: false,
         }
+    }
+
+    /// Prints every line from now on as it is read.
+    pub fn set_echo(&mut self, echo: bool) {
+        self.echo = echo;
     }
 
     /// Everything printed so far.
@@ -190,6 +198,9 @@ impl Console {
         };
         Ok(line.map(|l| {
             let l = l.trim_end_matches(['\n', '\r']).replace('\r', "");
+            if self.echo {
+                println!("{l}");
+            }
             self.transcript.push_str(&l);
             self.transcript.push('\n');
             l

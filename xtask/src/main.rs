@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod ctl;
 mod run;
 mod setup;
 mod test;
@@ -47,11 +48,17 @@ enum Cmd {
         /// Kernel command line (e.g. `exit=1`, `log=debug`).
         #[arg(long, default_value = "")]
         cmdline: String,
-        /// The demo guest(s) launched at boot (`guest=` on the command line; comma
-        /// separated); `none` boots the image alone.
+        /// The demo guest: one of guest-images' (hello, memtouch, ...) is launched through
+        /// the API; a built-in one (hello16, spin, ...) from the command line; `none` boots
+        /// the image alone.
         #[arg(long, default_value = "hello")]
         guest: String,
+        /// Host port forwarded to the image's API port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
     },
+    /// Drive a running image's API (`cargo xtask run` prints the token).
+    Ctl(ctl::Args),
     /// Run every test: lints, host unit/property/stress/model tests, then the emulator tests.
     Test {
         /// Also run the heavier emulator variants.
@@ -79,10 +86,17 @@ fn main() -> ExitCode {
                 })
             })
         }
-        Cmd::Run { release, accel, bochs, cpus, mem, cmdline, guest } => {
-            let cmdline = if guest == "none" { cmdline } else { format!("guest={guest} {cmdline}") };
-            run::run(run::Options { profile: profile(release), accel, bochs, cpus, memory_mib: mem, cmdline })
-        }
+        Cmd::Run { release, accel, bochs, cpus, mem, cmdline, guest, port } => run::run(run::Options {
+            profile: profile(release),
+            accel,
+            bochs,
+            cpus,
+            memory_mib: mem,
+            cmdline,
+            guest,
+            api_port: port,
+        }),
+        Cmd::Ctl(args) => ctl::run(args),
         Cmd::Test { full, host_only } => test::run(test::Options { full, host_only }),
         Cmd::Bench => bench::run(),
         Cmd::Setup => setup::ensure_target().and_then(|()| setup::ensure_packages(setup::Need::All)),

@@ -87,7 +87,7 @@ fn serve_with<B: Backend>(line: &str) -> ! {
         if !announced && let Some(ip) = stack.ipv4_address() {
             sys::console_write(
                 format!(
-                    "taproot: api listening on {ip}:{port}, token {printed}\n\
+                    "taproot: api listening addr={ip} port={port} token={printed}\n\
                      taproot: try: curl -H 'Authorization: Bearer {printed}' http://127.0.0.1:{port}/v1/info\n"
                 )
                 .as_bytes(),
