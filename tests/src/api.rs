@@ -33,7 +33,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(port: u16, token: &str) -> Self {
-        Self { addr: SocketAddr::from(([127, 0, 0, 1], port)), token: token.into(), timeout: Duration::from_secs(30) }
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            token: token.into(),
+            timeout: Duration::from_secs(30),
+        }
     }
 
     /// Sends one request with `Connection: close` and reads the whole response.
@@ -73,7 +77,9 @@ impl Client {
             written?;
             read?;
         }
-        parse(&all).ok_or_else(|| std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&all))))
+        parse(&all).ok_or_else(|| {
+            std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&all)))
+        })
     }
 
     pub fn get(&self, path: &str) -> std::io::Result<Response> {

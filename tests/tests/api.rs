@@ -2,10 +2,10 @@
 //! user network, driven over TCP like a user would (the client is `taproot_testbed::api`).
 
 use std::time::{Duration, Instant};
+use taproot_testbed::Console;
 use taproot_testbed::api::{Client, Response, free_port};
 use taproot_testbed::paths::{self, Profile};
 use taproot_testbed::qemu::Qemu;
-use taproot_testbed::Console;
 
 const TOKEN: &str = "e2e-test-token";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,7 +23,8 @@ fn boot() -> (Console, Client) {
 
 fn guest(name: &str) -> Vec<u8> {
     let path = paths::workspace_root().join("target/x86_64-unknown-none/release").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (cargo xtask test builds the guests)", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo xtask test builds the guests)", path.display()))
 }
 
 fn json(r: &Response) -> serde_json::Value {
@@ -167,8 +168,10 @@ fn every_error_status_is_answered_with_a_json_message() {
 fn garbage_and_mutated_requests_leave_the_server_answering() {
     let (mut console, client) = boot();
     let body = r#"{"vcpus": 1, "memory_mib": 16}"#;
-    let valid =
-        format!("PUT /v1/vms/g HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let valid = format!(
+        "PUT /v1/vms/g HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
         seed ^= seed << 13;

@@ -52,7 +52,9 @@ fn check_hostile_then_hello(transcript: &str, hello_id: u32) {
     assert_eq!((status, state.as_str()), (-1, "crashed"), "{transcript}");
     assert_eq!(stat(&stats, "mmio"), 1, "the wild write counts as an MMIO exit: {stats}");
     assert!(
-        events_of(transcript, 2).iter().any(|e| e.contains("guest address 0x100000, outside every memory slot")),
+        events_of(transcript, 2)
+            .iter()
+            .any(|e| e.contains("guest address 0x100000, outside every memory slot")),
         "{transcript}"
     );
 
@@ -117,7 +119,9 @@ fn unknown_guest_names_are_refused_with_the_list_of_guests() {
 /// Boots `cmdline` under QEMU TCG (SVM) and returns the transcript once the image ended.
 fn run_svm(cmdline: &str, last_vm: u32) -> String {
     let mut console = Qemu::kernel(&elf(Profile::Release), cmdline).spawn().unwrap();
-    console.wait_for(&format!("taproot: vm {last_vm} exited"), QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console
+        .wait_for(&format!("taproot: vm {last_vm} exited"), QEMU_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     console.transcript().to_string()
 }
@@ -127,7 +131,9 @@ fn run_vmx(name: &str, cmdline: &str, last_vm: u32) -> String {
     let iso = paths::scratch_dir(&format!("{name}-iso")).unwrap().join("taproot.iso");
     taproot_testbed::iso::make(&elf(Profile::Release), cmdline, &iso).unwrap();
     let mut console = Bochs::new(&iso).spawn(name).unwrap();
-    console.wait_for(&format!("taproot: vm {last_vm} exited"), BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console
+        .wait_for(&format!("taproot: vm {last_vm} exited"), BOCHS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
     console.transcript().to_string()
 }
@@ -160,7 +166,8 @@ fn svm_runs_hello_memtouch_on_two_vcpus_and_tlbprobe() {
 
 #[test]
 fn vmx_runs_hello_memtouch_on_two_vcpus_and_tlbprobe() {
-    let transcript = run_vmx("bochs-vmx-guests", "exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=16", 3);
+    let transcript =
+        run_vmx("bochs-vmx-guests", "exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=16", 3);
     assert!(transcript.contains("virt=vmx"), "{transcript}");
     check_guests(&transcript);
 }
@@ -187,7 +194,8 @@ fn check_slot_delete_while_running(transcript: &str) {
         .unwrap_or_else(|| panic!("no delete event:\n{transcript}"));
     assert!(event.contains("roots_invalidated 0 -> 1"), "{event}");
     assert!(event.contains("zaps 0 -> 1"), "exactly one zap for one root: {event}");
-    let faults_at_delete: u64 = event.rsplit("faults at delete ").next().and_then(|v| v.trim().parse().ok()).unwrap();
+    let faults_at_delete: u64 =
+        event.rsplit("faults at delete ").next().and_then(|v| v.trim().parse().ok()).unwrap();
     assert!(transcript.contains("[vm 1] memtouch: verified"), "{transcript}");
     let (status, _, stats) = vm_end(transcript, 1);
     assert_eq!(status, 0, "the pattern survived: {transcript}");
@@ -219,7 +227,8 @@ fn vmx_slot_deleted_while_memtouch_runs_invalidates_and_zaps_once() {
 /// after warm-up (one fault per root for its one 2 MiB leaf).
 fn check_roots(transcript: &str) {
     assert!(
-        transcript.contains("[vm 1] roots: cr0.wp toggles=100000 cr4.pge toggles=100000 as switches=2 resets=1"),
+        transcript
+            .contains("[vm 1] roots: cr0.wp toggles=100000 cr4.pge toggles=100000 as switches=2 resets=1"),
         "{transcript}"
     );
     let (status, _, stats) = vm_end(transcript, 1);

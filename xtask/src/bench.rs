@@ -164,8 +164,12 @@ fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, Strin
     let banner = console.wait_for("boot: banner at tsc=", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let hello = console.wait_for("taproot: vm 1 exited", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let mut per_exit = |kind: &str| -> Result<f64, String> {
-        let line = console.wait_for(&format!("exitbench: {kind} exits="), BOOT_TIMEOUT).map_err(|e| e.to_string())?;
-        field(&line, "tsc_per_exit").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no tsc_per_exit in {line:?}"))
+        let line = console
+            .wait_for(&format!("exitbench: {kind} exits="), BOOT_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        field(&line, "tsc_per_exit")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no tsc_per_exit in {line:?}"))
     };
     let (cpuid, hypercall, pio) = (per_exit("cpuid")?, per_exit("hypercall")?, per_exit("pio_in")?);
     let hello_to_console = hello

@@ -42,7 +42,10 @@ enum Command {
         read_only: bool,
     },
     /// Delete a memory slot.
-    Unslot { id: String, slot: u32 },
+    Unslot {
+        id: String,
+        slot: u32,
+    },
     /// Load an image (ELF with a PVH note by default).
     Load {
         id: String,
@@ -57,20 +60,34 @@ enum Command {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
-    Start { id: String },
-    Stop { id: String },
-    Pause { id: String },
-    Resume { id: String },
-    Reset { id: String },
+    Start {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Reset {
+        id: String,
+    },
     /// Print the console (with --follow, until the VM ends).
     Console {
         id: String,
         #[arg(long)]
         follow: bool,
     },
-    Stats { id: String },
+    Stats {
+        id: String,
+    },
     /// Delete a VM (stopping it first).
-    Destroy { id: String },
+    Destroy {
+        id: String,
+    },
 }
 
 fn parse_number(s: &str) -> Result<u64, String> {
@@ -117,8 +134,11 @@ pub fn run(args: Args) -> Result<(), String> {
         Command::Info => show(client.get("/v1/info")).map(drop),
         Command::List => show(client.get("/v1/vms")).map(drop),
         Command::Create { id, vcpus, mem } => {
-            show(client.put(&format!("/v1/vms/{id}"), format!("{{\"vcpus\":{vcpus},\"memory_mib\":{mem}}}").as_bytes()))
-                .map(drop)
+            show(client.put(
+                &format!("/v1/vms/{id}"),
+                format!("{{\"vcpus\":{vcpus},\"memory_mib\":{mem}}}").as_bytes(),
+            ))
+            .map(drop)
         }
         Command::Slot { id, slot, addr, size, read_only } => {
             let body = format!(
@@ -128,7 +148,9 @@ pub fn run(args: Args) -> Result<(), String> {
             );
             show(client.put(&format!("/v1/vms/{id}/memslots/{slot}"), body.as_bytes())).map(drop)
         }
-        Command::Unslot { id, slot } => show(client.delete(&format!("/v1/vms/{id}/memslots/{slot}"))).map(drop),
+        Command::Unslot { id, slot } => {
+            show(client.delete(&format!("/v1/vms/{id}/memslots/{slot}"))).map(drop)
+        }
         Command::Load { id, file, format, load, cmdline } => {
             let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let mut path = format!("/v1/vms/{id}/image?format={format}");

@@ -64,6 +64,8 @@ pub fn lint() -> Result<(), String> {
         "libos",
         "--package",
         "hypervisor",
+        "--package",
+        "guest-images",
         "--target",
         setup::TARGET,
         "--",

@@ -18,7 +18,7 @@ use hypervisor::api::model::{
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
-use hypervisor::vm::{RAM_SLOT, Vm, VmState, VcpuRunner};
+use hypervisor::vm::{RAM_SLOT, VcpuRunner, Vm, VmState};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -173,7 +173,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         }
         entry.vm.mmu.add_slot(spec.to_slot_spec(slot)?)?;
         let info = MemslotInfo::new(slot, spec);
-        entry.slots.insert(slot, info.clone());
+        entry.slots.insert(slot, info);
         Ok(info)
     }
 
@@ -205,7 +205,10 @@ impl<B: Backend> ApiHandler for Manager<B> {
 
     fn image_chunk(&mut self, upload: &mut Upload, offset: u64, bytes: &[u8]) -> Result<(), ApiError> {
         if offset != upload.bytes.len() as u64 {
-            return Err(ApiError::Internal(format!("image chunk at {offset}, expected {}", upload.bytes.len())));
+            return Err(ApiError::Internal(format!(
+                "image chunk at {offset}, expected {}",
+                upload.bytes.len()
+            )));
         }
         upload.bytes.extend_from_slice(bytes);
         Ok(())

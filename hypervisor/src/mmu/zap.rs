@@ -46,8 +46,13 @@ impl<P: Platform> Core<P> {
     /// alternate space's roots also map normal slots): the valid ones
     /// and the invalid ones whose own zap has not finished.
     pub(crate) fn zap_range(&self, as_id: Option<AsId>, range: GfnRange) {
-        let roots: Vec<Arc<Root<P>>> =
-            self.roots.lock().iter().filter(|r| as_id.is_none_or(|a| r.role().as_id.sees(a))).cloned().collect();
+        let roots: Vec<Arc<Root<P>>> = self
+            .roots
+            .lock()
+            .iter()
+            .filter(|r| as_id.is_none_or(|a| r.role().as_id.sees(a)))
+            .cloned()
+            .collect();
         for root in &roots {
             self.timed_zap(root, range, FlushScope::Vm);
         }

@@ -34,7 +34,7 @@ unsafe impl Hal for DirectMapHal {
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        frame::free(paddr as u64, pages);
+        frame::free(paddr, pages);
         0
     }
 
@@ -62,7 +62,9 @@ pub fn probe() -> Option<NetDevice> {
     let transport = match PciTransport::new::<DirectMapHal, _>(&mut root, found) {
         Ok(t) => t,
         Err(e) => {
-            log::warn!("net: virtio-net at {found:?} unusable: {e:?} (a modern or transitional device is needed)");
+            log::warn!(
+                "net: virtio-net at {found:?} unusable: {e:?} (a modern or transitional device is needed)"
+            );
             return None;
         }
     };

@@ -205,7 +205,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             cpu.timer_ticks.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
             if !super::stack_guard::is_intact(cpu) {
-                panic!("stack overflow on cpu {}: the canary at the bottom of its stack is gone", cpu.index());
+                panic!(
+                    "stack overflow on cpu {}: the canary at the bottom of its stack is gone",
+                    cpu.index()
+                );
             }
         }
         WAKE_VECTOR => apic::eoi(),
