@@ -228,3 +228,18 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
     // Whatever got through created at most VM g, once.
     assert!(info["vms"].as_u64().unwrap() <= 1, "{info}");
 }
+
+#[test]
+fn without_ip_on_the_command_line_the_address_comes_from_dhcp() {
+    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port().unwrap();
+    let mut qemu = Qemu::kernel(&elf, &format!("token={TOKEN}"));
+    qemu.api_port = Some(port);
+    let mut console = qemu.spawn().unwrap();
+    let line = console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    // QEMU's user network hands out 10.0.2.15 first.
+    assert!(line.contains("addr=10.0.2.15"), "{line}");
+    assert!(console.transcript().contains("DHCP lease 10.0.2.15/24"), "{}", console.transcript());
+    let client = Client::new(port, TOKEN);
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], 0);
+}

@@ -260,3 +260,23 @@ fn vmx_full_io_to_every_port_and_more_vcpus_than_cpus() {
     assert!(transcript.contains("[vm 1] memtouch: 3 vcpus"), "{transcript}");
     assert_eq!(vm_end(&transcript, 1).0, 0, "{transcript}");
 }
+
+/// The guests under KVM with the host's real VMX or SVM (nested virtualization): what the
+/// `kvm` CI job runs, on Intel or AMD runners alike.
+#[test]
+#[ignore = "needs /dev/kvm with nested virtualization; the kvm CI job runs it"]
+fn kvm_runs_the_guests_on_the_hosts_virtualization() {
+    let run = |cmdline: &str, last_vm: u32| {
+        let mut qemu = Qemu::kernel(&elf(Profile::Release), cmdline);
+        qemu.accel = taproot_testbed::qemu::Accel::Kvm;
+        let mut console = qemu.spawn().unwrap();
+        console
+            .wait_for(&format!("taproot: vm {last_vm} exited"), QEMU_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        console.transcript().to_string()
+    };
+    check_guests(&run("exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=32", 3));
+    check_roots(&run("exit=1 guest=roots", 1));
+    check_hostile_then_hello(&run("exit=1 guest=triplefault,wild,spin,hello16 mem=1 timeout_ms=300", 4), 4);
+}

@@ -50,25 +50,18 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let guest_cmdline: Vec<String> = cmdline::words(line)
         .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
         .collect();
+    let launch = Launch {
+        id,
+        config: VmConfig { vcpus, memory_mib },
+        image,
+        format,
+        guest_cmdline: guest_cmdline.join(" "),
+        timeout_ms,
+        delete_slot_ms,
+    };
     match libos::smp::virt_caps(0).unwrap_or_default() {
-        libos::virt::VirtCaps::Svm(_) => run::<Svm>(
-            id,
-            VmConfig { vcpus, memory_mib },
-            image,
-            format,
-            &guest_cmdline.join(" "),
-            timeout_ms,
-            delete_slot_ms,
-        ),
-        libos::virt::VirtCaps::Vmx(_) => run::<Vmx>(
-            id,
-            VmConfig { vcpus, memory_mib },
-            image,
-            format,
-            &guest_cmdline.join(" "),
-            timeout_ms,
-            delete_slot_ms,
-        ),
+        libos::virt::VirtCaps::Svm(_) => run::<Svm>(&launch),
+        libos::virt::VirtCaps::Vmx(_) => run::<Vmx>(&launch),
         libos::virt::VirtCaps::None => {
             Err("this machine offers no hardware virtualization to Taproot".into())
         }
@@ -88,23 +81,27 @@ fn parse_or<T: core::str::FromStr>(line: &str, key: &str, default: T) -> Result<
     }
 }
 
-fn run<B: Backend>(
+/// One guest to run, as the command line describes it.
+struct Launch<'a> {
     id: u32,
     config: VmConfig,
-    image: &[u8],
+    image: &'a [u8],
     format: ImageFormat,
-    guest_cmdline: &str,
+    guest_cmdline: String,
     timeout_ms: Option<u64>,
     delete_slot_ms: Option<u64>,
-) -> Result<i32, String> {
+}
+
+fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     enable_everywhere::<B>()?;
-    let vm = Vm::<B>::create(id, config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
+    let vm = Vm::<B>::create(launch.id, launch.config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
-    if let Some(ms) = timeout_ms {
+    if let Some(ms) = launch.timeout_ms {
         vm.set_deadline(libos::time::now_ns() + ms * 1_000_000);
     }
-    vm.load_image(image, format, guest_cmdline).map_err(|e| format!("{e}"))?;
+    vm.load_image(launch.image, launch.format, &launch.guest_cmdline).map_err(|e| format!("{e}"))?;
     let mut vcpus = vm.start().map_err(|e| format!("{e}"))?;
+    let delete_slot_ms = launch.delete_slot_ms;
     if delete_slot_ms.is_some() {
         // A slot the guest never uses, deleted while the guest runs (`delete_slot_ms`).
         let spec = SlotSpec {

@@ -15,13 +15,13 @@
 pub mod vmcb;
 mod world_switch;
 
+use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::{BackendVcpu, EntryMode, EntryState, Exit, GuestRegs, IoExit};
 use crate::mmu::{Access, FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use libos::mm::frame;
 use libos::smp::MAX_CPUS;
 use vmcb::{Segment, Vmcb, control, exit_code, save};
@@ -133,26 +133,12 @@ fn asid_limit() -> u32 {
     }
 }
 
-/// What the flush hook and the run loop share about one vCPU.
-#[derive(Default)]
-pub struct VcpuSync {
-    /// Set by a flush; the vCPU flushes its TLB at its next VMRUN.
-    flush_pending: AtomicBool,
-    /// True from just before VMRUN until just after #VMEXIT.
-    in_guest: AtomicBool,
-    /// Host CPU index the vCPU last ran on.
-    cpu: AtomicUsize,
-    /// Incremented at every #VMEXIT.
-    exits: AtomicU64,
-}
-
 /// A VM's SVM resources, shared by its vCPUs and its MMU's flush hook.
 pub struct SvmVm {
     asid: u32,
     iopm: u64,
     msrpm: u64,
-    vcpus: spin::Mutex<Vec<Arc<VcpuSync>>>,
-    flushes: AtomicU64,
+    vcpus: VcpuSet,
 }
 
 impl SvmVm {
@@ -186,17 +172,11 @@ impl SvmVm {
                 byte.write(byte.read() & !(0b11 << (bit % 8)));
             }
         }
-        Ok(Arc::new(Self {
-            asid,
-            iopm,
-            msrpm,
-            vcpus: spin::Mutex::new(Vec::new()),
-            flushes: AtomicU64::new(0),
-        }))
+        Ok(Arc::new(Self { asid, iopm, msrpm, vcpus: VcpuSet::default() }))
     }
 
     pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.vcpus.flushes()
     }
 }
 
@@ -207,46 +187,16 @@ impl Drop for SvmVm {
     }
 }
 
-/// The MMU's flush hook for one VM.
-///
-/// Why this is enough (ARCHITECTURE rule 8): a vCPU sets `in_guest` before it checks
-/// `flush_pending` and enters the guest; the flusher sets `flush_pending` before it reads
-/// `in_guest` (both sequentially consistent). So either the vCPU sees the request and
-/// flushes on this very entry, or the flusher sees it in the guest, kicks its CPU with an
-/// IPI (INTR is intercepted, so the guest exits even with interrupts masked in the guest)
-/// and waits until its exit count moves; its next entry then flushes. Either way, when
-/// `flush` returns no vCPU can use a translation from before the call.
+/// The MMU's flush hook for one VM: the protocol of `backend::vcpu_set` (INTR is
+/// intercepted, so a kicked guest exits even with interrupts masked inside it); the flush
+/// itself is TLB_CONTROL at the next VMRUN.
 impl TlbFlush for SvmVm {
     fn flush(&self, _scope: FlushScope) {
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        let vcpus = self.vcpus.lock().clone();
-        let me = libos::smp::current_cpu();
-        for vcpu in &vcpus {
-            vcpu.flush_pending.store(true, Ordering::SeqCst);
-        }
-        for vcpu in &vcpus {
-            if !vcpu.in_guest.load(Ordering::SeqCst) {
-                continue;
-            }
-            let exits = vcpu.exits.load(Ordering::SeqCst);
-            let cpu = vcpu.cpu.load(Ordering::Relaxed);
-            if cpu != me {
-                libos::smp::kick(cpu);
-            }
-            while vcpu.in_guest.load(Ordering::SeqCst) && vcpu.exits.load(Ordering::SeqCst) == exits {
-                core::hint::spin_loop();
-            }
-        }
+        self.vcpus.flush();
     }
 
     fn kick_all(&self) {
-        let me = libos::smp::current_cpu();
-        for vcpu in self.vcpus.lock().iter() {
-            let cpu = vcpu.cpu.load(Ordering::Relaxed);
-            if vcpu.in_guest.load(Ordering::SeqCst) && cpu != me {
-                libos::smp::kick(cpu);
-            }
-        }
+        self.vcpus.kick_all();
     }
 }
 
@@ -265,8 +215,7 @@ impl SvmVcpu {
         let page = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
         // SAFETY: a fresh zeroed page, owned by this vCPU until drop.
         let vmcb = unsafe { Vmcb::new(page) };
-        let sync = Arc::new(VcpuSync::default());
-        vm.vcpus.lock().push(sync.clone());
+        let sync = vm.vcpus.register();
         let mut vcpu = Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync };
         vcpu.init_controls();
         vcpu.reset(entry);
@@ -380,7 +329,7 @@ impl SvmVcpu {
 
 impl Drop for SvmVcpu {
     fn drop(&mut self) {
-        self.vm.vcpus.lock().retain(|s| !Arc::ptr_eq(s, &self.sync));
+        self.vm.vcpus.unregister(&self.sync);
         frame::free(self.vmcb.phys(), 1);
     }
 }
@@ -420,7 +369,7 @@ impl BackendVcpu for SvmVcpu {
         v.write64(control::EVENT_INJECTION, 0);
         v.write64(control::INTERRUPT_SHADOW, 0);
         self.regs = entry.regs;
-        self.sync.flush_pending.store(true, Ordering::SeqCst);
+        self.sync.request_flush();
     }
 
     fn regs(&self) -> &GuestRegs {
@@ -469,9 +418,7 @@ impl BackendVcpu for SvmVcpu {
                 return Exit::InvalidState;
             }
             self.vmcb.write64(control::NESTED_CR3, root_pointer);
-            self.sync.cpu.store(cpu, Ordering::Relaxed);
-            self.sync.in_guest.store(true, Ordering::SeqCst);
-            let tlb = if self.sync.flush_pending.swap(false, Ordering::SeqCst) {
+            let tlb = if self.sync.entering(cpu) {
                 if has_flush_by_asid() { vmcb::TLB_CONTROL_FLUSH_ASID } else { vmcb::TLB_CONTROL_FLUSH_ALL }
             } else {
                 vmcb::TLB_CONTROL_NOTHING
@@ -484,8 +431,7 @@ impl BackendVcpu for SvmVcpu {
             // `host_area` is this CPU's host VMSAVE page. The world switch restores every
             // host register it changes.
             unsafe { world_switch::run(self.vmcb.phys(), &mut self.regs, host_area) };
-            self.sync.exits.fetch_add(1, Ordering::SeqCst);
-            self.sync.in_guest.store(false, Ordering::SeqCst);
+            self.sync.exited();
             self.regs.rax = self.vmcb.read64(save::RAX);
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.
             x86_64::instructions::interrupts::enable();

@@ -14,14 +14,14 @@
 mod consts;
 mod world_switch;
 
+use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::{BackendVcpu, EntryMode, EntryState, Exit, GuestRegs, IoExit};
 use crate::mmu::{Access, FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use consts::*;
-use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use libos::mm::frame;
 use libos::smp::MAX_CPUS;
 use x86::msr;
@@ -141,15 +141,6 @@ fn true_or(normal: u32, true_msr: u32) -> u32 {
     if rdmsr(msr::IA32_VMX_BASIC) & VMX_BASIC_TRUE_CTLS != 0 { true_msr } else { normal }
 }
 
-/// What the flush hook and the run loop share about one vCPU (as in the SVM backend).
-#[derive(Default)]
-pub struct VcpuSync {
-    flush_pending: AtomicBool,
-    in_guest: AtomicBool,
-    cpu: AtomicUsize,
-    exits: AtomicU64,
-}
-
 /// A VM's VMX resources.
 pub struct VmxVm {
     vpid: u16,
@@ -157,8 +148,7 @@ pub struct VmxVm {
     /// port and MSR access exits.
     io_bitmaps: u64,
     msr_bitmap: u64,
-    vcpus: spin::Mutex<Vec<Arc<VcpuSync>>>,
-    flushes: AtomicU64,
+    vcpus: VcpuSet,
 }
 
 const IO_BITMAP_FRAMES: usize = 2;
@@ -194,17 +184,11 @@ impl VmxVm {
             }
         }
         let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1);
-        Ok(Arc::new(Self {
-            vpid,
-            io_bitmaps,
-            msr_bitmap,
-            vcpus: spin::Mutex::new(Vec::new()),
-            flushes: AtomicU64::new(0),
-        }))
+        Ok(Arc::new(Self { vpid, io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
     }
 
     pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.vcpus.flushes()
     }
 }
 
@@ -215,40 +199,15 @@ impl Drop for VmxVm {
     }
 }
 
-/// Same protocol as the SVM backend's hook (see there for why it suffices): the flush is
-/// an INVEPT that each vCPU executes on its own CPU before its next VM entry; vCPUs in the
-/// guest are kicked out and waited for.
+/// The MMU's flush hook for one VM: the protocol of `backend::vcpu_set`; the flush itself
+/// is an INVEPT that each vCPU executes on its own CPU before its next VM entry.
 impl TlbFlush for VmxVm {
     fn flush(&self, _scope: FlushScope) {
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        let vcpus = self.vcpus.lock().clone();
-        let me = libos::smp::current_cpu();
-        for vcpu in &vcpus {
-            vcpu.flush_pending.store(true, Ordering::SeqCst);
-        }
-        for vcpu in &vcpus {
-            if !vcpu.in_guest.load(Ordering::SeqCst) {
-                continue;
-            }
-            let exits = vcpu.exits.load(Ordering::SeqCst);
-            let cpu = vcpu.cpu.load(Ordering::Relaxed);
-            if cpu != me {
-                libos::smp::kick(cpu);
-            }
-            while vcpu.in_guest.load(Ordering::SeqCst) && vcpu.exits.load(Ordering::SeqCst) == exits {
-                core::hint::spin_loop();
-            }
-        }
+        self.vcpus.flush();
     }
 
     fn kick_all(&self) {
-        let me = libos::smp::current_cpu();
-        for vcpu in self.vcpus.lock().iter() {
-            let cpu = vcpu.cpu.load(Ordering::Relaxed);
-            if vcpu.in_guest.load(Ordering::SeqCst) && cpu != me {
-                libos::smp::kick(cpu);
-            }
-        }
+        self.vcpus.kick_all();
     }
 }
 
@@ -320,8 +279,7 @@ impl VmxVcpu {
         let revision = rdmsr(msr::IA32_VMX_BASIC) as u32 & 0x7FFF_FFFF;
         // SAFETY: a fresh page owned by this vCPU; its first word is the revision.
         unsafe { (vmcs as *mut u32).write_volatile(revision) };
-        let sync = Arc::new(VcpuSync::default());
-        vm.vcpus.lock().push(sync.clone());
+        let sync = vm.vcpus.register();
         Ok(Self {
             vm: vm.clone(),
             vmcs,
@@ -682,7 +640,7 @@ impl VmxVcpu {
 
 impl Drop for VmxVcpu {
     fn drop(&mut self) {
-        self.vm.vcpus.lock().retain(|s| !Arc::ptr_eq(s, &self.sync));
+        self.vm.vcpus.unregister(&self.sync);
         if let Some(cpu) = self.set_up_on {
             // The VMCS may still be current on its CPU; clear our record so a later VMCS
             // at the same address is loaded afresh. (A VMCS current on another CPU would
@@ -759,9 +717,7 @@ impl BackendVcpu for VmxVcpu {
                 return self.entry_failed(e);
             }
             let cpu = libos::smp::current_cpu();
-            self.sync.cpu.store(cpu, Ordering::Relaxed);
-            self.sync.in_guest.store(true, Ordering::SeqCst);
-            if self.sync.flush_pending.swap(false, Ordering::SeqCst) {
+            if self.sync.entering(cpu) {
                 if caps.invept_all {
                     invept(INVEPT_ALL_CONTEXT, 0);
                 } else {
@@ -772,8 +728,7 @@ impl BackendVcpu for VmxVcpu {
             // state with this CPU's values, HOST_RIP the world switch's exit label), and
             // `regs` is this vCPU's register block.
             let failed = unsafe { world_switch::run(&mut self.regs, self.launched) };
-            self.sync.exits.fetch_add(1, Ordering::SeqCst);
-            self.sync.in_guest.store(false, Ordering::SeqCst);
+            self.sync.exited();
             x86_64::instructions::interrupts::enable();
             if failed {
                 let error = instruction_error(vmread(ro::VM_INSTRUCTION_ERROR));
