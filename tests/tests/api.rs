@@ -243,3 +243,38 @@ fn without_ip_on_the_command_line_the_address_comes_from_dhcp() {
     let client = Client::new(port, TOKEN);
     assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], 0);
 }
+
+#[test]
+fn the_api_answers_while_guests_spin_on_every_vcpu_cpu_and_stop_ends_them() {
+    let (_console, client) = boot();
+    // `jmp $` on two vCPUs: the CPU that runs vCPUs never goes idle.
+    ok(client.put("/v1/vms/busy", br#"{"vcpus": 2, "memory_mib": 1}"#), 201);
+    ok(client.put("/v1/vms/busy/image?format=flat&load=0x7c00", b"\xeb\xfe"), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "start"}"#), 200);
+    for _ in 0..20 {
+        assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "running");
+    }
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "pause"}"#), 200);
+    assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "paused");
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "resume"}"#), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "stop"}"#), 200);
+    wait_state(&client, "busy", "stopped");
+    let stats = json(&ok(client.get("/v1/vms/busy/stats"), 200));
+    assert!(stats["exits"]["host_interrupt"].as_u64().unwrap() > 0, "{stats}");
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "reset"}"#), 200);
+    assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "created");
+    ok(client.delete("/v1/vms/busy"), 204);
+}
+
+#[test]
+fn more_vms_than_asids_come_and_go() {
+    // QEMU's SVM has 16 ASIDs (15 for guests): they must be recycled.
+    let (_console, client) = boot();
+    for i in 0..24 {
+        ok(client.put(&format!("/v1/vms/v{i}"), br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+        ok(client.put(&format!("/v1/vms/v{i}/image?format=flat&load=0x7c00"), b"\xb0\x00\xe6\xf4\xf4"), 200);
+        ok(client.post(&format!("/v1/vms/v{i}/actions"), br#"{"action": "start"}"#), 200);
+        assert_eq!(wait_state(&client, &format!("v{i}"), "exited")["exit_status"], 0);
+        ok(client.delete(&format!("/v1/vms/v{i}")), 204);
+    }
+}

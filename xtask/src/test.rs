@@ -37,7 +37,18 @@ pub fn run(opts: Options) -> Result<(), String> {
     build::elf(Profile::Debug)?;
     build::elf(Profile::Release)?;
     let mut cmd = cargo();
-    cmd.args(["test", "--package", "taproot-testbed", "--test", "boot", "--test", "guests", "--test", "api"]);
+    cmd.args([
+        "test",
+        "--no-fail-fast",
+        "--package",
+        "taproot-testbed",
+        "--test",
+        "boot",
+        "--test",
+        "guests",
+        "--test",
+        "api",
+    ]);
     cmd.args(["--", "--test-threads=2"]);
     if opts.full {
         // The heavy variants are `#[ignore]`d; the KVM ones need a KVM host.

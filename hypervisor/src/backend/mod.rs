@@ -9,6 +9,8 @@ pub mod direct_map;
 #[cfg(target_os = "none")]
 pub mod svm;
 #[cfg(target_os = "none")]
+pub mod tags;
+#[cfg(target_os = "none")]
 pub mod vcpu_set;
 #[cfg(target_os = "none")]
 pub mod vmx;

@@ -15,13 +15,14 @@
 pub mod vmcb;
 mod world_switch;
 
+use super::tags::TagPool;
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::{BackendVcpu, EntryMode, EntryState, Exit, GuestRegs, IoExit};
 use crate::mmu::{Access, FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use libos::mm::frame;
 use libos::smp::MAX_CPUS;
 use vmcb::{Segment, Vmcb, control, exit_code, save};
@@ -61,7 +62,7 @@ const IOPM_FRAMES: usize = 3;
 /// Physical addresses of each CPU's host save area and host VMSAVE area (0 = SVM off).
 static HOST_SAVE_AREA: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static HOST_VMSAVE_AREA: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static NEXT_ASID: AtomicU32 = AtomicU32::new(1);
+static ASIDS: TagPool = TagPool::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SvmError {
@@ -143,14 +144,14 @@ pub struct SvmVm {
 
 impl SvmVm {
     pub fn new() -> Result<Arc<Self>, SvmError> {
-        let asid = NEXT_ASID.fetch_add(1, Ordering::Relaxed);
-        if asid >= asid_limit() {
-            // ASIDs are not recycled yet; with flush-all on every reuse they could be.
-            return Err(SvmError::OutOfAsids);
-        }
-        let iopm = frame::alloc(IOPM_FRAMES).ok_or(SvmError::OutOfMemory)?;
+        let asid = ASIDS.alloc(asid_limit()).ok_or(SvmError::OutOfAsids)?;
+        let Some(iopm) = frame::alloc(IOPM_FRAMES) else {
+            ASIDS.free(asid);
+            return Err(SvmError::OutOfMemory);
+        };
         let Some(msrpm) = frame::alloc(MSRPM_FRAMES) else {
             frame::free(iopm, IOPM_FRAMES);
+            ASIDS.free(asid);
             return Err(SvmError::OutOfMemory);
         };
         // SAFETY: both runs of frames were just allocated for this VM and are identity
@@ -184,6 +185,7 @@ impl Drop for SvmVm {
     fn drop(&mut self) {
         frame::free(self.iopm, IOPM_FRAMES);
         frame::free(self.msrpm, MSRPM_FRAMES);
+        ASIDS.free(self.asid);
     }
 }
 

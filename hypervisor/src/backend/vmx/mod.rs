@@ -14,6 +14,7 @@
 mod consts;
 mod world_switch;
 
+use super::tags::TagPool;
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::{BackendVcpu, EntryMode, EntryState, Exit, GuestRegs, IoExit};
 use crate::mmu::{Access, FlushScope, TlbFlush};
@@ -21,7 +22,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use consts::*;
-use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use libos::mm::frame;
 use libos::smp::MAX_CPUS;
 use x86::msr;
@@ -32,7 +33,9 @@ use x86_64::registers::model_specific::Msr;
 static VMXON_REGION: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// The VMCS current on each CPU, so a vCPU knows whether it must VMPTRLD.
 static CURRENT_VMCS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
+static VPIDS: TagPool = TagPool::new();
+/// VPIDs are 16 bits, 0 being the host's (SDM Vol. 3C §29.1).
+const VPID_LIMIT: u32 = 1 << 16;
 
 /// Instruction lengths VMX reports itself (VM-exit instruction length), so none here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,8 +186,12 @@ impl VmxVm {
                 }
             }
         }
-        let vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed).max(1);
-        Ok(Arc::new(Self { vpid, io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
+        let Some(vpid) = VPIDS.alloc(VPID_LIMIT) else {
+            frame::free(io_bitmaps, IO_BITMAP_FRAMES);
+            frame::free(msr_bitmap, 1);
+            return Err(VmxError::OutOfMemory);
+        };
+        Ok(Arc::new(Self { vpid: vpid as u16, io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
     }
 
     pub fn flushes(&self) -> u64 {
@@ -196,6 +203,7 @@ impl Drop for VmxVm {
     fn drop(&mut self) {
         frame::free(self.io_bitmaps, IO_BITMAP_FRAMES);
         frame::free(self.msr_bitmap, 1);
+        VPIDS.free(self.vpid as u32);
     }
 }
 
@@ -280,6 +288,9 @@ impl VmxVcpu {
         // SAFETY: a fresh page owned by this vCPU; its first word is the revision.
         unsafe { (vmcs as *mut u32).write_volatile(revision) };
         let sync = vm.vcpus.register();
+        // The EPT root and the VPID may have served another VM on this CPU: flush both
+        // before the first entry (INVEPT here, INVVPID at VMCS setup).
+        sync.request_flush();
         Ok(Self {
             vm: vm.clone(),
             vmcs,
@@ -332,6 +343,9 @@ impl VmxVcpu {
                 CURRENT_VMCS[cpu].store(self.vmcs, Ordering::Relaxed);
                 self.set_up_on = Some(cpu);
                 self.write_controls()?;
+                if caps().is_some_and(|c| c.vpid && c.invvpid) {
+                    invvpid(INVVPID_SINGLE_CONTEXT, self.vm.vpid);
+                }
                 self.write_host_state()?;
                 let entry = self.entry;
                 self.write_guest_state(&entry)?;
