@@ -513,6 +513,22 @@ fn the_alternate_space_overlays_normal_memory() {
     check_translations(&vm.mmu);
 }
 
+/// Found by the model test: through the overlay, a fault must not install a huge leaf of
+/// the normal slot over gfns that an alternate slot owns.
+#[test]
+fn an_overlay_leaf_never_covers_an_alternate_slot() {
+    let vm = vm();
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0, 2 * MIB)).unwrap();
+    vm.mmu.add_slot(spec(1, AsId::Alternate, MIB, 256 * 1024)).unwrap();
+    let mut vcpu = vm.mmu.create_vcpu();
+    vcpu.load(Role::new(AsId::Alternate)).unwrap();
+    assert_eq!(vcpu.handle_fault(gpa(0), Access::Read).unwrap(), Fault::Installed);
+    for leaf in vm.mmu.leaves(vcpu.root().unwrap()) {
+        assert_eq!(leaf.size, PageSize::Size4K, "{leaf:?}");
+    }
+    check_translations(&vm.mmu);
+}
+
 #[test]
 fn destroy_returns_every_table_page_and_frame() {
     let vm = vm();

@@ -296,6 +296,11 @@ impl SlotTable {
         }
     }
 
+    /// Whether a slot of `as_id`'s own space (not the overlay) intersects `[start, end)`.
+    pub(crate) fn has_own_slot_in(&self, as_id: AsId, start: Gfn, end: Gfn) -> bool {
+        self.spaces[as_id.index()].iter().any(|s| s.base < end && start < s.end())
+    }
+
     pub(crate) fn by_id(&self, id: SlotId) -> Option<&Arc<Memslot>> {
         self.spaces.iter().flatten().find(|s| s.id == id)
     }

@@ -70,14 +70,27 @@ impl<P: Platform> Core<P> {
         if !root.is_valid() {
             return Ok(Fault::Retry);
         }
-        let Some(slot) = self.slots.read().find(root.role().as_id, gfn).cloned() else {
+        let slots = self.slots.read();
+        let Some(slot) = slots.find(root.role().as_id, gfn).cloned() else {
             return Ok(Fault::NotInSlot);
         };
         let write = access == Access::Write;
         if write && slot.flags.read_only {
             return Ok(Fault::WriteToReadOnly);
         }
-        let size = slot.mapping_size(self.config.max_page_size.min(<P::Format as TdpFormat>::MAX_LEAF));
+        let mut size = slot.mapping_size(self.config.max_page_size.min(<P::Format as TdpFormat>::MAX_LEAF));
+        // Through the overlay (an alternate root mapping a normal slot), a huge leaf must
+        // not cover gfns that the root's own space gives to one of its slots.
+        if slot.as_id != root.role().as_id {
+            while let Some(smaller) = size.smaller() {
+                let start = Gfn::new(gfn.raw() / size.pages() * size.pages());
+                if !slots.has_own_slot_in(root.role().as_id, start, start.add(size.pages())) {
+                    break;
+                }
+                size = smaller;
+            }
+        }
+        drop(slots);
         let (chunk, offset) = slot.locate(gfn);
         let frame =
             slot.backing.frame_or_alloc(chunk, &*self.pages, &self.counters).ok_or(MmuError::OutOfMemory)?;
