@@ -29,7 +29,7 @@ use super::pages::PageSource;
 use super::root::Root;
 use super::stats::Clock;
 use super::stats::Counters;
-use super::sync::{Ordering, spin_wait};
+use super::sync::{AtomicU64, Ordering, spin_wait};
 use super::{Core, Platform, TdpFormat};
 use crate::addr::{Gfn, GfnRange, Hpa, PageSize};
 use crate::memslot::{AsId, SlotError, SlotId};
@@ -139,15 +139,7 @@ impl<P: Platform> Core<P> {
                 if <P::Format as TdpFormat>::is_leaf(old, level) {
                     // A huge leaf only partly in the range goes whole: zapping more than
                     // asked is always correct, the rest faults back in.
-                    if entry
-                        .compare_exchange(
-                            old,
-                            <P::Format as TdpFormat>::FROZEN,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_err()
-                    {
+                    if !freeze::<P::Format>(entry, old) {
                         continue;
                     }
                     batch.froze(table, index);
@@ -157,15 +149,7 @@ impl<P: Platform> Core<P> {
                 }
                 let child = <P::Format as TdpFormat>::table_address(old);
                 if covered && (level == 2 || descended) {
-                    if entry
-                        .compare_exchange(
-                            old,
-                            <P::Format as TdpFormat>::FROZEN,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_err()
-                    {
+                    if !freeze::<P::Format>(entry, old) {
                         continue;
                     }
                     batch.froze(table, index);
@@ -257,4 +241,10 @@ impl<P: Platform> Core<P> {
             }
         }
     }
+}
+
+/// Replaces the entry `old` with FROZEN, unless another thread changed it first (then the
+/// caller re-reads and decides again).
+fn freeze<F: TdpFormat>(entry: &AtomicU64, old: u64) -> bool {
+    entry.compare_exchange(old, F::FROZEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
