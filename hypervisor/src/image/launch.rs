@@ -3,20 +3,20 @@
 //! The guest's console lines are printed as `[vm <id>] ...`; at the end the image prints
 //! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`.
 
+use super::sched;
 use crate::guests::GUESTS;
-use alloc::collections::VecDeque;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
 use hypervisor::addr::Gpa;
 use hypervisor::backend::Backend;
 use hypervisor::backend::svm::Svm;
 use hypervisor::backend::vmx::Vmx;
 use hypervisor::loader::ImageFormat;
 use hypervisor::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
-use hypervisor::vm::{VcpuRunner, Vm, VmConfig, VmState, run_shared};
+use hypervisor::vm::{VcpuRunner, Vm, VmConfig, VmState};
 use libos::cmdline;
 
 const DEFAULT_VCPUS: u32 = 1;
@@ -25,8 +25,6 @@ const EXTRA_SLOT: SlotId = SlotId(1);
 const EXTRA_SLOT_GPA: u64 = 1 << 32;
 const EXTRA_SLOT_SIZE: u64 = 2 << 20;
 const DEFAULT_MEMORY_MIB: u64 = 64;
-/// How long the APs get to enable virtualization.
-const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// What a launch ended with: the guest's status (or -1 when it did not exit by itself).
 pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
@@ -93,7 +91,7 @@ struct Launch<'a> {
 }
 
 fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
-    enable_everywhere::<B>()?;
+    sched::start(B::enable_on_this_cpu)?;
     let vm = Vm::<B>::create(launch.id, launch.config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
     if let Some(ms) = launch.timeout_ms {
@@ -113,22 +111,15 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
         };
         vm.mmu.add_slot(spec).map_err(|e| format!("extra slot: {e:?}"))?;
     }
-    // vCPU i runs on CPU i % cpus; CPUs with several vCPUs share them by host-timer slices.
-    // CPU 0 (this one) runs its share inline, unless it has host work to do (a slot to
-    // delete while the guest runs): then the vCPUs go to the other CPUs.
+    // vCPU i runs on CPU i % cpus (this one, the boot CPU, included); CPUs with several
+    // vCPUs share them by host-timer slices. With host work to do while the guest runs (a
+    // slot to delete), the vCPUs go to the other CPUs.
     let cpus = libos::smp::cpu_count();
-    let (first_cpu, vcpu_cpus) = if delete_slot_ms.is_some() && cpus > 1 { (1, cpus - 1) } else { (0, cpus) };
-    let mut queues: Vec<VecDeque<VcpuRunner<B>>> = (0..cpus).map(|_| VecDeque::new()).collect();
+    let vcpu_cpus = if delete_slot_ms.is_some() { sched::vcpu_cpus() } else { 0..cpus };
     for (index, vcpu) in vcpus.drain(..).enumerate() {
-        queues[first_cpu + index % vcpu_cpus].push_back(VcpuRunner::new(&vm, index as u32, vcpu));
+        let cpu = vcpu_cpus.start + index % vcpu_cpus.len();
+        sched::submit(cpu, Box::new(VcpuRunner::new(&vm, index as u32, vcpu)));
     }
-    let mine = core::mem::take(&mut queues[0]);
-    for (cpu, queue) in queues.into_iter().enumerate().skip(1) {
-        if !queue.is_empty() {
-            libos::smp::run_on(cpu, move || run_shared(queue)).map_err(|e| format!("{e}"))?;
-        }
-    }
-    run_shared(mine);
     if let Some(ms) = delete_slot_ms {
         crate::sys::sleep_us(ms * 1000);
         let before = vm.mmu.stats();
@@ -139,9 +130,7 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
             EXTRA_SLOT.0, before.roots_invalidated, after.roots_invalidated, before.zaps, after.zaps, after.faults
         ));
     }
-    while vm.running_vcpus() > 0 {
-        crate::sys::sleep_us(1000);
-    }
+    sched::run_local_until(|| vm.running_vcpus() == 0 && Arc::strong_count(&vm) == 1);
     vm.flush_console();
     let state = vm.state();
     let status = match &state {
@@ -169,33 +158,4 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
 
 fn print_console_line(id: u32, line: &str) {
     crate::sys::console_write(format!("[vm {id}] {line}\n").as_bytes());
-}
-
-/// Enables the backend on every CPU: here, then on each AP through its work queue.
-fn enable_everywhere<B: Backend>() -> Result<(), String> {
-    B::enable_on_this_cpu()?;
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(spin::Mutex::new(None));
-    let cpus = libos::smp::cpu_count();
-    for cpu in 1..cpus {
-        let (done, failed) = (done.clone(), failed.clone());
-        libos::smp::run_on(cpu, move || {
-            if let Err(e) = B::enable_on_this_cpu() {
-                *failed.lock() = Some(format!("cpu {cpu}: {e}"));
-            }
-            done.fetch_add(1, Ordering::AcqRel);
-        })
-        .map_err(|e| format!("{e}"))?;
-    }
-    let deadline = libos::time::now_ns() + ENABLE_TIMEOUT_NS;
-    while done.load(Ordering::Acquire) < cpus - 1 && libos::time::now_ns() < deadline {
-        core::hint::spin_loop();
-    }
-    if let Some(e) = failed.lock().take() {
-        return Err(e);
-    }
-    if done.load(Ordering::Acquire) < cpus - 1 {
-        return Err("an AP did not answer while enabling virtualization".into());
-    }
-    Ok(())
 }

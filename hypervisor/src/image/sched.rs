@@ -1,13 +1,16 @@
 //! The host's vCPU scheduler: one queue of runnable vCPUs per CPU. Each AP runs its queue
 //! forever (round robin, one host-timer slice per vCPU when several share the CPU) and
 //! sleeps when it is empty; the boot CPU, which serves the control plane, runs its queue
-//! only between network polls, and only on a one-CPU machine.
+//! only between network polls on a one-CPU machine, or for guests launched from the command
+//! line (`run_local_until`).
 //!
 //! A vCPU stays on the queue it was given: VMX binds a VMCS to the CPU it was loaded on.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use hypervisor::vm::{Runnable, Slice};
 use spin::{Mutex, Once};
@@ -24,22 +27,50 @@ fn queues() -> &'static [Queue] {
     })
 }
 
+/// How long the APs get to turn virtualization on.
+const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
+
+static STARTED: Once<Result<(), String>> = Once::new();
+
+/// An AP's answer to turning virtualization on: its index and the result.
+type Answer = (usize, Result<(), String>);
+
 /// Turns virtualization on for every CPU (`enable`, run on each) and puts every AP into its
-/// scheduling loop. Called once at boot. A CPU where `enable` fails takes no vCPUs.
-pub fn start(enable: fn() -> Result<(), String>) {
+/// scheduling loop. The first call does it and waits for every AP's answer; later calls
+/// return the same result. An error names the first CPU that failed.
+pub fn start(enable: fn() -> Result<(), String>) -> Result<(), String> {
+    STARTED.call_once(|| start_once(enable)).clone()
+}
+
+fn start_once(enable: fn() -> Result<(), String>) -> Result<(), String> {
     let _ = queues();
-    if let Err(e) = enable() {
-        log::error!("sched: cpu 0: {e}");
+    enable().map_err(|e| format!("cpu 0: {e}"))?;
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::new(Mutex::new(Vec::new()));
+    let aps = libos::smp::cpu_count() - 1;
+    for cpu in 1..=aps {
+        let answers = answers.clone();
+        libos::smp::run_on(cpu, move || {
+            let result = enable();
+            let ok = result.is_ok();
+            answers.lock().push((cpu, result));
+            if ok {
+                run_forever(cpu);
+            }
+        })
+        .map_err(|e| format!("cpu {cpu}: {e}"))?;
     }
-    for cpu in 1..libos::smp::cpu_count() {
-        let started = libos::smp::run_on(cpu, move || match enable() {
-            Ok(()) => run_forever(cpu),
-            Err(e) => log::error!("sched: cpu {cpu} takes no vCPUs: {e}"),
-        });
-        if let Err(e) = started {
-            log::warn!("sched: cpu {cpu} takes no vCPUs: {e}");
-        }
+    let deadline = libos::time::now_ns() + ENABLE_TIMEOUT_NS;
+    while answers.lock().len() < aps && libos::time::now_ns() < deadline {
+        core::hint::spin_loop();
     }
+    let answers = answers.lock();
+    if let Some((cpu, Err(e))) = answers.iter().find(|(_, r)| r.is_err()) {
+        return Err(format!("cpu {cpu}: {e}"));
+    }
+    if answers.len() < aps {
+        return Err("an AP did not answer while turning virtualization on".into());
+    }
+    Ok(())
 }
 
 /// Queues a vCPU on `cpu` and wakes that CPU.
@@ -83,6 +114,16 @@ pub fn run_one_slice() -> Step {
             Step::Paused
         }
         Slice::Ended(_) => Step::Ran,
+    }
+}
+
+/// Runs this CPU's queue until `done` says so (the boot CPU, for guests launched from the
+/// command line).
+pub fn run_local_until(done: impl Fn() -> bool) {
+    while !done() {
+        if run_one_slice() != Step::Ran {
+            core::hint::spin_loop();
+        }
     }
 }
 

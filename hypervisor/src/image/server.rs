@@ -62,7 +62,9 @@ fn token(line: &str) -> Option<(Token, String)> {
 }
 
 fn serve_with<B: Backend>(line: &str) -> ! {
-    sched::start(B::enable_on_this_cpu);
+    if let Err(e) = sched::start(B::enable_on_this_cpu) {
+        log::error!("sched: virtualization is off ({e}); the API answers, VMs cannot start");
+    }
     let port = cmdline::value(line, "api_port").and_then(|p| p.parse().ok()).unwrap_or(DEFAULT_API_PORT);
     let addressing = match Addressing::from_cmdline(line) {
         Ok(a) => a,

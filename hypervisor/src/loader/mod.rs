@@ -1,6 +1,7 @@
 //! Guest image formats: parse and validate an image into a [`LoadPlan`] without touching
 //! guest memory. A backend then copies [`LoadPlan::segments`] and [`LoadPlan::boot_info`]
-//! into the guest and starts each vCPU with [`Entry::initial_state`].
+//! into the guest and starts each vCPU at [`LoadPlan::entry`] (the backend sets up the
+//! mode's segments and control registers).
 //!
 //! Formats ([`ImageFormat`]):
 //! - a flat binary, loaded at a given gpa and entered in 16-bit real mode;
@@ -18,7 +19,6 @@
 
 mod bootinfo;
 mod elf_image;
-mod entry;
 mod error;
 
 #[cfg(test)]
@@ -28,7 +28,6 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 pub use bootinfo::{MemoryKind, MemoryRange, guest_memory_map};
-pub use entry::{InitialState, SegmentState, TableState};
 pub use error::{LoadError, Size};
 
 /// Gpa of the boot information (PVH start info or multiboot info, memory map, command

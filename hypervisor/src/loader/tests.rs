@@ -553,30 +553,19 @@ proptest::proptest! {
 }
 
 #[test]
-fn initial_state_follows_the_boot_convention() {
+fn entries_follow_the_boot_conventions() {
     let image = pvh64().build();
-    let plan = plan(&image, ImageFormat::Elf, &config(MEM_64M)).unwrap();
-    let s = plan.entry.initial_state(1, 2);
-    assert_eq!((s.rip, s.rbx, s.rsi, s.rdi, s.rax), (0x10_0010, 0x1000, 1, 2, 0));
-    assert_eq!(s.cr0 & 1, 1, "protected mode");
-    assert_eq!((s.cs.base, s.cs.limit, s.cs.attrib), (0, 0xFFFF_FFFF, 0xC9B));
-    assert_eq!(s.ds.attrib, 0xC93);
-    assert_eq!(s.cs.vmx_access_rights(), 0xC09B);
-    assert_eq!(s.tr.limit, 0x67);
+    let entry = plan(&image, ImageFormat::Elf, &config(MEM_64M)).unwrap().entry;
+    assert_eq!(entry.mode, EntryMode::Protected32 { eip: 0x10_0010 });
+    assert_eq!((entry.eax, entry.ebx), (0, 0x1000), "PVH: ebx = start info");
 
-    let mb = plan_multiboot_entry();
-    assert_eq!((mb.rax, mb.rbx), (0x2BAD_B002, 0x1000));
+    let mb = plan(&multiboot32().build(), ImageFormat::Elf, &config(MEM_64M)).unwrap().entry;
+    assert_eq!((mb.eax, mb.ebx), (0x2BAD_B002, 0x1000));
 
     let flat = super::plan(&[0; 4], ImageFormat::Flat { load_gpa: 0x1_0000, entry_gpa: None }, &config(MIB))
         .unwrap()
-        .entry
-        .initial_state(0, 1);
-    assert_eq!((flat.cs.selector, flat.cs.base, flat.rip, flat.cr0 & 1), (0x1000, 0x1_0000, 0, 0));
-    assert_eq!((flat.cs.attrib, flat.ds.attrib), (0x9B, 0x93));
-}
-
-fn plan_multiboot_entry() -> InitialState {
-    plan(&multiboot32().build(), ImageFormat::Elf, &config(MEM_64M)).unwrap().entry.initial_state(0, 1)
+        .entry;
+    assert_eq!(flat.mode, EntryMode::RealMode16 { cs: 0x1000, ip: 0 });
 }
 
 #[test]

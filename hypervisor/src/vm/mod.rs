@@ -12,7 +12,7 @@ mod exits;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason};
-pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner, run_shared, run_vcpu};
+pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
 use crate::addr::{Gpa, PAGE_SIZE};
 use crate::backend::{Backend, EntryMode, EntryState, GuestRegs};
@@ -221,7 +221,7 @@ impl<B: Backend> Vm<B> {
     }
 
     /// Moves `Created` → `Running` and creates every vCPU; the caller runs each with
-    /// [`run_vcpu`] on a CPU with the backend enabled.
+    /// [`VcpuRunner`] on a CPU with the backend enabled.
     pub fn start(self: &Arc<Self>) -> Result<Vec<B::Vcpu>, VmError> {
         let mut state = self.state.lock();
         if *state != VmState::Created {

@@ -8,7 +8,6 @@ use super::exits::{self, Flow, VcpuContext};
 use crate::backend::{Backend, BackendVcpu};
 use crate::memslot::AsId;
 use crate::mmu::{Role, VcpuMmu};
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
@@ -107,16 +106,6 @@ impl<B: Backend> VcpuRunner<B> {
     }
 }
 
-/// Runs vCPU `index` of `vm` on the calling CPU until it ends.
-pub fn run_vcpu<B: Backend>(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> VcpuEnd {
-    let mut runner = VcpuRunner::new(vm, index, vcpu);
-    loop {
-        if let Slice::Ended(end) = runner.run_slice(false) {
-            return end;
-        }
-    }
-}
-
 /// A vCPU runner with its backend erased, for the host's scheduler queues.
 pub trait Runnable: Send {
     fn run_slice(&mut self, share_cpu: bool) -> Slice;
@@ -125,16 +114,5 @@ pub trait Runnable: Send {
 impl<B: Backend> Runnable for VcpuRunner<B> {
     fn run_slice(&mut self, share_cpu: bool) -> Slice {
         VcpuRunner::run_slice(self, share_cpu)
-    }
-}
-
-/// Round-robins `runners` on the calling CPU, one host-timer slice each, until all ended.
-pub fn run_shared<B: Backend>(mut runners: VecDeque<VcpuRunner<B>>) {
-    while let Some(mut runner) = runners.pop_front() {
-        let share = !runners.is_empty();
-        match runner.run_slice(share) {
-            Slice::Yielded | Slice::Paused => runners.push_back(runner),
-            Slice::Ended(_) => {}
-        }
     }
 }
