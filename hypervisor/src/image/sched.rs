@@ -103,8 +103,8 @@ pub enum Step {
 pub fn run_one_slice() -> Step {
     let queue = &queues()[libos::smp::current_cpu()];
     let Some(mut runner) = queue.runnable.lock().pop_front() else { return Step::Empty };
-    let share = !queue.runnable.lock().is_empty();
-    match runner.run_slice(share) {
+    let others_waiting = || !queue.runnable.lock().is_empty();
+    match runner.run_slice(&others_waiting) {
         Slice::Yielded => {
             queue.runnable.lock().push_back(runner);
             Step::Ran

@@ -49,8 +49,13 @@ impl<B: Backend> VcpuRunner<B> {
         self.index
     }
 
-    /// Runs until the vCPU ends or, with `share_cpu`, until the next host interrupt.
-    pub fn run_slice(&mut self, share_cpu: bool) -> Slice {
+    /// Runs until the vCPU ends, or until a host interrupt finds `share_cpu()` true.
+    ///
+    /// `share_cpu` is asked at each host interrupt rather than once per slice: a vCPU that
+    /// began its slice alone on its CPU must still give way to one queued behind it later
+    /// (the second vCPU of the same VM, submitted a moment after the first, which the first
+    /// may be spinning on).
+    pub fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
         let mut cx = VcpuContext {
             vm: &self.vm,
             index: self.index,
@@ -84,7 +89,7 @@ impl<B: Backend> VcpuRunner<B> {
             cx.vm.check_deadline();
             let host_interrupt = exit == crate::backend::Exit::HostInterrupt;
             match exits::handle(&mut cx, exit) {
-                Flow::Continue if host_interrupt && share_cpu => {
+                Flow::Continue if host_interrupt && share_cpu() => {
                     self.as_id = cx.as_id;
                     // Off the CPU, this vCPU walks no table: grace periods need not wait
                     // for it until it runs again.
@@ -108,11 +113,11 @@ impl<B: Backend> VcpuRunner<B> {
 
 /// A vCPU runner with its backend erased, for the host's scheduler queues.
 pub trait Runnable: Send {
-    fn run_slice(&mut self, share_cpu: bool) -> Slice;
+    fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice;
 }
 
 impl<B: Backend> Runnable for VcpuRunner<B> {
-    fn run_slice(&mut self, share_cpu: bool) -> Slice {
+    fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
         VcpuRunner::run_slice(self, share_cpu)
     }
 }
