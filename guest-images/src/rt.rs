@@ -45,6 +45,14 @@ const PDE_2M_PAGE: u64 = 0x83;
 const SELECTOR_CODE64: u16 = 0x08;
 const SELECTOR_DATA: u16 = 0x10;
 
+/// Multiboot 0.6.96 §3.1.2, header flag bit 1: the loader must pass memory information.
+const MULTIBOOT1_FLAGS: u32 = 1 << 1;
+
+/// Which protocol entered the guest: set at entry (every vCPU writes the same value).
+static BOOT_PROTOCOL: AtomicU8 = AtomicU8::new(PROTOCOL_PVH);
+const PROTOCOL_PVH: u8 = 0;
+const PROTOCOL_MULTIBOOT1: u8 = 1;
+
 // Static page tables: one PML4, one PDPT and four page directories of 2 MiB pages
 // identity-map [0, 4 GiB), which covers any guest memory below 4 GiB. They are data in the
 // image, not built at run time, so every vCPU (and a vCPU restarting after RESET_VCPU) can
@@ -70,6 +78,15 @@ guest_pds:
     .set pde_index, pde_index + 1
     .endr
 
+    // The multiboot1 header (multiboot 0.6.96 §3.1.1), which `link.ld` puts first in the
+    // image, well inside the 8 KiB a loader searches. The entry is the ELF's, the same as
+    // PVH's: `pvh_start32` tells the two apart by the magic in eax.
+    .section .multiboot1_header, "a"
+    .balign 4
+    .long {mb_magic}
+    .long {mb_flags}
+    .long {mb_checksum}
+
     .section .rodata.guest_gdt, "a"
     .balign 16
     // Null; 64-bit code (P, S, execute/read, L); data (P, S, read/write): SDM Vol. 3A
@@ -90,16 +107,20 @@ guest_stacks:
     .skip {stacks_size}
 "#,
     stacks_size = const (MAX_VCPUS as usize) << STACK_SHIFT,
+    mb_magic = const boot::MULTIBOOT1_HEADER_MAGIC,
+    mb_flags = const MULTIBOOT1_FLAGS,
+    mb_checksum = const 0u32.wrapping_sub(boot::MULTIBOOT1_HEADER_MAGIC.wrapping_add(MULTIBOOT1_FLAGS)),
     table = const PTE_PRESENT_WRITABLE,
     page_2m = const PDE_2M_PAGE,
 );
 
-/// The PVH entry: 32-bit protected mode, paging off, `ebx` = start info, and Taproot's
+/// The entry of both protocols: 32-bit protected mode, paging off, `ebx` = PVH start info
+/// or, with `eax` = the multiboot1 magic, the multiboot information; and Taproot's
 /// `esi` = vCPU index, `edi` = vCPU count. Without Taproot's CPUID signature (QEMU
 /// `-kernel`), `esi`/`edi` mean nothing and the guest runs as vCPU 0 of 1.
 ///
 /// # Safety
-/// Only a PVH loader enters here.
+/// Only a PVH or multiboot1 loader enters here.
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn pvh_start32() -> ! {
@@ -107,6 +128,10 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
         ".code32",
         "cli",
         "cld",
+        "cmp eax, {mb_boot_magic}",
+        "jne 1f",
+        "mov byte ptr [{boot_protocol}], {protocol_mb1}",
+        "1:",
         "mov ebp, ebx",
         "mov eax, {sig_leaf}",
         "cpuid",
@@ -155,7 +180,7 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
         "xor eax, eax",
         "mov fs, ax",
         "mov gs, ax",
-        // rust_start(index = esi, count = edi, start_info = ebp); each `mov r32` zeroes
+        // rust_start(index = esi, count = edi, boot_info = ebp); each `mov r32` zeroes
         // the upper half. RSP is 16-byte aligned here, so 8 mod 16 at rust_start's entry.
         "mov eax, esi",
         "mov esi, edi",
@@ -176,6 +201,9 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
         "hlt",
         "jmp 7b",
         ".code64",
+        mb_boot_magic = const boot::MULTIBOOT1_BOOT_MAGIC,
+        boot_protocol = sym BOOT_PROTOCOL,
+        protocol_mb1 = const PROTOCOL_MULTIBOOT1,
         sig_leaf = const cpuid::SIGNATURE_LEAF,
         sig0 = const cpuid::signature_regs()[0],
         sig1 = const cpuid::signature_regs()[1],
@@ -194,28 +222,59 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
     );
 }
 
+/// How the guest was booted.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Pvh,
+    Multiboot1,
+}
+
+impl Protocol {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pvh => "pvh",
+            Self::Multiboot1 => "multiboot1",
+        }
+    }
+}
+
 /// What a guest's main gets: who it is and what it was given.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Boot {
     pub vcpu_index: u32,
     pub vcpu_count: u32,
-    /// Gpa of the PVH `hvm_start_info`.
-    pub start_info: u32,
+    pub protocol: Protocol,
+    /// Gpa of the PVH `hvm_start_info` or of the multiboot information.
+    pub boot_info: u32,
     /// Whether CPUID names Taproot (otherwise: no hypercalls, one vCPU).
     pub under_taproot: bool,
 }
 
-/// `struct hvm_start_info` offsets (Xen `arch-x86/hvm/start_info.h`).
-const SI_MAGIC: u64 = 0;
+/// `struct hvm_start_info` offsets (Xen `arch-x86/hvm/start_info.h`; the magic at 0).
 const SI_CMDLINE_PADDR: u64 = 24;
 const SI_MEMMAP_PADDR: u64 = 40;
 const SI_MEMMAP_ENTRIES: u64 = 48;
 /// `struct hvm_memmap_table_entry`: addr, size, type (1 = RAM).
 const MEMMAP_ENTRY_SIZE: u64 = 24;
 const MEMMAP_TYPE_RAM: u32 = 1;
-/// Longest command line read.
+/// Multiboot 0.6.96 §3.3, the boot information (flags at offset 0): the fields we read,
+/// with the flag bit that makes each valid.
+const MBI_CMDLINE: u64 = 16;
+const MBI_MMAP_LENGTH: u64 = 44;
+const MBI_MMAP_ADDR: u64 = 48;
+const MBI_FLAG_CMDLINE: u32 = 1 << 2;
+const MBI_FLAG_MMAP: u32 = 1 << 6;
+/// A multiboot mmap entry: `size` (u32, not counting itself), base u64, length u64, type
+/// u32 (1 = RAM).
+const MB_MMAP_BASE: u64 = 4;
+const MB_MMAP_LENGTH: u64 = 12;
+const MB_MMAP_TYPE: u64 = 20;
+/// Longest command line read; most memory-map entries read.
 const CMDLINE_MAX: usize = 4096;
+const MEMMAP_MAX_ENTRIES: u64 = 128;
 
 /// Reads a `T` at guest-physical (= virtual) address `addr`.
 ///
@@ -228,52 +287,102 @@ unsafe fn read_phys<T: Copy>(addr: u64) -> T {
     unsafe { core::ptr::read_unaligned(addr as *const T) }
 }
 
+/// A NUL-terminated string at `addr` ("" when absent or not UTF-8).
+fn c_string(addr: u64) -> &'static str {
+    if addr == 0 || addr >= 1 << 32 {
+        return "";
+    }
+    // SAFETY: the loader placed a NUL-terminated string at `addr` in guest memory; we
+    // read at most CMDLINE_MAX bytes of the identity-mapped first 4 GiB, and guest
+    // memory is never unmapped, so the slice stays valid for 'static.
+    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, CMDLINE_MAX) };
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
+    core::str::from_utf8(&bytes[..len]).unwrap_or("")
+}
+
 impl Boot {
-    fn has_start_info(&self) -> bool {
-        // SAFETY: the start info gpa comes from the loader and lies in guest memory below
-        // 4 GiB, which the runtime maps.
-        self.start_info != 0
-            && unsafe { read_phys::<u32>(u64::from(self.start_info) + SI_MAGIC) } == boot::HVM_START_MAGIC
-    }
-
-    /// The command line from the start info ("" when there is none).
-    #[must_use]
-    pub fn cmdline(&self) -> &'static str {
-        if !self.has_start_info() {
-            return "";
-        }
-        let base = u64::from(self.start_info);
-        // SAFETY: the start info is valid (magic checked) and mapped.
-        let addr: u64 = unsafe { read_phys(base + SI_CMDLINE_PADDR) };
-        if addr == 0 || addr >= 1 << 32 {
-            return "";
-        }
-        // SAFETY: the loader placed a NUL-terminated string at `addr` in guest memory; we
-        // read at most CMDLINE_MAX bytes of the identity-mapped first 4 GiB, and guest
-        // memory is never unmapped, so the slice stays valid for 'static.
-        let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, CMDLINE_MAX) };
-        let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
-        core::str::from_utf8(&bytes[..len]).unwrap_or("")
-    }
-
-    /// The end of the RAM range that contains `addr`, from the start info's memory map.
-    #[must_use]
-    pub fn ram_end_from(&self, addr: u64) -> Option<u64> {
-        if !self.has_start_info() {
+    /// The boot information's flags when it is valid: the PVH magic checked, or the
+    /// multiboot flags (multiboot has no magic of its own besides the one in eax).
+    fn valid_info(&self) -> Option<u32> {
+        if self.boot_info == 0 {
             return None;
         }
-        let base = u64::from(self.start_info);
-        // SAFETY: the start info is valid (magic checked) and mapped.
-        let (map, entries): (u64, u32) =
-            unsafe { (read_phys(base + SI_MEMMAP_PADDR), read_phys(base + SI_MEMMAP_ENTRIES)) };
-        (0..u64::from(entries.min(128))).find_map(|i| {
-            let entry = map + i * MEMMAP_ENTRY_SIZE;
-            // SAFETY: the loader wrote `entries` memory-map entries at `map`.
-            let (start, size, kind): (u64, u64, u32) =
-                unsafe { (read_phys(entry), read_phys(entry + 8), read_phys(entry + 16)) };
+        let base = u64::from(self.boot_info);
+        // SAFETY: the boot information's gpa comes from the loader and lies in guest memory
+        // below 4 GiB, which the runtime maps; both structures begin with a u32.
+        let first_word = unsafe { read_phys::<u32>(base) };
+        match self.protocol {
+            Protocol::Pvh => (first_word == boot::HVM_START_MAGIC).then_some(0),
+            Protocol::Multiboot1 => Some(first_word),
+        }
+    }
+
+    /// The command line from the boot information ("" when there is none).
+    #[must_use]
+    pub fn cmdline(&self) -> &'static str {
+        let Some(flags) = self.valid_info() else { return "" };
+        let base = u64::from(self.boot_info);
+        match self.protocol {
+            // SAFETY: the start info is valid (magic checked) and mapped.
+            Protocol::Pvh => c_string(unsafe { read_phys(base + SI_CMDLINE_PADDR) }),
+            Protocol::Multiboot1 if flags & MBI_FLAG_CMDLINE != 0 => {
+                // SAFETY: the loader set the flag that makes this field valid.
+                c_string(u64::from(unsafe { read_phys::<u32>(base + MBI_CMDLINE) }))
+            }
+            Protocol::Multiboot1 => "",
+        }
+    }
+
+    /// The end of the RAM range that contains `addr`, from the boot information's memory
+    /// map.
+    #[must_use]
+    pub fn ram_end_from(&self, addr: u64) -> Option<u64> {
+        let flags = self.valid_info()?;
+        let base = u64::from(self.boot_info);
+        let ram_end = |start: u64, size: u64, ram: bool| {
             let end = start.checked_add(size)?;
-            (kind == MEMMAP_TYPE_RAM && (start..end).contains(&addr)).then_some(end)
-        })
+            (ram && (start..end).contains(&addr)).then_some(end)
+        };
+        match self.protocol {
+            Protocol::Pvh => {
+                // SAFETY: the start info is valid (magic checked) and mapped.
+                let (map, entries): (u64, u32) =
+                    unsafe { (read_phys(base + SI_MEMMAP_PADDR), read_phys(base + SI_MEMMAP_ENTRIES)) };
+                (0..u64::from(entries).min(MEMMAP_MAX_ENTRIES)).find_map(|i| {
+                    let entry = map + i * MEMMAP_ENTRY_SIZE;
+                    // SAFETY: the loader wrote `entries` memory-map entries at `map`.
+                    let (start, size, kind): (u64, u64, u32) =
+                        unsafe { (read_phys(entry), read_phys(entry + 8), read_phys(entry + 16)) };
+                    ram_end(start, size, kind == MEMMAP_TYPE_RAM)
+                })
+            }
+            Protocol::Multiboot1 if flags & MBI_FLAG_MMAP != 0 => {
+                // SAFETY: the loader set the flag that makes these fields valid.
+                let (length, map): (u32, u32) =
+                    unsafe { (read_phys(base + MBI_MMAP_LENGTH), read_phys(base + MBI_MMAP_ADDR)) };
+                let (mut entry, end) = (u64::from(map), u64::from(map) + u64::from(length));
+                for _ in 0..MEMMAP_MAX_ENTRIES {
+                    if entry >= end {
+                        break;
+                    }
+                    // SAFETY: the entry lies inside the map the loader described.
+                    let (size, start, len, kind): (u32, u64, u64, u32) = unsafe {
+                        (
+                            read_phys(entry),
+                            read_phys(entry + MB_MMAP_BASE),
+                            read_phys(entry + MB_MMAP_LENGTH),
+                            read_phys(entry + MB_MMAP_TYPE),
+                        )
+                    };
+                    if let Some(found) = ram_end(start, len, kind == MEMMAP_TYPE_RAM) {
+                        return Some(found);
+                    }
+                    entry += u64::from(size) + 4;
+                }
+                None
+            }
+            Protocol::Multiboot1 => None,
+        }
     }
 }
 
@@ -291,9 +400,14 @@ pub fn image_end() -> u64 {
     (&raw const __image_end) as u64
 }
 
-extern "C" fn rust_start(vcpu_index: u32, vcpu_count: u32, start_info: u32) -> ! {
+extern "C" fn rust_start(vcpu_index: u32, vcpu_count: u32, boot_info: u32) -> ! {
     let [_, b, c, d] = cpuid_regs(cpuid::SIGNATURE_LEAF);
-    let boot = Boot { vcpu_index, vcpu_count, start_info, under_taproot: cpuid::is_taproot(b, c, d) };
+    let protocol = match BOOT_PROTOCOL.load(Ordering::Relaxed) {
+        PROTOCOL_MULTIBOOT1 => Protocol::Multiboot1,
+        _ => Protocol::Pvh,
+    };
+    let boot =
+        Boot { vcpu_index, vcpu_count, protocol, boot_info, under_taproot: cpuid::is_taproot(b, c, d) };
     // SAFETY: `taproot_guest_main` is the function `guest_main!` defined with this
     // signature.
     let code = unsafe { taproot_guest_main(&boot) };

@@ -79,16 +79,19 @@ fn two_vms_run_at_once_and_their_memory_returns() {
 
     ok(client.put("/v1/vms/a", br#"{"vcpus": 1, "memory_mib": 64}"#), 201);
     ok(client.put("/v1/vms/b", br#"{"vcpus": 2, "memory_mib": 64}"#), 201);
-    let loaded = json(&ok(client.put("/v1/vms/a/image?format=pvh", &guest("hello")), 200));
-    assert_eq!(loaded["protocol"], "pvh");
+    let loaded =
+        json(&ok(client.put("/v1/vms/a/image?format=multiboot&cmdline=who%3Da", &guest("hello")), 200));
+    assert_eq!(loaded["protocol"], "multiboot1");
     ok(client.put("/v1/vms/b/image?format=pvh&cmdline=mib%3D16", &guest("memtouch")), 200);
     ok(client.post("/v1/vms/a/actions", br#"{"action": "start"}"#), 200);
     ok(client.post("/v1/vms/b/actions", br#"{"action": "start"}"#), 200);
 
-    assert!(console_until(&client, "a", "hello from taproot guest").contains("hello"));
-    console_until(&client, "b", "memtouch: verified 16 MiB");
     let a = wait_state(&client, "a", "exited");
     assert_eq!(a["exit_status"], 0);
+    // The guest has exited: its whole line is in the console.
+    let hello = console_until(&client, "a", "hello from taproot guest");
+    assert!(hello.contains(r#"(booted by multiboot1, cmdline "who=a", ram ends at 0x4000000)"#), "{hello}");
+    console_until(&client, "b", "memtouch: verified 16 MiB");
     let b = wait_state(&client, "b", "exited");
     assert_eq!(b["exit_status"], 0);
     let stats = json(&ok(client.get("/v1/vms/b/stats"), 200));

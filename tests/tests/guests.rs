@@ -141,7 +141,12 @@ fn run_vmx(name: &str, cmdline: &str, last_vm: u32) -> String {
 /// hello prints and exits 0; memtouch with 2 vCPUs verifies its pattern; tlbprobe's
 /// spinning vCPU sees a page discarded by the other once the hypercall returned.
 fn check_guests(transcript: &str) {
-    assert!(transcript.contains("[vm 1] hello from taproot guest"), "{transcript}");
+    assert!(
+        transcript.contains(
+            r#"[vm 1] hello from taproot guest (booted by pvh, cmdline "mib=16", ram ends at 0x4000000)"#
+        ),
+        "{transcript}"
+    );
     assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
 
     assert!(transcript.contains("[vm 2] memtouch: 2 vcpus"), "{transcript}");
@@ -160,8 +165,39 @@ fn check_guests(transcript: &str) {
 
 #[test]
 fn svm_runs_hello_memtouch_on_two_vcpus_and_tlbprobe() {
-    let transcript = run_svm("exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=32", 3);
+    let transcript = run_svm("exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=16", 3);
     check_guests(&transcript);
+}
+
+/// The same guests booted through their multiboot1 header: the runtime recognises the
+/// magic in eax and reads its command line and memory map from the multiboot information.
+fn check_multiboot1(transcript: &str) {
+    assert!(
+        transcript.contains(
+            r#"[vm 1] hello from taproot guest (booted by multiboot1, cmdline "mib=8", ram ends at 0x3000000)"#
+        ),
+        "{transcript}"
+    );
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+    assert!(transcript.contains("[vm 2] memtouch: 2 vcpus, 8 MiB"), "{transcript}");
+    assert!(transcript.contains("[vm 2] memtouch: verified 8 MiB"), "{transcript}");
+    assert_eq!(vm_end(transcript, 2).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_boots_multiboot1_guests() {
+    check_multiboot1(&run_svm("exit=1 guest=hello,memtouch format=multiboot vcpus=2 mem=48 guest.mib=8", 2));
+}
+
+#[test]
+fn vmx_boots_multiboot1_guests() {
+    let transcript = run_vmx(
+        "bochs-vmx-multiboot1",
+        "exit=1 guest=hello,memtouch format=multiboot vcpus=2 mem=48 guest.mib=8",
+        2,
+    );
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_multiboot1(&transcript);
 }
 
 #[test]
@@ -276,7 +312,8 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
         console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         console.transcript().to_string()
     };
-    check_guests(&run("exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=32", 3));
+    check_guests(&run("exit=1 guest=hello,memtouch,tlbprobe vcpus=2 mem=64 guest.mib=16", 3));
+    check_multiboot1(&run("exit=1 guest=hello,memtouch format=multiboot vcpus=2 mem=48 guest.mib=8", 2));
     check_roots(&run("exit=1 guest=roots", 1));
     check_hostile_then_hello(&run("exit=1 guest=triplefault,wild,spin,hello16 mem=1 timeout_ms=300", 4), 4);
 }

@@ -1,4 +1,5 @@
-//! `hello`: prints a line through the 16550 and exits 0 through port 0xF4.
+//! `hello`: prints a line through the 16550 (with the boot protocol and the command line it
+//! was given) and exits 0 through port 0xF4.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -10,7 +11,15 @@ fn guest(boot: &guest_images::rt::Boot) -> u32 {
     if boot.vcpu_index != 0 {
         guest_images::rt::halt_forever();
     }
-    println!("hello from taproot guest");
+    // The RAM this image sits in, from the boot information's memory map: what the
+    // tests use to see that the map was read, whichever protocol brought it.
+    let ram_end = boot.ram_end_from(guest_images::rt::image_end());
+    println!(
+        "hello from taproot guest (booted by {}, cmdline {:?}, ram ends at {:#x})",
+        boot.protocol.name(),
+        boot.cmdline(),
+        ram_end.unwrap_or(0)
+    );
     taproot_guest_abi::status::OK
 }
 

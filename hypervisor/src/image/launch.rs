@@ -1,5 +1,7 @@
 //! Launching an embedded guest from the image's command line, until the control plane
-//! exists: `guest=<name> vcpus=<n> mem=<MiB> [timeout_ms=<ms>] [guest.<key>=<value> ...]`.
+//! exists: `guest=<name> vcpus=<n> mem=<MiB> [timeout_ms=<ms>] [format=elf|pvh|multiboot]
+//! [guest.<key>=<value> ...]`. The embedded guests carry both a PVH note and a multiboot1
+//! header: `format=elf` (the default) picks PVH, `format=multiboot` the other.
 //! The guest's console lines are printed as `[vm <id>] ...`; at the end the image prints
 //! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`.
 
@@ -38,8 +40,14 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         .map(|v| v.parse())
         .transpose()
         .map_err(|_| "timeout_ms must be a number of milliseconds")?;
+    let elf_format = match cmdline::value(line, "format") {
+        None | Some("elf") => ImageFormat::Elf,
+        Some("pvh") => ImageFormat::Pvh,
+        Some("multiboot") => ImageFormat::Multiboot1,
+        Some(other) => return Err(format!("format={other} is not one of elf, pvh, multiboot")),
+    };
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
-        Some((_, bytes)) => (*bytes, ImageFormat::Elf),
+        Some((_, bytes)) => (*bytes, elf_format),
         None => match super::builtin::find(name) {
             Some(code) => (code, ImageFormat::Flat { load_gpa: super::builtin::LOAD_GPA, entry_gpa: None }),
             None => return Err(unknown_guest(name)),
