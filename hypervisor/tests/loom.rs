@@ -85,7 +85,7 @@ fn fault_racing_a_range_invalidation_never_maps_discarded_memory() {
 #[test]
 fn mmu_lock_excludes_writers_and_shares_readers() {
     builder(2).check(|| {
-        let lock = Arc::new(MmuLock::new());
+        let lock = Arc::new(MmuLock::new(()));
         let readers = Arc::new(AtomicUsize::new(0));
         let writers = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..2)
@@ -115,7 +115,7 @@ fn mmu_lock_excludes_writers_and_shares_readers() {
 #[test]
 fn mmu_lock_serves_two_writers_in_turn() {
     builder(2).check(|| {
-        let lock = Arc::new(MmuLock::new());
+        let lock = Arc::new(MmuLock::new(()));
         let inside = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..2)
             .map(|_| {

@@ -85,6 +85,35 @@ fn vcpus_with_the_same_role_share_a_root() {
     assert_eq!(vm.mmu.stats().roots_allocated, 2);
 }
 
+/// Rule 11 with per-vCPU fault counters: every fault is counted once, whether its vCPU is
+/// still there or gone, and only where it happened.
+#[test]
+fn fault_counters_add_up_across_vcpus_and_survive_their_vcpu() {
+    let vm = vm();
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0, MIB)).unwrap();
+    let mut a = vm.mmu.create_vcpu();
+    let mut b = vm.mmu.create_vcpu();
+    a.load(Role::new(AsId::Normal)).unwrap();
+    b.load(Role::new(AsId::Normal)).unwrap();
+    for gfn in 0..5 {
+        assert_eq!(a.handle_fault(gpa(gfn), Access::Write), Ok(Fault::Installed));
+    }
+    for gfn in 10..13 {
+        assert_eq!(b.handle_fault(gpa(gfn), Access::Write), Ok(Fault::Installed));
+    }
+    // Already there: a fault, but nothing installed.
+    assert_eq!(b.handle_fault(gpa(0), Access::Write), Ok(Fault::Installed));
+    assert_eq!(b.handle_fault(Gpa::new(4 * MIB), Access::Read), Ok(Fault::NotInSlot));
+    let stats = vm.mmu.stats();
+    assert_eq!((stats.faults, stats.sptes_installed, stats.faults_retried), (10, 8, 0));
+    drop(a);
+    assert_eq!(vm.mmu.stats(), stats, "a's counts stay after a is gone");
+    assert_eq!(b.handle_fault(gpa(20), Access::Write), Ok(Fault::Installed));
+    drop(b);
+    let after = vm.mmu.stats();
+    assert_eq!((after.faults, after.sptes_installed), (11, 9));
+}
+
 #[test]
 fn adding_a_slot_invalidates_nothing() {
     let vm = vm();

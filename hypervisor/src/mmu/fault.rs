@@ -5,10 +5,11 @@ use super::iter::{index, reach, span};
 use super::lock::MmuShared;
 use super::pages::PageSource;
 use super::root::Root;
-use super::stats::Counters;
+use super::stats::{Counters, FaultCounters};
 use super::sync::Ordering;
 use super::{Core, MmuError, Platform, TdpFormat};
 use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
+use crate::memslot::SlotTable;
 
 /// What the guest tried to do.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -44,16 +45,29 @@ struct Target {
 }
 
 impl<P: Platform> Core<P> {
-    pub(crate) fn fault(&self, root: &Root<P>, gpa: Gpa, access: Access) -> Result<Fault, MmuError> {
-        Counters::add(&self.counters.faults, 1);
-        let outcome = self.fault_inner(root, gpa, access);
+    /// Handles a fault of the vCPU whose counters are `counts`.
+    pub(crate) fn fault(
+        &self,
+        root: &Root<P>,
+        gpa: Gpa,
+        access: Access,
+        counts: &FaultCounters,
+    ) -> Result<Fault, MmuError> {
+        Counters::add(&counts.faults, 1);
+        let outcome = self.fault_inner(root, gpa, access, counts);
         if outcome == Ok(Fault::Retry) {
-            Counters::add(&self.counters.faults_retried, 1);
+            Counters::add(&counts.faults_retried, 1);
         }
         outcome
     }
 
-    fn fault_inner(&self, root: &Root<P>, gpa: Gpa, access: Access) -> Result<Fault, MmuError> {
+    fn fault_inner(
+        &self,
+        root: &Root<P>,
+        gpa: Gpa,
+        access: Access,
+        counts: &FaultCounters,
+    ) -> Result<Fault, MmuError> {
         let gfn = gpa.gfn();
         if gfn.raw() >= reach(root.role().levels) {
             return Ok(Fault::NotInSlot);
@@ -70,8 +84,11 @@ impl<P: Platform> Core<P> {
         if !root.is_valid() {
             return Ok(Fault::Retry);
         }
-        let slots = self.slots.read();
-        let Some(slot) = slots.find(root.role().as_id, gfn).cloned() else {
+        // The slot is borrowed from the table (which the shared guard derefs to) for the
+        // whole fault, not cloned out of it: its `Arc` is shared by every vCPU, and two
+        // reference-count updates per fault were two more cache-line transfers between the
+        // CPUs that fault.
+        let Some(slot) = shared.find(root.role().as_id, gfn) else {
             return Ok(Fault::NotInSlot);
         };
         let write = access == Access::Write;
@@ -84,13 +101,12 @@ impl<P: Platform> Core<P> {
         if slot.as_id != root.role().as_id {
             while let Some(smaller) = size.smaller() {
                 let start = Gfn::new(gfn.raw() / size.pages() * size.pages());
-                if !slots.has_own_slot_in(root.role().as_id, start, start.add(size.pages())) {
+                if !shared.has_own_slot_in(root.role().as_id, start, start.add(size.pages())) {
                     break;
                 }
                 size = smaller;
             }
         }
-        drop(slots);
         let (chunk, offset) = slot.locate(gfn);
         let frame =
             slot.backing.frame_or_alloc(chunk, &*self.pages, &self.counters).ok_or(MmuError::OutOfMemory)?;
@@ -102,7 +118,7 @@ impl<P: Platform> Core<P> {
             write,
             sequence,
         };
-        let outcome = self.install(&shared, root, &target)?;
+        let outcome = self.install(&shared, root, &target, counts)?;
         if outcome == Fault::Installed && write {
             // After the writable entry is in place, so a dirty-log pass that clears the bit
             // and write-protects either sees this entry or leaves the bit for next time.
@@ -129,7 +145,13 @@ impl<P: Platform> Core<P> {
     ///    there first, done. Lacking a write permission the slot now grants: make it
     ///    writable (same check, same compare-and-exchange). Mapping another page: only
     ///    possible transiently while a zap is on its way, so retry.
-    fn install(&self, shared: &MmuShared<'_>, root: &Root<P>, t: &Target) -> Result<Fault, MmuError> {
+    fn install(
+        &self,
+        shared: &MmuShared<'_, SlotTable>,
+        root: &Root<P>,
+        t: &Target,
+        counts: &FaultCounters,
+    ) -> Result<Fault, MmuError> {
         let _ = shared;
         let pages = &*self.pages;
         let mut table = root.table();
@@ -139,12 +161,12 @@ impl<P: Platform> Core<P> {
             let entry = &pages.table(table)[index(t.gfn, level)];
             let old = entry.load(Ordering::Acquire);
             if <P::Format as TdpFormat>::is_frozen(old) {
-                Counters::add(&self.counters.faults_raced, 1);
+                Counters::add(&counts.faults_raced, 1);
                 return Ok(Fault::Retry);
             }
             let present = <P::Format as TdpFormat>::is_present(old);
             if present && <P::Format as TdpFormat>::is_leaf(old, level) {
-                return Ok(self.existing_leaf(entry, old, level, t));
+                return Ok(self.existing_leaf(entry, old, level, t, counts));
             }
             if present {
                 if level == leaf_level {
@@ -162,10 +184,10 @@ impl<P: Platform> Core<P> {
                 let frame = Hpa::new(t.page.raw() - (t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
                 let new = <P::Format as TdpFormat>::leaf(frame, size, t.writable);
                 if entry.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                    Counters::add(&self.counters.faults_raced, 1);
+                    Counters::add(&counts.faults_raced, 1);
                     continue;
                 }
-                Counters::add(&self.counters.sptes_installed, 1);
+                Counters::add(&counts.sptes_installed, 1);
                 return Ok(Fault::Installed);
             }
             let child = pages.alloc_table().ok_or(MmuError::OutOfMemory)?;
@@ -183,18 +205,25 @@ impl<P: Platform> Core<P> {
                 }
                 Err(_) => {
                     pages.free_table(child);
-                    Counters::add(&self.counters.faults_raced, 1);
+                    Counters::add(&counts.faults_raced, 1);
                 }
             }
         }
     }
 
-    fn existing_leaf(&self, entry: &super::sync::AtomicU64, old: u64, level: u8, t: &Target) -> Fault {
+    fn existing_leaf(
+        &self,
+        entry: &super::sync::AtomicU64,
+        old: u64,
+        level: u8,
+        t: &Target,
+        counts: &FaultCounters,
+    ) -> Fault {
         let size = PageSize::from_level(level).expect("leaf levels are 1 to 3");
         let mapped = <P::Format as TdpFormat>::leaf_address(old, size)
             .add((t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
         if mapped != t.page {
-            Counters::add(&self.counters.faults_raced, 1);
+            Counters::add(&counts.faults_raced, 1);
             return Fault::Retry;
         }
         if !t.write || <P::Format as TdpFormat>::is_writable(old) {
@@ -205,10 +234,10 @@ impl<P: Platform> Core<P> {
         }
         let new = <P::Format as TdpFormat>::with_writable(old, true);
         if entry.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            Counters::add(&self.counters.faults_raced, 1);
+            Counters::add(&counts.faults_raced, 1);
             return Fault::Retry;
         }
-        Counters::add(&self.counters.sptes_installed, 1);
+        Counters::add(&counts.sptes_installed, 1);
         Fault::Installed
     }
 }

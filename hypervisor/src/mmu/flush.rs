@@ -27,6 +27,7 @@ use super::pages::PageSource;
 use super::stats::Counters;
 use super::sync::{AtomicU64, Mutex, Ordering};
 use crate::addr::Hpa;
+use crate::memslot::SlotTable;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
@@ -153,7 +154,7 @@ impl Grace {
     /// guard proves no software walker is inside.
     pub(crate) fn reclaim<P: PageSource>(
         &self,
-        _exclusive: &mut MmuExclusive<'_>,
+        _exclusive: &mut MmuExclusive<'_, SlotTable>,
         oldest_report: u64,
         pages: &P,
         counters: &Counters,

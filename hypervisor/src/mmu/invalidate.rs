@@ -18,6 +18,7 @@
 use super::lock::MmuExclusive;
 use super::sync::{AtomicU64, Ordering};
 use crate::addr::{Gfn, GfnRange};
+use crate::memslot::SlotTable;
 
 pub(crate) struct Invalidations {
     in_progress: AtomicU64,
@@ -55,7 +56,7 @@ impl Invalidations {
         self.blocks(gfn) || self.sequence.load(Ordering::SeqCst) != snapshot
     }
 
-    pub(crate) fn begin(&self, _exclusive: &mut MmuExclusive<'_>, range: GfnRange) {
+    pub(crate) fn begin(&self, _exclusive: &mut MmuExclusive<'_, SlotTable>, range: GfnRange) {
         // Only the exclusive holder writes the range, and no fault is between its lockless
         // check and its install while we hold it. A concurrent `end` may lower the count to
         // zero after we read it: then we widen a stale range, which only retries more faults.

@@ -5,6 +5,7 @@ use super::lock::MmuShared;
 use super::pages::PageSource;
 use super::sync::Ordering;
 use crate::addr::{Gfn, Hpa};
+use crate::memslot::SlotTable;
 
 /// 4 KiB pages spanned by one entry at `level` (1: 1, 2: 512, 3: 512^2, ...).
 pub(crate) const fn span(level: u8) -> u64 {
@@ -34,7 +35,7 @@ pub(crate) struct Stop {
 /// pointer: a leaf, a non-present entry or a frozen one. The caller holds the shared lock,
 /// so every table it passes through stays allocated until it lets go (see `flush.rs`).
 pub(crate) fn walk<F: TdpFormat, P: PageSource>(
-    _shared: &MmuShared<'_>,
+    _shared: &MmuShared<'_, SlotTable>,
     pages: &P,
     root: Hpa,
     levels: u8,

@@ -11,9 +11,9 @@
 //!   at each VM exit [`VcpuMmu::report_quiescent`]; on EPT violations / nested page faults
 //!   [`VcpuMmu::handle_fault`].
 //!
-//! Locking: one [`lock::MmuLock`] per VM. Faults, zaps and guest-memory copies take it
-//! shared; slot-table changes, marking roots invalid and freeing table pages take it
-//! exclusively, briefly. Slot updates are serialised among themselves by a separate update
+//! Locking: one [`lock::MmuLock`] per VM, which also holds the slot table. Faults, zaps
+//! and guest-memory copies take it shared; slot-table changes, marking roots invalid and
+//! freeing table pages take it exclusively, briefly. Slot updates are serialised among themselves by a separate update
 //! lock (KVM's `slots_lock`), held across their synchronous zap.
 
 pub mod ept;
@@ -49,7 +49,7 @@ use flush::Grace;
 use invalidate::Invalidations;
 use lock::MmuLock;
 use stats::Counters;
-use sync::{Mutex, Ordering, RwLock};
+use sync::{Mutex, Ordering};
 
 /// What a VM's MMU is built from: chosen once per backend.
 pub trait Platform: Sized + Send + Sync + 'static {
@@ -76,11 +76,12 @@ pub struct MmuConfig {
 
 impl MmuConfig {
     /// Chosen by `mmu-bench` (fault p99 on a fresh root while a 1 GiB, 4 KiB-leaf root is
-    /// zapped and a writer takes the exclusive lock every 200 us): on the 2-core host,
-    /// 0.21 us without yielding against 0.53 us with it, and the zap itself ran 23 ms
-    /// against 173 ms. Faults already run in parallel with the zap (it holds the shared
-    /// side); yielding only lets a queued writer in earlier, and paying for the lock round
-    /// trip and the rescheduling on every batch cost more than it saved. So: no yield.
+    /// zapped and a writer takes the exclusive lock every 200 us; medians of 5 rounds of
+    /// each, alternating, because single runs on the 2-core host disagreed with each
+    /// other): 0.33 us without yielding against 0.38 us with it, and the zap itself took
+    /// 40 ms against 45 ms. Faults already run in parallel with the zap (it holds the
+    /// shared side); yielding only lets a queued writer in earlier, and the lock round trip
+    /// on every batch costs more than that saves. So: no yield.
     pub const DEFAULT_ZAP_YIELD: bool = false;
 }
 
@@ -129,13 +130,13 @@ pub struct Mmu<P: Platform> {
 
 pub(crate) struct Core<P: Platform> {
     config: MmuConfig,
-    lock: MmuLock,
+    /// The MMU lock, and the slot table it protects: read under either side, written
+    /// under the exclusive side.
+    lock: MmuLock<SlotTable>,
     pages: Arc<P::Pages>,
     hook: Arc<P::Flush>,
     clock: P::Clock,
     counters: Counters,
-    /// Read under the MMU lock (either side), written under it exclusively.
-    slots: RwLock<SlotTable>,
     /// The MMU's own reference to every valid root (rule 2), and to invalid roots until
     /// their zap is done. Changed under the shared lock (loads) or exclusive lock.
     roots: Mutex<Vec<Arc<Root<P>>>>,
@@ -156,12 +157,11 @@ impl<P: Platform> Mmu<P> {
         Self {
             core: Arc::new(Core {
                 config,
-                lock: MmuLock::new(),
+                lock: MmuLock::new(SlotTable::default()),
                 pages,
                 hook,
                 clock,
                 counters: Counters::default(),
-                slots: RwLock::new(SlotTable::default()),
                 roots: Mutex::new(Vec::new()),
                 vcpus: Mutex::new(Vec::new()),
                 grace: Grace::new(),
@@ -178,7 +178,14 @@ impl<P: Platform> Mmu<P> {
     }
 
     pub fn stats(&self) -> Stats {
-        self.core.counters.snapshot()
+        // The vCPU list's lock keeps a departing vCPU from moving its fault counts into
+        // the totals between the two reads.
+        let vcpus = self.core.vcpus.lock();
+        let mut stats = self.core.counters.snapshot();
+        for vcpu in vcpus.iter() {
+            vcpu.faults.add_to(&mut stats);
+        }
+        stats
     }
 
     pub fn pages(&self) -> &Arc<P::Pages> {
@@ -199,8 +206,7 @@ impl<P: Platform> Mmu<P> {
         let core = &*self.core;
         let _update = core.update.lock();
         {
-            let _shared = core.lock.read();
-            let slots = core.slots.read();
+            let slots = core.lock.read();
             slots.check(spec.as_id, spec.base, spec.size, core.config.phys_bits, None)?;
             if slots.by_id(spec.id).is_some() {
                 return Err(SlotError::DuplicateId);
@@ -214,7 +220,7 @@ impl<P: Platform> Mmu<P> {
         if core.destroyed.load(Ordering::Relaxed) {
             return Err(SlotError::Destroyed);
         }
-        core.slots.write().insert(slot);
+        exclusive.insert(slot);
         core.try_reclaim_locked(&mut exclusive);
         drop(exclusive);
         if spec.as_id == AsId::Alternate {
@@ -232,7 +238,7 @@ impl<P: Platform> Mmu<P> {
         let _update = core.update.lock();
         let (removed, scheduled) = {
             let mut exclusive = core.lock.write();
-            let removed = core.slots.write().remove(id).ok_or(SlotError::UnknownSlot)?;
+            let removed = exclusive.remove(id).ok_or(SlotError::UnknownSlot)?;
             (removed, core.invalidate_roots(&mut exclusive))
         };
         core.zap_invalidated(scheduled);
@@ -248,8 +254,7 @@ impl<P: Platform> Mmu<P> {
         let core = &*self.core;
         let _update = core.update.lock();
         let (old, moved) = {
-            let _shared = core.lock.read();
-            let slots = core.slots.read();
+            let slots = core.lock.read();
             let old = slots.by_id(id).ok_or(SlotError::UnknownSlot)?.clone();
             slots.check(old.as_id, base, old.pages * PAGE_SIZE, core.config.phys_bits, Some(id))?;
             let moved = old.with(base.gfn(), old.flags)?;
@@ -260,10 +265,8 @@ impl<P: Platform> Mmu<P> {
         }
         let scheduled = {
             let mut exclusive = core.lock.write();
-            let mut slots = core.slots.write();
-            slots.remove(id);
-            slots.insert(Arc::new(moved));
-            drop(slots);
+            exclusive.remove(id);
+            exclusive.insert(Arc::new(moved));
             core.invalidate_roots(&mut exclusive)
         };
         core.zap_invalidated(scheduled);
@@ -279,8 +282,7 @@ impl<P: Platform> Mmu<P> {
         let core = &*self.core;
         let _update = core.update.lock();
         let (old, new) = {
-            let _shared = core.lock.read();
-            let slots = core.slots.read();
+            let slots = core.lock.read();
             let old = slots.by_id(id).ok_or(SlotError::UnknownSlot)?.clone();
             let new = Arc::new(old.with(old.base, flags)?);
             (old, new)
@@ -293,10 +295,8 @@ impl<P: Platform> Mmu<P> {
         let range = GfnRange::new(new.base, new.end());
         let scheduled = {
             let mut exclusive = core.lock.write();
-            let mut slots = core.slots.write();
-            slots.remove(id);
-            slots.insert(new.clone());
-            drop(slots);
+            exclusive.remove(id);
+            exclusive.insert(new.clone());
             if reduces { core.invalidate_roots(&mut exclusive) } else { Vec::new() }
         };
         if reduces {
@@ -320,9 +320,8 @@ impl<P: Platform> Mmu<P> {
 
     /// The slots, in no particular order: id, address space, base, size in bytes, flags.
     pub fn slots(&self) -> Vec<(SlotId, AsId, Gpa, u64, SlotFlags)> {
-        let _shared = self.core.lock.read();
         self.core
-            .slots
+            .lock
             .read()
             .iter()
             .map(|s| (s.id, s.as_id, s.base.gpa(), s.pages * PAGE_SIZE, s.flags))
@@ -331,8 +330,7 @@ impl<P: Platform> Mmu<P> {
 
     /// The host page backing `gfn` in `as_id`, if it is in a slot and has been touched.
     pub fn backing_of(&self, as_id: AsId, gfn: Gfn) -> Option<Hpa> {
-        let _shared = self.core.lock.read();
-        self.core.slots.read().find(as_id, gfn).and_then(|s| s.backing_of(gfn))
+        self.core.lock.read().find(as_id, gfn).and_then(|s| s.backing_of(gfn))
     }
 
     /// Copies guest memory at `gpa` into `buf`, through the slots (allocating untouched
@@ -427,7 +425,7 @@ impl<P: Platform> Drop for Mmu<P> {
         let (slots, scheduled) = {
             let mut exclusive = core.lock.write();
             core.destroyed.store(true, Ordering::Relaxed);
-            let slots = core.slots.write().take_all();
+            let slots = exclusive.take_all();
             (slots, core.invalidate_roots(&mut exclusive))
         };
         core.zap_invalidated(scheduled);
@@ -454,10 +452,8 @@ impl<P: Platform> Invalidation<'_, P> {
     /// covered ones are zeroed.
     pub fn discard(&self) {
         let core = &*self.mmu.core;
-        let _shared = core.lock.read();
-        let slots: Vec<Arc<Memslot>> = core
-            .slots
-            .read()
+        let shared = core.lock.read();
+        let slots: Vec<Arc<Memslot>> = shared
             .iter()
             .filter(|s| s.as_id == self.as_id && s.base < self.range.end && self.range.start < s.end())
             .cloned()
@@ -498,15 +494,14 @@ impl<P: Platform> Core<P> {
         gpa: Gpa,
         f: impl FnOnce(&P::Pages, Hpa, PageSize, u64, &Memslot) -> R,
     ) -> Result<R, GuestMemoryError> {
-        let _shared = self.lock.read();
-        let slot =
-            self.slots.read().find(as_id, gpa.gfn()).cloned().ok_or(GuestMemoryError::NotInSlot { gpa })?;
+        let slots = self.lock.read();
+        let slot = slots.find(as_id, gpa.gfn()).ok_or(GuestMemoryError::NotInSlot { gpa })?;
         let (chunk, offset) = slot.locate(gpa.gfn());
         let frame = slot
             .backing
             .frame_or_alloc(chunk, &*self.pages, &self.counters)
             .ok_or(GuestMemoryError::OutOfMemory)?;
-        Ok(f(&self.pages, frame, slot.backing.chunk, offset + gpa.page_offset(), &slot))
+        Ok(f(&self.pages, frame, slot.backing.chunk, offset + gpa.page_offset(), slot))
     }
 
     /// The smallest quiescent epoch any registered vCPU has reported.
@@ -522,7 +517,7 @@ impl<P: Platform> Core<P> {
         self.try_reclaim_locked(&mut exclusive);
     }
 
-    fn try_reclaim_locked(&self, exclusive: &mut lock::MmuExclusive<'_>) {
+    fn try_reclaim_locked(&self, exclusive: &mut lock::MmuExclusive<'_, SlotTable>) {
         let oldest = self.oldest_report();
         self.grace.reclaim(exclusive, oldest, &*self.pages, &self.counters);
     }
@@ -546,7 +541,7 @@ impl<P: Platform> Core<P> {
     #[expect(clippy::only_used_in_recursion, reason = "the guard proves the shared lock is held")]
     fn collect_leaves(
         &self,
-        shared: &lock::MmuShared<'_>,
+        shared: &lock::MmuShared<'_, SlotTable>,
         table: Hpa,
         level: u8,
         base: Gfn,

@@ -18,11 +18,12 @@ use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, OFFLINE, ZapBatch};
 use super::lock::MmuExclusive;
 use super::pages::PageSource;
-use super::stats::Counters;
+use super::stats::{Counters, FaultCounters};
 use super::sync::{AtomicBool, AtomicU64, Ordering};
 use super::{Access, Core, Fault, MmuError, Platform, TdpFormat};
 use crate::addr::{Gpa, Hpa};
 use crate::memslot::AsId;
+use crate::memslot::SlotTable;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU32;
@@ -159,7 +160,7 @@ impl<P: Platform> Core<P> {
 
     /// Rule 4, first half: marks every valid root invalid and scheduled to zap, and asks
     /// every vCPU to reload. Returns the roots the caller must now zap.
-    pub(crate) fn invalidate_roots(&self, exclusive: &mut MmuExclusive<'_>) -> Vec<Arc<Root<P>>> {
+    pub(crate) fn invalidate_roots(&self, exclusive: &mut MmuExclusive<'_, SlotTable>) -> Vec<Arc<Root<P>>> {
         let mut scheduled = Vec::new();
         for root in self.roots.lock().iter() {
             if root.is_valid() {
@@ -178,7 +179,7 @@ impl<P: Platform> Core<P> {
     /// Every vCPU finds its flag set before its next VM entry; the kick makes those in guest
     /// mode exit to look. A vCPU clears its flag before it picks a root, so a flag set after
     /// that pick is seen at the next check (see [`VcpuMmu::take_reload_request`]).
-    fn request_reload(&self, _exclusive: &mut MmuExclusive<'_>) {
+    fn request_reload(&self, _exclusive: &mut MmuExclusive<'_, SlotTable>) {
         for vcpu in self.vcpus.lock().iter() {
             vcpu.reload.store(true, Ordering::SeqCst);
         }
@@ -210,6 +211,7 @@ pub const PREVIOUS_ROOTS: usize = 3;
 pub(crate) struct VcpuShared {
     reload: AtomicBool,
     quiescent: AtomicU64,
+    pub(crate) faults: FaultCounters,
 }
 
 impl VcpuShared {
@@ -233,6 +235,7 @@ impl<P: Platform> VcpuMmu<P> {
         let shared = Arc::new(VcpuShared {
             reload: AtomicBool::new(false),
             quiescent: AtomicU64::new(core.grace.epoch()),
+            faults: FaultCounters::default(),
         });
         core.vcpus.lock().push(shared.clone());
         Self { core, shared, current: None, previous: [const { None }; PREVIOUS_ROOTS] }
@@ -330,7 +333,7 @@ impl<P: Platform> VcpuMmu<P> {
     /// Handles an EPT violation / nested page fault at `gpa` on the current root.
     pub fn handle_fault(&self, gpa: Gpa, access: Access) -> Result<Fault, MmuError> {
         match &self.current {
-            Some(root) => self.core.fault(root, gpa, access),
+            Some(root) => self.core.fault(root, gpa, access, &self.shared.faults),
             None => Ok(Fault::Retry),
         }
     }
@@ -339,6 +342,10 @@ impl<P: Platform> VcpuMmu<P> {
 impl<P: Platform> Drop for VcpuMmu<P> {
     fn drop(&mut self) {
         self.unload();
-        self.core.vcpus.lock().retain(|v| !Arc::ptr_eq(v, &self.shared));
+        // Under the list's lock, so a snapshot counts these faults exactly once: on the
+        // list or in the totals.
+        let mut vcpus = self.core.vcpus.lock();
+        vcpus.retain(|v| !Arc::ptr_eq(v, &self.shared));
+        self.shared.faults.retire_into(&self.core.counters);
     }
 }

@@ -32,6 +32,7 @@ use super::stats::Counters;
 use super::sync::{AtomicU64, Ordering, spin_wait};
 use super::{Core, Platform, TdpFormat};
 use crate::addr::{Gfn, GfnRange, Hpa, PageSize};
+use crate::memslot::SlotTable;
 use crate::memslot::{AsId, SlotError, SlotId};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -103,7 +104,7 @@ impl<P: Platform> Core<P> {
     #[expect(clippy::needless_range_loop, reason = "the index also names the entry in the batch and its gfn")]
     fn zap_table(
         &self,
-        shared: &MmuShared<'_>,
+        shared: &MmuShared<'_, SlotTable>,
         table: Hpa,
         level: u8,
         base: Gfn,
@@ -194,7 +195,7 @@ impl<P: Platform> Core<P> {
     /// See [`super::Mmu::dirty_log`].
     pub(crate) fn dirty_log(&self, id: SlotId) -> Result<Vec<u64>, SlotError> {
         let shared = self.lock.read();
-        let slot = self.slots.read().by_id(id).cloned().ok_or(SlotError::UnknownSlot)?;
+        let slot = shared.by_id(id).cloned().ok_or(SlotError::UnknownSlot)?;
         let dirty = slot.dirty.clone().ok_or(SlotError::DirtyLogDisabled)?;
         let bits = dirty.take();
         let roots: Vec<Arc<Root<P>>> =
@@ -219,7 +220,7 @@ impl<P: Platform> Core<P> {
     }
 
     /// Clears the writable bit of the leaf mapping `gfn` in `root`. Returns whether it did.
-    fn write_protect(&self, shared: &MmuShared<'_>, root: &Root<P>, gfn: Gfn) -> bool {
+    fn write_protect(&self, shared: &MmuShared<'_, SlotTable>, root: &Root<P>, gfn: Gfn) -> bool {
         loop {
             let stop = super::iter::walk::<P::Format, _>(
                 shared,
