@@ -15,10 +15,39 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// KVM when `/dev/kvm` can be opened for reading and writing, TCG otherwise.
+    /// KVM when it can run Taproot ([`Accel::kvm_status`]), TCG otherwise.
     pub fn detect() -> Accel {
-        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-        if usable { Accel::Kvm } else { Accel::Tcg }
+        if Accel::kvm_status().is_ok() { Accel::Kvm } else { Accel::Tcg }
+    }
+
+    /// Whether KVM can run Taproot: `/dev/kvm` opens for reading and writing, and KVM can
+    /// give its guests VMX or SVM (nested virtualization). Without the second, QEMU boots
+    /// the image under KVM but the image finds no virtualization to take (`virt=none`).
+    /// The error says which is missing and what to do.
+    pub fn kvm_status() -> Result<(), String> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_err(|e| format!("/dev/kvm cannot be opened ({e})"))?;
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+        let vendor = flags.split_whitespace().find(|f| matches!(*f, "vmx" | "svm"));
+        let Some(vendor) = vendor else {
+            return Err("/dev/kvm works, but this CPU shows neither vmx nor svm, so KVM cannot give \
+                        its guests either (a virtual machine without nested virtualization)"
+                .into());
+        };
+        let module = if vendor == "vmx" { "kvm_intel" } else { "kvm_amd" };
+        let nested = std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"));
+        if let Ok(value) = nested
+            && matches!(value.trim(), "N" | "n" | "0")
+        {
+            return Err(format!(
+                "{module} has nested virtualization off: `sudo modprobe -r {module} && sudo modprobe {module} nested=1`"
+            ));
+        }
+        Ok(())
     }
 
     pub const fn name(self) -> &'static str {

@@ -45,8 +45,19 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     setup::ensure_packages(setup::Need::Qemu)?;
     let accel = match opts.accel.as_str() {
-        "auto" => Accel::detect(),
-        "kvm" => Accel::Kvm,
+        "auto" => match Accel::kvm_status() {
+            Ok(()) => Accel::Kvm,
+            Err(why) => {
+                eprintln!("xtask: not using KVM: {why}; emulating with TCG (SVM), which is slower");
+                Accel::Tcg
+            }
+        },
+        "kvm" => {
+            if let Err(why) = Accel::kvm_status() {
+                eprintln!("xtask: warning: {why}; booting under KVM anyway, as asked");
+            }
+            Accel::Kvm
+        }
         "tcg" => Accel::Tcg,
         other => return Err(format!("unknown accelerator {other:?}: use kvm, tcg or auto")),
     };
@@ -78,6 +89,17 @@ pub fn run(opts: Options) -> Result<(), String> {
     );
     let mut console = qemu.spawn().map_err(|e| e.to_string())?;
     console.set_echo(true);
+    let ready = console.wait_for("taproot: ready", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    if field(&ready, "virt") == Some("none") {
+        return Err(format!(
+            "the image found no VMX or SVM under QEMU ({}), so it cannot run guests; {}",
+            accel.name(),
+            match accel {
+                Accel::Kvm => "enable nested virtualization on this host, or pass --accel tcg",
+                Accel::Tcg => "QEMU's TCG should offer SVM with -cpu max: check the QEMU version",
+            }
+        ));
+    }
     let listening = console.wait_for("taproot: api listening", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let token = field(&listening, "token").ok_or("the image printed no token")?.to_string();
     println!("xtask: the API: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/v1/info");
