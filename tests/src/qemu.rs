@@ -95,6 +95,8 @@ pub struct Qemu {
     /// A virtio-net NIC on QEMU's user network, with host `127.0.0.1:<port>` forwarded to
     /// the image's API port 8080.
     pub api_port: Option<u16>,
+    /// The TCG CPU model (default `max`); `max,-svm` is a machine without virtualization.
+    pub tcg_cpu: Option<String>,
     pub extra: Vec<String>,
 }
 
@@ -108,6 +110,7 @@ impl Qemu {
             memory_mib: 512,
             icount: false,
             api_port: None,
+            tcg_cpu: None,
             extra: Vec::new(),
         }
     }
@@ -130,7 +133,9 @@ impl Qemu {
         let mut push = |a: &str| args.push(a.to_string());
         match self.accel {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"].iter().for_each(|a| push(a)),
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"].iter().for_each(|a| push(a)),
+            Accel::Tcg => ["-accel", "tcg", "-cpu", self.tcg_cpu.as_deref().unwrap_or("max")]
+                .iter()
+                .for_each(|a| push(a)),
         }
         if self.icount {
             push("-icount");

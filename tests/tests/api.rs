@@ -232,6 +232,28 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
     assert!(info["vms"].as_u64().unwrap() <= 1, "{info}");
 }
 
+/// A machine without VMX or SVM (TCG `-cpu max,-svm`): the API still answers and says so,
+/// and creating a VM is refused with the reason instead of a VM that never runs.
+#[test]
+fn without_hardware_virtualization_the_api_says_why_no_vm_can_run() {
+    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port().unwrap();
+    let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
+    qemu.api_port = Some(port);
+    qemu.tcg_cpu = Some("max,-svm".into());
+    let mut console = qemu.spawn().unwrap();
+    let ready = console.wait_for("taproot: ready", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.contains("virt=none"), "{ready}");
+    console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let client = Client::new(port, TOKEN);
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["backend"], "none", "{info}");
+    let refused = ok(client.put("/v1/vms/a", br#"{"vcpus": 1, "memory_mib": 16}"#), 503);
+    let message = json(&refused)["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("no hardware virtualization"), "{message}");
+    assert_eq!(json(&ok(client.get("/v1/vms"), 200))["vms"].as_array().unwrap().len(), 0);
+}
+
 #[test]
 fn without_ip_on_the_command_line_the_address_comes_from_dhcp() {
     let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));

@@ -41,11 +41,13 @@ pub struct Manager<B: Backend> {
     vms: BTreeMap<String, Entry<B>>,
     next_vm_number: u32,
     next_cpu: usize,
+    /// Why VMs cannot run here, if they cannot (no VMX/SVM, or turning it on failed).
+    virt: Result<(), String>,
 }
 
 impl<B: Backend> Manager<B> {
-    pub fn new() -> Self {
-        Self { vms: BTreeMap::new(), next_vm_number: 1, next_cpu: 0 }
+    pub fn new(virt: Result<(), String>) -> Self {
+        Self { vms: BTreeMap::new(), next_vm_number: 1, next_cpu: 0, virt }
     }
 
     fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
@@ -105,7 +107,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         Ok(HypervisorInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             cpus: libos::smp::cpu_count() as u32,
-            backend: B::NAME.into(),
+            backend: if virt == libos::virt::VirtCaps::None { "none" } else { B::NAME }.into(),
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),
@@ -114,6 +116,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn create_vm(&mut self, id: &VmId, config: &VmCreate) -> Result<VmInfo, ApiError> {
+        if let Err(e) = &self.virt {
+            return Err(ApiError::Unavailable(format!("{e}: no VM can run")));
+        }
         if self.vms.contains_key(id.as_str()) {
             return Err(ApiError::Conflict(format!("VM {id} exists; DELETE it first or choose another id")));
         }

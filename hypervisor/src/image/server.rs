@@ -27,11 +27,22 @@ pub fn serve(line: &str) -> ! {
     match libos::smp::virt_caps(0).unwrap_or_default() {
         libos::virt::VirtCaps::Svm(_) => serve_with::<hypervisor::backend::svm::Svm>(line),
         libos::virt::VirtCaps::Vmx(_) => serve_with::<hypervisor::backend::vmx::Vmx>(line),
-        libos::virt::VirtCaps::None => {
-            log::warn!("no hardware virtualization: the control plane is off");
-            libos::smp::idle()
-        }
+        // The API still answers, so that a user who reaches it learns why no VM can run
+        // (`/v1/info` says backend "none", creating a VM answers 503 with the reason). The
+        // manager creates no VM without virtualization, so the backend type is never used.
+        libos::virt::VirtCaps::None => serve_with::<hypervisor::backend::svm::Svm>(line),
     }
+}
+
+/// Why this machine cannot run VMs, if it cannot.
+fn virtualization<B: Backend>() -> Result<(), String> {
+    if libos::smp::virt_caps(0).unwrap_or_default() == libos::virt::VirtCaps::None {
+        return Err("this machine offers no hardware virtualization (VMX or SVM) to Taproot; run it on \
+                    bare metal or on a host with nested virtualization on"
+            .into());
+    }
+    sched::start(B::enable_on_this_cpu)
+        .map_err(|e| format!("hardware virtualization could not be turned on: {e}"))
 }
 
 fn now_ms() -> u64 {
@@ -62,8 +73,9 @@ fn token(line: &str) -> Option<(Token, String)> {
 }
 
 fn serve_with<B: Backend>(line: &str) -> ! {
-    if let Err(e) = sched::start(B::enable_on_this_cpu) {
-        log::error!("sched: virtualization is off ({e}); the API answers, VMs cannot start");
+    let virt = virtualization::<B>();
+    if let Err(e) = &virt {
+        log::error!("{e}; the API answers, but VMs cannot be created");
     }
     let port = cmdline::value(line, "api_port").and_then(|p| p.parse().ok()).unwrap_or(DEFAULT_API_PORT);
     let addressing = match Addressing::from_cmdline(line) {
@@ -79,7 +91,7 @@ fn serve_with<B: Backend>(line: &str) -> ! {
     };
     let Some((token, printed)) = token(line) else { libos::smp::idle() };
     let config = Arc::new(ApiConfig::new(token));
-    let mut manager = Manager::<B>::new();
+    let mut manager = Manager::<B>::new(virt);
     let mut slots: Vec<(SocketHandle, Option<Connection<Manager<B>>>)> =
         (0..CONNECTIONS).map(|_| (stack.add_tcp_socket(SOCKET_BUFFER), None)).collect();
     let mut states = [tcp::State::Closed; CONNECTIONS];
