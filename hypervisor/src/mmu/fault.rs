@@ -5,6 +5,7 @@ use super::iter::{index, reach, span};
 use super::lock::MmuShared;
 use super::pages::PageSource;
 use super::root::Root;
+use super::root::VcpuShared;
 use super::stats::{Counters, FaultCounters};
 use super::sync::Ordering;
 use super::{Core, MmuError, Platform, TdpFormat};
@@ -45,16 +46,17 @@ struct Target {
 }
 
 impl<P: Platform> Core<P> {
-    /// Handles a fault of the vCPU whose counters are `counts`.
+    /// Handles a fault of `vcpu`.
     pub(crate) fn fault(
         &self,
         root: &Root<P>,
         gpa: Gpa,
         access: Access,
-        counts: &FaultCounters,
+        vcpu: &VcpuShared,
     ) -> Result<Fault, MmuError> {
+        let counts = &vcpu.faults;
         Counters::add(&counts.faults, 1);
-        let outcome = self.fault_inner(root, gpa, access, counts);
+        let outcome = self.fault_inner(root, gpa, access, vcpu);
         if outcome == Ok(Fault::Retry) {
             Counters::add(&counts.faults_retried, 1);
         }
@@ -66,8 +68,9 @@ impl<P: Platform> Core<P> {
         root: &Root<P>,
         gpa: Gpa,
         access: Access,
-        counts: &FaultCounters,
+        vcpu: &VcpuShared,
     ) -> Result<Fault, MmuError> {
+        let counts = &vcpu.faults;
         let gfn = gpa.gfn();
         if gfn.raw() >= reach(root.role().levels) {
             return Ok(Fault::NotInSlot);
@@ -78,7 +81,9 @@ impl<P: Platform> Core<P> {
         if self.inval.blocks(gfn) {
             return Ok(Fault::Retry);
         }
-        let shared = self.lock.read();
+        // Through the vCPU's own reader slot: no cache line shared with other vCPUs'
+        // faults is written to take the lock (see `lock.rs`).
+        let shared = self.lock.read_in(vcpu.reader_slot);
         // Invalidation marks roots invalid under the exclusive lock, so this holds until we
         // release the shared side: we never install into a root that is (being) zapped.
         if !root.is_valid() {

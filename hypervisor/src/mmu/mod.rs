@@ -147,6 +147,8 @@ pub(crate) struct Core<P: Platform> {
     /// releasing it.
     update: Mutex<()>,
     next_root_id: PlainAtomicU64,
+    /// Hands out the MMU lock's reader slots to vCPUs, round robin.
+    next_reader_slot: PlainAtomicU64,
     destroyed: PlainAtomicBool,
 }
 
@@ -168,6 +170,7 @@ impl<P: Platform> Mmu<P> {
                 inval: Invalidations::new(),
                 update: Mutex::new(()),
                 next_root_id: PlainAtomicU64::new(0),
+                next_reader_slot: PlainAtomicU64::new(0),
                 destroyed: PlainAtomicBool::new(false),
             }),
         }

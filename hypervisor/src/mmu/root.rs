@@ -212,6 +212,8 @@ pub(crate) struct VcpuShared {
     reload: AtomicBool,
     quiescent: AtomicU64,
     pub(crate) faults: FaultCounters,
+    /// The MMU lock's reader slot this vCPU's faults use.
+    pub(crate) reader_slot: usize,
 }
 
 impl VcpuShared {
@@ -236,6 +238,7 @@ impl<P: Platform> VcpuMmu<P> {
             reload: AtomicBool::new(false),
             quiescent: AtomicU64::new(core.grace.epoch()),
             faults: FaultCounters::default(),
+            reader_slot: core.next_reader_slot.fetch_add(1, Ordering::Relaxed) as usize,
         });
         core.vcpus.lock().push(shared.clone());
         Self { core, shared, current: None, previous: [const { None }; PREVIOUS_ROOTS] }
@@ -333,7 +336,7 @@ impl<P: Platform> VcpuMmu<P> {
     /// Handles an EPT violation / nested page fault at `gpa` on the current root.
     pub fn handle_fault(&self, gpa: Gpa, access: Access) -> Result<Fault, MmuError> {
         match &self.current {
-            Some(root) => self.core.fault(root, gpa, access, &self.shared.faults),
+            Some(root) => self.core.fault(root, gpa, access, &self.shared),
             None => Ok(Fault::Retry),
         }
     }
