@@ -102,6 +102,9 @@ fn qemu_tcg_boots_the_iso_under_uefi_firmware() {
 #[test]
 #[ignore = "needs /dev/kvm with nested virtualization; the kvm CI job runs it"]
 fn kvm_boots_with_the_hosts_virtualization() {
+    if let Err(why) = taproot_testbed::qemu::Accel::kvm_status() {
+        panic!("KVM cannot give Taproot VMX or SVM on this host: {why}");
+    }
     let mut qemu = Qemu::kernel(&elf(Profile::Release), "exit=1");
     qemu.accel = taproot_testbed::qemu::Accel::Kvm;
     let mut console = qemu.spawn().unwrap();

@@ -302,6 +302,9 @@ fn vmx_full_io_to_every_port_and_more_vcpus_than_cpus() {
 #[test]
 #[ignore = "needs /dev/kvm with nested virtualization; the kvm CI job runs it"]
 fn kvm_runs_the_guests_on_the_hosts_virtualization() {
+    if let Err(why) = taproot_testbed::qemu::Accel::kvm_status() {
+        panic!("KVM cannot give Taproot VMX or SVM on this host: {why}");
+    }
     let run = |cmdline: &str, last_vm: u32| {
         let mut qemu = Qemu::kernel(&elf(Profile::Release), cmdline);
         qemu.accel = taproot_testbed::qemu::Accel::Kvm;
