@@ -78,10 +78,12 @@ impl MmuConfig {
     /// Chosen by `mmu-bench` (fault p99 on a fresh root while a 1 GiB, 4 KiB-leaf root is
     /// zapped and a writer takes the exclusive lock every 200 us; medians of 5 rounds of
     /// each, alternating, because single runs on the 2-core host disagreed with each
-    /// other): 0.33 us without yielding against 0.38 us with it, and the zap itself took
-    /// 40 ms against 45 ms. Faults already run in parallel with the zap (it holds the
-    /// shared side); yielding only lets a queued writer in earlier, and the lock round trip
-    /// on every batch costs more than that saves. So: no yield.
+    /// other). Fault p99 does not tell them apart: 0.33 against 0.38 us (no yield / yield)
+    /// in one run, 0.48 against 0.42 us in the next. The zap does: 40 against 45 ms, 26
+    /// against 49 ms, 20 against 36 ms. Faults already run in parallel with the zap (it
+    /// holds the shared side); yielding only lets a queued writer in earlier, and the lock
+    /// round trip on every batch makes the zap, which its caller waits for (rule 4), slower.
+    /// So: no yield.
     pub const DEFAULT_ZAP_YIELD: bool = false;
 }
 
