@@ -232,6 +232,61 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
     assert!(info["vms"].as_u64().unwrap() <= 1, "{info}");
 }
 
+/// Two VMs that each fit in free memory but together do not (guest memory is allocated on
+/// first touch): the one that runs out crashes with a reason that says so, the image keeps
+/// answering, and deleting both gives every frame back.
+#[test]
+fn vms_that_together_outgrow_host_memory_crash_cleanly() {
+    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port().unwrap();
+    let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
+    qemu.api_port = Some(port);
+    qemu.memory_mib = 256;
+    let mut console = qemu.spawn().unwrap();
+    console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let client = Client::new(port, TOKEN);
+    let free_before = json(&ok(client.get("/v1/info"), 200))["memory_free_bytes"].as_u64().unwrap();
+    // Each VM asks for 60% of what is free and touches nearly all of it.
+    let vm_mib = (free_before * 6 / 10) >> 20;
+    let touch_mib = vm_mib - 8;
+    for vm in ["a", "b"] {
+        let create = format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#);
+        ok(client.put(&format!("/v1/vms/{vm}"), create.as_bytes()), 201);
+        let load = format!("/v1/vms/{vm}/image?format=pvh&cmdline=mib%3D{touch_mib}");
+        ok(client.put(&load, &guest("memtouch")), 200);
+    }
+    for vm in ["a", "b"] {
+        ok(client.post(&format!("/v1/vms/{vm}/actions"), br#"{"action": "start"}"#), 200);
+    }
+    let ended: Vec<serde_json::Value> = ["a", "b"]
+        .iter()
+        .map(|vm| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let info = json(&ok(client.get(&format!("/v1/vms/{vm}")), 200));
+                if info["state"] == "exited" || info["state"] == "crashed" {
+                    return info;
+                }
+                assert!(Instant::now() < deadline, "{vm} never ended: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .collect();
+    let crashed: Vec<&serde_json::Value> = ended.iter().filter(|i| i["state"] == "crashed").collect();
+    assert!(!crashed.is_empty(), "together they cannot fit, yet neither crashed: {ended:?}");
+    for info in &crashed {
+        let reason = info["crash_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("ran out of memory"), "{info}");
+    }
+    for info in ended.iter().filter(|i| i["state"] == "exited") {
+        assert_eq!(info["exit_status"], 0, "a VM that did not run out verified its memory: {info}");
+    }
+    ok(client.delete("/v1/vms/a"), 204);
+    ok(client.delete("/v1/vms/b"), 204);
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["memory_free_bytes"].as_u64().unwrap(), free_before, "every frame came back");
+}
+
 /// A machine without VMX or SVM (TCG `-cpu max,-svm`): the API still answers and says so,
 /// and creating a VM is refused with the reason instead of a VM that never runs.
 #[test]

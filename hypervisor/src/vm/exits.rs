@@ -6,7 +6,7 @@ use crate::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
 use crate::devices::events::EventKind;
 use crate::memslot::AsId;
-use crate::mmu::{Fault, VcpuMmu};
+use crate::mmu::{Fault, MmuError, VcpuMmu};
 use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
@@ -163,6 +163,14 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
                 )
             }
             Ok(Fault::WriteToReadOnly) => crash(cx, format!("write to read-only memory at {gpa:#x}")),
+            Err(MmuError::OutOfMemory) => crash(
+                cx,
+                format!(
+                    "the host ran out of memory backing guest address {gpa:#x} (guest memory is \
+                     allocated on first touch, so VMs together may ask for more than there is: \
+                     delete a VM or give this one less)"
+                ),
+            ),
             Err(e) => crash(cx, format!("nested page fault at {gpa:#x} not handled: {e:?}")),
         },
         Exit::Hlt => {
