@@ -7,24 +7,17 @@
 //! A vCPU stays on the queue it was given: VMX binds a VMCS to the CPU it was loaded on.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use hypervisor::vm::{Runnable, Slice};
+use hypervisor::vm::{RunQueue, Runnable, Step};
 use spin::{Mutex, Once};
 
-struct Queue {
-    runnable: Mutex<VecDeque<Box<dyn Runnable>>>,
-}
+static QUEUES: Once<Vec<RunQueue>> = Once::new();
 
-static QUEUES: Once<Vec<Queue>> = Once::new();
-
-fn queues() -> &'static [Queue] {
-    QUEUES.call_once(|| {
-        (0..libos::smp::cpu_count()).map(|_| Queue { runnable: Mutex::new(VecDeque::new()) }).collect()
-    })
+fn queues() -> &'static [RunQueue] {
+    QUEUES.call_once(|| (0..libos::smp::cpu_count()).map(|_| RunQueue::new()).collect())
 }
 
 /// How long the APs get to turn virtualization on.
@@ -77,7 +70,7 @@ fn start_once(enable: fn() -> Result<(), String>) -> Result<(), String> {
 pub fn submit(cpu: usize, runner: Box<dyn Runnable>) {
     let queues = queues();
     let cpu = cpu.min(queues.len() - 1);
-    queues[cpu].runnable.lock().push_back(runner);
+    queues[cpu].push(runner);
     if cpu != libos::smp::current_cpu() {
         libos::smp::kick(cpu);
     }
@@ -89,32 +82,9 @@ pub fn vcpu_cpus() -> core::ops::Range<usize> {
     if cpus > 1 { 1..cpus } else { 0..1 }
 }
 
-/// What one scheduling step did.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// A vCPU ran (and yielded or ended).
-    Ran,
-    /// The vCPU at the head is paused; it went back to the end of the queue.
-    Paused,
-    Empty,
-}
-
 /// Runs one slice of the next vCPU queued on this CPU.
 pub fn run_one_slice() -> Step {
-    let queue = &queues()[libos::smp::current_cpu()];
-    let Some(mut runner) = queue.runnable.lock().pop_front() else { return Step::Empty };
-    let others_waiting = || !queue.runnable.lock().is_empty();
-    match runner.run_slice(&others_waiting) {
-        Slice::Yielded => {
-            queue.runnable.lock().push_back(runner);
-            Step::Ran
-        }
-        Slice::Paused => {
-            queue.runnable.lock().push_back(runner);
-            Step::Paused
-        }
-        Slice::Ended(_) => Step::Ran,
-    }
+    queues()[libos::smp::current_cpu()].run_one_slice()
 }
 
 /// Runs this CPU's queue until `done` says so (the boot CPU, for guests launched from the
@@ -133,7 +103,7 @@ fn run_forever(cpu: usize) {
             Step::Ran => {}
             // Only paused vCPUs: look again at the next timer tick.
             Step::Paused => libos::smp::sleep_unless(|| false),
-            Step::Empty => libos::smp::sleep_unless(|| !queues()[cpu].runnable.lock().is_empty()),
+            Step::Empty => libos::smp::sleep_unless(|| !queues()[cpu].is_empty()),
         }
     }
 }

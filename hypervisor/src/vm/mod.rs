@@ -9,9 +9,11 @@
 //! [`VmError::WrongState`].
 
 mod exits;
+mod run_queue;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason};
+pub use run_queue::{RunQueue, Step};
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
 use crate::addr::{Gpa, PAGE_SIZE};
