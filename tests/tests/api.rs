@@ -79,6 +79,8 @@ fn two_vms_run_at_once_and_their_memory_returns() {
 
     ok(client.put("/v1/vms/a", br#"{"vcpus": 1, "memory_mib": 64}"#), 201);
     ok(client.put("/v1/vms/b", br#"{"vcpus": 2, "memory_mib": 64}"#), 201);
+    let assigned = json(&ok(client.get("/v1/info"), 200))["memory_assigned_bytes"].as_u64();
+    assert_eq!(assigned, Some(128 << 20), "two VMs of 64 MiB");
     let loaded =
         json(&ok(client.put("/v1/vms/a/image?format=multiboot&cmdline=who%3Da", &guest("hello")), 200));
     assert_eq!(loaded["protocol"], "multiboot1");
@@ -255,6 +257,9 @@ fn vms_that_together_outgrow_host_memory_crash_cleanly() {
         let load = format!("/v1/vms/{vm}/image?format=pvh&cmdline=mib%3D{touch_mib}");
         ok(client.put(&load, &guest("memtouch")), 200);
     }
+    let info = json(&ok(client.get("/v1/info"), 200));
+    let (assigned, free) = (info["memory_assigned_bytes"].as_u64(), info["memory_free_bytes"].as_u64());
+    assert!(assigned > free, "the info shows the overcommit: {info}");
     for vm in ["a", "b"] {
         ok(client.post(&format!("/v1/vms/{vm}/actions"), br#"{"action": "start"}"#), 200);
     }

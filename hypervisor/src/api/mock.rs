@@ -151,6 +151,7 @@ impl ApiHandler for MockHypervisor {
             features: alloc::vec!["npt".into()],
             memory_total_bytes: self.total_memory_mib << 20,
             memory_free_bytes: self.free_memory_mib << 20,
+            memory_assigned_bytes: self.vms.values().flat_map(|vm| vm.slots.values()).map(|s| s.size).sum(),
             vms: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
         })
     }

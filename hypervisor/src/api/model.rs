@@ -256,12 +256,15 @@ pub struct HypervisorInfo {
     /// Taproot's version (the crate version).
     pub version: String,
     pub cpus: u32,
-    /// `svm` or `vmx`.
+    /// `svm`, `vmx`, or `none` (no VM can run).
     pub backend: String,
     /// The backend's features (`npt`, `ept`, `vpid`, ...).
     pub features: Vec<String>,
     pub memory_total_bytes: u64,
     pub memory_free_bytes: u64,
+    /// Guest memory the VMs' slots cover. It is allocated on first touch, so this may
+    /// exceed `memory_free_bytes` (overcommit): a VM that then finds no frame crashes.
+    pub memory_assigned_bytes: u64,
     pub vms: u32,
 }
 

@@ -111,6 +111,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),
+            memory_assigned_bytes: self.vms.values().flat_map(|e| e.slots.values()).map(|s| s.size).sum(),
             vms: self.vms.len() as u32,
         })
     }

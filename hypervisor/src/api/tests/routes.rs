@@ -20,7 +20,11 @@ fn info_describes_the_hypervisor() {
     assert_eq!(info["cpus"], 2);
     assert_eq!(info["backend"], "mock");
     assert_eq!(info["memory_free_bytes"], 1024u64 << 20);
+    assert_eq!(info["memory_assigned_bytes"], 0);
     assert!(info["version"].is_string());
+    h.call("PUT", "/v1/vms/a", Some(VM));
+    let info = h.call("GET", "/v1/info", None).json();
+    assert_eq!(info["memory_assigned_bytes"], 64u64 << 20, "{info}");
 }
 
 #[test]
