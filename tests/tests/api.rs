@@ -292,6 +292,34 @@ fn vms_that_together_outgrow_host_memory_crash_cleanly() {
     assert_eq!(info["memory_free_bytes"].as_u64().unwrap(), free_before, "every frame came back");
 }
 
+/// Uploads are staged on the heap, an eighth of RAM: one larger than half the heap is
+/// refused before a byte of it is held (a heap allocation that failed would end the
+/// hypervisor), and the image keeps serving and loading images that fit.
+#[test]
+fn an_upload_larger_than_the_staging_budget_is_refused_and_nothing_breaks() {
+    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port().unwrap();
+    let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
+    qemu.api_port = Some(port);
+    qemu.memory_mib = 512;
+    let mut console = qemu.spawn().unwrap();
+    console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let client = Client::new(port, TOKEN);
+    // 512 MiB of RAM: a 64 MiB heap, 32 MiB for uploads; the VM itself could hold 48 MiB.
+    ok(client.put("/v1/vms/big", br#"{"vcpus": 1, "memory_mib": 128}"#), 201);
+    let refused = client.put("/v1/vms/big/image?format=pvh", &vec![0u8; 48 << 20]).unwrap();
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    let message = json(&refused)["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("stages at most"), "{message}");
+    // QEMU's user network may still be tearing down the refused connection.
+    std::thread::sleep(Duration::from_millis(200));
+    let info = json(&ok(client.get("/v1/vms/big"), 200));
+    assert_eq!(info["image_loaded"], false, "{info}");
+    ok(client.put("/v1/vms/big/image?format=pvh", &guest("hello")), 200);
+    ok(client.post("/v1/vms/big/actions", br#"{"action": "start"}"#), 200);
+    assert_eq!(wait_state(&client, "big", "exited")["exit_status"], 0);
+}
+
 /// A machine without VMX or SVM (TCG `-cpu max,-svm`): the API still answers and says so,
 /// and creating a VM is refused with the reason instead of a VM that never runs.
 #[test]

@@ -35,6 +35,17 @@ pub struct Upload {
     id: VmId,
     request: ImageRequest,
     bytes: Vec<u8>,
+    /// What it holds of the upload budget (its Content-Length).
+    reserved: u64,
+}
+
+/// Uploads are staged whole on the heap (the loader checks the entire image before any of
+/// it reaches guest memory), and the heap is an eighth of RAM. A heap allocation that fails
+/// ends the hypervisor, so uploads in flight together may hold at most this share of it,
+/// reserved up front from their Content-Length: the network stack and everything else keep
+/// the rest.
+fn upload_budget() -> u64 {
+    libos::mm::heap::total_bytes() / 2
 }
 
 pub struct Manager<B: Backend> {
@@ -43,11 +54,13 @@ pub struct Manager<B: Backend> {
     next_cpu: usize,
     /// Why VMs cannot run here, if they cannot (no VMX/SVM, or turning it on failed).
     virt: Result<(), String>,
+    /// Bytes reserved by uploads in flight (see [`upload_budget`]).
+    uploading_bytes: u64,
 }
 
 impl<B: Backend> Manager<B> {
     pub fn new(virt: Result<(), String>) -> Self {
-        Self { vms: BTreeMap::new(), next_vm_number: 1, next_cpu: 0, virt }
+        Self { vms: BTreeMap::new(), next_vm_number: 1, next_cpu: 0, virt, uploading_bytes: 0 }
     }
 
     fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
@@ -191,6 +204,8 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn begin_image(&mut self, id: &VmId, request: &ImageRequest, total_len: u64) -> Result<Upload, ApiError> {
+        let budget = upload_budget();
+        let in_flight = self.uploading_bytes;
         let entry = self.entry_mut(id)?;
         if entry.uploading {
             return Err(ApiError::Conflict("another image upload to this VM is in progress".into()));
@@ -205,8 +220,27 @@ impl<B: Backend> ApiHandler for Manager<B> {
                 entry.vm.config.memory_mib
             )));
         }
+        if total_len > budget {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the image is {total_len} bytes; this host stages at most {budget} bytes of uploads \
+                 (half its heap, which is an eighth of its RAM): give it more memory or upload less"
+            )));
+        }
+        if in_flight + total_len > budget {
+            return Err(ApiError::Unavailable(format!(
+                "other uploads in flight hold {in_flight} of the {budget} bytes this host stages; \
+                 retry when they are done"
+            )));
+        }
+        let mut bytes = Vec::new();
+        if bytes.try_reserve_exact(total_len as usize).is_err() {
+            return Err(ApiError::Unavailable(format!(
+                "no room on the heap for a {total_len}-byte image now; retry later"
+            )));
+        }
         entry.uploading = true;
-        Ok(Upload { id: id.clone(), request: request.clone(), bytes: Vec::with_capacity(total_len as usize) })
+        self.uploading_bytes += total_len;
+        Ok(Upload { id: id.clone(), request: request.clone(), bytes, reserved: total_len })
     }
 
     fn image_chunk(&mut self, upload: &mut Upload, offset: u64, bytes: &[u8]) -> Result<(), ApiError> {
@@ -216,11 +250,17 @@ impl<B: Backend> ApiHandler for Manager<B> {
                 upload.bytes.len()
             )));
         }
+        if upload.bytes.len() as u64 + bytes.len() as u64 > upload.reserved {
+            // The connection enforces Content-Length; growing past the reservation would
+            // allocate on the heap unchecked.
+            return Err(ApiError::Internal("image chunk beyond the announced length".into()));
+        }
         upload.bytes.extend_from_slice(bytes);
         Ok(())
     }
 
     fn finish_image(&mut self, upload: Upload) -> Result<ImageLoaded, ApiError> {
+        self.uploading_bytes -= upload.reserved;
         let entry = self.entry_mut(&upload.id)?;
         entry.uploading = false;
         let plan = entry.vm.load_image(&upload.bytes, upload.request.format, &upload.request.cmdline)?;
@@ -228,6 +268,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn abort_image(&mut self, upload: Upload) {
+        self.uploading_bytes -= upload.reserved;
         if let Ok(entry) = self.entry_mut(&upload.id) {
             entry.uploading = false;
         }

@@ -1,10 +1,14 @@
 //! The global heap: `talc` over one contiguous range of RAM.
 
 use crate::bootinfo::{BootInfo, PhysRange};
+use core::sync::atomic::{AtomicU64, Ordering};
 use talc::source::Manual;
 
 #[global_allocator]
 static HEAP: talc::TalcLock<spin::Mutex<()>, Manual> = talc::TalcLock::new(Manual);
+
+/// The heap's size, once claimed.
+static HEAP_BYTES: AtomicU64 = AtomicU64::new(0);
 
 const MIN_HEAP: u64 = 16 << 20;
 const MAX_HEAP: u64 = 256 << 20;
@@ -27,5 +31,11 @@ pub fn init(info: &BootInfo, holes: &[PhysRange]) -> PhysRange {
     if claimed.is_none() {
         panic!("heap: could not claim {:#x}..{:#x}", range.start, range.end);
     }
+    HEAP_BYTES.store(range.len(), Ordering::Relaxed);
     range
+}
+
+/// The heap's size in bytes (an eighth of RAM, 16 to 256 MiB).
+pub fn total_bytes() -> u64 {
+    HEAP_BYTES.load(Ordering::Relaxed)
 }
