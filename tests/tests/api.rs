@@ -11,11 +11,18 @@ const TOKEN: &str = "e2e-test-token";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn boot() -> (Console, Client) {
+    boot_with(1024, |_| {})
+}
+
+/// Boots the release image with `memory_mib` of RAM, a static address and the test token,
+/// after `adjust` has changed the QEMU command line, and waits for the API.
+fn boot_with(memory_mib: u32, adjust: impl FnOnce(&mut Qemu)) -> (Console, Client) {
     let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
     let port = free_port().unwrap();
     let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
     qemu.api_port = Some(port);
-    qemu.memory_mib = 1024;
+    qemu.memory_mib = memory_mib;
+    adjust(&mut qemu);
     let mut console = qemu.spawn().unwrap();
     console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     (console, Client::new(port, TOKEN))
@@ -239,14 +246,7 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
 /// answering, and deleting both gives every frame back.
 #[test]
 fn vms_that_together_outgrow_host_memory_crash_cleanly() {
-    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
-    let port = free_port().unwrap();
-    let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
-    qemu.api_port = Some(port);
-    qemu.memory_mib = 256;
-    let mut console = qemu.spawn().unwrap();
-    console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let client = Client::new(port, TOKEN);
+    let (_console, client) = boot_with(256, |_| {});
     let free_before = json(&ok(client.get("/v1/info"), 200))["memory_free_bytes"].as_u64().unwrap();
     // Each VM asks for 60% of what is free and touches nearly all of it.
     let vm_mib = (free_before * 6 / 10) >> 20;
@@ -297,14 +297,7 @@ fn vms_that_together_outgrow_host_memory_crash_cleanly() {
 /// hypervisor), and the image keeps serving and loading images that fit.
 #[test]
 fn an_upload_larger_than_the_staging_budget_is_refused_and_nothing_breaks() {
-    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
-    let port = free_port().unwrap();
-    let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
-    qemu.api_port = Some(port);
-    qemu.memory_mib = 512;
-    let mut console = qemu.spawn().unwrap();
-    console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let client = Client::new(port, TOKEN);
+    let (_console, client) = boot_with(512, |_| {});
     // 512 MiB of RAM: a 64 MiB heap, 32 MiB for uploads; the VM itself could hold 48 MiB.
     ok(client.put("/v1/vms/big", br#"{"vcpus": 1, "memory_mib": 128}"#), 201);
     let refused = client.put("/v1/vms/big/image?format=pvh", &vec![0u8; 48 << 20]).unwrap();
@@ -324,16 +317,8 @@ fn an_upload_larger_than_the_staging_budget_is_refused_and_nothing_breaks() {
 /// and creating a VM is refused with the reason instead of a VM that never runs.
 #[test]
 fn without_hardware_virtualization_the_api_says_why_no_vm_can_run() {
-    let elf = paths::built_elf(Profile::Release).unwrap_or_else(|e| panic!("{e}"));
-    let port = free_port().unwrap();
-    let mut qemu = Qemu::kernel(&elf, &format!("ip=10.0.2.15/24 gw=10.0.2.2 token={TOKEN}"));
-    qemu.api_port = Some(port);
-    qemu.tcg_cpu = Some("max,-svm".into());
-    let mut console = qemu.spawn().unwrap();
-    let ready = console.wait_for("taproot: ready", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(ready.contains("virt=none"), "{ready}");
-    console.wait_for("taproot: api listening", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let client = Client::new(port, TOKEN);
+    let (console, client) = boot_with(512, |qemu| qemu.tcg_cpu = Some("max,-svm".into()));
+    assert!(console.transcript().contains("virt=none"), "{}", console.transcript());
     let info = json(&ok(client.get("/v1/info"), 200));
     assert_eq!(info["backend"], "none", "{info}");
     let refused = ok(client.put("/v1/vms/a", br#"{"vcpus": 1, "memory_mib": 16}"#), 503);
