@@ -273,6 +273,54 @@ pub mod boot {
     pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
     /// Xen `arch-x86/hvm/start_info.h`: `XEN_HVM_START_MAGIC_VALUE`.
     pub const HVM_START_MAGIC: u32 = 0x336E_C578;
+
+    /// The ACPI address range type of RAM (ACPI 6.5 §15.1, Table 15.1), which both the PVH
+    /// memory map (`XEN_HVM_MEMMAP_TYPE_RAM`) and the multiboot1 memory map use.
+    pub const MEMORY_TYPE_RAM: u32 = 1;
+    /// The same table: reserved.
+    pub const MEMORY_TYPE_RESERVED: u32 = 2;
+
+    /// Xen `arch-x86/hvm/start_info.h`, `struct hvm_start_info` (version 1): its size and
+    /// byte offsets, written by the loader and read by the guests.
+    pub mod hvm_start_info {
+        pub const SIZE: usize = 56;
+        pub const MAGIC: usize = 0;
+        pub const VERSION: usize = 4;
+        pub const CMDLINE_PADDR: usize = 24;
+        pub const MEMMAP_PADDR: usize = 40;
+        pub const MEMMAP_ENTRIES: usize = 48;
+        /// `struct hvm_memmap_table_entry`: addr u64, size u64, type u32, reserved u32.
+        pub const MEMMAP_ENTRY_SIZE: usize = 24;
+        pub const MEMMAP_ENTRY_ADDR: usize = 0;
+        pub const MEMMAP_ENTRY_LEN: usize = 8;
+        pub const MEMMAP_ENTRY_TYPE: usize = 16;
+    }
+
+    /// Multiboot specification 0.6.96 §3.3, the boot information: the byte offsets of the
+    /// fields Taproot fills in and the flag bits that make them valid.
+    pub mod multiboot_info {
+        /// Up to and including `boot_loader_name` (offset 64) and the APM/VBE fields after
+        /// it, which stay zero.
+        pub const SIZE: usize = 88;
+        pub const FLAGS: usize = 0;
+        pub const MEM_LOWER: usize = 4;
+        pub const MEM_UPPER: usize = 8;
+        pub const CMDLINE: usize = 16;
+        pub const MMAP_LENGTH: usize = 44;
+        pub const MMAP_ADDR: usize = 48;
+        pub const BOOT_LOADER_NAME: usize = 64;
+
+        pub const FLAG_MEM: u32 = 1 << 0;
+        pub const FLAG_CMDLINE: u32 = 1 << 2;
+        pub const FLAG_MMAP: u32 = 1 << 6;
+        pub const FLAG_BOOT_LOADER_NAME: u32 = 1 << 9;
+
+        /// An mmap entry: `size` (u32, the bytes after it), base u64, length u64, type u32.
+        pub const MMAP_ENTRY_SIZE_FIELD: u32 = 20;
+        pub const MMAP_ENTRY_BASE: usize = 4;
+        pub const MMAP_ENTRY_LEN: usize = 12;
+        pub const MMAP_ENTRY_TYPE: usize = 20;
+    }
 }
 
 #[cfg(test)]

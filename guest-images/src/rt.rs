@@ -5,7 +5,8 @@ use core::arch::{asm, global_asm, naked_asm};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-use taproot_guest_abi::{boot, cpuid, hypercall, port, status};
+use taproot_guest_abi::boot::{self, hvm_start_info as si, multiboot_info as mbi};
+use taproot_guest_abi::{cpuid, hypercall, port, status};
 
 /// The most vCPUs a guest runs on (one stack each).
 pub const MAX_VCPUS: u32 = 8;
@@ -253,38 +254,20 @@ pub struct Boot {
     pub under_taproot: bool,
 }
 
-/// `struct hvm_start_info` offsets (Xen `arch-x86/hvm/start_info.h`; the magic at 0).
-const SI_CMDLINE_PADDR: u64 = 24;
-const SI_MEMMAP_PADDR: u64 = 40;
-const SI_MEMMAP_ENTRIES: u64 = 48;
-/// `struct hvm_memmap_table_entry`: addr, size, type (1 = RAM).
-const MEMMAP_ENTRY_SIZE: u64 = 24;
-const MEMMAP_TYPE_RAM: u32 = 1;
-/// Multiboot 0.6.96 §3.3, the boot information (flags at offset 0): the fields we read,
-/// with the flag bit that makes each valid.
-const MBI_CMDLINE: u64 = 16;
-const MBI_MMAP_LENGTH: u64 = 44;
-const MBI_MMAP_ADDR: u64 = 48;
-const MBI_FLAG_CMDLINE: u32 = 1 << 2;
-const MBI_FLAG_MMAP: u32 = 1 << 6;
-/// A multiboot mmap entry: `size` (u32, not counting itself), base u64, length u64, type
-/// u32 (1 = RAM).
-const MB_MMAP_BASE: u64 = 4;
-const MB_MMAP_LENGTH: u64 = 12;
-const MB_MMAP_TYPE: u64 = 20;
 /// Longest command line read; most memory-map entries read.
 const CMDLINE_MAX: usize = 4096;
 const MEMMAP_MAX_ENTRIES: u64 = 128;
 
-/// Reads a `T` at guest-physical (= virtual) address `addr`.
+/// Reads a `T` at guest-physical (= virtual) address `base + offset` (a field of a boot
+/// information structure, whose layouts `taproot_guest_abi::boot` gives in byte offsets).
 ///
 /// # Safety
-/// `addr` must be mapped (the runtime identity-maps 4 GiB) and hold a `T` (any bit
+/// The address must be mapped (the runtime identity-maps 4 GiB) and hold a `T` (any bit
 /// pattern must be valid for `T`).
-unsafe fn read_phys<T: Copy>(addr: u64) -> T {
+unsafe fn read_phys<T: Copy>(base: u64, offset: usize) -> T {
     // SAFETY: the caller promises the address is mapped and holds a T; unaligned reads
-    // are allowed for the start info fields.
-    unsafe { core::ptr::read_unaligned(addr as *const T) }
+    // are allowed for the boot information's fields.
+    unsafe { core::ptr::read_unaligned((base + offset as u64) as *const T) }
 }
 
 /// A NUL-terminated string at `addr` ("" when absent or not UTF-8).
@@ -310,7 +293,7 @@ impl Boot {
         let base = u64::from(self.boot_info);
         // SAFETY: the boot information's gpa comes from the loader and lies in guest memory
         // below 4 GiB, which the runtime maps; both structures begin with a u32.
-        let first_word = unsafe { read_phys::<u32>(base) };
+        let first_word = unsafe { read_phys::<u32>(base, 0) };
         match self.protocol {
             Protocol::Pvh => (first_word == boot::HVM_START_MAGIC).then_some(0),
             Protocol::Multiboot1 => Some(first_word),
@@ -324,10 +307,10 @@ impl Boot {
         let base = u64::from(self.boot_info);
         match self.protocol {
             // SAFETY: the start info is valid (magic checked) and mapped.
-            Protocol::Pvh => c_string(unsafe { read_phys(base + SI_CMDLINE_PADDR) }),
-            Protocol::Multiboot1 if flags & MBI_FLAG_CMDLINE != 0 => {
+            Protocol::Pvh => c_string(unsafe { read_phys(base, si::CMDLINE_PADDR) }),
+            Protocol::Multiboot1 if flags & mbi::FLAG_CMDLINE != 0 => {
                 // SAFETY: the loader set the flag that makes this field valid.
-                c_string(u64::from(unsafe { read_phys::<u32>(base + MBI_CMDLINE) }))
+                c_string(u64::from(unsafe { read_phys::<u32>(base, mbi::CMDLINE) }))
             }
             Protocol::Multiboot1 => "",
         }
@@ -347,19 +330,24 @@ impl Boot {
             Protocol::Pvh => {
                 // SAFETY: the start info is valid (magic checked) and mapped.
                 let (map, entries): (u64, u32) =
-                    unsafe { (read_phys(base + SI_MEMMAP_PADDR), read_phys(base + SI_MEMMAP_ENTRIES)) };
+                    unsafe { (read_phys(base, si::MEMMAP_PADDR), read_phys(base, si::MEMMAP_ENTRIES)) };
                 (0..u64::from(entries).min(MEMMAP_MAX_ENTRIES)).find_map(|i| {
-                    let entry = map + i * MEMMAP_ENTRY_SIZE;
+                    let entry = map + i * si::MEMMAP_ENTRY_SIZE as u64;
                     // SAFETY: the loader wrote `entries` memory-map entries at `map`.
-                    let (start, size, kind): (u64, u64, u32) =
-                        unsafe { (read_phys(entry), read_phys(entry + 8), read_phys(entry + 16)) };
-                    ram_end(start, size, kind == MEMMAP_TYPE_RAM)
+                    let (start, size, kind): (u64, u64, u32) = unsafe {
+                        (
+                            read_phys(entry, si::MEMMAP_ENTRY_ADDR),
+                            read_phys(entry, si::MEMMAP_ENTRY_LEN),
+                            read_phys(entry, si::MEMMAP_ENTRY_TYPE),
+                        )
+                    };
+                    ram_end(start, size, kind == boot::MEMORY_TYPE_RAM)
                 })
             }
-            Protocol::Multiboot1 if flags & MBI_FLAG_MMAP != 0 => {
+            Protocol::Multiboot1 if flags & mbi::FLAG_MMAP != 0 => {
                 // SAFETY: the loader set the flag that makes these fields valid.
                 let (length, map): (u32, u32) =
-                    unsafe { (read_phys(base + MBI_MMAP_LENGTH), read_phys(base + MBI_MMAP_ADDR)) };
+                    unsafe { (read_phys(base, mbi::MMAP_LENGTH), read_phys(base, mbi::MMAP_ADDR)) };
                 let (mut entry, end) = (u64::from(map), u64::from(map) + u64::from(length));
                 for _ in 0..MEMMAP_MAX_ENTRIES {
                     if entry >= end {
@@ -368,13 +356,13 @@ impl Boot {
                     // SAFETY: the entry lies inside the map the loader described.
                     let (size, start, len, kind): (u32, u64, u64, u32) = unsafe {
                         (
-                            read_phys(entry),
-                            read_phys(entry + MB_MMAP_BASE),
-                            read_phys(entry + MB_MMAP_LENGTH),
-                            read_phys(entry + MB_MMAP_TYPE),
+                            read_phys(entry, 0),
+                            read_phys(entry, mbi::MMAP_ENTRY_BASE),
+                            read_phys(entry, mbi::MMAP_ENTRY_LEN),
+                            read_phys(entry, mbi::MMAP_ENTRY_TYPE),
                         )
                     };
-                    if let Some(found) = ram_end(start, len, kind == MEMMAP_TYPE_RAM) {
+                    if let Some(found) = ram_end(start, len, kind == boot::MEMORY_TYPE_RAM) {
                         return Some(found);
                     }
                     entry += u64::from(size) + 4;

@@ -324,13 +324,7 @@ impl ApiHandler for MockHypervisor {
 
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
         let vm = self.get(id)?;
-        let read = vm.console.read(offset, out);
-        Ok(ConsoleRead {
-            len: read.len,
-            missed: read.missed,
-            next_offset: read.next_offset,
-            state: vm.status,
-        })
+        Ok(ConsoleRead::new(vm.console.read(offset, out), vm.status))
     }
 
     fn stats(&mut self, id: &VmId) -> Result<String, ApiError> {

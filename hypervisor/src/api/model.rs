@@ -319,3 +319,10 @@ pub struct ConsoleRead {
     pub next_offset: u64,
     pub state: VmStatus,
 }
+
+impl ConsoleRead {
+    /// A console ring's read, with the state of its VM.
+    pub fn new(read: crate::devices::ConsoleRead, state: VmStatus) -> Self {
+        Self { len: read.len, missed: read.missed, next_offset: read.next_offset, state }
+    }
+}

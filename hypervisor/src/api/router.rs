@@ -226,20 +226,20 @@ fn image_request(query: &mut Query) -> Result<ImageRequest, ApiError> {
             };
             ImageFormat::Flat { load_gpa, entry_gpa: entry }
         }
-        "elf" | "pvh" | "multiboot" | "multiboot1" if load.is_some() || entry.is_some() => {
-            return Err(ApiError::BadRequest(
-                "load and entry apply to format=flat only; an ELF image names its own addresses".into(),
-            ));
-        }
-        "elf" => ImageFormat::Elf,
-        "pvh" => ImageFormat::Pvh,
-        "multiboot" | "multiboot1" => ImageFormat::Multiboot1,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown image format {}: use format=flat, pvh, multiboot or elf",
-                printable(other)
-            )));
-        }
+        other => match ImageFormat::elf_by_name(other) {
+            Some(_) if load.is_some() || entry.is_some() => {
+                return Err(ApiError::BadRequest(
+                    "load and entry apply to format=flat only; an ELF image names its own addresses".into(),
+                ));
+            }
+            Some(elf) => elf,
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown image format {}: use format=flat, pvh, multiboot or elf",
+                    printable(other)
+                )));
+            }
+        },
     };
     Ok(ImageRequest { format, cmdline })
 }

@@ -40,12 +40,9 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         .map(|v| v.parse())
         .transpose()
         .map_err(|_| "timeout_ms must be a number of milliseconds")?;
-    let elf_format = match cmdline::value(line, "format") {
-        None | Some("elf") => ImageFormat::Elf,
-        Some("pvh") => ImageFormat::Pvh,
-        Some("multiboot") => ImageFormat::Multiboot1,
-        Some(other) => return Err(format!("format={other} is not one of elf, pvh, multiboot")),
-    };
+    let format_name = cmdline::value(line, "format").unwrap_or("elf");
+    let elf_format = ImageFormat::elf_by_name(format_name)
+        .ok_or_else(|| format!("format={format_name} is not one of elf, pvh, multiboot"))?;
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => (*bytes, elf_format),
         None => match super::builtin::find(name) {

@@ -318,12 +318,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
         let entry = self.entry(id)?;
         let read = entry.vm.read_console(offset, out);
-        Ok(ConsoleRead {
-            len: read.len,
-            missed: read.missed,
-            next_offset: read.next_offset,
-            state: Self::info_of(id.as_str(), entry).state,
-        })
+        Ok(ConsoleRead::new(read, Self::info_of(id.as_str(), entry).state))
     }
 
     fn stats(&mut self, id: &VmId) -> Result<String, ApiError> {

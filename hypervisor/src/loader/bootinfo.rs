@@ -2,6 +2,7 @@
 //! PVH `hvm_start_info` and the multiboot1 information structure.
 
 use alloc::vec::Vec;
+use taproot_guest_abi::boot::{self, hvm_start_info as si, multiboot_info as mb};
 
 use super::{BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootInfoPlan, LoadError};
 
@@ -13,12 +14,11 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
-    /// The ACPI address range type (ACPI 6.5 §15.1, Table 15.1), which both the PVH memory
-    /// map (`XEN_HVM_MEMMAP_TYPE_*`) and the multiboot1 memory map use.
+    /// The ACPI address range type, which both memory maps use.
     const fn acpi_type(self) -> u32 {
         match self {
-            Self::Ram => 1,
-            Self::Reserved => 2,
+            Self::Ram => boot::MEMORY_TYPE_RAM,
+            Self::Reserved => boot::MEMORY_TYPE_RESERVED,
         }
     }
 }
@@ -103,23 +103,10 @@ impl InfoWriter {
     }
 }
 
-/// Xen `arch-x86/hvm/start_info.h`, `struct hvm_start_info` (version 1): 56 bytes.
-mod hvm_start_info {
-    pub const SIZE: usize = 56;
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 4;
-    pub const CMDLINE_PADDR: usize = 24;
-    pub const MEMMAP_PADDR: usize = 40;
-    pub const MEMMAP_ENTRIES: usize = 48;
-    /// `struct hvm_memmap_table_entry`: addr u64, size u64, type u32, reserved u32.
-    pub const MEMMAP_ENTRY_SIZE: usize = 24;
-}
-
 /// The PVH start info at [`BOOT_INFO_GPA`], followed by its memory map and command line.
 pub fn pvh_start_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, LoadError> {
-    use hvm_start_info as si;
     let mut w = InfoWriter::with_zeroes(si::SIZE);
-    w.put_u32(si::MAGIC, taproot_guest_abi::boot::HVM_START_MAGIC);
+    w.put_u32(si::MAGIC, boot::HVM_START_MAGIC);
     w.put_u32(si::VERSION, 1);
     let map = guest_memory_map(mem_size);
     let mut table = Vec::with_capacity(map.len() * si::MEMMAP_ENTRY_SIZE);
@@ -137,33 +124,9 @@ pub fn pvh_start_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, Load
     w.finish(mem_size)
 }
 
-/// Multiboot specification 0.6.96 §3.3, the boot information format.
-mod multiboot_info {
-    /// Up to and including `boot_loader_name` (offset 64) and the APM/VBE fields after it,
-    /// which stay zero.
-    pub const SIZE: usize = 88;
-    pub const FLAGS: usize = 0;
-    pub const MEM_LOWER: usize = 4;
-    pub const MEM_UPPER: usize = 8;
-    pub const CMDLINE: usize = 16;
-    pub const MMAP_LENGTH: usize = 44;
-    pub const MMAP_ADDR: usize = 48;
-    pub const BOOT_LOADER_NAME: usize = 64;
-
-    pub const FLAG_MEM: u32 = 1 << 0;
-    pub const FLAG_CMDLINE: u32 = 1 << 2;
-    pub const FLAG_MMAP: u32 = 1 << 6;
-    pub const FLAG_BOOT_LOADER_NAME: u32 = 1 << 9;
-
-    /// An mmap entry is `size` (u32, not counting itself) then base u64, length u64,
-    /// type u32.
-    pub const MMAP_ENTRY_SIZE_FIELD: u32 = 20;
-}
-
 /// The multiboot1 information at [`BOOT_INFO_GPA`], followed by its memory map, command
 /// line and boot loader name.
 pub fn multiboot_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, LoadError> {
-    use multiboot_info as mb;
     let mut w = InfoWriter::with_zeroes(mb::SIZE);
     // mem_lower: KiB of RAM from 0 (at most 640); mem_upper: KiB of RAM from 1 MiB up to
     // the first hole, which for us is the end of memory.

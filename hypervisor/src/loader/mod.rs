@@ -54,6 +54,20 @@ pub enum ImageFormat {
     Multiboot1,
 }
 
+impl ImageFormat {
+    /// The ELF format a user names: `elf` (PVH note, else multiboot header), `pvh`,
+    /// `multiboot` or `multiboot1`. The API and the image's command line both take these.
+    #[must_use]
+    pub fn elf_by_name(name: &str) -> Option<Self> {
+        match name {
+            "elf" => Some(Self::Elf),
+            "pvh" => Some(Self::Pvh),
+            "multiboot" | "multiboot1" => Some(Self::Multiboot1),
+            _ => None,
+        }
+    }
+}
+
 /// What the guest is given besides its image.
 #[derive(Clone, Copy, Debug)]
 pub struct GuestConfig<'a> {
