@@ -1,5 +1,5 @@
-//! The Taproot image: libos boots the machine and calls `image::main` on the boot CPU
-//! once every CPU is up; `image/` holds what the image does with it (the guest launcher,
+//! The Taproot image: libos boots the machine and calls `app::main` on the boot CPU
+//! once every CPU is up; `app/` holds what the image does with it (the guest launcher,
 //! the vCPU scheduler, the VM registry behind the API, the API server).
 //!
 //! On the host this binary only explains itself: the image is built and booted with
@@ -12,7 +12,7 @@ mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 #[cfg(target_os = "none")]
-mod image;
+mod app;
 #[cfg(target_os = "none")]
 mod sys;
 

@@ -1,5 +1,5 @@
 //! A host CPU's queue of runnable vCPUs, served round robin. The image keeps one per CPU
-//! (`image/sched.rs`, which adds the CPU side: waking, sleeping, which queue is whose);
+//! (`app/sched.rs`, which adds the CPU side: waking, sleeping, which queue is whose);
 //! what is here is plain logic, so it is tested on the host.
 
 use super::vcpu::{Runnable, Slice};
