@@ -36,12 +36,7 @@ pub(super) fn bodiless<H: ApiHandler>(handler: &mut H, route: BodilessRoute) -> 
         BodilessRoute::DeleteMemslot(id, slot) => {
             handler.delete_memslot(&id, slot).map(|()| Response::no_content())
         }
-        BodilessRoute::Stats(id) => handler.stats(&id).map(|stats| Response {
-            status: 200,
-            content_type: Some(Response::JSON),
-            headers: Vec::new(),
-            body: stats.into_bytes(),
-        }),
+        BodilessRoute::Stats(id) => handler.stats(&id).map(|stats| Response::json(200, &stats)),
         BodilessRoute::Console(query) => {
             let mut buf = vec![0; query.max];
             return match read_console(handler, &query, &mut buf, query.wait_ms > 0) {
