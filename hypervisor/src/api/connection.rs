@@ -2,6 +2,11 @@
 //! reads a clock: the caller (the image's network loop over a smoltcp TCP socket, or a
 //! test) passes the time with every call.
 //!
+//! The connection frames: it reads a request head, routes it, reads the body the route
+//! takes (none, a JSON document, or an image streamed to the handler), hands the request
+//! to `dispatch`, and writes the response it gets back. What a request does is
+//! `dispatch`'s business.
+//!
 //! The caller's loop, per connection:
 //! 1. `receive` what the socket has (it returns how many bytes it took; leave the rest in
 //!    the socket: that is the back-pressure);
@@ -23,15 +28,13 @@
 //! did not wait for `100 Continue`), otherwise the connection closes after the answer.
 
 use super::ApiConfig;
+use super::dispatch::{self, Outcome};
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::http::{self, Head, Response};
-use super::model::{ActionRequest, MemslotSpec, VmCreate, VmList};
-use super::router::{self, BodyKind, ConsoleQuery, Route};
+use super::router::{self, BodilessRoute, ConsoleQuery, JsonRoute, Route};
 use alloc::format;
-use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::mem;
 
@@ -39,7 +42,7 @@ enum State<U> {
     /// Reading a request head (the buffer may hold part of one).
     Head,
     /// Collecting a JSON body of `len` bytes.
-    Body { route: Route, len: usize, keep_alive: bool },
+    Body { route: JsonRoute, len: usize, keep_alive: bool },
     /// Streaming an image body to the handler.
     Upload { upload: U, offset: u64, total: u64, keep_alive: bool },
     /// Skipping the body of a request already answered.
@@ -288,8 +291,7 @@ impl<H: ApiHandler> Connection<H> {
                         return;
                     };
                     let body: Vec<u8> = self.input.drain(..len).collect();
-                    let response =
-                        self.json_request(route, &body, handler).unwrap_or_else(|e| Response::error(&e));
+                    let response = dispatch::json(handler, route, &body);
                     self.finish(&response, keep_alive);
                 }
                 State::Upload { .. } | State::Discard { .. } => {
@@ -301,23 +303,13 @@ impl<H: ApiHandler> Connection<H> {
                     self.input = input;
                     self.input.drain(..n);
                 }
-                State::Waiting { query, deadline_ms, buf, .. } => {
-                    let read = handler.read_console(&query.id, query.offset, buf);
-                    let ready = match &read {
-                        Ok(read) => read.len > 0 || read.missed > 0 || read.state.is_final(),
-                        Err(_) => true,
-                    };
-                    if !ready && now_ms < *deadline_ms {
-                        return;
-                    }
-                    let State::Waiting { keep_alive, buf, .. } = mem::replace(&mut self.state, State::Head)
-                    else {
+                State::Waiting { query, deadline_ms, keep_alive, buf } => {
+                    let may_wait = now_ms < *deadline_ms;
+                    let Some(response) = dispatch::read_console(handler, query, buf, may_wait) else {
                         return;
                     };
-                    let response = match read {
-                        Ok(read) => console_response(&buf, read),
-                        Err(e) => Response::error(&e),
-                    };
+                    let keep_alive = *keep_alive;
+                    self.state = State::Head;
                     // Waiting was not idleness: the idle clock starts with the answer.
                     self.last_activity_ms = now_ms;
                     self.finish(&response, keep_alive);
@@ -338,13 +330,13 @@ impl<H: ApiHandler> Connection<H> {
             Ok(route) => route,
             Err(e) => return self.reject(&e, &head),
         };
-        match route.body() {
-            BodyKind::None if body_len > 0 => self.reject(
+        match route {
+            Route::Bodiless(_) if body_len > 0 => self.reject(
                 &ApiError::BadRequest("this request takes no body; send it without one".into()),
                 &head,
             ),
-            BodyKind::None => self.simple_request(route, head.keep_alive, now_ms, handler),
-            BodyKind::Json => {
+            Route::Bodiless(route) => self.bodiless_request(route, head.keep_alive, now_ms, handler),
+            Route::Json(route) => {
                 let max = limits.max_json_body;
                 match head.content_length {
                     None => self.reject(
@@ -367,10 +359,7 @@ impl<H: ApiHandler> Connection<H> {
                     }
                 }
             }
-            BodyKind::Image => {
-                let Route::PutImage(id, request) = route else {
-                    return self.reject(&ApiError::Internal("image body on a non-image route".into()), &head);
-                };
+            Route::Image(id, request) => {
                 let max = limits.max_image_bytes;
                 let Some(total) = head.content_length else {
                     return self.reject(
@@ -442,10 +431,7 @@ impl<H: ApiHandler> Connection<H> {
                         else {
                             return n as usize;
                         };
-                        let response = match handler.finish_image(upload) {
-                            Ok(loaded) => Response::json(200, &loaded),
-                            Err(e) => Response::error(&e),
-                        };
+                        let response = dispatch::finish_image(handler, upload);
                         self.finish(&response, keep_alive);
                     }
                     Err(e) => {
@@ -471,95 +457,14 @@ impl<H: ApiHandler> Connection<H> {
         }
     }
 
-    /// A request without a body.
-    fn simple_request(&mut self, route: Route, keep_alive: bool, now_ms: u64, handler: &mut H) {
-        let result = match route {
-            Route::Info => handler.info().map(|info| Response::json(200, &info)),
-            Route::ListVms => handler.list_vms().map(|vms| Response::json(200, &VmList { vms })),
-            Route::GetVm(id) => handler.vm(&id).map(|vm| Response::json(200, &vm)),
-            Route::DeleteVm(id) => handler.delete_vm(&id).map(|()| Response::no_content()),
-            Route::DeleteMemslot(id, slot) => {
-                handler.delete_memslot(&id, slot).map(|()| Response::no_content())
-            }
-            Route::Stats(id) => handler.stats(&id).map(|stats| Response {
-                status: 200,
-                content_type: Some(Response::JSON),
-                headers: Vec::new(),
-                body: stats.into_bytes(),
-            }),
-            Route::Console(query) => {
-                let mut buf = vec![0; query.max];
-                match handler.read_console(&query.id, query.offset, &mut buf) {
-                    Ok(read)
-                        if read.len == 0
-                            && read.missed == 0
-                            && !read.state.is_final()
-                            && query.wait_ms > 0 =>
-                    {
-                        let deadline_ms = now_ms.saturating_add(query.wait_ms);
-                        self.state = State::Waiting { query, deadline_ms, keep_alive, buf };
-                        return;
-                    }
-                    Ok(read) => Ok(console_response(&buf, read)),
-                    Err(e) => Err(e),
-                }
-            }
-            Route::CreateVm(_) | Route::PutMemslot(..) | Route::Action(_) | Route::PutImage(..) => {
-                Err(ApiError::Internal("a request with a body was routed as one without".into()))
-            }
-        };
-        let response = result.unwrap_or_else(|e| Response::error(&e));
-        self.finish(&response, keep_alive);
-    }
-
-    /// A request with a JSON body.
-    fn json_request(&mut self, route: Route, body: &[u8], handler: &mut H) -> Result<Response, ApiError> {
-        match route {
-            Route::CreateVm(id) => {
-                let config: VmCreate = parse_json(body, r#"{"vcpus": 1, "memory_mib": 64}"#)?;
-                Ok(Response::json(201, &handler.create_vm(&id, &config)?))
-            }
-            Route::PutMemslot(id, slot) => {
-                let spec: MemslotSpec = parse_json(
-                    body,
-                    r#"{"guest_address": 1048576, "size": 4096, "read_only": false, "dirty_log": false, "address_space": 0}"#,
-                )?;
-                spec.as_id()?;
-                Ok(Response::json(201, &handler.put_memslot(&id, slot, &spec)?))
-            }
-            Route::Action(id) => {
-                let request: ActionRequest = parse_json(body, r#"{"action": "start"}"#)?;
-                Ok(Response::json(200, &handler.action(&id, request.action)?))
-            }
-            Route::Info
-            | Route::ListVms
-            | Route::GetVm(_)
-            | Route::DeleteVm(_)
-            | Route::DeleteMemslot(..)
-            | Route::PutImage(..)
-            | Route::Console(_)
-            | Route::Stats(_) => {
-                Err(ApiError::Internal("a request without a JSON body was routed as one".into()))
+    /// A request without a body: answered now, or a console long-poll that waits.
+    fn bodiless_request(&mut self, route: BodilessRoute, keep_alive: bool, now_ms: u64, handler: &mut H) {
+        match dispatch::bodiless(handler, route) {
+            Outcome::Done(response) => self.finish(&response, keep_alive),
+            Outcome::Wait { query, buf } => {
+                let deadline_ms = now_ms.saturating_add(query.wait_ms);
+                self.state = State::Waiting { query, deadline_ms, keep_alive, buf };
             }
         }
-    }
-}
-
-fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8], example: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}; send for example {example}")))
-}
-
-fn console_response(buf: &[u8], read: super::model::ConsoleRead) -> Response {
-    let len = read.len.min(buf.len());
-    Response {
-        status: 200,
-        content_type: Some(Response::BYTES),
-        headers: vec![
-            ("X-Console-Next-Offset", format!("{}", read.next_offset)),
-            ("X-Console-Missed", format!("{}", read.missed)),
-            ("X-Vm-State", String::from(read.state.name())),
-        ],
-        body: buf[..len].to_vec(),
     }
 }

@@ -8,7 +8,7 @@ use super::model::{
     Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
     VmInfo,
 };
-use alloc::string::String;
+use crate::vm::VmStats;
 use alloc::vec::Vec;
 
 /// The hypervisor as the API sees it. The image implements it over its VM registry and
@@ -77,7 +77,6 @@ pub trait ApiHandler {
     /// (as [`crate::devices::ConsoleRing::read`] does) and tells the VM's state.
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError>;
 
-    /// `GET /v1/vms/{id}/stats`: one JSON document (for example
-    /// [`crate::vm::Vm::stats_json`]), passed to the client as it is.
-    fn stats(&mut self, id: &VmId) -> Result<String, ApiError>;
+    /// `GET /v1/vms/{id}/stats`: the VM's counters ([`crate::vm::Vm::stats`]).
+    fn stats(&mut self, id: &VmId) -> Result<VmStats, ApiError>;
 }

@@ -3,16 +3,19 @@
 //! it in step).
 //!
 //! The request path, as in Firecracker's API server: parse ([`http`]), route and validate
-//! ([`router`], [`model`]), act ([`ApiHandler`]), render ([`http::Response`]), with errors
-//! whose `Display` is the user's message ([`ApiError`]). [`Connection`] ties them together
-//! over a byte stream; it does no I/O and reads no clock, so it runs the same in the image
-//! (fed by a smoltcp TCP socket) and in host tests (fed by byte slices).
+//! ([`router`], [`model`]), act (`dispatch` calls the [`ApiHandler`]), render
+//! ([`http::Response`]), with errors whose `Display` is the user's message ([`ApiError`]).
+//! [`Connection`] frames requests over a byte stream (a head, then the body its
+//! [`router::Route`] says it takes) and hands each to `dispatch`; it does no I/O and reads
+//! no clock, so it runs the same in the image (fed by a smoltcp TCP socket) and in host
+//! tests (fed by byte slices).
 //!
 //! Image upload (`PUT /v1/vms/{id}/image?format=...`) is streamed: the connection hands
 //! body bytes to [`ApiHandler::image_chunk`] as they arrive and never buffers the body.
 
 mod auth;
 mod connection;
+mod dispatch;
 mod error;
 mod handler;
 pub mod http;

@@ -71,20 +71,40 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec { template: "/v1/vms/{id}/stats", methods: &[Method::Get], allow: "GET" },
 ];
 
-/// A request the router understood, with its parameters validated.
+/// A request the router understood, with its parameters validated. The variant is the
+/// kind of body the request takes: the connection reads that body, and the dispatcher is
+/// handed each route only with its own kind of body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// No body (a non-empty one is a 400).
+    Bodiless(BodilessRoute),
+    /// A JSON document of at most [`Limits::max_json_body`] bytes.
+    Json(JsonRoute),
+    /// `PUT /v1/vms/{id}/image`: raw image bytes, streamed to the handler.
+    Image(VmId, ImageRequest),
+}
+
+/// A route whose request has no body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodilessRoute {
     Info,
     ListVms,
-    CreateVm(VmId),
     GetVm(VmId),
     DeleteVm(VmId),
-    PutMemslot(VmId, u32),
     DeleteMemslot(VmId, u32),
-    PutImage(VmId, ImageRequest),
-    Action(VmId),
     Console(ConsoleQuery),
     Stats(VmId),
+}
+
+/// A route whose request body is a JSON document; each variant names the body's type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonRoute {
+    /// Body: [`VmCreate`](super::model::VmCreate).
+    CreateVm(VmId),
+    /// Body: [`MemslotSpec`](super::model::MemslotSpec).
+    PutMemslot(VmId, u32),
+    /// Body: [`ActionRequest`](super::model::ActionRequest).
+    Action(VmId),
 }
 
 /// `GET /v1/vms/{id}/console?offset=N&max=M&wait_ms=W`.
@@ -98,34 +118,6 @@ pub struct ConsoleQuery {
     /// When there is nothing to read yet, wait up to this long for output (default 0;
     /// capped at [`Limits::max_wait_ms`]).
     pub wait_ms: u64,
-}
-
-/// What a route's request body is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyKind {
-    /// No body (a non-empty one is a 400).
-    None,
-    /// A JSON document of at most [`Limits::max_json_body`] bytes.
-    Json,
-    /// Raw image bytes, streamed to the handler.
-    Image,
-}
-
-impl Route {
-    #[must_use]
-    pub fn body(&self) -> BodyKind {
-        match self {
-            Route::CreateVm(_) | Route::PutMemslot(..) | Route::Action(_) => BodyKind::Json,
-            Route::PutImage(..) => BodyKind::Image,
-            Route::Info
-            | Route::ListVms
-            | Route::GetVm(_)
-            | Route::DeleteVm(_)
-            | Route::DeleteMemslot(..)
-            | Route::Console(_)
-            | Route::Stats(_) => BodyKind::None,
-        }
-    }
 }
 
 /// Routes `method` and `target` (the request target, origin form: path and query).
@@ -146,17 +138,21 @@ pub fn route(method: &str, target: &str, limits: &Limits) -> Result<Route, ApiEr
     let mut query = Query::parse(query.unwrap_or(""))?;
     let id = params.id.map(VmId::parse).transpose()?;
     let route = match (spec.template, method, id) {
-        ("/v1/info", Method::Get, None) => Route::Info,
-        ("/v1/vms", Method::Get, None) => Route::ListVms,
-        ("/v1/vms/{id}", Method::Get, Some(id)) => Route::GetVm(id),
-        ("/v1/vms/{id}", Method::Put, Some(id)) => Route::CreateVm(id),
-        ("/v1/vms/{id}", Method::Delete, Some(id)) => Route::DeleteVm(id),
+        ("/v1/info", Method::Get, None) => Route::Bodiless(BodilessRoute::Info),
+        ("/v1/vms", Method::Get, None) => Route::Bodiless(BodilessRoute::ListVms),
+        ("/v1/vms/{id}", Method::Get, Some(id)) => Route::Bodiless(BodilessRoute::GetVm(id)),
+        ("/v1/vms/{id}", Method::Put, Some(id)) => Route::Json(JsonRoute::CreateVm(id)),
+        ("/v1/vms/{id}", Method::Delete, Some(id)) => Route::Bodiless(BodilessRoute::DeleteVm(id)),
         ("/v1/vms/{id}/memslots/{slot}", method, Some(id)) => {
             let slot = parse_slot(params.slot.unwrap_or(""))?;
-            if method == Method::Put { Route::PutMemslot(id, slot) } else { Route::DeleteMemslot(id, slot) }
+            if method == Method::Put {
+                Route::Json(JsonRoute::PutMemslot(id, slot))
+            } else {
+                Route::Bodiless(BodilessRoute::DeleteMemslot(id, slot))
+            }
         }
-        ("/v1/vms/{id}/image", Method::Put, Some(id)) => Route::PutImage(id, image_request(&mut query)?),
-        ("/v1/vms/{id}/actions", Method::Post, Some(id)) => Route::Action(id),
+        ("/v1/vms/{id}/image", Method::Put, Some(id)) => Route::Image(id, image_request(&mut query)?),
+        ("/v1/vms/{id}/actions", Method::Post, Some(id)) => Route::Json(JsonRoute::Action(id)),
         ("/v1/vms/{id}/console", Method::Get, Some(id)) => {
             let offset = query.number("offset")?.unwrap_or(0);
             let max = match query.number("max")? {
@@ -165,9 +161,9 @@ pub fn route(method: &str, target: &str, limits: &Limits) -> Result<Route, ApiEr
                 None => limits.max_console_bytes,
             };
             let wait_ms = query.number("wait_ms")?.unwrap_or(0).min(limits.max_wait_ms);
-            Route::Console(ConsoleQuery { id, offset, max, wait_ms })
+            Route::Bodiless(BodilessRoute::Console(ConsoleQuery { id, offset, max, wait_ms }))
         }
-        ("/v1/vms/{id}/stats", Method::Get, Some(id)) => Route::Stats(id),
+        ("/v1/vms/{id}/stats", Method::Get, Some(id)) => Route::Bodiless(BodilessRoute::Stats(id)),
         _ => return Err(ApiError::Internal(format!("route table and router disagree on {}", spec.template))),
     };
     query.finish(spec.template)?;

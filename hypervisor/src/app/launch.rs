@@ -147,14 +147,11 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
             format!("[vm {}] event at {} ns: {}\n", vm.id, event.time_ns, event.kind).as_bytes(),
         );
     }
+    // Serializing a struct of numbers cannot fail.
+    let stats = serde_json::to_string(&vm.stats()).unwrap_or_default();
     crate::sys::console_write(
-        format!(
-            "taproot: vm {} exited status={status} state={} stats={}\n",
-            vm.id,
-            state.name(),
-            vm.stats_json()
-        )
-        .as_bytes(),
+        format!("taproot: vm {} exited status={status} state={} stats={stats}\n", vm.id, state.name())
+            .as_bytes(),
     );
     let vm = Arc::try_unwrap(vm).map_err(|_| "VM still referenced after its vCPUs ended")?;
     vm.destroy();

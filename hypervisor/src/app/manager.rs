@@ -18,7 +18,7 @@ use hypervisor::api::model::{
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
-use hypervisor::vm::{RAM_SLOT, VcpuRunner, Vm, VmState};
+use hypervisor::vm::{RAM_SLOT, VcpuRunner, Vm, VmState, VmStats};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -321,7 +321,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         Ok(ConsoleRead::new(read, Self::info_of(id.as_str(), entry).state))
     }
 
-    fn stats(&mut self, id: &VmId) -> Result<String, ApiError> {
-        Ok(self.entry(id)?.vm.stats_json())
+    fn stats(&mut self, id: &VmId) -> Result<VmStats, ApiError> {
+        Ok(self.entry(id)?.vm.stats())
     }
 }

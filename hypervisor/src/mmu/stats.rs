@@ -1,6 +1,5 @@
 //! Counters for rule 11 and the snapshot the backend prints.
 
-use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Monotonic time for zap durations. The backend passes its TSC- or timer-based clock; the
@@ -27,8 +26,9 @@ macro_rules! counters {
             $(pub(crate) $name: AtomicU64,)*
         }
 
-        /// A snapshot of the MMU's counters.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        /// A snapshot of the MMU's counters. It serializes as one flat JSON object whose
+        /// keys are the field names (the `mmu` object of the API's `Stats` schema).
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
         pub struct Stats {
             $($(#[$doc])* pub $name: u64,)*
         }
@@ -36,23 +36,6 @@ macro_rules! counters {
         impl Counters {
             pub(crate) fn snapshot(&self) -> Stats {
                 Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl Stats {
-            /// Writes the snapshot as one flat JSON object with snake_case keys.
-            pub fn write_json(&self, out: &mut impl fmt::Write) -> fmt::Result {
-                let mut first = true;
-                out.write_char('{')?;
-                $(
-                    if !first {
-                        out.write_char(',')?;
-                    }
-                    first = false;
-                    write!(out, "\"{}\":{}", stringify!($name), self.$name)?;
-                )*
-                let _ = first;
-                out.write_char('}')
             }
         }
     };
@@ -149,13 +132,11 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::String;
 
     #[test]
     fn json_is_one_flat_object() {
         let stats = Stats { roots_allocated: 3, zap_ns: 17, ..Stats::default() };
-        let mut s = String::new();
-        stats.write_json(&mut s).unwrap();
+        let s = serde_json::to_string(&stats).unwrap();
         assert!(s.starts_with("{\"roots_allocated\":3,"));
         assert!(s.contains("\"zap_ns\":17"));
         assert!(s.ends_with('}'));

@@ -9,8 +9,8 @@ use crate::memslot::AsId;
 use crate::mmu::{Fault, MmuError, VcpuMmu};
 use alloc::format;
 use alloc::string::String;
-use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
+use serde::Serialize;
 use taproot_guest_abi::hypercall::{self, Hypercall, HypercallError};
 
 /// What the loop does next.
@@ -38,23 +38,14 @@ pub enum ExitReason {
     Other,
 }
 
-const REASONS: [(ExitReason, &str); 10] = [
-    (ExitReason::HostInterrupt, "host_interrupt"),
-    (ExitReason::Cpuid, "cpuid"),
-    (ExitReason::Io, "io"),
-    (ExitReason::Msr, "msr"),
-    (ExitReason::Hypercall, "hypercall"),
-    (ExitReason::NestedPageFault, "npf"),
-    (ExitReason::Mmio, "mmio"),
-    (ExitReason::Hlt, "hlt"),
-    (ExitReason::Shutdown, "shutdown"),
-    (ExitReason::Other, "other"),
-];
+impl ExitReason {
+    const COUNT: usize = ExitReason::Other as usize + 1;
+}
 
-/// Exits by reason, for the stats line.
+/// Exits by reason, counted as the vCPUs take them.
 #[derive(Default)]
 pub struct ExitCounts {
-    counts: [AtomicU64; REASONS.len()],
+    counts: [AtomicU64; ExitReason::COUNT],
 }
 
 impl ExitCounts {
@@ -66,16 +57,41 @@ impl ExitCounts {
         self.counts[reason as usize].load(Ordering::Relaxed)
     }
 
-    pub fn write_json(&self, out: &mut String) {
-        out.push('{');
-        for (i, (reason, name)) in REASONS.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "\"{name}\":{}", self.count(*reason));
+    /// The counts now, one field per reason.
+    #[must_use]
+    pub fn snapshot(&self) -> ExitStats {
+        ExitStats {
+            host_interrupt: self.count(ExitReason::HostInterrupt),
+            cpuid: self.count(ExitReason::Cpuid),
+            io: self.count(ExitReason::Io),
+            msr: self.count(ExitReason::Msr),
+            hypercall: self.count(ExitReason::Hypercall),
+            nested_page_fault: self.count(ExitReason::NestedPageFault),
+            mmio: self.count(ExitReason::Mmio),
+            hlt: self.count(ExitReason::Hlt),
+            shutdown: self.count(ExitReason::Shutdown),
+            other: self.count(ExitReason::Other),
         }
-        out.push('}');
     }
+}
+
+/// A snapshot of [`ExitCounts`]: the `exits` object of the API's `Stats` schema, one key
+/// per [`ExitReason`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExitStats {
+    pub host_interrupt: u64,
+    pub cpuid: u64,
+    pub io: u64,
+    pub msr: u64,
+    pub hypercall: u64,
+    #[serde(rename = "npf")]
+    pub nested_page_fault: u64,
+    /// Accesses outside every slot and device (also counted as `npf`).
+    pub mmio: u64,
+    pub hlt: u64,
+    pub shutdown: u64,
+    /// Invalid guest state and exits the loop does not handle.
+    pub other: u64,
 }
 
 fn reason_of(exit: &Exit) -> ExitReason {

@@ -10,10 +10,12 @@
 
 mod exits;
 mod run_queue;
+mod stats;
 mod vcpu;
 
-pub use exits::{ExitCounts, ExitReason};
+pub use exits::{ExitCounts, ExitReason, ExitStats};
 pub use run_queue::{RunQueue, Step};
+pub use stats::VmStats;
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
 use crate::addr::{Gpa, PAGE_SIZE};
@@ -400,27 +402,23 @@ impl<B: Backend> Vm<B> {
         self.mmu.destroy();
     }
 
-    /// One line of JSON: the MMU's counters and the exits by reason.
-    pub fn stats_json(&self) -> String {
-        let mut out = String::from("{\"mmu\":");
-        let _ = self.mmu.stats().write_json(&mut out);
-        out.push_str(",\"exits\":");
-        self.exits.write_json(&mut out);
+    /// The VM's counters now: the MMU's, the exits by reason, the backend's flushes,
+    /// unknown ports and boot timing.
+    pub fn stats(&self) -> VmStats {
         let unknown = self.devices.lock().unknown_ports().total();
         let first_console = self.first_console_ns.load(Ordering::Relaxed);
-        let boot_to_console = if first_console == 0 {
+        let start_to_first_console_ns = if first_console == 0 {
             0
         } else {
             first_console.saturating_sub(self.started_ns.load(Ordering::Relaxed))
         };
-        out.push_str(&format!(
-            ",\"tlb_flushes\":{},\"unknown_port_reads\":{},\"unknown_port_writes\":{},\"start_to_first_console_ns\":{}",
-            B::flushes(&self.backend),
-            unknown.reads,
-            unknown.writes,
-            boot_to_console
-        ));
-        out.push('}');
-        out
+        VmStats {
+            mmu: self.mmu.stats(),
+            exits: self.exits.snapshot(),
+            tlb_flushes: B::flushes(&self.backend),
+            unknown_port_reads: unknown.reads,
+            unknown_port_writes: unknown.writes,
+            start_to_first_console_ns,
+        }
     }
 }

@@ -97,3 +97,52 @@ fn the_documented_limits_are_the_codes() {
     assert_eq!(limits["max_discarded_body_bytes"].as_i64(), Some(defaults.max_discard_bytes as i64));
     assert_eq!(limits["max_headers"].as_i64(), Some(crate::api::http::MAX_HEADERS as i64));
 }
+
+/// The schema `#/components/schemas/<name>` a `$ref` names.
+fn resolve<'a>(doc: &'a Yaml, schema: &'a Yaml) -> &'a Yaml {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.strip_prefix("#/components/schemas/").expect("a local schema reference");
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// `value`'s keys are exactly `schema`'s properties, all required and no others allowed,
+/// and likewise for each property that is an object.
+fn assert_matches_schema(doc: &Yaml, schema: &Yaml, value: &serde_json::Value, at: &str) {
+    let schema = resolve(doc, schema);
+    let object = value.as_object().unwrap_or_else(|| panic!("{at} is an object: {value}"));
+    let properties = schema["properties"].as_hash().unwrap_or_else(|| panic!("{at} lists its properties"));
+    let mut documented: Vec<&str> = properties.keys().map(|k| k.as_str().expect("property names")).collect();
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    documented.sort_unstable();
+    keys.sort_unstable();
+    assert_eq!(keys, documented, "the keys of {at} are the schema's properties");
+    assert_eq!(schema["additionalProperties"].as_bool(), Some(false), "{at} allows no other keys");
+    let mut required: Vec<&str> =
+        schema["required"].as_vec().map_or_else(Vec::new, |r| r.iter().filter_map(Yaml::as_str).collect());
+    required.sort_unstable();
+    assert_eq!(required, documented, "{at} requires every key");
+    for (key, property) in properties {
+        let key = key.as_str().expect("property names");
+        if object[key].is_object() {
+            assert_matches_schema(doc, property, &object[key], &format!("{at}.{key}"));
+        } else {
+            assert_eq!(resolve(doc, property)["type"].as_str(), Some("integer"), "{at}.{key} is a counter");
+        }
+    }
+}
+
+#[test]
+fn vm_stats_have_exactly_the_keys_of_the_stats_schema() {
+    let doc = document();
+    let stats = serde_json::to_value(crate::vm::VmStats::default()).unwrap();
+    assert_matches_schema(&doc, &doc["components"]["schemas"]["Stats"], &stats, "Stats");
+    let response = &doc["paths"]["/v1/vms/{id}/stats"]["get"]["responses"]["200"];
+    assert_eq!(
+        response["content"]["application/json"]["schema"]["$ref"].as_str(),
+        Some("#/components/schemas/Stats")
+    );
+}
