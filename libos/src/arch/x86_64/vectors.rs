@@ -23,3 +23,8 @@ pub const WAKE: u8 = 0xF0;
 /// Local APIC spurious-interrupt vector (low nibble all ones, as old APICs require): `apic`
 /// writes it into the SVR; `interrupts` ignores it (no EOI).
 pub const APIC_SPURIOUS: u8 = 0xFF;
+
+const _: () = assert!(TIMER >= 32 && PIC1_BASE >= 32, "0-31 are the CPU's exceptions");
+const _: () = assert!(PIC2_BASE == PIC1_BASE + 8, "each 8259 takes eight vectors");
+const _: () = assert!(TIMER < PIC1_BASE && PIC2_BASE + 8 <= WAKE && WAKE < APIC_SPURIOUS, "no sharing");
+const _: () = assert!(APIC_SPURIOUS & 0xF == 0xF, "old APICs hardwire the low nibble");
