@@ -21,8 +21,8 @@ struct S5 {
 }
 
 static S5_STATE: Once<Option<S5>> = Once::new();
-/// Set by boot as soon as it has read the command line, before any other CPU starts (the
-/// AP start-up handshake orders it before their first read).
+/// Set by boot as soon as it has read the command line, before it starts the other CPUs;
+/// never changed after.
 static EXIT_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn init(pm1a_control_port: Option<u16>, sleep_type: Option<u16>) {
