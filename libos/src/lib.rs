@@ -8,6 +8,25 @@
 //! The hardware modules only build for the bare-metal target; the pure logic (memory-map
 //! arithmetic, command-line parsing, the banner) also builds on the host and is unit-tested
 //! there.
+//!
+//! # Layers
+//!
+//! A module imports (`use crate::..`, `super::..`) only from layers below its own, and
+//! within its layer only along the arrows written here, so there are no import cycles.
+//!
+//! 1. Pure data, also built on the host: [`bootinfo`], [`cmdline`], [`virt`].
+//! 2. One register set or device each: `arch::x86_64::{vectors, tsc, gdt, cpu, percpu,
+//!    halt_forever}`, `pic -> vectors`, `pit -> tsc`, `stack_guard -> percpu`,
+//!    `drivers::{serial, pci}`, [`mm`], [`debug`]. `vectors` names every interrupt vector;
+//!    `percpu` owns [`smp::current_cpu`].
+//! 3. Services: [`time`], [`power`] (power-off, and the `exit=1` request that fatal errors
+//!    honour), `logger -> time`, `arch::x86_64::{apic -> time, paging, trampoline, acpi}`,
+//!    `drivers::virtio_net`.
+//! 4. `arch::x86_64::interrupts`: the IDT and the dispatcher.
+//! 5. What the application calls: [`smp`] (bring-up, kicks, work queues), [`net`],
+//!    `abi -> smp`.
+//! 6. `arch::x86_64::boot`, which brings up everything below in order and calls the
+//!    application; `start -> boot`, its entry stubs.
 #![no_std]
 
 extern crate alloc;

@@ -1,6 +1,7 @@
 //! The `log` backend: one console line per record, with the monotonic time and the CPU.
 
-use crate::{drivers::serial, smp, time};
+use crate::arch::x86_64::percpu;
+use crate::{drivers::serial, time};
 use log::{LevelFilter, Log, Metadata, Record};
 
 struct ConsoleLogger;
@@ -18,7 +19,7 @@ impl Log for ConsoleLogger {
             "[{:>5}.{:06}] cpu{} {:<5} {}\n",
             ns / 1_000_000_000,
             (ns / 1_000) % 1_000_000,
-            smp::current_cpu(),
+            percpu::current_cpu(),
             record.level(),
             record.args()
         ));

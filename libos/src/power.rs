@@ -1,7 +1,10 @@
-//! Ending the machine: QEMU's `isa-debug-exit` device when present, else ACPI S5.
+//! Ending the machine: QEMU's `isa-debug-exit` device when present, else ACPI S5; and
+//! the command line's request (`exit=1`) that a fatal error end the machine rather than
+//! only halt the CPU that took it, so a test harness need not wait for its timeout.
 
 use crate::arch::x86_64::halt_forever;
 use crate::drivers::serial;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 use x86_64::instructions::port::Port;
 
@@ -18,6 +21,9 @@ struct S5 {
 }
 
 static S5_STATE: Once<Option<S5>> = Once::new();
+/// Set by boot as soon as it has read the command line, before it starts the other CPUs;
+/// never changed after.
+static EXIT_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn init(pm1a_control_port: Option<u16>, sleep_type: Option<u16>) {
     S5_STATE.call_once(|| {
@@ -38,5 +44,23 @@ pub fn exit(status: i32) -> ! {
         unsafe { Port::<u16>::new(s5.pm1a_control_port).write((s5.sleep_type << SLP_TYP_SHIFT) | SLP_EN) };
     }
     serial::write_bytes_unlocked(b"taproot: power-off did not take effect; halting\n");
+    halt_forever()
+}
+
+pub(crate) fn set_exit_requested(requested: bool) {
+    EXIT_REQUESTED.store(requested, Ordering::Relaxed);
+}
+
+/// Whether the command line asks the machine to power off when it is done (`exit=1`).
+pub fn is_exit_requested() -> bool {
+    EXIT_REQUESTED.load(Ordering::Relaxed)
+}
+
+/// The end of a fatal error (panic, exception) on this CPU: ends the machine with `status`
+/// if the command line asked for it ([`is_exit_requested`]), else halts this CPU for good.
+pub(crate) fn halt_or_exit(status: i32) -> ! {
+    if is_exit_requested() {
+        exit(status);
+    }
     halt_forever()
 }

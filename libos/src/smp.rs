@@ -1,7 +1,7 @@
 //! CPUs: bring-up of the application processors (INIT-SIPI-SIPI, Intel SDM Vol. 3A
 //! §9.4.4), the per-CPU idle loop, and a way to give a CPU work.
 
-use crate::arch::x86_64::{apic, cpu, gdt, interrupts, paging, percpu, stack_guard, trampoline};
+use crate::arch::x86_64::{apic, cpu, gdt, interrupts, paging, percpu, stack_guard, trampoline, vectors};
 use crate::mm::frame;
 use crate::time;
 use crate::virt::VirtCaps;
@@ -9,7 +9,7 @@ use alloc::boxed::Box;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-pub use percpu::MAX_CPUS;
+pub use percpu::{MAX_CPUS, current_cpu};
 
 /// 256 KiB: vCPU loops and their exit handling run on AP stacks.
 const AP_STACK_FRAMES: usize = 64;
@@ -19,11 +19,6 @@ const AP_START_TIMEOUT_US: u64 = 500_000;
 
 static CPU_COUNT: AtomicUsize = AtomicUsize::new(1);
 static AP_STARTED: AtomicBool = AtomicBool::new(false);
-
-/// The index of the CPU running this code (0 is the boot CPU).
-pub fn current_cpu() -> usize {
-    percpu::current_index()
-}
 
 /// How many CPUs were brought up (indices 0..count).
 pub fn cpu_count() -> usize {
@@ -68,7 +63,7 @@ pub fn kick(index: usize) {
     if let Some(cpu) = percpu::cpu(index)
         && index < cpu_count()
     {
-        apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), interrupts::WAKE_VECTOR);
+        apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), vectors::WAKE);
     }
 }
 
@@ -82,7 +77,7 @@ pub fn run_on(index: usize, work: impl FnOnce() + Send + 'static) -> Result<(), 
     }
     let cpu = percpu::cpu(index).ok_or(RunOnError::Offline(index))?;
     cpu.work.lock().push_back(Box::new(work));
-    apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), interrupts::WAKE_VECTOR);
+    apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), vectors::WAKE);
     Ok(())
 }
 

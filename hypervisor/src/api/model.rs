@@ -300,7 +300,7 @@ impl ImageLoaded {
         Self {
             bytes,
             protocol: String::from(protocol),
-            entry: plan.entry.mode.entry_gpa(),
+            entry: plan.entry.mode.entry_gpa().raw(),
             segments: u32::try_from(plan.segments.len()).unwrap_or(u32::MAX),
         }
     }

@@ -220,7 +220,10 @@ fn image_request(query: &mut Query) -> Result<ImageRequest, ApiError> {
                     "format=flat needs load=<guest address> (and optionally entry=<guest address>)".into(),
                 ));
             };
-            ImageFormat::Flat { load_gpa, entry_gpa: entry }
+            ImageFormat::Flat {
+                load_gpa: crate::addr::Gpa::new(load_gpa),
+                entry_gpa: entry.map(crate::addr::Gpa::new),
+            }
         }
         other => match ImageFormat::elf_by_name(other) {
             Some(_) if load.is_some() || entry.is_some() => {

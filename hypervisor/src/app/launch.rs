@@ -46,7 +46,9 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => (*bytes, elf_format),
         None => match super::builtin::find(name) {
-            Some(code) => (code, ImageFormat::Flat { load_gpa: super::builtin::LOAD_GPA, entry_gpa: None }),
+            Some(code) => {
+                (code, ImageFormat::Flat { load_gpa: Gpa::new(super::builtin::LOAD_GPA), entry_gpa: None })
+            }
             None => return Err(unknown_guest(name)),
         },
     };

@@ -4,6 +4,8 @@
 use alloc::vec::Vec;
 use taproot_guest_abi::boot::{self, hvm_start_info as si, multiboot_info as mb};
 
+use crate::addr::Gpa;
+
 use super::{BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootInfoPlan, LoadError};
 
 /// What a range of guest-physical addresses is.
@@ -26,7 +28,7 @@ impl MemoryKind {
 /// A range of guest-physical memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRange {
-    pub base: u64,
+    pub base: Gpa,
     pub len: u64,
     pub kind: MemoryKind,
 }
@@ -44,7 +46,7 @@ pub fn guest_memory_map(mem_size: u64) -> Vec<MemoryRange> {
     let mut push = |base: u64, end: u64, kind| {
         let end = end.min(mem_size);
         if end > base {
-            map.push(MemoryRange { base, len: end - base, kind });
+            map.push(MemoryRange { base: Gpa::new(base), len: end - base, kind });
         }
     };
     push(0, LEGACY_HOLE_START, MemoryKind::Ram);
@@ -72,17 +74,17 @@ impl InfoWriter {
     }
 
     /// Appends `data`, aligned to `align`, and returns its gpa.
-    fn append(&mut self, align: usize, data: &[u8]) -> u64 {
+    fn append(&mut self, align: usize, data: &[u8]) -> Gpa {
         while !self.bytes.len().is_multiple_of(align) {
             self.bytes.push(0);
         }
-        let gpa = BOOT_INFO_GPA + self.bytes.len() as u64;
+        let gpa = Gpa::new(BOOT_INFO_GPA.raw() + self.bytes.len() as u64);
         self.bytes.extend_from_slice(data);
         gpa
     }
 
     /// Appends a NUL-terminated string and returns its gpa.
-    fn append_cstr(&mut self, s: &str) -> u64 {
+    fn append_cstr(&mut self, s: &str) -> Gpa {
         let gpa = self.append(1, s.as_bytes());
         self.bytes.push(0);
         gpa
@@ -93,11 +95,9 @@ impl InfoWriter {
         if len > BOOT_INFO_MAX_LEN {
             return Err(LoadError::BootInfoTooLarge { len, max: BOOT_INFO_MAX_LEN });
         }
-        if BOOT_INFO_GPA + BOOT_INFO_MAX_LEN > mem_size {
-            return Err(LoadError::MemoryTooSmallForBootInfo {
-                mem_size,
-                needed: BOOT_INFO_GPA + BOOT_INFO_MAX_LEN,
-            });
+        let needed = BOOT_INFO_GPA.raw() + BOOT_INFO_MAX_LEN;
+        if needed > mem_size {
+            return Err(LoadError::MemoryTooSmallForBootInfo { mem_size, needed });
         }
         Ok(BootInfoPlan { gpa: BOOT_INFO_GPA, bytes: self.bytes })
     }
@@ -111,16 +111,16 @@ pub fn pvh_start_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, Load
     let map = guest_memory_map(mem_size);
     let mut table = Vec::with_capacity(map.len() * si::MEMMAP_ENTRY_SIZE);
     for range in &map {
-        table.extend_from_slice(&range.base.to_le_bytes());
+        table.extend_from_slice(&range.base.raw().to_le_bytes());
         table.extend_from_slice(&range.len.to_le_bytes());
         table.extend_from_slice(&range.kind.acpi_type().to_le_bytes());
         table.extend_from_slice(&0u32.to_le_bytes());
     }
     let memmap_gpa = w.append(8, &table);
     let cmdline_gpa = w.append_cstr(cmdline);
-    w.put_u64(si::MEMMAP_PADDR, memmap_gpa);
+    w.put_u64(si::MEMMAP_PADDR, memmap_gpa.raw());
     w.put_u32(si::MEMMAP_ENTRIES, map.len() as u32);
-    w.put_u64(si::CMDLINE_PADDR, cmdline_gpa);
+    w.put_u64(si::CMDLINE_PADDR, cmdline_gpa.raw());
     w.finish(mem_size)
 }
 
@@ -136,7 +136,7 @@ pub fn multiboot_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, Load
     let mut table = Vec::new();
     for range in &map {
         table.extend_from_slice(&mb::MMAP_ENTRY_SIZE_FIELD.to_le_bytes());
-        table.extend_from_slice(&range.base.to_le_bytes());
+        table.extend_from_slice(&range.base.raw().to_le_bytes());
         table.extend_from_slice(&range.len.to_le_bytes());
         table.extend_from_slice(&range.kind.acpi_type().to_le_bytes());
     }
@@ -147,9 +147,9 @@ pub fn multiboot_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, Load
     w.put_u32(mb::MEM_LOWER, mem_lower as u32);
     w.put_u32(mb::MEM_UPPER, mem_upper as u32);
     // Every gpa here is below BOOT_INFO_GPA + BOOT_INFO_MAX_LEN, far below 4 GiB.
-    w.put_u32(mb::CMDLINE, cmdline_gpa as u32);
+    w.put_u32(mb::CMDLINE, cmdline_gpa.raw() as u32);
     w.put_u32(mb::MMAP_LENGTH, table.len() as u32);
-    w.put_u32(mb::MMAP_ADDR, mmap_gpa as u32);
-    w.put_u32(mb::BOOT_LOADER_NAME, name_gpa as u32);
+    w.put_u32(mb::MMAP_ADDR, mmap_gpa.raw() as u32);
+    w.put_u32(mb::BOOT_LOADER_NAME, name_gpa.raw() as u32);
     w.finish(mem_size)
 }

@@ -21,6 +21,7 @@ use super::{
     BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootProtocol, Entry, EntryMode, GuestConfig, LoadError, LoadPlan,
     MAX_SEGMENTS, Segment,
 };
+use crate::addr::Gpa;
 
 /// Bytes of a multiboot1 header that the loader reads: magic, flags, checksum.
 const MULTIBOOT_HEADER_LEN: usize = 12;
@@ -88,9 +89,10 @@ pub(super) fn plan(
             (entry, info, boot::MULTIBOOT1_BOOT_MAGIC)
         }
     };
-    let eip = u32::try_from(entry_gpa).map_err(|_| LoadError::EntryAbove4GiB { entry: entry_gpa })?;
+    let eip =
+        u32::try_from(entry_gpa.raw()).map_err(|_| LoadError::EntryAbove4GiB { entry: entry_gpa.raw() })?;
     if !segments.iter().any(|s| s.gpa_range().contains(&entry_gpa)) {
-        return Err(LoadError::EntryOutsideSegments { entry: entry_gpa });
+        return Err(LoadError::EntryOutsideSegments { entry: entry_gpa.raw() });
     }
     Ok(LoadPlan {
         protocol: match protocol {
@@ -98,7 +100,8 @@ pub(super) fn plan(
             ElfProtocol::Multiboot1 => BootProtocol::Multiboot1,
         },
         segments,
-        entry: Entry { mode: EntryMode::Protected32 { eip }, eax, ebx: BOOT_INFO_GPA as u32 },
+        // The boot information lies below 1 MiB.
+        entry: Entry { mode: EntryMode::Protected32 { eip }, eax, ebx: BOOT_INFO_GPA.raw() as u32 },
         boot_info: Some(boot_info),
     })
 }
@@ -136,7 +139,7 @@ fn check_segments(
         return Err(LoadError::NoLoadableSegment);
     }
     let file_len = image.len() as u64;
-    let info = BOOT_INFO_GPA..BOOT_INFO_GPA + BOOT_INFO_MAX_LEN;
+    let info = BOOT_INFO_GPA.raw()..BOOT_INFO_GPA.raw() + BOOT_INFO_MAX_LEN;
     let mut placed: Vec<(usize, Segment)> = Vec::with_capacity(loads.len());
     for &(index, ref phdr) in loads {
         let (gpa, offset, file_size, seg_mem) = (phdr.p_paddr, phdr.p_offset, phdr.p_filesz, phdr.p_memsz);
@@ -160,12 +163,12 @@ fn check_segments(
         }
         // offset <= file_end <= file_len, which is a usize.
         let file_range = offset as usize..file_end as usize;
-        placed.push((index, Segment { gpa, file_range, mem_size: seg_mem }));
+        placed.push((index, Segment { gpa: Gpa::new(gpa), file_range, mem_size: seg_mem }));
     }
     placed.sort_by_key(|(_, s)| s.gpa);
     for pair in placed.windows(2) {
         let ((first, a), (second, b)) = (&pair[0], &pair[1]);
-        if b.gpa < a.gpa + a.mem_size {
+        if b.gpa < a.gpa_range().end {
             let (first, second) = ((*first).min(*second), (*first).max(*second));
             return Err(LoadError::SegmentsOverlap { first, second });
         }
@@ -176,13 +179,14 @@ fn check_segments(
 /// Translates the ELF entry (a virtual address) into a gpa through the segment that
 /// contains it, as GRUB does for multiboot ELFs linked at a virtual address other than
 /// their load address.
-fn entry_gpa_from_vaddr(entry: u64, loads: &[(usize, ProgramHeader)]) -> Result<u64, LoadError> {
+fn entry_gpa_from_vaddr(entry: u64, loads: &[(usize, ProgramHeader)]) -> Result<Gpa, LoadError> {
     loads
         .iter()
         .find_map(|(_, p)| {
             let offset = entry.checked_sub(p.p_vaddr)?;
             (offset < p.p_memsz).then(|| p.p_paddr.checked_add(offset)).flatten()
         })
+        .map(Gpa::new)
         .ok_or(LoadError::EntryOutsideSegments { entry })
 }
 
@@ -194,7 +198,7 @@ fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
 /// Walks the notes of one `PT_NOTE` segment (ELF spec, "Note Section": namesz, descsz,
 /// type, then name and desc, each padded to 4 bytes) and returns the PVH entry if the
 /// segment has a `Xen` note of type `XEN_ELFNOTE_PHYS32_ENTRY`.
-fn find_pvh_entry(image: &[u8], index: usize, phdr: &ProgramHeader) -> Result<Option<u64>, LoadError> {
+fn find_pvh_entry(image: &[u8], index: usize, phdr: &ProgramHeader) -> Result<Option<Gpa>, LoadError> {
     let malformed = LoadError::MalformedNote { segment: index };
     let start = usize::try_from(phdr.p_offset).map_err(|_| malformed.clone())?;
     let len = usize::try_from(phdr.p_filesz).map_err(|_| malformed.clone())?;
@@ -218,11 +222,12 @@ fn find_pvh_entry(image: &[u8], index: usize, phdr: &ProgramHeader) -> Result<Op
             let desc = &notes[desc_at..desc_at + descsz as usize];
             // The entry is a 32-bit address; ELF64 kernels (and the `pvh` crate) often
             // store it as a 64-bit value.
-            return match *desc {
-                [a, b, c, d] => Ok(Some(u64::from(u32::from_le_bytes([a, b, c, d])))),
-                [a, b, c, d, e, f, g, h] => Ok(Some(u64::from_le_bytes([a, b, c, d, e, f, g, h]))),
-                _ => Err(LoadError::BadPvhNoteSize { desc_size: descsz }),
+            let entry = match *desc {
+                [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+                [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+                _ => return Err(LoadError::BadPvhNoteSize { desc_size: descsz }),
             };
+            return Ok(Some(Gpa::new(entry)));
         }
         at = next;
     }

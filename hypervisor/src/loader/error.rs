@@ -207,8 +207,8 @@ impl fmt::Display for LoadError {
             E::SegmentOverlapsBootInfo { index, gpa, end } => write!(
                 f,
                 "segment {index} at {gpa:#x}..{end:#x} overlaps the boot information at {:#x}..{:#x}",
-                super::BOOT_INFO_GPA,
-                super::BOOT_INFO_GPA + super::BOOT_INFO_MAX_LEN
+                super::BOOT_INFO_GPA.raw(),
+                super::BOOT_INFO_GPA.raw() + super::BOOT_INFO_MAX_LEN
             ),
             E::NoLoadableSegment => write!(f, "the ELF has no loadable segment"),
             E::EntryOutsideSegments { entry } => {

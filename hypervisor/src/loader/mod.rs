@@ -27,12 +27,14 @@ mod tests;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use crate::addr::Gpa;
+
 pub use bootinfo::{MemoryKind, MemoryRange, guest_memory_map};
 pub use error::{LoadError, Size};
 
-/// Gpa of the boot information (PVH start info or multiboot info, memory map, command
+/// Where the boot information goes (PVH start info or multiboot info, memory map, command
 /// line).
-pub const BOOT_INFO_GPA: u64 = 0x1000;
+pub const BOOT_INFO_GPA: Gpa = Gpa::new(0x1000);
 /// Bytes reserved for the boot information at [`BOOT_INFO_GPA`].
 pub const BOOT_INFO_MAX_LEN: u64 = 0x3000;
 /// Longest command line, without its terminating NUL.
@@ -45,7 +47,7 @@ pub const MAX_SEGMENTS: usize = 64;
 pub enum ImageFormat {
     /// Raw bytes loaded at `load_gpa` and entered in 16-bit real mode at `entry_gpa`
     /// (default: `load_gpa`), which must lie inside the image and below 1 MiB.
-    Flat { load_gpa: u64, entry_gpa: Option<u64> },
+    Flat { load_gpa: Gpa, entry_gpa: Option<Gpa> },
     /// An ELF with a PVH entry note or, failing that, a multiboot1 header.
     Elf,
     /// An ELF that must carry a PVH entry note.
@@ -101,7 +103,7 @@ pub struct LoadPlan {
 /// and the rest of `mem_size` (the ELF's `.bss`) is zeroed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
-    pub gpa: u64,
+    pub gpa: Gpa,
     pub file_range: Range<usize>,
     /// Bytes the segment occupies in guest memory, at least `file_range.len()`.
     pub mem_size: u64,
@@ -125,15 +127,15 @@ impl Segment {
 
     /// The guest-physical range the segment occupies.
     #[must_use]
-    pub fn gpa_range(&self) -> Range<u64> {
-        self.gpa..self.gpa + self.mem_size
+    pub fn gpa_range(&self) -> Range<Gpa> {
+        self.gpa..Gpa::new(self.gpa.raw() + self.mem_size)
     }
 }
 
 /// Boot information to place in guest memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootInfoPlan {
-    pub gpa: u64,
+    pub gpa: Gpa,
     pub bytes: Vec<u8>,
 }
 
@@ -159,11 +161,11 @@ pub enum EntryMode {
 impl EntryMode {
     /// The gpa of the first instruction.
     #[must_use]
-    pub fn entry_gpa(&self) -> u64 {
-        match *self {
+    pub fn entry_gpa(&self) -> Gpa {
+        Gpa::new(match *self {
             Self::RealMode16 { cs, ip } => u64::from(cs) * 16 + u64::from(ip),
             Self::Protected32 { eip } => u64::from(eip),
-        }
+        })
     }
 }
 
@@ -191,10 +193,11 @@ const REAL_MODE_LIMIT: u64 = 0x10_0000;
 
 fn plan_flat(
     image: &[u8],
-    load_gpa: u64,
-    entry_gpa: Option<u64>,
+    load_gpa: Gpa,
+    entry_gpa: Option<Gpa>,
     config: &GuestConfig<'_>,
 ) -> Result<LoadPlan, LoadError> {
+    let (load_gpa, entry_gpa) = (load_gpa.raw(), entry_gpa.map(Gpa::raw));
     let len = image.len() as u64;
     if len > config.mem_size {
         return Err(LoadError::ImageTooLarge { size: len, mem_size: config.mem_size });
@@ -216,7 +219,7 @@ fn plan_flat(
     let ip = (entry & 0xFFFF) as u16;
     Ok(LoadPlan {
         protocol: BootProtocol::Flat,
-        segments: alloc::vec![Segment { gpa: load_gpa, file_range: 0..image.len(), mem_size: len }],
+        segments: alloc::vec![Segment { gpa: Gpa::new(load_gpa), file_range: 0..image.len(), mem_size: len }],
         entry: Entry { mode: EntryMode::RealMode16 { cs, ip }, eax: 0, ebx: 0 },
         boot_info: None,
     })

@@ -186,7 +186,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 }
 
 fn cstr_at(info: &BootInfoPlan, gpa: u64) -> &str {
-    let start = (gpa - info.gpa) as usize;
+    let start = (gpa - info.gpa.raw()) as usize;
     let len = info.bytes[start..].iter().position(|&b| b == 0).expect("NUL-terminated");
     core::str::from_utf8(&info.bytes[start..start + len]).unwrap()
 }
@@ -198,17 +198,18 @@ fn assert_plan_is_sound(image: &[u8], plan: &LoadPlan, mem_size: u64) {
         assert!(seg.file_range.start <= seg.file_range.end && seg.file_range.end <= image.len());
         assert!(seg.file_range.len() as u64 <= seg.mem_size);
         let range = seg.gpa_range();
-        assert!(range.end <= mem_size && range.start >= previous_end, "{plan:?}");
-        previous_end = range.end;
+        let (start, end) = (range.start.raw(), range.end.raw());
+        assert!(end <= mem_size && start >= previous_end, "{plan:?}");
+        previous_end = end;
         if let Some(info) = &plan.boot_info {
-            assert!(range.end <= info.gpa || range.start >= info.gpa + BOOT_INFO_MAX_LEN);
+            assert!(end <= info.gpa.raw() || start >= info.gpa.raw() + BOOT_INFO_MAX_LEN);
         }
     }
     let entry = plan.entry.mode.entry_gpa();
     assert!(plan.segments.iter().any(|s| s.gpa_range().contains(&entry)));
     if let Some(info) = &plan.boot_info {
         assert!(info.bytes.len() as u64 <= BOOT_INFO_MAX_LEN);
-        assert!(info.gpa + BOOT_INFO_MAX_LEN <= mem_size);
+        assert!(info.gpa.raw() + BOOT_INFO_MAX_LEN <= mem_size);
     }
 }
 
@@ -220,11 +221,11 @@ fn pvh_elf64_plans_segments_entry_and_start_info() {
     assert_eq!(plan.protocol, BootProtocol::Pvh);
     assert_eq!(plan.entry, Entry { mode: EntryMode::Protected32 { eip: 0x10_0010 }, eax: 0, ebx: 0x1000 });
     assert_eq!(plan.segments.len(), 2);
-    assert_eq!(plan.segments[0].gpa, 0x10_0000);
+    assert_eq!(plan.segments[0].gpa, Gpa::new(0x10_0000));
     assert!(plan.segments[0].file_bytes(&image).iter().all(|&b| b == 0x90));
     assert_eq!(
         (plan.segments[1].gpa, plan.segments[1].mem_size, plan.segments[1].zero_fill_len()),
-        (0x10_1000, 0x2000, 0x2000 - 0x80)
+        (Gpa::new(0x10_1000), 0x2000, 0x2000 - 0x80)
     );
 
     let info = plan.boot_info.as_ref().unwrap();
@@ -234,7 +235,7 @@ fn pvh_elf64_plans_segments_entry_and_start_info() {
     assert_eq!(u32_at(b, 4), 1);
     let (memmap, entries) = (u64_at(b, 40), u32_at(b, 48));
     assert_eq!(entries, 3);
-    let table = (memmap - info.gpa) as usize;
+    let table = (memmap - info.gpa.raw()) as usize;
     let entry = |i: usize| {
         let at = table + i * 24;
         (u64_at(b, at), u64_at(b, at + 8), u32_at(b, at + 16))
@@ -275,7 +276,7 @@ fn multiboot_elf32_gets_magic_memory_sizes_and_mmap() {
     assert_eq!(cstr_at(info, u64::from(u32_at(b, 64))), "taproot");
     let (len, addr) = (u32_at(b, 44) as usize, u64::from(u32_at(b, 48)));
     assert_eq!(len, 3 * 24);
-    let at = (addr - info.gpa) as usize;
+    let at = (addr - info.gpa.raw()) as usize;
     // Each entry: size (20, not counting itself), base, length, type.
     assert_eq!(
         (u32_at(b, at), u64_at(b, at + 4), u64_at(b, at + 12), u32_at(b, at + 20)),
@@ -298,23 +299,26 @@ fn pvh_note_wins_over_a_multiboot_header_unless_multiboot_is_asked_for() {
 #[test]
 fn flat_binary_enters_real_mode_at_cs_ip() {
     let image = [0xEBu8, 0xFE];
-    let boot_sector = ImageFormat::Flat { load_gpa: 0x7C00, entry_gpa: None };
+    let boot_sector = ImageFormat::Flat { load_gpa: Gpa::new(0x7C00), entry_gpa: None };
     let plan = plan(&image, boot_sector, &config(MIB)).unwrap();
     assert_eq!(plan.entry.mode, EntryMode::RealMode16 { cs: 0, ip: 0x7C00 });
-    assert_eq!(plan.segments, vec![Segment { gpa: 0x7C00, file_range: 0..2, mem_size: 2 }]);
+    assert_eq!(plan.segments, vec![Segment { gpa: Gpa::new(0x7C00), file_range: 0..2, mem_size: 2 }]);
     assert_eq!(plan.boot_info, None);
 
     let image = [0u8; 0x100];
-    let high = ImageFormat::Flat { load_gpa: 0x1_0000, entry_gpa: Some(0x1_0010) };
+    let high = ImageFormat::Flat { load_gpa: Gpa::new(0x1_0000), entry_gpa: Some(Gpa::new(0x1_0010)) };
     let plan = super::plan(&image, high, &config(MIB)).unwrap();
     assert_eq!(plan.entry.mode, EntryMode::RealMode16 { cs: 0x1000, ip: 0x10 });
-    assert_eq!(plan.entry.mode.entry_gpa(), 0x1_0010);
+    assert_eq!(plan.entry.mode.entry_gpa(), Gpa::new(0x1_0010));
 }
 
 #[test]
 fn flat_binary_errors_say_what_is_wrong() {
     let cfg = config(MIB);
-    let flat = |load_gpa, entry_gpa| ImageFormat::Flat { load_gpa, entry_gpa };
+    let flat = |load_gpa, entry_gpa: Option<u64>| ImageFormat::Flat {
+        load_gpa: Gpa::new(load_gpa),
+        entry_gpa: entry_gpa.map(Gpa::new),
+    };
     assert_eq!(plan(&[], flat(0, None), &cfg), Err(LoadError::EmptyImage));
     let big = vec![0u8; 2 * MIB as usize];
     assert_eq!(
@@ -545,9 +549,10 @@ proptest::proptest! {
     fn arbitrary_flat_placements_never_panic(len in 1usize..4096, load_gpa: u64, entry: Option<u64>, mem_size: u64) {
         let image = vec![0u8; len];
         let cfg = GuestConfig { mem_size, cmdline: "" };
-        if let Ok(plan) = plan(&image, ImageFormat::Flat { load_gpa, entry_gpa: entry }, &cfg) {
+        let flat = ImageFormat::Flat { load_gpa: Gpa::new(load_gpa), entry_gpa: entry.map(Gpa::new) };
+        if let Ok(plan) = plan(&image, flat, &cfg) {
             assert_plan_is_sound(&image, &plan, mem_size);
-            assert!(plan.entry.mode.entry_gpa() < 0x10_0000);
+            assert!(plan.entry.mode.entry_gpa() < Gpa::new(0x10_0000));
         }
     }
 }
@@ -562,9 +567,13 @@ fn entries_follow_the_boot_conventions() {
     let mb = plan(&multiboot32().build(), ImageFormat::Elf, &config(MEM_64M)).unwrap().entry;
     assert_eq!((mb.eax, mb.ebx), (0x2BAD_B002, 0x1000));
 
-    let flat = super::plan(&[0; 4], ImageFormat::Flat { load_gpa: 0x1_0000, entry_gpa: None }, &config(MIB))
-        .unwrap()
-        .entry;
+    let flat = super::plan(
+        &[0; 4],
+        ImageFormat::Flat { load_gpa: Gpa::new(0x1_0000), entry_gpa: None },
+        &config(MIB),
+    )
+    .unwrap()
+    .entry;
     assert_eq!(flat.mode, EntryMode::RealMode16 { cs: 0x1000, ip: 0 });
 }
 
@@ -600,7 +609,7 @@ fn built_guest_images_are_valid_pvh_elfs() {
         let cfg = GuestConfig { mem_size: MEM_64M, cmdline: "mib=16" };
         let plan = plan(&image, ImageFormat::Pvh, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_plan_is_sound(&image, &plan, MEM_64M);
-        assert!(plan.segments.iter().all(|s| s.gpa >= MIB), "{name} is linked at 1 MiB");
+        assert!(plan.segments.iter().all(|s| s.gpa >= Gpa::new(MIB)), "{name} is linked at 1 MiB");
         assert!(matches!(plan.entry.mode, EntryMode::Protected32 { .. }));
     }
 }

@@ -186,19 +186,17 @@ impl<B: Backend> Vm<B> {
         self.require(&[VmState::Created], "load an image into")?;
         let config = GuestConfig { mem_size: self.memory_bytes(), cmdline };
         let plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
-        let write = |gpa: u64, bytes: &[u8]| {
-            self.mmu
-                .write_guest(AsId::Normal, Gpa::new(gpa), bytes)
-                .map_err(|e| VmError::Memory(format!("{e:?}")))
+        let write = |gpa: Gpa, bytes: &[u8]| {
+            self.mmu.write_guest(AsId::Normal, gpa, bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
         };
         for segment in &plan.segments {
             write(segment.gpa, segment.file_bytes(image))?;
             let zeroes = [0u8; PAGE_SIZE as usize];
-            let mut gpa = segment.gpa + segment.file_range.len() as u64;
-            let end = segment.gpa + segment.mem_size;
+            let mut gpa = segment.gpa.raw() + segment.file_range.len() as u64;
+            let end = segment.gpa_range().end.raw();
             while gpa < end {
                 let n = (end - gpa).min(PAGE_SIZE) as usize;
-                write(gpa, &zeroes[..n])?;
+                write(Gpa::new(gpa), &zeroes[..n])?;
                 gpa += n as u64;
             }
         }

@@ -1,7 +1,7 @@
 //! The local APIC in xAPIC (MMIO) mode: enable, EOI, IPIs (INIT, SIPI, fixed) and the
 //! timer (Intel SDM Vol. 3A chapter 11 "Advanced Programmable Interrupt Controller").
 
-use super::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use super::vectors;
 use crate::time;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::registers::model_specific::Msr;
@@ -65,7 +65,7 @@ pub fn init_cpu() {
         value & APIC_BASE_MASK
     };
     BASE.store(base, Ordering::Relaxed);
-    write(REG_SVR, SVR_ENABLE | SPURIOUS_VECTOR as u32);
+    write(REG_SVR, SVR_ENABLE | vectors::APIC_SPURIOUS as u32);
 }
 
 /// This CPU's APIC ID.
@@ -103,7 +103,7 @@ pub fn send_ipi(apic_id: u32, vector: u8) {
 /// Measures the APIC timer against the TSC (boot CPU, once).
 pub fn calibrate_timer() {
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
-    write(REG_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32);
+    write(REG_LVT_TIMER, LVT_MASKED | vectors::TIMER as u32);
     write(REG_TIMER_INITIAL, u32::MAX);
     time::delay_us(10_000);
     let elapsed = u32::MAX - read(REG_TIMER_CURRENT);
@@ -120,6 +120,6 @@ pub fn timer_hz() -> u64 {
 pub fn start_periodic_timer() {
     let initial = (timer_hz() / TIMER_HZ).clamp(1, u32::MAX as u64) as u32;
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
-    write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | TIMER_VECTOR as u32);
+    write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | vectors::TIMER as u32);
     write(REG_TIMER_INITIAL, initial);
 }

@@ -1,6 +1,6 @@
 //! The boot CPU's path from the 64-bit entry to the application's `main`.
 
-use super::{acpi, apic, cpu, gdt, interrupts, paging, percpu, pic};
+use super::{acpi, apic, cpu, gdt, interrupts, paging, percpu, pic, stack_guard};
 use crate::bootinfo::{BootInfo, PhysRange, Protocol};
 use crate::{cmdline, drivers::serial, logger, mm, power, smp, time};
 use core::sync::atomic::Ordering;
@@ -15,6 +15,11 @@ unsafe extern "C" {
     static __image_start: u8;
     static __image_end: u8;
 }
+
+/// What the entry stubs (`start.rs`) pass to [`rust_start`] as `magic`: multiboot2's own
+/// magic from `eax` at entry (specification §3.3), or our tag for the PVH entry.
+pub(super) const MULTIBOOT2_BOOT_MAGIC: u32 = 0x36D7_6289;
+pub(super) const PVH_BOOT_TAG: u32 = 0x5056_4800;
 
 static BOOT_INFO: Once<BootInfo> = Once::new();
 
@@ -32,11 +37,12 @@ pub fn boot_info() -> &'static BootInfo {
 /// Called by the 64-bit entry stub (`start.rs`) on the boot stack with interrupts off.
 pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
     percpu::install(0, 0);
-    super::stack_guard::install_boot(percpu::current());
+    stack_guard::install_boot(percpu::current());
     serial::init();
     // SAFETY: `magic`/`info_addr` come straight from the loader, as the entry stubs
     // received them; nothing has been allocated over the loader's structures yet.
     let info = BOOT_INFO.call_once(|| unsafe { read_loader_info(magic, info_addr) });
+    power::set_exit_requested(cmdline::flag(info.cmdline(), "exit"));
     logger::init(cmdline::value(info.cmdline(), "log"));
     log::info!(
         "taproot {} booting via {}, command line \"{}\"",
@@ -74,7 +80,7 @@ pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
 /// still intact and identity mapped.
 unsafe fn read_loader_info(magic: u32, info_addr: u32) -> BootInfo {
     match magic {
-        super::start::PVH_BOOT_TAG => {
+        PVH_BOOT_TAG => {
             let mut info = BootInfo::new(Protocol::Pvh);
             // SAFETY: per the PVH ABI, `ebx` held the start info's physical address.
             let Some(start) =
@@ -111,7 +117,7 @@ unsafe fn read_loader_info(magic: u32, info_addr: u32) -> BootInfo {
             }
             info
         }
-        super::start::MULTIBOOT2_BOOT_MAGIC => {
+        MULTIBOOT2_BOOT_MAGIC => {
             let mut info = BootInfo::new(Protocol::Multiboot2);
             // SAFETY: per the multiboot2 specification, `ebx` held the boot information's
             // physical address.
@@ -162,18 +168,9 @@ const MB2_TAG_HEADER_SIZE: usize = 8;
 /// Exit status when `exit=1` ends the machine after a panic.
 const PANIC_EXIT_STATUS: i32 = 101;
 
-/// Whether the command line asks the machine to power off when it is done (`exit=1`).
-pub fn is_exit_requested() -> bool {
-    BOOT_INFO.get().is_some_and(|i| cmdline::flag(i.cmdline(), "exit"))
-}
-
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     use core::fmt::Write;
-    let _ =
-        writeln!(serial::EmergencyWriter, "\ntaproot: PANIC on cpu {}: {}", percpu::current_index(), info);
-    if is_exit_requested() {
-        power::exit(PANIC_EXIT_STATUS);
-    }
-    super::halt_forever()
+    let _ = writeln!(serial::EmergencyWriter, "\ntaproot: PANIC on cpu {}: {}", percpu::current_cpu(), info);
+    power::halt_or_exit(PANIC_EXIT_STATUS)
 }

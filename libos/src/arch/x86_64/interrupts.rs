@@ -5,8 +5,10 @@
 //! general registers and calls [`trap_dispatch`] with a [`TrapFrame`]. Exceptions print a
 //! diagnosis and stop the CPU that took them; the other CPUs carry on.
 
-use super::{apic, percpu};
+use super::vectors::{APIC_SPURIOUS, DOUBLE_FAULT, PAGE_FAULT, PIC1_SPURIOUS, PIC2_SPURIOUS, TIMER, WAKE};
+use super::{apic, gdt, percpu, stack_guard};
 use crate::drivers::serial::EmergencyWriter;
+use crate::power;
 use core::arch::naked_asm;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
@@ -14,18 +16,6 @@ use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::structures::idt::InterruptDescriptorTable;
 
-/// Local APIC timer.
-pub const TIMER_VECTOR: u8 = 0x20;
-/// Inter-processor "wake up and look at your work queue".
-pub const WAKE_VECTOR: u8 = 0xF0;
-/// Local APIC spurious-interrupt vector (low nibble all ones, as old APICs require).
-pub const SPURIOUS_VECTOR: u8 = 0xFF;
-/// Spurious interrupts of the masked 8259s (IRQ7 and IRQ15 after remapping).
-const PIC1_SPURIOUS: u8 = super::pic::PIC1_VECTOR_BASE + 7;
-const PIC2_SPURIOUS: u8 = super::pic::PIC2_VECTOR_BASE + 7;
-/// Vector of #DF (Intel SDM Vol. 3A §6.15, "Exception and Interrupt Reference").
-const DOUBLE_FAULT: u8 = 8;
-const PAGE_FAULT: u8 = 14;
 /// Exit status when `exit=1` ends the machine after an exception.
 const EXCEPTION_EXIT_STATUS: i32 = 3;
 
@@ -78,7 +68,7 @@ unsafe extern "C" fn trap_common() {
 }
 
 macro_rules! stubs {
-    ($($name:ident: $vector:literal $($err:ident)?;)*) => {
+    ($($name:ident: $vector:tt $($err:ident)?;)*) => {
         $(
             #[unsafe(naked)]
             unsafe extern "C" fn $name() {
@@ -104,8 +94,8 @@ stubs! {
     vec14: 14 err; vec15: 15; vec16: 16; vec17: 17 err; vec18: 18; vec19: 19; vec20: 20;
     vec21: 21 err; vec22: 22; vec23: 23; vec24: 24; vec25: 25; vec26: 26; vec27: 27;
     vec28: 28; vec29: 29 err; vec30: 30 err; vec31: 31;
-    vec_timer: 0x20; vec_pic1_spurious: 0xE7; vec_pic2_spurious: 0xEF; vec_wake: 0xF0;
-    vec_spurious: 0xFF;
+    vec_timer: TIMER; vec_pic1_spurious: PIC1_SPURIOUS; vec_pic2_spurious: PIC2_SPURIOUS;
+    vec_wake: WAKE; vec_apic_spurious: APIC_SPURIOUS;
 }
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
@@ -132,9 +122,7 @@ pub fn init_cpu() {
                     // The IST slot is filled by `gdt::init_cpu` on every CPU before its
                     // IDT is loaded, with a stack used for nothing else.
                     DOUBLE_FAULT => drop(
-                        idt.double_fault
-                            .set_handler_addr(addr)
-                            .set_stack_index(super::gdt::DOUBLE_FAULT_IST_INDEX),
+                        idt.double_fault.set_handler_addr(addr).set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX),
                     ),
                     10 => drop(idt.invalid_tss.set_handler_addr(addr)),
                     11 => drop(idt.segment_not_present.set_handler_addr(addr)),
@@ -200,19 +188,19 @@ const EXCEPTION_NAMES: [&str; 32] = [
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
         v if v < 32 => exception(frame),
-        TIMER_VECTOR => {
+        TIMER => {
             let cpu = percpu::current();
             cpu.timer_ticks.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
-            if !super::stack_guard::is_intact(cpu) {
+            if !stack_guard::is_intact(cpu) {
                 panic!(
                     "stack overflow on cpu {}: the canary at the bottom of its stack is gone",
                     cpu.index()
                 );
             }
         }
-        WAKE_VECTOR => apic::eoi(),
-        SPURIOUS_VECTOR | PIC1_SPURIOUS | PIC2_SPURIOUS => {}
+        WAKE => apic::eoi(),
+        APIC_SPURIOUS | PIC1_SPURIOUS | PIC2_SPURIOUS => {}
         _ => apic::eoi(),
     }
 }
@@ -229,7 +217,7 @@ fn exception(frame: &TrapFrame) -> ! {
          rflags={:#x} rsp={:#x}",
         EXCEPTION_NAMES[vector],
         vector,
-        percpu::current_index(),
+        percpu::current_cpu(),
         frame.error_code,
         frame.rip,
         frame.cs,
@@ -259,13 +247,10 @@ fn exception(frame: &TrapFrame) -> ! {
         frame.r13,
         frame.r14,
         frame.r15,
-        percpu::current_index(),
+        percpu::current_cpu(),
     );
     percpu::current().online.store(false, Ordering::Release);
     // With the test option `exit=1` the machine ends here too, so a harness need not wait
     // for its timeout.
-    if crate::arch::x86_64::boot::is_exit_requested() {
-        crate::power::exit(EXCEPTION_EXIT_STATUS);
-    }
-    super::halt_forever()
+    power::halt_or_exit(EXCEPTION_EXIT_STATUS)
 }

@@ -15,6 +15,7 @@ pub mod stack_guard;
 mod start;
 pub mod trampoline;
 pub mod tsc;
+pub mod vectors;
 
 /// Stops this CPU for good: interrupts off, halted. NMIs and SMIs may still wake it; the
 /// loop puts it back.

@@ -16,7 +16,7 @@ pub type Work = Box<dyn FnOnce() + Send + 'static>;
 
 #[repr(C)]
 pub struct PerCpu {
-    /// Must stay the first field: `current_index` reads it as `gs:[0]`.
+    /// Must stay the first field: `current_cpu` reads it as `gs:[0]`.
     index: AtomicUsize,
     pub apic_id: AtomicU32,
     pub online: AtomicBool,
@@ -59,7 +59,7 @@ pub fn install(index: usize, apic_id: u32) {
 }
 
 /// The index of the CPU running this code (0 is the boot CPU).
-pub fn current_index() -> usize {
+pub fn current_cpu() -> usize {
     let index: usize;
     // SAFETY: every CPU installs its GS base (`install`) before any code that can call
     // this runs on it, and `PerCpu` is `repr(C)` with the index first.
@@ -74,5 +74,5 @@ pub fn cpu(index: usize) -> Option<&'static PerCpu> {
 }
 
 pub fn current() -> &'static PerCpu {
-    &CPUS[current_index()]
+    &CPUS[current_cpu()]
 }

@@ -6,14 +6,11 @@
 //! on long mode and calls [`super::boot::rust_start`] with RSP = 8 (mod 16), as the System V
 //! ABI expects at a function's entry (debug builds check alignment, so a mistake here shows).
 
+use super::boot::{MULTIBOOT2_BOOT_MAGIC, PVH_BOOT_TAG};
 use core::arch::{global_asm, naked_asm};
 
 /// Multiboot2 specification §3.1.1: header magic.
 const MULTIBOOT2_HEADER_MAGIC: u32 = 0xE852_50D6;
-/// Multiboot2 specification §3.3: the magic in `eax` at entry.
-pub const MULTIBOOT2_BOOT_MAGIC: u32 = 0x36D7_6289;
-/// Our own tag for the PVH entry, passed to Rust in place of a loader magic.
-pub const PVH_BOOT_TAG: u32 = 0x5056_4800;
 
 /// Size of the boot CPU's stack (the boot CPU runs the application's main; debug builds of
 /// the network stack use deep frames).
