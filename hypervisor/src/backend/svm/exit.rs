@@ -1,6 +1,8 @@
 //! Decoding an SVM #VMEXIT: the exit code and EXITINFO1/2 of the VMCB into an [`Exit`]
 //! (APM Vol. 2 §15.9 and Appendix C).
 
+#![deny(unsafe_code)]
+
 use super::vmcb::{self, Vmcb, control, exit_code};
 use crate::addr::Gpa;
 use crate::backend::{Exit, IoExit};

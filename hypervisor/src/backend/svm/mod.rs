@@ -16,6 +16,7 @@ mod exit;
 pub mod vmcb;
 mod world_switch;
 
+use super::choice::{self, Choice};
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::TagPool;
 use super::vcpu_set::{VcpuSet, VcpuSync};
@@ -94,10 +95,10 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
     if HOST_AREAS[cpu].is_completed() {
         return Ok(());
     }
-    let caps = Svm::caps();
-    if caps == &Caps::none() {
+    if choice::choose() != Choice::Svm {
         return Err(BackendError::NotSupported { why: "this CPU has no AMD SVM".into() });
     }
+    let caps = Svm::caps();
     if caps.disabled_by_firmware {
         return Err(BackendError::DisabledByFirmware {
             why: "SVM is disabled by the firmware (VM_CR.SVMDIS); enable it in the BIOS",

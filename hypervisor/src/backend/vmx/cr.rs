@@ -5,6 +5,8 @@
 //! shadow and the fixed bits are added back. Every other bit, CR0.WP and CR4.PGE among
 //! them, is the guest's own (no exits).
 
+#![deny(unsafe_code)]
+
 use super::consts::*;
 use super::cpu::VmxHost;
 use super::vmcs::Current;

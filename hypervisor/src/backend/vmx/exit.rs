@@ -1,6 +1,8 @@
 //! Decoding a VM exit: the exit reason and qualification of the current VMCS into an
 //! [`Exit`] (SDM Vol. 3C §28.2 and Vol. 3D Appendix C).
 
+#![deny(unsafe_code)]
+
 use super::consts::*;
 use super::vmcs::Current;
 use crate::addr::Gpa;

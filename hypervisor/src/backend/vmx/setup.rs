@@ -2,6 +2,8 @@
 //! allows), the host state VM exits return to, and the guest state a vCPU starts in (SDM
 //! Vol. 3C chapter 25, checked by VM entry as in chapter 27).
 
+#![deny(unsafe_code)]
+
 use super::consts::*;
 use super::cpu::{self, VmxHost};
 use super::cr::{self, CrShadows};
