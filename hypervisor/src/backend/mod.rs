@@ -155,7 +155,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Whose CPUID conventions the guest sees, and which hypercall instruction it uses.
     const VENDOR: crate::cpuid::Vendor;
 
-    /// What the CPU offers, read once (by the first call; `enable_on_this_cpu` makes one).
+    /// What the CPU offers, read once by the first call (the boot banner's, or turning
+    /// virtualization on) and kept.
     fn caps() -> &'static Caps;
     /// Turns virtualization on for the calling CPU (idempotent).
     fn enable_on_this_cpu() -> Result<(), BackendError>;

@@ -79,7 +79,7 @@ fn read_caps() -> Caps {
         tags: svm.asids,
         flush_one_vm: svm.flush_by_asid,
         flush_all: true,
-        flush_tag: svm.flush_by_asid,
+        flush_tag: false,
         next_rip: svm.nrip_save,
         vgif: svm.vgif,
         accessed_dirty: true,
@@ -162,6 +162,7 @@ impl Drop for SvmVm {
     }
 }
 
+/// Pause and stop kick the vCPUs out through the same set the flush hook uses.
 impl BackendVm for SvmVm {
     fn kick_all(&self) {
         self.vcpus.kick_all();

@@ -99,6 +99,7 @@ impl TlbFlush for VmxVm {
     }
 }
 
+/// Pause and stop kick the vCPUs out through the same set the flush hook uses.
 impl BackendVm for VmxVm {
     fn kick_all(&self) {
         self.vcpus.kick_all();
