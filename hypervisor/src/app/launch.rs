@@ -13,9 +13,8 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use hypervisor::addr::Gpa;
-use hypervisor::backend::Backend;
-use hypervisor::backend::svm::Svm;
-use hypervisor::backend::vmx::Vmx;
+use hypervisor::backend::choice::{self, WithBackend};
+use hypervisor::backend::{Backend, BackendError};
 use hypervisor::loader::ImageFormat;
 use hypervisor::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
 use hypervisor::vm::{VcpuRunner, Vm, VmConfig, VmState};
@@ -64,13 +63,7 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         timeout_ms,
         delete_slot_ms,
     };
-    match libos::smp::virt_caps(0).unwrap_or_default() {
-        libos::virt::VirtCaps::Svm(_) => run::<Svm>(&launch),
-        libos::virt::VirtCaps::Vmx(_) => run::<Vmx>(&launch),
-        libos::virt::VirtCaps::None => {
-            Err("this machine offers no hardware virtualization to Taproot".into())
-        }
-    }
+    choice::choose().dispatch(&launch)
 }
 
 fn unknown_guest(name: &str) -> String {
@@ -95,6 +88,15 @@ struct Launch<'a> {
     guest_cmdline: String,
     timeout_ms: Option<u64>,
     delete_slot_ms: Option<u64>,
+}
+
+impl WithBackend for &Launch<'_> {
+    type Output = Result<i32, String>;
+
+    fn with<B: Backend>(self, available: Result<(), BackendError>) -> Self::Output {
+        available.map_err(|_| "this machine offers no hardware virtualization to Taproot")?;
+        run::<B>(self)
+    }
 }
 
 fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {

@@ -115,12 +115,12 @@ impl<B: Backend> ApiHandler for Manager<B> {
     type Upload = Upload;
 
     fn info(&mut self) -> Result<HypervisorInfo, ApiError> {
-        let virt = libos::smp::virt_caps(0).unwrap_or_default();
-        let features = virt.features().to_string();
+        let backend = hypervisor::backend::choice::choose();
+        let features = backend.caps().features;
         Ok(HypervisorInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             cpus: libos::smp::cpu_count() as u32,
-            backend: if virt == libos::virt::VirtCaps::None { "none" } else { B::NAME }.into(),
+            backend: backend.name().into(),
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),

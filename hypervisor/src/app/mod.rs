@@ -34,14 +34,15 @@ fn main() -> ! {
             log::warn!("cpu {cpu} reports different virtualization features than cpu 0");
         }
     }
+    let backend = hypervisor::backend::choice::choose();
     log::info!("boot: banner at tsc={}", libos::time::tsc());
     sys::console_write(
         format!(
             "taproot: ready cpus={} mem={} virt={} features={}\n",
             cpus,
             info.ram_bytes() >> 20,
-            virt.kind(),
-            virt.features()
+            backend.name(),
+            backend.caps().features
         )
         .as_bytes(),
     );

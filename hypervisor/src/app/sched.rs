@@ -11,6 +11,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use hypervisor::backend::BackendError;
 use hypervisor::vm::{RunQueue, Runnable, Step};
 use spin::{Mutex, Once};
 
@@ -26,16 +27,16 @@ const ENABLE_TIMEOUT_NS: u64 = 1_000_000_000;
 static STARTED: Once<Result<(), String>> = Once::new();
 
 /// An AP's answer to turning virtualization on: its index and the result.
-type Answer = (usize, Result<(), String>);
+type Answer = (usize, Result<(), BackendError>);
 
 /// Turns virtualization on for every CPU (`enable`, run on each) and puts every AP into its
 /// scheduling loop. The first call does it and waits for every AP's answer; later calls
 /// return the same result. An error names the first CPU that failed.
-pub fn start(enable: fn() -> Result<(), String>) -> Result<(), String> {
+pub fn start(enable: fn() -> Result<(), BackendError>) -> Result<(), String> {
     STARTED.call_once(|| start_once(enable)).clone()
 }
 
-fn start_once(enable: fn() -> Result<(), String>) -> Result<(), String> {
+fn start_once(enable: fn() -> Result<(), BackendError>) -> Result<(), String> {
     let _ = queues();
     enable().map_err(|e| format!("cpu 0: {e}"))?;
     let answers: Arc<Mutex<Vec<Answer>>> = Arc::new(Mutex::new(Vec::new()));

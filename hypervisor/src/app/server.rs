@@ -10,8 +10,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::convert::Infallible;
 use hypervisor::api::{ApiConfig, Connection, Token};
-use hypervisor::backend::Backend;
+use hypervisor::backend::choice::{self, WithBackend};
+use hypervisor::backend::{Backend, BackendError};
 use libos::cmdline;
 use libos::net::smoltcp::iface::SocketHandle;
 use libos::net::smoltcp::socket::tcp;
@@ -24,19 +26,28 @@ const CONNECTIONS: usize = 8;
 const SOCKET_BUFFER: usize = 64 * 1024;
 
 pub fn serve(line: &str) -> ! {
-    match libos::smp::virt_caps(0).unwrap_or_default() {
-        libos::virt::VirtCaps::Svm(_) => serve_with::<hypervisor::backend::svm::Svm>(line),
-        libos::virt::VirtCaps::Vmx(_) => serve_with::<hypervisor::backend::vmx::Vmx>(line),
-        // The API still answers, so that a user who reaches it learns why no VM can run
-        // (`/v1/info` says backend "none", creating a VM answers 503 with the reason). The
-        // manager creates no VM without virtualization, so the backend type is never used.
-        libos::virt::VirtCaps::None => serve_with::<hypervisor::backend::svm::Svm>(line),
+    match choice::choose().dispatch(Serve { line }) {}
+}
+
+/// The server, with the chosen backend. Without virtualization the API still answers, so
+/// that a user who reaches it learns why no VM can run (`/v1/info` says backend "none",
+/// creating a VM answers 503 with the reason); the manager then creates no VM, so the
+/// stand-in backend type is never used.
+struct Serve<'a> {
+    line: &'a str,
+}
+
+impl WithBackend for Serve<'_> {
+    type Output = Infallible;
+
+    fn with<B: Backend>(self, available: Result<(), BackendError>) -> Infallible {
+        serve_with::<B>(self.line, available)
     }
 }
 
 /// Why this machine cannot run VMs, if it cannot.
-fn virtualization<B: Backend>() -> Result<(), String> {
-    if libos::smp::virt_caps(0).unwrap_or_default() == libos::virt::VirtCaps::None {
+fn virtualization<B: Backend>(available: Result<(), BackendError>) -> Result<(), String> {
+    if available.is_err() {
         return Err("this machine offers no hardware virtualization (VMX or SVM) to Taproot; run it on \
                     bare metal or on a host with nested virtualization on"
             .into());
@@ -72,8 +83,8 @@ fn token(line: &str) -> Option<(Token, String)> {
     }
 }
 
-fn serve_with<B: Backend>(line: &str) -> ! {
-    let virt = virtualization::<B>();
+fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! {
+    let virt = virtualization::<B>(available);
     if let Err(e) = &virt {
         log::error!("{e}; the API answers, but VMs cannot be created");
     }

@@ -1,11 +1,22 @@
-//! The hardware backends (SVM now, VMX next) and what the arch-neutral vCPU loop needs
-//! from them: guest registers, entry state, a `run` that returns a decoded [`Exit`].
+//! The hardware backends (AMD SVM in `svm/`, Intel VMX in `vmx/`) and the one contract
+//! the arch-neutral layers use them through: [`Backend`] (turn virtualization on, read what
+//! the CPU offers as [`Caps`], make the per-VM and per-vCPU parts), [`BackendVm`] (VM-wide
+//! operations, and the MMU's TLB flush hook), [`BackendVcpu`] (guest registers, entry
+//! state, a `run` that returns a decoded [`Exit`]) and [`BackendError`].
 //!
-//! Only the backends (and libos) contain `unsafe` code; everything above this module is
-//! ordinary Rust.
+//! Layout: `choice` picks the backend the CPUs offer (the only place that names SVM or
+//! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
+//! frames and the direct map); `tags` and `vcpu_set` are the VM tag pool and the flush
+//! protocol, also shared. Only the backends (and libos) contain `unsafe` code; everything
+//! above this module is ordinary Rust.
+
+mod caps;
+mod error;
 
 #[cfg(target_os = "none")]
-pub mod direct_map;
+pub mod choice;
+#[cfg(target_os = "none")]
+pub mod host;
 #[cfg(target_os = "none")]
 pub mod svm;
 #[cfg(target_os = "none")]
@@ -15,8 +26,11 @@ pub mod vcpu_set;
 #[cfg(target_os = "none")]
 pub mod vmx;
 
-use crate::mmu::{Access, Platform};
-use alloc::string::String;
+pub use caps::Caps;
+pub use error::BackendError;
+
+use crate::addr::Gpa;
+use crate::mmu::{Access, Platform, TlbFlush};
 use alloc::sync::Arc;
 
 /// General-purpose registers that VM entry does not load from the VMCB/VMCS (and `rax`,
@@ -84,7 +98,7 @@ pub enum Exit {
     /// VMMCALL / VMCALL.
     Hypercall,
     NestedPageFault {
-        gpa: u64,
+        gpa: Gpa,
         access: Access,
     },
     Hlt,
@@ -118,28 +132,38 @@ pub trait BackendVcpu: Send {
     fn describe(&self) -> alloc::string::String;
 }
 
-/// A hardware backend: how to turn it on, and how to make its per-VM and per-vCPU parts.
+/// A VM's hardware side, shared by its vCPUs. It is also the MMU's TLB flush hook
+/// (`Platform::Flush`), so VM-wide operations and TLB flushes reach the same vCPU set.
+pub trait BackendVm: TlbFlush {
+    /// Asks every vCPU of the VM to leave guest mode soon (an IPI to each CPU running one),
+    /// so it sees a pause or a stop. Does not wait.
+    fn kick_all(&self);
+    /// TLB flushes done for this VM so far.
+    fn flushes(&self) -> u64;
+}
+
+/// A hardware backend: how to turn it on, what the CPU offers, and how to make its per-VM
+/// and per-vCPU parts.
 pub trait Backend: Send + Sync + 'static {
-    /// The TDP MMU as this backend instantiates it (entry format, pages, flush hook).
-    type Platform: Platform;
+    /// The TDP MMU as this backend instantiates it (entry format, pages, flush hook); its
+    /// flush hook is the per-VM part.
+    type Platform: Platform<Flush = Self::Vm>;
+    type Vm: BackendVm;
     type Vcpu: BackendVcpu;
     /// `svm` or `vmx`, as the banner and the API say.
     const NAME: &'static str;
     /// Whose CPUID conventions the guest sees, and which hypercall instruction it uses.
     const VENDOR: crate::cpuid::Vendor;
 
+    /// What the CPU offers, read once by the first call (the boot banner's, or turning
+    /// virtualization on) and kept.
+    fn caps() -> &'static Caps;
     /// Turns virtualization on for the calling CPU (idempotent).
-    fn enable_on_this_cpu() -> Result<(), String>;
-    /// The per-VM part, which is also the MMU's TLB flush hook.
-    fn create_vm() -> Result<Arc<<Self::Platform as Platform>::Flush>, String>;
-    fn create_vcpu(
-        vm: &Arc<<Self::Platform as Platform>::Flush>,
-        entry: &EntryState,
-    ) -> Result<Self::Vcpu, String>;
+    fn enable_on_this_cpu() -> Result<(), BackendError>;
+    fn create_vm() -> Result<Arc<Self::Vm>, BackendError>;
+    fn create_vcpu(vm: &Arc<Self::Vm>, entry: &EntryState) -> Result<Self::Vcpu, BackendError>;
     fn pages() -> Arc<<Self::Platform as Platform>::Pages>;
     fn clock() -> <Self::Platform as Platform>::Clock;
     /// The host's CPUID for `leaf`/`subleaf` (the guest's view is derived from it).
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4];
-    /// TLB flushes the per-VM part has done.
-    fn flushes(vm: &<Self::Platform as Platform>::Flush) -> u64;
 }

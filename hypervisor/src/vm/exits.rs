@@ -2,7 +2,7 @@
 //! hypercalls, nested page faults, HLT, triple faults. The same code serves SVM and VMX.
 
 use super::{Vm, VmState};
-use crate::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
+use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
 use crate::devices::events::EventKind;
 use crate::memslot::AsId;
@@ -169,25 +169,29 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             Flow::Continue
         }
         Exit::Hypercall => hypercall(cx),
-        Exit::NestedPageFault { gpa, access } => match cx.mmu.handle_fault(Gpa::new(gpa), access) {
+        Exit::NestedPageFault { gpa, access } => match cx.mmu.handle_fault(gpa, access) {
             Ok(Fault::Installed | Fault::Retry) => Flow::Continue,
             Ok(Fault::NotInSlot) => {
                 cx.vm.exits.add(ExitReason::Mmio);
                 crash(
                     cx,
-                    format!("{access:?} at guest address {gpa:#x}, outside every memory slot and device"),
+                    format!(
+                        "{access:?} at guest address {:#x}, outside every memory slot and device",
+                        gpa.raw()
+                    ),
                 )
             }
-            Ok(Fault::WriteToReadOnly) => crash(cx, format!("write to read-only memory at {gpa:#x}")),
+            Ok(Fault::WriteToReadOnly) => crash(cx, format!("write to read-only memory at {:#x}", gpa.raw())),
             Err(MmuError::OutOfMemory) => crash(
                 cx,
                 format!(
-                    "the host ran out of memory backing guest address {gpa:#x} (guest memory is \
+                    "the host ran out of memory backing guest address {:#x} (guest memory is \
                      allocated on first touch, so VMs together may ask for more than there is: \
-                     delete a VM or give this one less)"
+                     delete a VM or give this one less)",
+                    gpa.raw()
                 ),
             ),
-            Err(e) => crash(cx, format!("nested page fault at {gpa:#x} not handled: {e:?}")),
+            Err(e) => crash(cx, format!("nested page fault at {:#x} not handled: {e:?}", gpa.raw())),
         },
         Exit::Hlt => {
             cx.vcpu.skip_exiting_instruction();

@@ -19,12 +19,12 @@ pub use stats::VmStats;
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
 use crate::addr::{Gpa, PAGE_SIZE};
-use crate::backend::{Backend, EntryMode, EntryState, GuestRegs};
+use crate::backend::{Backend, BackendError, BackendVm, EntryMode, EntryState, GuestRegs};
 use crate::devices::PortBus;
 use crate::devices::events::{Event, EventKind};
 use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
 use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
-use crate::mmu::{Mmu, MmuConfig, Platform};
+use crate::mmu::{Mmu, MmuConfig};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -67,7 +67,7 @@ impl VmState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmError {
     InvalidConfig(String),
-    Backend(String),
+    Backend(BackendError),
     Memory(String),
     BadImage(String),
     WrongState { action: &'static str, state: &'static str },
@@ -116,7 +116,7 @@ pub struct Vm<B: Backend> {
     pub id: u32,
     pub config: VmConfig,
     pub mmu: Mmu<B::Platform>,
-    pub(crate) backend: Arc<<B::Platform as Platform>::Flush>,
+    pub(crate) backend: Arc<B::Vm>,
     pub(crate) devices: Mutex<PortBus>,
     state: Mutex<VmState>,
     /// Set when the VM reaches a final state: every vCPU leaves its loop at its next exit.
@@ -143,7 +143,8 @@ impl<B: Backend> Vm<B> {
     pub fn create(id: u32, config: VmConfig, clock: fn() -> u64) -> Result<Arc<Self>, VmError> {
         config.validate()?;
         let backend = B::create_vm().map_err(VmError::Backend)?;
-        let mmu = Mmu::new(MmuConfig::default(), B::pages(), backend.clone(), B::clock());
+        let mmu_config = MmuConfig { max_page_size: B::caps().max_page_size, ..MmuConfig::default() };
+        let mmu = Mmu::new(mmu_config, B::pages(), backend.clone(), B::clock());
         let spec = SlotSpec {
             id: RAM_SLOT,
             as_id: AsId::Normal,
@@ -255,7 +256,6 @@ impl<B: Backend> Vm<B> {
             *state = end;
         }
         self.stop.store(true, Ordering::SeqCst);
-        use crate::mmu::TlbFlush;
         self.backend.kick_all();
     }
 
@@ -269,7 +269,6 @@ impl<B: Backend> Vm<B> {
     pub fn pause(&self) -> Result<(), VmError> {
         self.require(&[VmState::Running], "pause")?;
         self.paused.store(true, Ordering::SeqCst);
-        use crate::mmu::TlbFlush;
         self.backend.kick_all();
         Ok(())
     }
@@ -413,7 +412,7 @@ impl<B: Backend> Vm<B> {
         VmStats {
             mmu: self.mmu.stats(),
             exits: self.exits.snapshot(),
-            tlb_flushes: B::flushes(&self.backend),
+            tlb_flushes: self.backend.flushes(),
             unknown_port_reads: unknown.reads,
             unknown_port_writes: unknown.writes,
             start_to_first_console_ns,

@@ -12,19 +12,22 @@
 //! unless flush-by-ASID exists, and every clean bit is left zero.
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
+mod exit;
 pub mod vmcb;
 mod world_switch;
 
+use super::choice::{self, Choice};
+use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::TagPool;
 use super::vcpu_set::{VcpuSet, VcpuSync};
-use super::{BackendVcpu, EntryMode, EntryState, Exit, GuestRegs, IoExit};
-use crate::mmu::{Access, FlushScope, TlbFlush};
+use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
+use crate::addr::PageSize;
+use crate::mmu::{FlushScope, TlbFlush};
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
-use libos::mm::frame;
 use libos::smp::MAX_CPUS;
+use spin::Once;
 use vmcb::{Segment, Vmcb, control, exit_code, save};
 use x86_64::registers::model_specific::{Efer, EferFlags, Msr};
 
@@ -59,107 +62,86 @@ const MSRPM_RANGES: [(u32, usize); 3] = [(0x0000_0000, 0x000), (0xC000_0000, 0x8
 const MSRPM_FRAMES: usize = 2;
 const IOPM_FRAMES: usize = 3;
 
-/// Physical addresses of each CPU's host save area and host VMSAVE area (0 = SVM off).
-static HOST_SAVE_AREA: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static HOST_VMSAVE_AREA: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Each CPU's host save area and host VMSAVE area, kept for good once SVM is on there.
+static HOST_AREAS: [Once<(Frames, Frames)>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 static ASIDS: TagPool = TagPool::new();
+static CAPS: Once<Caps> = Once::new();
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SvmError {
-    /// CPUID says no SVM.
-    NotSupported,
-    /// VM_CR.SVMDIS: the firmware turned SVM off.
-    DisabledByFirmware,
-    /// No nested paging (Taproot requires NPT).
-    NoNestedPaging,
-    OutOfMemory,
-    /// Every ASID is taken.
-    OutOfAsids,
-}
+const OUT_OF_MEMORY: BackendError = BackendError::OutOfMemory { backend: "SVM" };
 
-impl core::fmt::Display for SvmError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            SvmError::NotSupported => "this CPU has no AMD SVM",
-            SvmError::DisabledByFirmware => {
-                "SVM is disabled by the firmware (VM_CR.SVMDIS); enable it in the BIOS"
-            }
-            SvmError::NoNestedPaging => "this CPU's SVM has no nested paging, which Taproot requires",
-            SvmError::OutOfMemory => "out of memory for SVM structures",
-            SvmError::OutOfAsids => "no free ASID for another VM",
-        })
+/// What the boot CPU's SVM offers (CPUID Fn8000_000A, as libos detected it).
+fn read_caps() -> Caps {
+    let Some(libos::virt::VirtCaps::Svm(svm)) = libos::smp::virt_caps(0) else { return Caps::none() };
+    let huge = libos::arch::x86_64::cpu::has_1g_pages();
+    Caps {
+        nested_paging: svm.npt,
+        max_page_size: if huge { PageSize::Size1G } else { PageSize::Size2M },
+        tags: svm.asids,
+        flush_one_vm: svm.flush_by_asid,
+        flush_all: true,
+        flush_tag: false,
+        next_rip: svm.nrip_save,
+        vgif: svm.vgif,
+        accessed_dirty: true,
+        preemption_timer: false,
+        disabled_by_firmware: svm.disabled_by_firmware,
+        features: libos::virt::VirtCaps::Svm(svm).features().to_string(),
     }
 }
 
 /// Turns SVM on for the calling CPU. Idempotent.
-pub fn enable_on_this_cpu() -> Result<(), SvmError> {
+pub fn enable_on_this_cpu() -> Result<(), BackendError> {
     let cpu = libos::smp::current_cpu();
-    if HOST_SAVE_AREA[cpu].load(Ordering::Acquire) != 0 {
+    if HOST_AREAS[cpu].is_completed() {
         return Ok(());
     }
-    match libos::smp::virt_caps(cpu) {
-        Some(libos::virt::VirtCaps::Svm(caps)) => {
-            if caps.disabled_by_firmware {
-                return Err(SvmError::DisabledByFirmware);
-            }
-            if !caps.npt {
-                return Err(SvmError::NoNestedPaging);
-            }
-        }
-        _ => return Err(SvmError::NotSupported),
+    if choice::choose() != Choice::Svm {
+        return Err(BackendError::NotSupported { why: "this CPU has no AMD SVM".into() });
     }
-    let hsave = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
-    let host_vmsave = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
+    let caps = Svm::caps();
+    if caps.disabled_by_firmware {
+        return Err(BackendError::DisabledByFirmware {
+            why: "SVM is disabled by the firmware (VM_CR.SVMDIS); enable it in the BIOS",
+        });
+    }
+    if !caps.nested_paging {
+        return Err(BackendError::NotSupported {
+            why: "this CPU's SVM has no nested paging, which Taproot requires".into(),
+        });
+    }
+    let hsave = Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?;
+    let host_vmsave = Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?;
     // SAFETY: CPUID reported SVM and VM_CR.SVMDIS is clear, so setting EFER.SVME is
     // allowed (APM Vol. 2 §15.4); VM_HSAVE_PA then names a page reserved for the processor
-    // on this CPU for good.
+    // on this CPU for good (`HOST_AREAS` keeps it).
     unsafe {
         Efer::update(|f| f.insert(EferFlags::SECURE_VIRTUAL_MACHINE_ENABLE));
-        Msr::new(VM_HSAVE_PA).write(hsave);
+        Msr::new(VM_HSAVE_PA).write(hsave.phys());
     }
-    HOST_VMSAVE_AREA[cpu].store(host_vmsave, Ordering::Release);
-    HOST_SAVE_AREA[cpu].store(hsave, Ordering::Release);
+    HOST_AREAS[cpu].call_once(|| (hsave, host_vmsave));
     Ok(())
 }
 
-/// Whether flush-by-ASID exists (else a flush is "flush everything").
-fn has_flush_by_asid() -> bool {
-    matches!(libos::smp::virt_caps(0), Some(libos::virt::VirtCaps::Svm(c)) if c.flush_by_asid)
-}
-
-fn asid_limit() -> u32 {
-    match libos::smp::virt_caps(0) {
-        Some(libos::virt::VirtCaps::Svm(c)) => c.asids,
-        _ => 0,
-    }
+/// This CPU's host VMSAVE area, if SVM is on here.
+fn host_vmsave_area(cpu: usize) -> Option<u64> {
+    HOST_AREAS[cpu].get().map(|(_, vmsave)| vmsave.phys())
 }
 
 /// A VM's SVM resources, shared by its vCPUs and its MMU's flush hook.
 pub struct SvmVm {
     asid: u32,
-    iopm: u64,
-    msrpm: u64,
+    /// The I/O and MSR permission maps, all ones (every port and MSR access exits) but for
+    /// [`PASSTHROUGH_MSRS`].
+    iopm: Frames,
+    msrpm: Frames,
     vcpus: VcpuSet,
 }
 
 impl SvmVm {
-    pub fn new() -> Result<Arc<Self>, SvmError> {
-        let asid = ASIDS.alloc(asid_limit()).ok_or(SvmError::OutOfAsids)?;
-        let Some(iopm) = frame::alloc(IOPM_FRAMES) else {
-            ASIDS.free(asid);
-            return Err(SvmError::OutOfMemory);
-        };
-        let Some(msrpm) = frame::alloc(MSRPM_FRAMES) else {
-            frame::free(iopm, IOPM_FRAMES);
-            ASIDS.free(asid);
-            return Err(SvmError::OutOfMemory);
-        };
-        // SAFETY: both runs of frames were just allocated for this VM and are identity
-        // mapped; all ones = intercept every port and every MSR access.
-        unsafe {
-            core::ptr::write_bytes(iopm as *mut u8, 0xFF, IOPM_FRAMES * 4096);
-            core::ptr::write_bytes(msrpm as *mut u8, 0xFF, MSRPM_FRAMES * 4096);
-        }
+    pub fn new() -> Result<Arc<Self>, BackendError> {
+        let iopm = Frames::filled(IOPM_FRAMES, 0xFF).ok_or(OUT_OF_MEMORY)?;
+        let mut msrpm = Frames::filled(MSRPM_FRAMES, 0xFF).ok_or(OUT_OF_MEMORY)?;
+        let map = msrpm.bytes_mut();
         for msr in PASSTHROUGH_MSRS {
             let Some(&(base, offset)) =
                 MSRPM_RANGES.iter().find(|(base, _)| (*base..*base + 0x2000).contains(&msr))
@@ -167,25 +149,27 @@ impl SvmVm {
                 continue;
             };
             let bit = offset * 8 + (msr - base) as usize * 2;
-            // SAFETY: `bit` and `bit + 1` lie inside the 8 KiB map allocated above.
-            unsafe {
-                let byte = (msrpm as *mut u8).add(bit / 8);
-                byte.write(byte.read() & !(0b11 << (bit % 8)));
-            }
+            map[bit / 8] &= !(0b11 << (bit % 8));
         }
+        let asid = ASIDS.alloc(Svm::caps().tags).ok_or(BackendError::NoTag { tag: "ASID" })?;
         Ok(Arc::new(Self { asid, iopm, msrpm, vcpus: VcpuSet::default() }))
-    }
-
-    pub fn flushes(&self) -> u64 {
-        self.vcpus.flushes()
     }
 }
 
 impl Drop for SvmVm {
     fn drop(&mut self) {
-        frame::free(self.iopm, IOPM_FRAMES);
-        frame::free(self.msrpm, MSRPM_FRAMES);
         ASIDS.free(self.asid);
+    }
+}
+
+/// Pause and stop kick the vCPUs out through the same set the flush hook uses.
+impl BackendVm for SvmVm {
+    fn kick_all(&self) {
+        self.vcpus.kick_all();
+    }
+
+    fn flushes(&self) -> u64 {
+        self.vcpus.flushes()
     }
 }
 
@@ -213,10 +197,8 @@ pub struct SvmVcpu {
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
 // between runs is allowed by SVM (a VMCB is not bound to a CPU).
 impl SvmVcpu {
-    pub fn new(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<Self, SvmError> {
-        let page = frame::alloc_zeroed(1).ok_or(SvmError::OutOfMemory)?;
-        // SAFETY: a fresh zeroed page, owned by this vCPU until drop.
-        let vmcb = unsafe { Vmcb::new(page) };
+    pub fn new(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<Self, BackendError> {
+        let vmcb = Vmcb::new(Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?);
         let sync = vm.vcpus.register();
         let mut vcpu = Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync };
         vcpu.init_controls();
@@ -253,8 +235,8 @@ impl SvmVcpu {
                 | misc2::SKINIT
                 | misc2::XSETBV,
         );
-        v.write64(control::IOPM_BASE_PA, self.vm.iopm);
-        v.write64(control::MSRPM_BASE_PA, self.vm.msrpm);
+        v.write64(control::IOPM_BASE_PA, self.vm.iopm.phys());
+        v.write64(control::MSRPM_BASE_PA, self.vm.msrpm.phys());
         v.write64(control::TSC_OFFSET, 0);
         v.write32(control::GUEST_ASID, self.vm.asid);
         v.write64(control::VINTR, vmcb::V_INTR_MASKING);
@@ -264,49 +246,6 @@ impl SvmVcpu {
 
     pub fn sync(&self) -> &Arc<VcpuSync> {
         &self.sync
-    }
-
-    fn decode_exit(&mut self) -> Exit {
-        let code = self.vmcb.read64(control::EXIT_CODE);
-        let info1 = self.vmcb.read64(control::EXIT_INFO1);
-        let info2 = self.vmcb.read64(control::EXIT_INFO2);
-        match code {
-            exit_code::INTR | exit_code::NMI | exit_code::SMI => Exit::HostInterrupt,
-            exit_code::CPUID => Exit::Cpuid,
-            exit_code::HLT => Exit::Hlt,
-            exit_code::VMMCALL => Exit::Hypercall,
-            exit_code::SHUTDOWN => Exit::Shutdown,
-            exit_code::INVALID => Exit::InvalidState,
-            exit_code::IOIO => {
-                use vmcb::ioio;
-                let size = if info1 & ioio::SIZE32 != 0 {
-                    4
-                } else if info1 & ioio::SIZE16 != 0 {
-                    2
-                } else {
-                    1
-                };
-                Exit::Io(IoExit {
-                    port: (info1 >> ioio::PORT_SHIFT) as u16,
-                    size,
-                    is_in: info1 & ioio::TYPE_IN != 0,
-                    is_string: info1 & ioio::STRING != 0,
-                    next_rip: info2,
-                })
-            }
-            exit_code::MSR => Exit::Msr { write: info1 & 1 != 0 },
-            exit_code::NPF => {
-                let access = if info1 & vmcb::npf::WRITE != 0 {
-                    Access::Write
-                } else if info1 & vmcb::npf::EXECUTE != 0 {
-                    Access::Execute
-                } else {
-                    Access::Read
-                };
-                Exit::NestedPageFault { gpa: info2, access }
-            }
-            code => Exit::Unhandled { code },
-        }
     }
 
     /// Handles the exits that only concern SVM itself (EFER, whose SVME bit the guest must
@@ -332,7 +271,6 @@ impl SvmVcpu {
 impl Drop for SvmVcpu {
     fn drop(&mut self) {
         self.vm.vcpus.unregister(&self.sync);
-        frame::free(self.vmcb.phys(), 1);
     }
 }
 
@@ -412,16 +350,19 @@ impl BackendVcpu for SvmVcpu {
     fn run(&mut self, root_pointer: u64) -> Exit {
         loop {
             let cpu = libos::smp::current_cpu();
-            let host_area = HOST_VMSAVE_AREA[cpu].load(Ordering::Acquire);
-            if host_area == 0 {
+            let Some(host_area) = host_vmsave_area(cpu) else {
                 // A scheduling bug, not the guest's doing: refuse to enter, and let the VM
                 // layer end this VM with the reason.
                 log::error!("svm: vCPU scheduled on cpu {cpu}, where SVM is off");
                 return Exit::InvalidState;
-            }
+            };
             self.vmcb.write64(control::NESTED_CR3, root_pointer);
             let tlb = if self.sync.entering(cpu) {
-                if has_flush_by_asid() { vmcb::TLB_CONTROL_FLUSH_ASID } else { vmcb::TLB_CONTROL_FLUSH_ALL }
+                if Svm::caps().flush_one_vm {
+                    vmcb::TLB_CONTROL_FLUSH_ASID
+                } else {
+                    vmcb::TLB_CONTROL_FLUSH_ALL
+                }
             } else {
                 vmcb::TLB_CONTROL_NOTHING
             };
@@ -437,7 +378,7 @@ impl BackendVcpu for SvmVcpu {
             self.regs.rax = self.vmcb.read64(save::RAX);
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.
             x86_64::instructions::interrupts::enable();
-            let exit = self.decode_exit();
+            let exit = exit::decode(&self.vmcb);
             if !self.handle_internally(&exit) {
                 return exit;
             }
@@ -475,44 +416,39 @@ pub struct SvmPlatform;
 
 impl crate::mmu::Platform for SvmPlatform {
     type Format = crate::mmu::npt::Npt;
-    type Pages = super::direct_map::DirectMap;
+    type Pages = DirectMap;
     type Flush = SvmVm;
     type Clock = LibosClock;
-}
-
-/// libos's monotonic clock, for the MMU's zap timings.
-#[derive(Default, Clone, Copy)]
-pub struct LibosClock;
-
-impl crate::mmu::Clock for LibosClock {
-    fn now_ns(&self) -> u64 {
-        libos::time::now_ns()
-    }
 }
 
 /// The SVM backend, as the VM layer sees it.
 pub struct Svm;
 
-impl super::Backend for Svm {
+impl Backend for Svm {
     type Platform = SvmPlatform;
+    type Vm = SvmVm;
     type Vcpu = SvmVcpu;
     const NAME: &'static str = "svm";
     const VENDOR: crate::cpuid::Vendor = crate::cpuid::Vendor::Amd;
 
-    fn enable_on_this_cpu() -> Result<(), String> {
-        enable_on_this_cpu().map_err(|e| format!("{e}"))
+    fn caps() -> &'static Caps {
+        CAPS.call_once(read_caps)
     }
 
-    fn create_vm() -> Result<Arc<SvmVm>, String> {
-        SvmVm::new().map_err(|e| format!("{e}"))
+    fn enable_on_this_cpu() -> Result<(), BackendError> {
+        enable_on_this_cpu()
     }
 
-    fn create_vcpu(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<SvmVcpu, String> {
-        SvmVcpu::new(vm, entry).map_err(|e| format!("{e}"))
+    fn create_vm() -> Result<Arc<SvmVm>, BackendError> {
+        SvmVm::new()
     }
 
-    fn pages() -> Arc<super::direct_map::DirectMap> {
-        Arc::new(super::direct_map::DirectMap)
+    fn create_vcpu(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<SvmVcpu, BackendError> {
+        SvmVcpu::new(vm, entry)
+    }
+
+    fn pages() -> Arc<DirectMap> {
+        Arc::new(DirectMap)
     }
 
     fn clock() -> LibosClock {
@@ -520,11 +456,6 @@ impl super::Backend for Svm {
     }
 
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    }
-
-    fn flushes(vm: &SvmVm) -> u64 {
-        vm.flushes()
+        super::host::cpuid(leaf, subleaf)
     }
 }

@@ -3,6 +3,8 @@
 //! one 4 KiB VMCB page.
 #![allow(unsafe_code, reason = "the VMCB is a hardware-defined page reached by physical address")]
 
+use crate::backend::host::Frames;
+
 /// Control area offsets (APM Vol. 2, Table B-1).
 pub mod control {
     pub const INTERCEPT_CR: usize = 0x000;
@@ -170,29 +172,27 @@ impl Segment {
 
 /// One VMCB page, owned by its vCPU.
 pub struct Vmcb {
-    phys: u64,
+    page: Frames,
 }
 
 impl Vmcb {
-    /// # Safety
-    /// `phys` is a zeroed, 4 KiB-aligned page, identity mapped, used for nothing else for
-    /// as long as this value lives.
-    pub unsafe fn new(phys: u64) -> Self {
-        Self { phys }
+    /// `page` is one zeroed frame (a zeroed VMCB has every intercept and field off).
+    pub fn new(page: Frames) -> Self {
+        Self { page }
     }
 
     pub fn phys(&self) -> u64 {
-        self.phys
+        self.page.phys()
     }
 
     fn ptr<T>(&self, offset: usize) -> *mut T {
         debug_assert!(offset + size_of::<T>() <= 4096 && offset.is_multiple_of(align_of::<T>()));
-        (self.phys as usize + offset) as *mut T
+        (self.page.phys() as usize + offset) as *mut T
     }
 
     pub fn read64(&self, offset: usize) -> u64 {
-        // SAFETY: `new`'s contract: the page is ours and mapped; the offset is in range and
-        // aligned. The processor writes the VMCB only while this vCPU runs, never while we
+        // SAFETY: the page is a frame this value owns, identity mapped (`Frames`); the
+        // offset is in range and aligned. The processor writes the VMCB only while this vCPU runs, never while we
         // read it (VMRUN and this code run on the same CPU, one after the other).
         unsafe { self.ptr::<u64>(offset).read_volatile() }
     }

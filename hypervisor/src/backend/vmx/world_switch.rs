@@ -8,9 +8,6 @@ use crate::backend::GuestRegs;
 use core::arch::naked_asm;
 use core::mem::offset_of;
 
-/// HOST_RSP (SDM Vol. 3D Appendix B, encoding 0x6C14).
-const HOST_RSP_FIELD: u64 = 0x6C14;
-
 unsafe extern "C" {
     static vmx_exit: u8;
 }
@@ -101,7 +98,8 @@ pub unsafe extern "C" fn run(regs: &mut GuestRegs, launched: bool) -> bool {
         "pop rbx",
         "xor eax, eax",
         "ret",
-        host_rsp = const HOST_RSP_FIELD,
+        // HOST_RSP (SDM Vol. 3D Appendix B, encoding 0x6C14).
+        host_rsp = const x86::vmx::vmcs::host::RSP,
         rax = const offset_of!(GuestRegs, rax),
         rbx = const offset_of!(GuestRegs, rbx),
         rcx = const offset_of!(GuestRegs, rcx),

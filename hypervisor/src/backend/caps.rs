@@ -1,0 +1,60 @@
+//! What the CPU's hardware virtualization offers, as its backend reads it once: the MMU
+//! takes its largest page from here, the backends their flush and tag choices, the banner
+//! and the API their feature list.
+
+use crate::addr::PageSize;
+use alloc::string::String;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Nested paging (NPT or EPT with 4-level walks and write-back tables), which
+    /// Taproot requires.
+    pub nested_paging: bool,
+    /// The largest leaf the nested walk takes: NPT follows the host's paging (2 MiB, and
+    /// 1 GiB with CPUID Page1GB), EPT says so in IA32_VMX_EPT_VPID_CAP.
+    pub max_page_size: PageSize,
+    /// How many hardware tags (SVM ASIDs, VMX VPIDs) there are, tag 0 being the host's;
+    /// 0 when VMs cannot have their own.
+    pub tags: u32,
+    /// A TLB flush can be limited to one VM (SVM flush-by-ASID, VMX INVEPT
+    /// single-context).
+    pub flush_one_vm: bool,
+    /// VMX INVEPT all-context (SVM's TLB_CONTROL "flush all" always exists).
+    pub flush_all: bool,
+    /// VMX INVVPID.
+    pub flush_tag: bool,
+    /// SVM NRIP save (VMX always reports the exiting instruction's length).
+    pub next_rip: bool,
+    /// SVM virtual GIF.
+    pub vgif: bool,
+    /// EPT accessed and dirty bits.
+    pub accessed_dirty: bool,
+    /// The VMX-preemption timer.
+    pub preemption_timer: bool,
+    /// The firmware turned virtualization off (SVM's VM_CR.SVMDIS, VMX's
+    /// IA32_FEATURE_CONTROL locked with VMX off).
+    pub disabled_by_firmware: bool,
+    /// The feature list of the boot banner and `/v1/info`: comma-separated, no spaces,
+    /// `-` when there is none.
+    pub features: String,
+}
+
+impl Caps {
+    /// No hardware virtualization at all.
+    pub fn none() -> Self {
+        Self {
+            nested_paging: false,
+            max_page_size: PageSize::Size4K,
+            tags: 0,
+            flush_one_vm: false,
+            flush_all: false,
+            flush_tag: false,
+            next_rip: false,
+            vgif: false,
+            accessed_dirty: false,
+            preemption_timer: false,
+            disabled_by_firmware: false,
+            features: "-".into(),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Decoding an SVM #VMEXIT: the exit code and EXITINFO1/2 of the VMCB into an [`Exit`]
+//! (APM Vol. 2 §15.9 and Appendix C).
+
+#![deny(unsafe_code)]
+
+use super::vmcb::{self, Vmcb, control, exit_code};
+use crate::addr::Gpa;
+use crate::backend::{Exit, IoExit};
+use crate::mmu::Access;
+
+/// The exit the VMCB describes, after a VMRUN returned.
+pub fn decode(vmcb: &Vmcb) -> Exit {
+    let code = vmcb.read64(control::EXIT_CODE);
+    let info1 = vmcb.read64(control::EXIT_INFO1);
+    let info2 = vmcb.read64(control::EXIT_INFO2);
+    match code {
+        exit_code::INTR | exit_code::NMI | exit_code::SMI => Exit::HostInterrupt,
+        exit_code::CPUID => Exit::Cpuid,
+        exit_code::HLT => Exit::Hlt,
+        exit_code::VMMCALL => Exit::Hypercall,
+        exit_code::SHUTDOWN => Exit::Shutdown,
+        exit_code::INVALID => Exit::InvalidState,
+        exit_code::IOIO => {
+            use vmcb::ioio;
+            let size = if info1 & ioio::SIZE32 != 0 {
+                4
+            } else if info1 & ioio::SIZE16 != 0 {
+                2
+            } else {
+                1
+            };
+            Exit::Io(IoExit {
+                port: (info1 >> ioio::PORT_SHIFT) as u16,
+                size,
+                is_in: info1 & ioio::TYPE_IN != 0,
+                is_string: info1 & ioio::STRING != 0,
+                next_rip: info2,
+            })
+        }
+        exit_code::MSR => Exit::Msr { write: info1 & 1 != 0 },
+        exit_code::NPF => {
+            let access = if info1 & vmcb::npf::WRITE != 0 {
+                Access::Write
+            } else if info1 & vmcb::npf::EXECUTE != 0 {
+                Access::Execute
+            } else {
+                Access::Read
+            };
+            Exit::NestedPageFault { gpa: Gpa::new(info2), access }
+        }
+        code => Exit::Unhandled { code },
+    }
+}

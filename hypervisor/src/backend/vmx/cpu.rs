@@ -1,0 +1,176 @@
+//! VMX on one CPU: what the CPU offers (read once: the backend's [`Caps`] from libos's
+//! detection, and [`VmxHost`], the capability MSRs the VMCS setup needs), VMXON, and the
+//! TLB invalidations INVEPT and INVVPID.
+//!
+//! Every CPU is assumed to offer what the boot CPU offers (the banner warns when they
+//! differ): the capabilities are read on the first CPU that asks and serve all of them.
+//! What is per CPU state, not capability, is read per CPU: IA32_FEATURE_CONTROL here, the
+//! host-state MSRs at VMCS setup.
+
+use super::consts::*;
+use crate::addr::PageSize;
+use crate::backend::choice::{self, Choice};
+use crate::backend::host::Frames;
+use crate::backend::{BackendError, Caps};
+use alloc::format;
+use alloc::string::ToString;
+use libos::smp::MAX_CPUS;
+use spin::Once;
+use x86::msr;
+use x86_64::registers::model_specific::Msr;
+
+/// VPIDs are 16 bits, 0 being the host's (SDM Vol. 3C §29.1).
+pub const VPID_LIMIT: u32 = 1 << 16;
+pub const OUT_OF_MEMORY: BackendError = BackendError::OutOfMemory { backend: "VMX" };
+
+/// Each CPU's VMXON region, kept for good once VMX is on there.
+static VMXON_REGIONS: [Once<Frames>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static CAPS: Once<Caps> = Once::new();
+static HOST: Once<VmxHost> = Once::new();
+
+pub fn rdmsr(index: u32) -> u64 {
+    // SAFETY: only called for MSRs that exist when CPUID reports VMX (the VMX capability
+    // MSRs, IA32_FEATURE_CONTROL) or that exist on every x86-64 CPU (FS/GS base, EFER, PAT).
+    unsafe { Msr::new(index).read() }
+}
+
+/// What the boot CPU's VMX offers, as libos detected it.
+pub fn caps() -> &'static Caps {
+    CAPS.call_once(|| {
+        let Some(libos::virt::VirtCaps::Vmx(vmx)) = libos::smp::virt_caps(0) else { return Caps::none() };
+        Caps {
+            nested_paging: vmx.ept,
+            max_page_size: if vmx.ept_1g {
+                PageSize::Size1G
+            } else if vmx.ept_2m {
+                PageSize::Size2M
+            } else {
+                PageSize::Size4K
+            },
+            tags: if vmx.vpid { VPID_LIMIT } else { 0 },
+            flush_one_vm: vmx.invept_single,
+            flush_all: vmx.invept_all,
+            flush_tag: vmx.invvpid,
+            next_rip: true,
+            vgif: false,
+            accessed_dirty: vmx.ept_ad,
+            preemption_timer: vmx.preemption_timer,
+            disabled_by_firmware: vmx.disabled_by_firmware,
+            features: libos::virt::VirtCaps::Vmx(vmx).features().to_string(),
+        }
+    })
+}
+
+/// The VMX capability MSRs the VMCS setup needs (SDM Vol. 3D Appendix A), read once.
+pub struct VmxHost {
+    /// The VMCS revision identifier (IA32_VMX_BASIC[30:0]).
+    pub revision: u32,
+    /// CR0/CR4 bits VMX operation fixes to 1 (FIXED0) and allows to be 1 (FIXED1).
+    pub cr0_fixed0: u64,
+    pub cr0_fixed1: u64,
+    pub cr4_fixed0: u64,
+    pub cr4_fixed1: u64,
+    /// Allowed settings of each control set (the TRUE MSRs when they exist): allowed-0 in
+    /// the low half, allowed-1 in the high half.
+    pub pin_controls: u64,
+    pub primary_controls: u64,
+    pub secondary_controls: u64,
+    pub exit_controls: u64,
+    pub entry_controls: u64,
+    /// The VMX-preemption timer counts at the TSC rate divided by 2^this.
+    pub preemption_timer_shift: u32,
+}
+
+/// The capability MSRs. Only after [`enable_on_this_cpu`] succeeded once (reading them
+/// where VMX does not exist would fault).
+pub fn host() -> &'static VmxHost {
+    HOST.call_once(|| {
+        let basic = rdmsr(msr::IA32_VMX_BASIC);
+        let true_or =
+            |normal, true_msr| rdmsr(if basic & VMX_BASIC_TRUE_CTLS != 0 { true_msr } else { normal });
+        VmxHost {
+            revision: basic as u32 & 0x7FFF_FFFF,
+            cr0_fixed0: rdmsr(msr::IA32_VMX_CR0_FIXED0),
+            cr0_fixed1: rdmsr(msr::IA32_VMX_CR0_FIXED1),
+            cr4_fixed0: rdmsr(msr::IA32_VMX_CR4_FIXED0),
+            cr4_fixed1: rdmsr(msr::IA32_VMX_CR4_FIXED1),
+            pin_controls: true_or(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS),
+            primary_controls: true_or(msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS),
+            secondary_controls: rdmsr(msr::IA32_VMX_PROCBASED_CTLS2),
+            exit_controls: true_or(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
+            entry_controls: true_or(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
+            preemption_timer_shift: (rdmsr(msr::IA32_VMX_MISC) & 0x1F) as u32,
+        }
+    })
+}
+
+/// Whether VMX is on for `cpu`.
+pub fn is_on(cpu: usize) -> bool {
+    VMXON_REGIONS[cpu].is_completed()
+}
+
+/// Turns VMX on for the calling CPU (VMXON). Idempotent.
+pub fn enable_on_this_cpu() -> Result<(), BackendError> {
+    let cpu = libos::smp::current_cpu();
+    if is_on(cpu) {
+        return Ok(());
+    }
+    if choice::choose() != Choice::Vmx {
+        return Err(BackendError::NotSupported { why: "this CPU has no Intel VMX".into() });
+    }
+    const DISABLED: BackendError = BackendError::DisabledByFirmware {
+        why: "VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked with VMX off); enable it in the BIOS",
+    };
+    if caps().disabled_by_firmware {
+        return Err(DISABLED);
+    }
+    let control = rdmsr(msr::IA32_FEATURE_CONTROL);
+    if control & FEATURE_CONTROL_LOCKED == 0 {
+        // SAFETY: the MSR is unlocked, so writing it is allowed (SDM §24.7); we enable VMX
+        // outside SMX and lock, as firmware normally does.
+        unsafe {
+            Msr::new(msr::IA32_FEATURE_CONTROL)
+                .write(control | FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX)
+        };
+    } else if control & FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0 {
+        return Err(DISABLED);
+    }
+    let host = host();
+    let mut region = Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?;
+    region.bytes_mut()[..4].copy_from_slice(&host.revision.to_le_bytes());
+    // SAFETY: 1. the region is a fresh page owned by this CPU for good (`VMXON_REGIONS`
+    // keeps it); its first word is the VMCS revision (SDM §25.11.5). 2. CR0/CR4 get the
+    // bits VMX requires (fixed-0 ones set, fixed-1 ones kept: SDM §24.8), which libos's own
+    // settings already satisfy but for NE and VMXE, neither of which changes how libos
+    // runs. 3. VMXON then enters VMX root operation on this CPU.
+    unsafe {
+        let cr0 = x86_64::registers::control::Cr0::read_raw();
+        let cr0 = (cr0 | host.cr0_fixed0) & host.cr0_fixed1;
+        x86_64::registers::control::Cr0::write_raw(cr0);
+        let cr4 = x86_64::registers::control::Cr4::read_raw() | CR4_VMXE;
+        let cr4 = (cr4 | host.cr4_fixed0) & host.cr4_fixed1;
+        x86_64::registers::control::Cr4::write_raw(cr4);
+        x86::bits64::vmx::vmxon(region.phys())
+            .map_err(|e| BackendError::EnableFailed { what: "VMXON", error: format!("{e:?}") })?;
+    }
+    VMXON_REGIONS[cpu].call_once(|| region);
+    Ok(())
+}
+
+/// INVEPT of `kind` (single-context with `eptp`, or all-context).
+pub fn invept(kind: u64, eptp: u64) {
+    let descriptor: [u64; 2] = [eptp, 0];
+    // SAFETY: VMX is on (we are about to enter a guest on this CPU); the descriptor is a
+    // valid 16-byte operand; the type was checked against the CPU's capabilities.
+    unsafe {
+        core::arch::asm!("invept {kind}, [{desc}]", kind = in(reg) kind, desc = in(reg) descriptor.as_ptr(), options(nostack));
+    }
+}
+
+pub fn invvpid(kind: u64, vpid: u16) {
+    let descriptor: [u64; 2] = [vpid as u64, 0];
+    // SAFETY: as for `invept`.
+    unsafe {
+        core::arch::asm!("invvpid {kind}, [{desc}]", kind = in(reg) kind, desc = in(reg) descriptor.as_ptr(), options(nostack));
+    }
+}
