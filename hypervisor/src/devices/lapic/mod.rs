@@ -23,7 +23,9 @@
 //!   level: true }` -> broadcast the EOI to the I/O APIC (it clears remote IRR).
 //! - **Interrupt messages** from the I/O APIC or an MSI: the same routing with
 //!   `Shorthand::None` and `is_self = false`. The 8259's INTR line arrives through
-//!   [`Lapic::local_interrupt`]`(Lvt::Lint0)`, the NMI pin through `Lvt::Lint1`.
+//!   [`Lapic::local_interrupt`]`(Lvt::Lint0)` (call it whenever the 8259 has an
+//!   unacknowledged request, also after an acknowledge that leaves one), the NMI pin
+//!   through `Lvt::Lint1`.
 //! - **Entry path**: [`Lapic::take_init`] -> INIT the vCPU and call [`Lapic::reset`] (the
 //!   vCPU waits for SIPI unless it is the BSP); in wait-for-SIPI, [`Lapic::take_sipi`]
 //!   starts it at the vector (discard SIPIs taken in any other state). When NMIs are
@@ -484,11 +486,11 @@ impl Lapic {
         self.timer_expiries
     }
 
-    /// RDMSR of IA32_TSC_DEADLINE: the armed deadline; 0 once fired or outside
+    /// RDMSR of IA32_TSC_DEADLINE: the armed deadline; 0 once passed or outside
     /// TSC-deadline mode.
     #[must_use]
-    pub fn read_tsc_deadline(&self) -> u64 {
-        self.timer.tsc_deadline(self.timer_mode())
+    pub fn read_tsc_deadline(&self, now_ns: u64) -> u64 {
+        self.timer.tsc_deadline(self.timer_mode(), &self.clock, now_ns)
     }
 
     /// WRMSR of IA32_TSC_DEADLINE, a guest TSC value (converted to host time as `timer.rs`

@@ -638,13 +638,14 @@ fn tsc_deadline_fires_at_the_deadline_and_disarms() {
     let config = LapicConfig { tsc_hz: 3_000_000_000, tsc_origin_ns: 1000, ..BUS_1GHZ };
     let mut lapic = enabled(0, config);
     lapic.write_tsc_deadline(10, 0);
-    assert_eq!(lapic.read_tsc_deadline(), 0, "ignored outside TSC-deadline mode");
+    assert_eq!(lapic.read_tsc_deadline(2000), 0, "ignored outside TSC-deadline mode");
     set(&mut lapic, LVT_TIMER, TSC_DEADLINE_MODE | 0xEF, 0);
     lapic.write_tsc_deadline(10, 0);
-    assert_eq!((lapic.read_tsc_deadline(), lapic.next_deadline()), (10, Some(1004)));
+    assert_eq!((lapic.read_tsc_deadline(1003), lapic.next_deadline()), (10, Some(1004)));
+    assert_eq!(lapic.read_tsc_deadline(1004), 0, "passed, though not delivered yet");
     assert_eq!(lapic.tick(1003), 0, "TSC 9");
     assert_eq!(lapic.tick(1004), 1, "TSC 12");
-    assert_eq!((lapic.read_tsc_deadline(), lapic.next_deadline()), (0, None));
+    assert_eq!((lapic.read_tsc_deadline(1004), lapic.next_deadline()), (0, None));
     assert_eq!(inject(&mut lapic), Some(0xEF));
     // A deadline already passed fires at the next tick; 0 disarms.
     lapic.write_tsc_deadline(5, 2000);
@@ -657,8 +658,17 @@ fn tsc_deadline_fires_at_the_deadline_and_disarms() {
     lapic.write_tsc_deadline(1 << 40, 2000);
     set(&mut lapic, LVT_TIMER, 0xEF, 2000);
     set(&mut lapic, LVT_TIMER, TSC_DEADLINE_MODE | 0xEF, 2000);
-    assert_eq!(lapic.read_tsc_deadline(), 0);
+    assert_eq!(lapic.read_tsc_deadline(2000), 0);
     assert_eq!(lapic.next_deadline(), None);
+    // Masked: nothing to wake for and nothing delivered, but the deadline still passes.
+    set(&mut lapic, LVT_TIMER, MASKED | TSC_DEADLINE_MODE | 0xEF, 2000);
+    lapic.write_tsc_deadline(1 << 20, 2000);
+    assert_eq!(lapic.next_deadline(), None);
+    let passed = 1000 + (1u64 << 20).div_ceil(3);
+    assert_eq!((lapic.read_tsc_deadline(passed - 1), lapic.read_tsc_deadline(passed)), (1 << 20, 0));
+    set(&mut lapic, LVT_TIMER, TSC_DEADLINE_MODE | 0xEF, passed + 10);
+    assert_eq!((lapic.next_deadline(), lapic.pending_vector()), (None, None));
+    assert_eq!(lapic.timer_expiries(), 3);
 }
 
 #[test]
@@ -669,18 +679,31 @@ fn every_register_offset_and_value_is_handled_without_panic() {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         seed
     };
-    for x2 in [false, true] {
-        let mut lapic = if x2 { x2apic(7) } else { enabled(7, BUS_1GHZ) };
+    // Clocks at their extremes too: the arithmetic saturates rather than overflow.
+    let configs = [
+        BUS_1GHZ,
+        LapicConfig { bus_hz: 1, tsc_hz: 1, tsc_origin_ns: 0, has_x2apic: true },
+        LapicConfig { bus_hz: 0, tsc_hz: 0, tsc_origin_ns: 5, has_x2apic: true },
+        LapicConfig { bus_hz: u64::MAX, tsc_hz: u64::MAX, tsc_origin_ns: u64::MAX, has_x2apic: true },
+    ];
+    for (config, x2) in configs.into_iter().flat_map(|config| [(config, false), (config, true)]) {
+        let mut lapic = enabled(7, config);
+        if x2 {
+            lapic.set_apic_base(lapic.apic_base() | APIC_BASE_EXTD).expect("x2APIC");
+        }
         let mut now = 0u64;
         for offset in (0..XAPIC_PAGE_BYTES).step_by(4) {
             for value in values.into_iter().chain([next() as u32, next() as u32]) {
-                now += next() % 1000;
+                // Mostly small steps, now and then a leap of up to 2^44 ns.
+                now = now.saturating_add(if next() % 16 == 0 { next() >> 20 } else { next() % 1000 });
                 let _ = lapic.read_mmio(offset, now);
                 let _ = lapic.write_mmio(offset, value, now);
                 let index = 0x800 + offset / 16;
                 let _ = lapic.read_msr(index, now);
                 let _ = lapic.write_msr(index, u64::from(value), now);
                 let _ = lapic.write_msr(index, next(), now);
+                lapic.write_tsc_deadline(next() >> (next() % 64), now);
+                let _ = lapic.read_tsc_deadline(now);
                 lapic.tick(now);
                 let _ = lapic.next_deadline();
                 while let Some(vector) = inject(&mut lapic) {
@@ -692,7 +715,8 @@ fn every_register_offset_and_value_is_handled_without_panic() {
         }
         lapic.write_tsc_deadline(u64::MAX, now);
         lapic.tick(u64::MAX);
-        let _ = lapic.read_mmio(CURRENT_COUNT, u64::MAX);
+        let _ = (lapic.read_mmio(CURRENT_COUNT, u64::MAX), lapic.read_tsc_deadline(u64::MAX));
         let _ = lapic.set_apic_base(next());
+        lapic.reset();
     }
 }

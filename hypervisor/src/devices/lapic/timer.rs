@@ -59,7 +59,7 @@ impl TimerClock {
     }
 
     fn ns_for(&self, ticks: u128, divisor: u32) -> u64 {
-        let scaled = ticks * u128::from(divisor) * NS_PER_S;
+        let scaled = ticks.saturating_mul(u128::from(divisor) * NS_PER_S);
         saturate(scaled.div_ceil(u128::from(self.bus_hz.max(1))))
     }
 
@@ -190,10 +190,12 @@ impl Timer {
         }
     }
 
-    /// IA32_TSC_DEADLINE: reads 0 outside TSC-deadline mode, and once it has fired.
+    /// IA32_TSC_DEADLINE at `now_ns`: reads 0 outside TSC-deadline mode, and once the
+    /// deadline has passed (whether or not the expiry has been delivered yet).
     #[must_use]
-    pub fn tsc_deadline(&self, mode: TimerMode) -> u64 {
-        if mode == TimerMode::TscDeadline { self.tsc_deadline } else { 0 }
+    pub fn tsc_deadline(&self, mode: TimerMode, clock: &TimerClock, now_ns: u64) -> u64 {
+        let armed = mode == TimerMode::TscDeadline && clock.tsc_at(now_ns) < self.tsc_deadline;
+        if armed { self.tsc_deadline } else { 0 }
     }
 
     /// A write of IA32_TSC_DEADLINE: arms (0 disarms); ignored outside TSC-deadline mode.
