@@ -33,7 +33,9 @@
 //!   shadow, nothing in flight): [`Lapic::take_ext_int`] -> the 8259's INTA gives the
 //!   vector to inject; else [`Lapic::pending_vector`] -> inject it and
 //!   [`Lapic::acknowledge`] it. If one is pending but the guest cannot take it, ask for an
-//!   interrupt window. A halted vCPU wakes when any of these is pending.
+//!   interrupt window. An injection the CPU did not complete (IDT-vectoring information)
+//!   is re-injected by the backend as it was, without asking the LAPIC again. A halted
+//!   vCPU wakes when any of these is pending.
 //! - **Time**: arm the host timer for [`Lapic::next_deadline`] (re-read after every
 //!   access: writes change it) and call [`Lapic::tick`] when it has passed; a late tick
 //!   loses nothing (periodic expiries coalesce into the one IRR bit, and are counted).

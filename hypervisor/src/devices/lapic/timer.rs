@@ -11,7 +11,10 @@
 //!   `T * divisor / bus_hz` seconds: `ceil(T * divisor * 1e9 / bus_hz)` ns after arming
 //!   (rounded up; the same instant at which the counter reads 0).
 //! - Periodic expiries are counted from the arming time (`first + k * initial` ticks for
-//!   the k-th reload), never from the previous expiry, so periods do not drift.
+//!   the k-th reload), never from the previous expiry, so periods do not drift. A new
+//!   divide configuration moves the arming time to the write, with `first` = the count
+//!   then (the count goes on from where it was, at the new rate).
+//! - A frequency of 0 is taken as 1 Hz.
 //! - The guest TSC is `floor((now - tsc_origin) * tsc_hz / 1e9)` (0 at the VM's start,
 //!   running at `tsc_hz`); a deadline `D` is reached at `tsc_origin + ceil(D * 1e9 /
 //!   tsc_hz)` ns, the first nanosecond at which that TSC reads at least `D`.
