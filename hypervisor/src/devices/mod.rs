@@ -9,6 +9,8 @@
 
 pub mod console;
 pub mod events;
+pub mod irq;
+pub mod lapic;
 pub mod uart;
 
 use alloc::string::String;
