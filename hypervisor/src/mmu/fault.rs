@@ -3,14 +3,14 @@
 
 use super::iter::{index, reach, span};
 use super::lock::MmuShared;
-use super::pages::PageSource;
 use super::root::Root;
 use super::root::VcpuShared;
 use super::stats::{Counters, FaultCounters};
-use super::sync::Ordering;
 use super::{Core, MmuError, Platform, TdpFormat};
 use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::Ordering;
 
 /// What the guest tried to do.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -113,8 +113,7 @@ impl<P: Platform> Core<P> {
             }
         }
         let (chunk, offset) = slot.locate(gfn);
-        let frame =
-            slot.backing.frame_or_alloc(chunk, &*self.pages, &self.counters).ok_or(MmuError::OutOfMemory)?;
+        let frame = self.backing_frame(slot, chunk).ok_or(MmuError::OutOfMemory)?;
         let target = Target {
             gfn,
             page: frame.add(offset),
@@ -218,7 +217,7 @@ impl<P: Platform> Core<P> {
 
     fn existing_leaf(
         &self,
-        entry: &super::sync::AtomicU64,
+        entry: &crate::sync::AtomicU64,
         old: u64,
         level: u8,
         t: &Target,

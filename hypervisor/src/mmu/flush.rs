@@ -23,11 +23,11 @@
 //! mode, so after its report it can no longer be walking the old tables.
 
 use super::lock::MmuExclusive;
-use super::pages::PageSource;
 use super::stats::Counters;
-use super::sync::{AtomicU64, Mutex, Ordering};
 use crate::addr::Hpa;
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 

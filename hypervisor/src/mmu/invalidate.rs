@@ -16,9 +16,9 @@
 //! the sequence changed.
 
 use super::lock::MmuExclusive;
-use super::sync::{AtomicU64, Ordering};
 use crate::addr::{Gfn, GfnRange};
 use crate::memslot::SlotTable;
+use crate::sync::{AtomicU64, Ordering};
 
 pub(crate) struct Invalidations {
     in_progress: AtomicU64,

@@ -2,10 +2,10 @@
 
 use super::format::TdpFormat;
 use super::lock::MmuShared;
-use super::pages::PageSource;
-use super::sync::Ordering;
 use crate::addr::{Gfn, Hpa};
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::Ordering;
 
 /// 4 KiB pages spanned by one entry at `level` (1: 1, 2: 512, 3: 512^2, ...).
 pub(crate) const fn span(level: u8) -> u64 {

@@ -25,22 +25,21 @@ mod invalidate;
 mod iter;
 pub mod lock;
 pub mod npt;
-pub mod pages;
 pub mod root;
 pub mod stats;
-pub mod sync;
 pub mod testfmt;
 mod zap;
 
 pub use fault::{Access, Fault};
 pub use flush::{FlushScope, TlbFlush, ZapBatch};
 pub use format::TdpFormat;
-pub use pages::PageSource;
 pub use root::{Role, Root, VcpuMmu};
 pub use stats::{Clock, NoClock, Stats};
 
 use crate::addr::{Gfn, GfnRange, Gpa, Hpa, PAGE_SIZE, PageSize};
 use crate::memslot::{AsId, Memslot, SlotError, SlotFlags, SlotId, SlotSpec, SlotTable};
+use crate::pages::PageSource;
+use crate::sync::{Mutex, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicBool as PlainAtomicBool;
@@ -49,7 +48,6 @@ use flush::Grace;
 use invalidate::Invalidations;
 use lock::MmuLock;
 use stats::Counters;
-use sync::{Mutex, Ordering};
 
 /// What a VM's MMU is built from: chosen once per backend.
 pub trait Platform: Sized + Send + Sync + 'static {
@@ -249,7 +247,7 @@ impl<P: Platform> Mmu<P> {
         core.zap_invalidated(scheduled);
         // Every root that could map the slot has been zapped and flushed, and no fault can
         // find the slot any more: its frames are unreachable.
-        removed.backing.release(&*core.pages, &core.counters);
+        core.release_backing(&removed);
         core.try_reclaim();
         Ok(())
     }
@@ -435,7 +433,7 @@ impl<P: Platform> Drop for Mmu<P> {
         };
         core.zap_invalidated(scheduled);
         for slot in slots {
-            slot.backing.release(&*core.pages, &core.counters);
+            core.release_backing(&slot);
         }
         core.try_reclaim();
     }
@@ -473,7 +471,9 @@ impl<P: Platform> Invalidation<'_, P> {
                 let chunk_pages = slot.backing.chunk.pages();
                 let chunk_end = gfn.add(chunk_pages - offset / PAGE_SIZE);
                 if offset == 0 && chunk_end <= end {
-                    slot.backing.discard(chunk, &*core.pages, &core.counters);
+                    if slot.backing.discard(chunk, &*core.pages) {
+                        Counters::sub(&core.counters.backing_frames, 1);
+                    }
                     gfn = chunk_end;
                 } else {
                     if let Some(frame) = slot.backing.frame(chunk) {
@@ -502,11 +502,24 @@ impl<P: Platform> Core<P> {
         let slots = self.lock.read();
         let slot = slots.find(as_id, gpa.gfn()).ok_or(GuestMemoryError::NotInSlot { gpa })?;
         let (chunk, offset) = slot.locate(gpa.gfn());
-        let frame = slot
-            .backing
-            .frame_or_alloc(chunk, &*self.pages, &self.counters)
-            .ok_or(GuestMemoryError::OutOfMemory)?;
+        let frame = self.backing_frame(slot, chunk).ok_or(GuestMemoryError::OutOfMemory)?;
         Ok(f(&self.pages, frame, slot.backing.chunk, offset + gpa.page_offset(), slot))
+    }
+
+    /// The frame of `slot`'s chunk `chunk`, allocated on first touch; counts what it
+    /// allocated.
+    pub(crate) fn backing_frame(&self, slot: &Memslot, chunk: usize) -> Option<Hpa> {
+        let touched = slot.backing.frame_or_alloc(chunk, &*self.pages)?;
+        if touched.allocated {
+            Counters::add(&self.counters.backing_frames, 1);
+        }
+        Some(touched.frame)
+    }
+
+    /// Frees all of `slot`'s backing (see [`crate::memslot::Backing::release`]) and counts it.
+    fn release_backing(&self, slot: &Memslot) {
+        let freed = slot.backing.release(&*self.pages);
+        Counters::sub(&self.counters.backing_frames, freed);
     }
 
     /// The smallest quiescent epoch any registered vCPU has reported.

@@ -17,13 +17,13 @@
 use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, OFFLINE, ZapBatch};
 use super::lock::MmuExclusive;
-use super::pages::PageSource;
 use super::stats::{Counters, FaultCounters};
-use super::sync::{AtomicBool, AtomicU64, Ordering};
 use super::{Access, Core, Fault, MmuError, Platform, TdpFormat};
 use crate::addr::{Gpa, Hpa};
 use crate::memslot::AsId;
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU32;

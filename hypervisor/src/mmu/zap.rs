@@ -25,15 +25,15 @@ use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, ZapBatch};
 use super::iter::{reach, span};
 use super::lock::MmuShared;
-use super::pages::PageSource;
 use super::root::Root;
 use super::stats::Clock;
 use super::stats::Counters;
-use super::sync::{AtomicU64, Ordering, spin_wait};
 use super::{Core, Platform, TdpFormat};
 use crate::addr::{Gfn, GfnRange, Hpa, PageSize};
 use crate::memslot::SlotTable;
 use crate::memslot::{AsId, SlotError, SlotId};
+use crate::pages::PageSource;
+use crate::sync::{AtomicU64, Ordering, spin_wait};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
