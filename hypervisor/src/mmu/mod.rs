@@ -16,10 +16,12 @@
 //! freeing table pages take it exclusively, briefly. Slot updates are serialised among themselves by a separate update
 //! lock (KVM's `slots_lock`), held across their synchronous zap.
 
+mod dirty;
 pub mod ept;
 mod fault;
 pub mod flush;
 pub mod format;
+mod guest_memory;
 pub mod host;
 mod invalidate;
 mod iter;
@@ -33,6 +35,8 @@ mod zap;
 pub use fault::{Access, Fault};
 pub use flush::{FlushScope, TlbFlush, ZapBatch};
 pub use format::TdpFormat;
+pub use guest_memory::GuestMemoryError;
+pub use invalidate::Invalidation;
 pub use root::{Role, Root, VcpuMmu};
 pub use stats::{Clock, NoClock, Stats};
 
@@ -104,13 +108,6 @@ pub enum MmuError {
     Destroyed,
     /// A role asked for other than 4 or 5 levels.
     UnsupportedLevels,
-}
-
-/// Why a hypervisor-side guest memory access failed.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum GuestMemoryError {
-    NotInSlot { gpa: Gpa },
-    OutOfMemory,
 }
 
 /// One leaf translation, as [`Mmu::leaves`] reports it.
@@ -336,58 +333,6 @@ impl<P: Platform> Mmu<P> {
         self.core.lock.read().find(as_id, gfn).and_then(|s| s.backing_of(gfn))
     }
 
-    /// Copies guest memory at `gpa` into `buf`, through the slots (allocating untouched
-    /// backing, which reads as zeros).
-    pub fn read_guest(&self, as_id: AsId, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = Gpa::new(gpa.raw() + done as u64);
-            let len = (buf.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
-            self.core.with_backing(as_id, at, |pages, frame, size, offset, _| {
-                pages.read_frame(frame, size, offset, &mut buf[done..done + len]);
-            })?;
-            done += len;
-        }
-        Ok(())
-    }
-
-    /// Copies `data` into guest memory at `gpa`, through the slots. The hypervisor may write
-    /// read-only slots (to load ROM images); dirty logging records the pages.
-    pub fn write_guest(&self, as_id: AsId, gpa: Gpa, data: &[u8]) -> Result<(), GuestMemoryError> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = Gpa::new(gpa.raw() + done as u64);
-            let len = (data.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
-            self.core.with_backing(as_id, at, |pages, frame, size, offset, slot| {
-                pages.write_frame(frame, size, offset, &data[done..done + len]);
-                slot.mark_dirty(at.gfn());
-            })?;
-            done += len;
-        }
-        Ok(())
-    }
-
-    /// Begins a change to the memory behind `range` of `as_id` (rule 7): faults in the range
-    /// retry from now on, and the range is zapped and flushed before this returns. The
-    /// change is done through the returned [`Invalidation`], which ends the sequence when
-    /// dropped.
-    pub fn begin_invalidation(&self, as_id: AsId, range: GfnRange) -> Invalidation<'_, P> {
-        let core = &*self.core;
-        {
-            let mut exclusive = core.lock.write();
-            core.inval.begin(&mut exclusive, range);
-        }
-        Counters::add(&core.counters.range_invalidations, 1);
-        core.zap_range(Some(as_id), range);
-        Invalidation { mmu: self, as_id, range }
-    }
-
-    /// Discards the memory behind `range`: afterwards it reads as zeros, and chunks fully
-    /// inside the range go back to the page source.
-    pub fn discard_range(&self, as_id: AsId, range: GfnRange) {
-        self.begin_invalidation(as_id, range).discard();
-    }
-
     /// Frees table pages whose grace period has passed. Slot updates do this on their own;
     /// a backend may call it from an idle loop.
     pub fn reclaim(&self) {
@@ -439,73 +384,7 @@ impl<P: Platform> Drop for Mmu<P> {
     }
 }
 
-/// A change to backing memory in progress (rule 7). Dropping it ends the sequence.
-pub struct Invalidation<'a, P: Platform> {
-    mmu: &'a Mmu<P>,
-    as_id: AsId,
-    range: GfnRange,
-}
-
-impl<P: Platform> Invalidation<'_, P> {
-    pub fn range(&self) -> GfnRange {
-        self.range
-    }
-
-    /// Drops the backing of the range: whole chunks go back to the page source, partly
-    /// covered ones are zeroed.
-    pub fn discard(&self) {
-        let core = &*self.mmu.core;
-        let shared = core.lock.read();
-        let slots: Vec<Arc<Memslot>> = shared
-            .iter()
-            .filter(|s| s.as_id == self.as_id && s.base < self.range.end && self.range.start < s.end())
-            .cloned()
-            .collect();
-        let zeros = [0u8; PAGE_SIZE as usize];
-        for slot in slots {
-            let start = slot.base.max(self.range.start);
-            let end = slot.end().min(self.range.end);
-            let mut gfn = start;
-            while gfn < end {
-                let (chunk, offset) = slot.locate(gfn);
-                let chunk_pages = slot.backing.chunk.pages();
-                let chunk_end = gfn.add(chunk_pages - offset / PAGE_SIZE);
-                if offset == 0 && chunk_end <= end {
-                    if slot.backing.discard(chunk, &*core.pages) {
-                        Counters::sub(&core.counters.backing_frames, 1);
-                    }
-                    gfn = chunk_end;
-                } else {
-                    if let Some(frame) = slot.backing.frame(chunk) {
-                        core.pages.write_frame(frame, slot.backing.chunk, offset, &zeros);
-                    }
-                    gfn = gfn.add(1);
-                }
-            }
-        }
-    }
-}
-
-impl<P: Platform> Drop for Invalidation<'_, P> {
-    fn drop(&mut self) {
-        self.mmu.core.inval.end();
-    }
-}
-
 impl<P: Platform> Core<P> {
-    fn with_backing<R>(
-        &self,
-        as_id: AsId,
-        gpa: Gpa,
-        f: impl FnOnce(&P::Pages, Hpa, PageSize, u64, &Memslot) -> R,
-    ) -> Result<R, GuestMemoryError> {
-        let slots = self.lock.read();
-        let slot = slots.find(as_id, gpa.gfn()).ok_or(GuestMemoryError::NotInSlot { gpa })?;
-        let (chunk, offset) = slot.locate(gpa.gfn());
-        let frame = self.backing_frame(slot, chunk).ok_or(GuestMemoryError::OutOfMemory)?;
-        Ok(f(&self.pages, frame, slot.backing.chunk, offset + gpa.page_offset(), slot))
-    }
-
     /// The frame of `slot`'s chunk `chunk`, allocated on first touch; counts what it
     /// allocated.
     pub(crate) fn backing_frame(&self, slot: &Memslot, chunk: usize) -> Option<Hpa> {
@@ -514,6 +393,14 @@ impl<P: Platform> Core<P> {
             Counters::add(&self.counters.backing_frames, 1);
         }
         Some(touched.frame)
+    }
+
+    /// Drops `slot`'s chunk `chunk` (see [`crate::memslot::Backing::discard`]) and counts
+    /// what it freed.
+    fn discard_backing(&self, slot: &Memslot, chunk: usize) {
+        if slot.backing.discard(chunk, &*self.pages) {
+            Counters::sub(&self.counters.backing_frames, 1);
+        }
     }
 
     /// Frees all of `slot`'s backing (see [`crate::memslot::Backing::release`]) and counts it.

@@ -21,7 +21,6 @@
 //! earlier faults have all finished. The sweep does not rely on it: it exchanges entries,
 //! so whatever is there is taken.
 
-use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, ZapBatch};
 use super::iter::{reach, span};
 use super::lock::MmuShared;
@@ -29,9 +28,9 @@ use super::root::Root;
 use super::stats::Clock;
 use super::stats::Counters;
 use super::{Core, Platform, TdpFormat};
-use crate::addr::{Gfn, GfnRange, Hpa, PageSize};
+use crate::addr::{Gfn, GfnRange, Hpa};
+use crate::memslot::AsId;
 use crate::memslot::SlotTable;
-use crate::memslot::{AsId, SlotError, SlotId};
 use crate::pages::PageSource;
 use crate::sync::{AtomicU64, Ordering, spin_wait};
 use alloc::sync::Arc;
@@ -190,57 +189,6 @@ impl<P: Platform> Core<P> {
         }
         batch.unlinked(table);
         work
-    }
-
-    /// See [`super::Mmu::dirty_log`].
-    pub(crate) fn dirty_log(&self, id: SlotId) -> Result<Vec<u64>, SlotError> {
-        let shared = self.lock.read();
-        let slot = shared.by_id(id).cloned().ok_or(SlotError::UnknownSlot)?;
-        let dirty = slot.dirty.clone().ok_or(SlotError::DirtyLogDisabled)?;
-        let bits = dirty.take();
-        let roots: Vec<Arc<Root<P>>> =
-            self.roots.lock().iter().filter(|r| r.role().as_id.sees(slot.as_id)).cloned().collect();
-        let mut protected = false;
-        for (w, word) in bits.iter().enumerate() {
-            let mut rest = *word;
-            while rest != 0 {
-                let bit = rest.trailing_zeros() as u64;
-                rest &= rest - 1;
-                let gfn = slot.base.add(w as u64 * 64 + bit);
-                for root in &roots {
-                    protected |= self.write_protect(&shared, root, gfn);
-                }
-            }
-        }
-        if protected {
-            self.hook.flush(FlushScope::Vm);
-            Counters::add(&self.counters.tlb_flushes, 1);
-        }
-        Ok(bits)
-    }
-
-    /// Clears the writable bit of the leaf mapping `gfn` in `root`. Returns whether it did.
-    fn write_protect(&self, shared: &MmuShared<'_, SlotTable>, root: &Root<P>, gfn: Gfn) -> bool {
-        loop {
-            let stop = super::iter::walk::<P::Format, _>(
-                shared,
-                &*self.pages,
-                root.table(),
-                root.role().levels,
-                gfn,
-            );
-            if !<P::Format as TdpFormat>::is_present(stop.spte)
-                || !<P::Format as TdpFormat>::is_writable(stop.spte)
-            {
-                return false;
-            }
-            debug_assert!(PageSize::from_level(stop.level).is_some());
-            let new = <P::Format as TdpFormat>::with_writable(stop.spte, false);
-            let entry = &self.pages.table(stop.table)[stop.index];
-            if entry.compare_exchange(stop.spte, new, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                return true;
-            }
-        }
     }
 }
 
