@@ -7,14 +7,13 @@
 //! (see `fault.rs`), so a pass that takes the bit and then write-protects either finds that
 //! entry, or the bit was set after the take and is reported next time.
 
+use super::iter::TdpIter;
 use super::lock::MmuShared;
 use super::root::Root;
 use super::stats::Counters;
-use super::{Core, FlushScope, Platform, TdpFormat, TlbFlush};
-use crate::addr::{Gfn, PageSize};
+use super::{Core, FlushScope, Platform, TlbFlush};
+use crate::addr::Gfn;
 use crate::memslot::{SlotError, SlotId, SlotTable};
-use crate::pages::PageSource;
-use crate::sync::Ordering;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -47,26 +46,24 @@ impl<P: Platform> Core<P> {
     }
 
     /// Clears the writable bit of the leaf mapping `gfn` in `root`. Returns whether it did.
+    /// A lost race starts the walk over from the root.
     fn write_protect(&self, shared: &MmuShared<'_, SlotTable>, root: &Root<P>, gfn: Gfn) -> bool {
+        let Some(mut iter) =
+            TdpIter::<P::Format, _>::lookup(shared, &*self.pages, root.table(), root.role().levels, gfn)
+        else {
+            return false;
+        };
         loop {
-            let stop = super::iter::walk::<P::Format, _>(
-                shared,
-                &*self.pages,
-                root.table(),
-                root.role().levels,
-                gfn,
-            );
-            if !<P::Format as TdpFormat>::is_present(stop.spte)
-                || !<P::Format as TdpFormat>::is_writable(stop.spte)
-            {
+            let old = iter.old();
+            if !old.is_present() || !old.is_writable() {
                 return false;
             }
-            debug_assert!(PageSize::from_level(stop.level).is_some());
-            let new = <P::Format as TdpFormat>::with_writable(stop.spte, false);
-            let entry = &self.pages.table(stop.table)[stop.index];
-            if entry.compare_exchange(stop.spte, new, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            debug_assert!(old.is_leaf(iter.level()));
+            if iter.cmpxchg(old.with_writable(false)).is_ok() {
                 return true;
             }
+            iter.restart();
+            iter.descend();
         }
     }
 }

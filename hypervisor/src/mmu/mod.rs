@@ -26,6 +26,7 @@ pub mod host;
 mod invalidate;
 mod iter;
 pub mod lock;
+mod lookup;
 pub mod npt;
 pub mod root;
 pub mod stats;
@@ -37,6 +38,7 @@ pub use flush::{FlushScope, TlbFlush, ZapBatch};
 pub use format::TdpFormat;
 pub use guest_memory::GuestMemoryError;
 pub use invalidate::Invalidation;
+pub use lookup::Leaf;
 pub use root::{Role, Root, VcpuMmu};
 pub use stats::{Clock, NoClock, Stats};
 
@@ -108,15 +110,6 @@ pub enum MmuError {
     Destroyed,
     /// A role asked for other than 4 or 5 levels.
     UnsupportedLevels,
-}
-
-/// One leaf translation, as [`Mmu::leaves`] reports it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Leaf {
-    pub gfn: Gfn,
-    pub hpa: Hpa,
-    pub size: PageSize,
-    pub writable: bool,
 }
 
 /// A VM's MMU. Dropping it destroys the VM's translations and backing (see
@@ -344,19 +337,6 @@ impl<P: Platform> Mmu<P> {
         self.core.roots.lock().clone()
     }
 
-    /// Every present leaf of `root`, for tests and debugging.
-    pub fn leaves(&self, root: &Root<P>) -> Vec<Leaf> {
-        let shared = self.core.lock.read();
-        let mut out = Vec::new();
-        self.core.collect_leaves(&shared, root.table(), root.role().levels, Gfn::new(0), &mut out);
-        out
-    }
-
-    /// What `root` translates `gpa` to: the host address and whether it is writable.
-    pub fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
-        self.core.translate(root, gpa)
-    }
-
     /// Destroys the VM's memory: every root is invalidated and zapped, every slot deleted and
     /// its backing freed. vCPUs may still hold (now empty) roots; their top tables are freed
     /// when the last vCPU lets go, and the remaining table pages when nothing references the
@@ -425,57 +405,6 @@ impl<P: Platform> Core<P> {
     fn try_reclaim_locked(&self, exclusive: &mut lock::MmuExclusive<'_, SlotTable>) {
         let oldest = self.oldest_report();
         self.grace.reclaim(exclusive, oldest, &*self.pages, &self.counters);
-    }
-
-    fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
-        let shared = self.lock.read();
-        let gfn = gpa.gfn();
-        if gfn.raw() >= iter::reach(root.role().levels) {
-            return None;
-        }
-        let stop = iter::walk::<P::Format, _>(&shared, &*self.pages, root.table(), root.role().levels, gfn);
-        if !<P::Format as TdpFormat>::is_present(stop.spte) {
-            return None;
-        }
-        let size = PageSize::from_level(stop.level)?;
-        let base = <P::Format as TdpFormat>::leaf_address(stop.spte, size);
-        let offset = (gfn.raw() & (size.pages() - 1)) * PAGE_SIZE + gpa.page_offset();
-        Some((base.add(offset), <P::Format as TdpFormat>::is_writable(stop.spte)))
-    }
-
-    #[expect(clippy::only_used_in_recursion, reason = "the guard proves the shared lock is held")]
-    fn collect_leaves(
-        &self,
-        shared: &lock::MmuShared<'_, SlotTable>,
-        table: Hpa,
-        level: u8,
-        base: Gfn,
-        out: &mut Vec<Leaf>,
-    ) {
-        for (i, entry) in self.pages.table(table).iter().enumerate() {
-            let spte = entry.load(Ordering::Acquire);
-            if !<P::Format as TdpFormat>::is_present(spte) {
-                continue;
-            }
-            let gfn = base.add(i as u64 * iter::span(level));
-            if <P::Format as TdpFormat>::is_leaf(spte, level) {
-                let size = PageSize::from_level(level).expect("leaves exist at levels 1 to 3");
-                out.push(Leaf {
-                    gfn,
-                    hpa: <P::Format as TdpFormat>::leaf_address(spte, size),
-                    size,
-                    writable: <P::Format as TdpFormat>::is_writable(spte),
-                });
-            } else {
-                self.collect_leaves(
-                    shared,
-                    <P::Format as TdpFormat>::table_address(spte),
-                    level - 1,
-                    gfn,
-                    out,
-                );
-            }
-        }
     }
 }
 
