@@ -28,7 +28,9 @@ pub enum Fault {
     /// Nothing was installed: re-enter the guest (after checking the reload request), and
     /// the access faults again if it still needs to.
     Retry,
-    /// The gfn is in no slot of the root's address space: MMIO for the device model.
+    /// Nothing was installed: the gfn is in no slot the root's address space sees (its own
+    /// slots, and for the alternate space the normal slots it overlays), or beyond what the
+    /// root maps. An MMIO access, for the device model.
     NotInSlot,
     /// A guest write to a read-only slot.
     WriteToReadOnly,

@@ -13,8 +13,18 @@
 //!
 //! Locking: one [`lock::MmuLock`] per VM, which also holds the slot table. Faults, zaps
 //! and guest-memory copies take it shared; slot-table changes, marking roots invalid and
-//! freeing table pages take it exclusively, briefly. Slot updates are serialised among themselves by a separate update
-//! lock (KVM's `slots_lock`), held across their synchronous zap.
+//! freeing table pages take it exclusively, briefly. Slot updates are serialised among
+//! themselves by a separate update lock (KVM's `slots_lock`), held across their synchronous
+//! zap.
+//!
+//! Where things are: the entry formats (`format`, `ept`, `npt`, `testfmt`) and the one
+//! page-table walker (`iter`, every walk goes through its cursor); what walks: faults
+//! (`fault`), zaps (`zap`), dirty logging (`dirty`), read-only lookups (`lookup`); roots
+//! and vCPUs (`root`), flushes and the grace period (`flush`), range invalidations
+//! (`invalidate`), the hypervisor's own guest-memory copies (`guest_memory`), the lock
+//! (`lock`) and counters (`stats`). Below the MMU, and imported by it, never the other
+//! way: the memory slots (`crate::memslot`), the page source (`crate::pages`) and the
+//! concurrency primitives (`crate::sync`).
 
 mod dirty;
 pub mod ept;
