@@ -1,4 +1,4 @@
-//! Where table pages and backing frames come from.
+//! Where table pages and backing frames come from. Below both the MMU and the memory slots.
 
 use crate::addr::{Hpa, PageSize};
 use crate::sync::AtomicU64;

@@ -7,7 +7,7 @@
 //! 2. If it pointed to a table, that table is now unreachable from the root; sweep it,
 //!    exchanging each of its entries for FROZEN (so a walker that stepped into it just
 //!    before the unlink cannot install anything there any more: its compare-and-exchange
-//!    fails), recursively, and record the table pages in the batch.
+//!    fails), and the tables below it likewise, and record the table pages in the batch.
 //! 3. When the batch is full or the zap is done: flush, and only then write the frozen
 //!    entries non-present (`flush::flush`) and queue the tables for the grace period.
 //!
