@@ -48,10 +48,6 @@ address_type!(
     /// A host-physical address (what the EPT/NPT entries hold).
     Hpa
 );
-address_type!(
-    /// A host frame number: a host-physical address divided by 4 KiB.
-    Hfn
-);
 
 impl Gpa {
     pub const fn gfn(self) -> Gfn {
@@ -87,22 +83,12 @@ impl Gfn {
 }
 
 impl Hpa {
-    pub const fn hfn(self) -> Hfn {
-        Hfn(self.0 >> PAGE_SHIFT)
-    }
-
     pub const fn add(self, bytes: u64) -> Hpa {
         Hpa(self.0 + bytes)
     }
 
     pub const fn is_aligned(self, size: PageSize) -> bool {
         self.0 & (size.bytes() - 1) == 0
-    }
-}
-
-impl Hfn {
-    pub const fn hpa(self) -> Hpa {
-        Hpa(self.0 << PAGE_SHIFT)
     }
 }
 

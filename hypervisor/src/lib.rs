@@ -15,4 +15,6 @@ pub mod devices;
 pub mod loader;
 pub mod memslot;
 pub mod mmu;
+pub mod pages;
+pub mod sync;
 pub mod vm;

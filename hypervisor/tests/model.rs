@@ -230,7 +230,7 @@ fn run(ops: Vec<Op>) {
                 let (hpa, _) = vm.mmu.translate(vcpu.root().unwrap(), gpa).unwrap();
                 let (frame, size) = vm.pages.frame_containing(hpa).unwrap();
                 let mut buf = [0u8];
-                hypervisor::mmu::PageSource::read_frame(
+                hypervisor::pages::PageSource::read_frame(
                     &*vm.pages,
                     frame,
                     size,

@@ -6,11 +6,13 @@
 //! base and size are aligned to (capped by the MMU's configuration), so an aligned slot can
 //! be mapped with 2 MiB or 1 GiB leaves (rule 10). Zaps drop translations, never backing;
 //! moving a slot keeps its backing; deleting it frees the backing.
+//!
+//! This module sits below the MMU: it knows the page source and the sync shims, not the
+//! MMU. [`Backing`] reports what it allocated or freed, and the MMU does the counting.
 
 use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
-use crate::mmu::pages::PageSource;
-use crate::mmu::stats::Counters;
-use crate::mmu::sync::{AtomicU64, Ordering};
+use crate::pages::PageSource;
+use crate::sync::{AtomicU64, Ordering};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -43,9 +45,9 @@ pub struct SlotId(pub u32);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct SlotFlags {
-    /// Guest writes fault with [`crate::mmu::Fault::WriteToReadOnly`].
+    /// Guest writes fault (the MMU answers them with `Fault::WriteToReadOnly`).
     pub read_only: bool,
-    /// Guest writes are recorded in a bitmap read by [`crate::mmu::Mmu::dirty_log`].
+    /// Guest writes are recorded in a bitmap (read and cleared by the MMU's `dirty_log`).
     pub dirty_log: bool,
 }
 
@@ -123,15 +125,10 @@ impl Backing {
 
     /// The frame of chunk `index`, allocating it on first touch. Two racing first touches
     /// both allocate; the loser of the compare-and-exchange frees its frame (never seen by
-    /// anyone) and uses the winner's.
-    pub(crate) fn frame_or_alloc<P: PageSource>(
-        &self,
-        index: usize,
-        pages: &P,
-        counters: &Counters,
-    ) -> Option<Hpa> {
+    /// anyone) and uses the winner's. `None`: the page source is out of frames.
+    pub(crate) fn frame_or_alloc<P: PageSource>(&self, index: usize, pages: &P) -> Option<Touched> {
         if let Some(frame) = self.frame(index) {
-            return Some(frame);
+            return Some(Touched { frame, allocated: false });
         }
         let frame = pages.alloc_frame(self.chunk)?;
         match self.frames[index].compare_exchange(
@@ -140,34 +137,38 @@ impl Backing {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => {
-                Counters::add(&counters.backing_frames, 1);
-                Some(frame)
-            }
+            Ok(_) => Some(Touched { frame, allocated: true }),
             Err(winner) => {
                 pages.free_frame(frame, self.chunk);
-                Some(Hpa::new(winner & !BACKED))
+                Some(Touched { frame: Hpa::new(winner & !BACKED), allocated: false })
             }
         }
     }
 
     /// Drops chunk `index`'s frame, so the next touch gets a fresh zeroed one. Only inside
-    /// a range invalidation, after the range is zapped and flushed (rule 7).
-    pub(crate) fn discard<P: PageSource>(&self, index: usize, pages: &P, counters: &Counters) {
+    /// a range invalidation, after the range is zapped and flushed (rule 7). Returns whether
+    /// a frame was freed.
+    pub(crate) fn discard<P: PageSource>(&self, index: usize, pages: &P) -> bool {
         let raw = self.frames[index].swap(0, Ordering::AcqRel);
         if raw & BACKED != 0 {
             pages.free_frame(Hpa::new(raw & !BACKED), self.chunk);
-            Counters::sub(&counters.backing_frames, 1);
         }
+        raw & BACKED != 0
     }
 
     /// Frees every frame. Only once no root can map them any more (the slot is deleted and
-    /// every root that could map it zapped and flushed).
-    pub(crate) fn release<P: PageSource>(&self, pages: &P, counters: &Counters) {
-        for index in 0..self.frames.len() {
-            self.discard(index, pages, counters);
-        }
+    /// every root that could map it zapped and flushed). Returns how many frames it freed.
+    pub(crate) fn release<P: PageSource>(&self, pages: &P) -> u64 {
+        (0..self.frames.len()).filter(|&index| self.discard(index, pages)).count() as u64
     }
+}
+
+/// A chunk's frame, and whether the call that returned it allocated it (so the caller
+/// counts it once).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Touched {
+    pub(crate) frame: Hpa,
+    pub(crate) allocated: bool,
 }
 
 /// One bit per 4 KiB page of a slot with dirty logging.

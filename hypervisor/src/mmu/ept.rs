@@ -18,8 +18,10 @@ pub const MEMORY_TYPE_MASK: u64 = 7 << 3;
 pub const IGNORE_PAT: u64 = 1 << 6;
 /// Bit 7 of a PDPTE/PDE: the entry maps a 1 GiB / 2 MiB page.
 pub const LARGE_PAGE: u64 = 1 << 7;
-/// Bit 8: accessed (only if EPTP bit 6 enables A/D flags; Taproot leaves them off and logs
-/// dirty pages by write protection).
+/// Bit 8: accessed. The processor sets it only if EPTP bit 6 enables A/D flags, which the
+/// VMX backend does where the CPU offers them. The MMU never reads it or the dirty bit:
+/// dirty logging works by write protection, and a compare-and-exchange that loses to the
+/// processor setting either bit re-reads the entry and decides again.
 pub const ACCESSED: u64 = 1 << 8;
 /// Bit 9 of a leaf: dirty (same condition).
 pub const DIRTY: u64 = 1 << 9;

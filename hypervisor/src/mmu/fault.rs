@@ -1,16 +1,16 @@
 //! Faults (rule 6): handled in parallel on the shared side of the MMU lock, entries
 //! installed by compare-and-exchange.
 
-use super::iter::{index, reach, span};
+use super::format::Spte;
+use super::iter::{TdpIter, reach, span};
 use super::lock::MmuShared;
-use super::pages::PageSource;
 use super::root::Root;
 use super::root::VcpuShared;
 use super::stats::{Counters, FaultCounters};
-use super::sync::Ordering;
 use super::{Core, MmuError, Platform, TdpFormat};
 use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
 
 /// What the guest tried to do.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -28,7 +28,9 @@ pub enum Fault {
     /// Nothing was installed: re-enter the guest (after checking the reload request), and
     /// the access faults again if it still needs to.
     Retry,
-    /// The gfn is in no slot of the root's address space: MMIO for the device model.
+    /// Nothing was installed: the gfn is in no slot the root's address space sees (its own
+    /// slots, and for the alternate space the normal slots it overlays), or beyond what the
+    /// root maps. An MMIO access, for the device model.
     NotInSlot,
     /// A guest write to a read-only slot.
     WriteToReadOnly,
@@ -113,8 +115,7 @@ impl<P: Platform> Core<P> {
             }
         }
         let (chunk, offset) = slot.locate(gfn);
-        let frame =
-            slot.backing.frame_or_alloc(chunk, &*self.pages, &self.counters).ok_or(MmuError::OutOfMemory)?;
+        let frame = self.backing_frame(slot, chunk).ok_or(MmuError::OutOfMemory)?;
         let target = Target {
             gfn,
             page: frame.add(offset),
@@ -132,14 +133,15 @@ impl<P: Platform> Core<P> {
         Ok(outcome)
     }
 
-    /// The walk, in the manner of KVM's `tdp_iter`:
+    /// The walk, with a [`TdpIter`] (see `iter.rs`):
     /// 1. Start at the root table, at the root's level.
-    /// 2. Snapshot the entry for the gfn at this level (`old`). Decisions are taken on the
-    ///    snapshot, and every change is a compare-and-exchange against it, so a change made
-    ///    by another thread in between makes ours fail instead of overwriting it.
+    /// 2. The cursor holds a snapshot of the entry for the gfn at this level (`old`).
+    ///    Decisions are taken on the snapshot, and every change is a compare-and-exchange
+    ///    against it, so a change made by another thread in between makes ours fail instead
+    ///    of overwriting it (and refreshes the snapshot).
     /// 3. FROZEN: a zap owns the entry until its flush is done. Retry.
     /// 4. Above the target level: a present table, step down (the child's entry is read
-    ///    fresh in step 2: we never act on a stale view of the level below); a present leaf
+    ///    fresh: we never act on a stale view of the level below); a present leaf
     ///    covering the gfn, check it (step 6); non-present, allocate a zeroed table and
     ///    install it; on success step down into it, on failure free it (nobody can have
     ///    seen it) and go back to step 2 for the same entry.
@@ -157,28 +159,28 @@ impl<P: Platform> Core<P> {
         t: &Target,
         counts: &FaultCounters,
     ) -> Result<Fault, MmuError> {
-        let _ = shared;
         let pages = &*self.pages;
-        let mut table = root.table();
-        let mut level = root.role().levels;
+        let Some(mut iter) =
+            TdpIter::root(shared, pages, root.table(), root.role().levels, t.gfn, t.gfn.add(1))
+        else {
+            return Ok(Fault::NotInSlot);
+        };
         let mut leaf_level = t.size.level();
         loop {
-            let entry = &pages.table(table)[index(t.gfn, level)];
-            let old = entry.load(Ordering::Acquire);
-            if <P::Format as TdpFormat>::is_frozen(old) {
+            let old = iter.old();
+            let level = iter.level();
+            if old.is_frozen() {
                 Counters::add(&counts.faults_raced, 1);
                 return Ok(Fault::Retry);
             }
-            let present = <P::Format as TdpFormat>::is_present(old);
-            if present && <P::Format as TdpFormat>::is_leaf(old, level) {
-                return Ok(self.existing_leaf(entry, old, level, t, counts));
+            if old.is_leaf(level) {
+                return Ok(self.existing_leaf(&mut iter, t, counts));
             }
-            if present {
+            if old.is_table(level) {
                 if level == leaf_level {
                     leaf_level -= 1;
                 }
-                table = <P::Format as TdpFormat>::table_address(old);
-                level -= 1;
+                iter.step_down();
                 continue;
             }
             if level == leaf_level {
@@ -187,8 +189,7 @@ impl<P: Platform> Core<P> {
                 }
                 let size = PageSize::from_level(level).expect("leaf levels are 1 to 3");
                 let frame = Hpa::new(t.page.raw() - (t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
-                let new = <P::Format as TdpFormat>::leaf(frame, size, t.writable);
-                if entry.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                if iter.cmpxchg(Spte::leaf(frame, size, t.writable)).is_err() {
                     Counters::add(&counts.faults_raced, 1);
                     continue;
                 }
@@ -197,48 +198,37 @@ impl<P: Platform> Core<P> {
             }
             let child = pages.alloc_table().ok_or(MmuError::OutOfMemory)?;
             // Release: whoever reads the new entry also sees the zeroed child.
-            match entry.compare_exchange(
-                old,
-                <P::Format as TdpFormat>::table(child),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    Counters::add(&self.counters.table_pages, 1);
-                    table = child;
-                    level -= 1;
-                }
-                Err(_) => {
-                    pages.free_table(child);
-                    Counters::add(&counts.faults_raced, 1);
-                }
+            if iter.cmpxchg(Spte::table(child)).is_ok() {
+                Counters::add(&self.counters.table_pages, 1);
+                iter.step_down();
+            } else {
+                pages.free_table(child);
+                Counters::add(&counts.faults_raced, 1);
             }
         }
     }
 
     fn existing_leaf(
         &self,
-        entry: &super::sync::AtomicU64,
-        old: u64,
-        level: u8,
+        iter: &mut TdpIter<'_, P::Format, P::Pages>,
         t: &Target,
         counts: &FaultCounters,
     ) -> Fault {
+        let old = iter.old();
+        let level = iter.level();
         let size = PageSize::from_level(level).expect("leaf levels are 1 to 3");
-        let mapped = <P::Format as TdpFormat>::leaf_address(old, size)
-            .add((t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
+        let mapped = old.leaf_address(size).add((t.gfn.raw() & (span(level) - 1)) * PAGE_SIZE);
         if mapped != t.page {
             Counters::add(&counts.faults_raced, 1);
             return Fault::Retry;
         }
-        if !t.write || <P::Format as TdpFormat>::is_writable(old) {
+        if !t.write || old.is_writable() {
             return Fault::Installed;
         }
         if !t.writable || self.inval.must_retry(t.sequence, t.gfn) {
             return Fault::Retry;
         }
-        let new = <P::Format as TdpFormat>::with_writable(old, true);
-        if entry.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if iter.cmpxchg(old.with_writable(true)).is_err() {
             Counters::add(&counts.faults_raced, 1);
             return Fault::Retry;
         }

@@ -16,29 +16,33 @@
 //! Why that is a sufficient grace period. Software walkers: a walker finds a table only by
 //! walking from a root while holding the shared lock, and an unlinked table is unreachable
 //! from every root, so once the exclusive lock has been taken after the unlink no walker
-//! can still hold it. Hardware walkers and TLBs: the flush hook returns only when no CPU can
-//! use a translation or paging-structure cache entry from before the call; for backends
-//! whose flush takes effect at the next VM entry (SVM's TLB_CONTROL / new ASID) the vCPU
-//! epoch is what proves that entry happened: a vCPU reports quiescence only outside guest
-//! mode, so after its report it can no longer be walking the old tables.
+//! can still hold it. Hardware walkers and TLBs: the flush hook returns only when no CPU
+//! can use a translation or paging-structure cache entry from before the call; for backends
+//! whose flush takes effect at the next VM entry (both here: INVEPT on VMX, TLB_CONTROL on
+//! SVM) the vCPU epoch is what proves that entry happened: a vCPU reports quiescence only
+//! outside guest mode, so after its report it can no longer be walking the old tables.
 
 use super::lock::MmuExclusive;
-use super::pages::PageSource;
 use super::stats::Counters;
-use super::sync::{AtomicU64, Mutex, Ordering};
 use crate::addr::Hpa;
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-/// Which cached translations a flush must remove.
+/// Which cached translations a flush must remove, at least: flushing more is always
+/// correct, and today both backends flush everything cached for the VM whatever the scope
+/// (on VMX each vCPU runs INVEPT before its next entry, all-context where the CPU offers it,
+/// else single-context with the EPTP it enters with; on SVM a TLB_CONTROL flush of the
+/// VM's ASID, or of everything without flush-by-ASID).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushScope {
-    /// Everything cached for this VM (INVEPT single-context for each root / all-context; a
-    /// TLB_CONTROL flush or new ASID on SVM).
+    /// Everything cached for this VM.
     Vm,
-    /// What was cached through one root, identified by its top table (INVEPT single-context
-    /// with that EPTP). Used when a root is freed or zapped.
+    /// What was cached through one root, identified by its top table. Used when a root is
+    /// freed or zapped as a whole; a backend may narrow it to that root (INVEPT
+    /// single-context with its EPTP), none does yet.
     Root(Hpa),
 }
 

@@ -7,6 +7,8 @@
 //! only the formats in this crate, each checked at compile time, may plug in.
 
 use crate::addr::{Hpa, PageSize};
+use core::fmt;
+use core::marker::PhantomData;
 
 mod sealed {
     pub trait Sealed {}
@@ -53,5 +55,98 @@ pub trait TdpFormat: Sealed + Send + Sync + 'static {
 
     fn is_frozen(spte: u64) -> bool {
         spte == Self::FROZEN
+    }
+}
+
+/// One table entry as the MMU core sees it: the raw bits, read through their format. The
+/// core asks an entry what it is (present, leaf, frozen, ...) instead of testing bits, so
+/// nothing outside the format modules knows where a bit lives.
+pub struct Spte<F: TdpFormat> {
+    raw: u64,
+    format: PhantomData<fn() -> F>,
+}
+
+impl<F: TdpFormat> Spte<F> {
+    /// The non-present entry a zeroed table holds.
+    pub const NONE: Self = Self::from_raw(0);
+    /// The frozen marker (see [`TdpFormat::FROZEN`]).
+    pub const FROZEN: Self = Self::from_raw(F::FROZEN);
+
+    pub const fn from_raw(raw: u64) -> Self {
+        Self { raw, format: PhantomData }
+    }
+
+    pub const fn raw(self) -> u64 {
+        self.raw
+    }
+
+    /// A non-leaf entry pointing to `table`.
+    pub fn table(table: Hpa) -> Self {
+        Self::from_raw(F::table(table))
+    }
+
+    /// A leaf mapping `frame` (aligned to `size`), writable if `writable`.
+    pub fn leaf(frame: Hpa, size: PageSize, writable: bool) -> Self {
+        Self::from_raw(F::leaf(frame, size, writable))
+    }
+
+    /// Present to the hardware. Never true of a frozen entry.
+    pub fn is_present(self) -> bool {
+        F::is_present(self.raw)
+    }
+
+    pub fn is_frozen(self) -> bool {
+        F::is_frozen(self.raw)
+    }
+
+    /// Present and, at `level`, mapping memory.
+    pub fn is_leaf(self, level: u8) -> bool {
+        self.is_present() && F::is_leaf(self.raw, level)
+    }
+
+    /// Present and pointing to a table (below `level`).
+    pub fn is_table(self, level: u8) -> bool {
+        self.is_present() && !F::is_leaf(self.raw, level)
+    }
+
+    pub fn is_writable(self) -> bool {
+        F::is_writable(self.raw)
+    }
+
+    /// The table a present non-leaf entry points to.
+    pub fn table_address(self) -> Hpa {
+        F::table_address(self.raw)
+    }
+
+    /// The frame a present leaf of `size` maps.
+    pub fn leaf_address(self, size: PageSize) -> Hpa {
+        F::leaf_address(self.raw, size)
+    }
+
+    /// This entry with the write permission set or cleared.
+    pub fn with_writable(self, writable: bool) -> Self {
+        Self::from_raw(F::with_writable(self.raw, writable))
+    }
+}
+
+impl<F: TdpFormat> Clone for Spte<F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: TdpFormat> Copy for Spte<F> {}
+
+impl<F: TdpFormat> PartialEq for Spte<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl<F: TdpFormat> Eq for Spte<F> {}
+
+impl<F: TdpFormat> fmt::Debug for Spte<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Spte<{}>({:#x})", F::NAME, self.raw)
     }
 }

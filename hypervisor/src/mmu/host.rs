@@ -4,11 +4,11 @@
 //! write.
 
 use super::flush::{FlushScope, TlbFlush};
-use super::pages::{ENTRIES, PageSource};
 use super::stats::Clock;
-use super::sync::{AtomicU64, Ordering};
 use super::{Platform, TdpFormat};
 use crate::addr::{Hpa, PAGE_SIZE, PageSize};
+use crate::pages::{ENTRIES, PageSource};
+use crate::sync::{AtomicU64, Ordering};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;

@@ -16,9 +16,88 @@
 //! the sequence changed.
 
 use super::lock::MmuExclusive;
-use super::sync::{AtomicU64, Ordering};
-use crate::addr::{Gfn, GfnRange};
-use crate::memslot::SlotTable;
+use super::stats::Counters;
+use super::{Mmu, Platform};
+use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
+use crate::memslot::{AsId, Memslot, SlotTable};
+use crate::pages::PageSource;
+use crate::sync::{AtomicU64, Ordering};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+impl<P: Platform> Mmu<P> {
+    /// Begins a change to the memory behind `range` of `as_id` (rule 7): faults in the range
+    /// retry from now on, and the range is zapped and flushed before this returns. The
+    /// change is done through the returned [`Invalidation`], which ends the sequence when
+    /// dropped.
+    pub fn begin_invalidation(&self, as_id: AsId, range: GfnRange) -> Invalidation<'_, P> {
+        let core = &*self.core;
+        {
+            let mut exclusive = core.lock.write();
+            core.inval.begin(&mut exclusive, range);
+        }
+        Counters::add(&core.counters.range_invalidations, 1);
+        core.zap_range(Some(as_id), range);
+        Invalidation { mmu: self, as_id, range }
+    }
+
+    /// Discards the memory behind `range`: afterwards it reads as zeros, and chunks fully
+    /// inside the range go back to the page source.
+    pub fn discard_range(&self, as_id: AsId, range: GfnRange) {
+        self.begin_invalidation(as_id, range).discard();
+    }
+}
+
+/// A change to backing memory in progress (rule 7). Dropping it ends the sequence.
+pub struct Invalidation<'a, P: Platform> {
+    mmu: &'a Mmu<P>,
+    as_id: AsId,
+    range: GfnRange,
+}
+
+impl<P: Platform> Invalidation<'_, P> {
+    pub fn range(&self) -> GfnRange {
+        self.range
+    }
+
+    /// Drops the backing of the range: whole chunks go back to the page source, partly
+    /// covered ones are zeroed.
+    pub fn discard(&self) {
+        let core = &*self.mmu.core;
+        let shared = core.lock.read();
+        let slots: Vec<Arc<Memslot>> = shared
+            .iter()
+            .filter(|s| s.as_id == self.as_id && s.base < self.range.end && self.range.start < s.end())
+            .cloned()
+            .collect();
+        let zeros = [0u8; PAGE_SIZE as usize];
+        for slot in slots {
+            let start = slot.base.max(self.range.start);
+            let end = slot.end().min(self.range.end);
+            let mut gfn = start;
+            while gfn < end {
+                let (chunk, offset) = slot.locate(gfn);
+                let chunk_pages = slot.backing.chunk.pages();
+                let chunk_end = gfn.add(chunk_pages - offset / PAGE_SIZE);
+                if offset == 0 && chunk_end <= end {
+                    core.discard_backing(&slot, chunk);
+                    gfn = chunk_end;
+                } else {
+                    if let Some(frame) = slot.backing.frame(chunk) {
+                        core.pages.write_frame(frame, slot.backing.chunk, offset, &zeros);
+                    }
+                    gfn = gfn.add(1);
+                }
+            }
+        }
+    }
+}
+
+impl<P: Platform> Drop for Invalidation<'_, P> {
+    fn drop(&mut self) {
+        self.mmu.core.inval.end();
+    }
+}
 
 pub(crate) struct Invalidations {
     in_progress: AtomicU64,

@@ -1,11 +1,39 @@
-//! Table geometry and the read-only walk shared by lookups.
+//! Table geometry and the one page-table walker, [`TdpIter`], in the manner of KVM's
+//! `tdp_iter`: every walk (lookups, faults, zaps, the sweep of unlinked tables, listing the
+//! leaves) moves this cursor over the tables.
+//!
+//! The cursor stands on one entry: the table it is in at each level from its top down to
+//! the current one (the path), the level, the gfn the entry begins at, and a snapshot of
+//! the entry (`old`). Decisions are taken on the snapshot; a change is a
+//! compare-and-exchange against it ([`TdpIter::cmpxchg`]), so a change another thread made
+//! in between makes ours fail instead of overwriting it, and the failure refreshes the
+//! snapshot with what is there now, for the caller to decide again.
+//!
+//! It moves down (into the table the snapshot points to, never into one it merely read
+//! before), sideways (the next entry of the same table within the walk's range), up (back
+//! to the entry it came down through, read afresh) or past the current entry's whole
+//! subtree. Entering a table reads that table's entry fresh: no step acts on a stale view of
+//! a level below.
+//!
+//! Why the tables it stands in stay allocated: a cursor borrows the shared side of the MMU
+//! lock for its whole life, and table pages are freed only under the exclusive side after
+//! they were unlinked (see `flush.rs`). A table may be unlinked while the cursor stands in
+//! it; its entries then read FROZEN (the sweep takes them all), so nothing is installed
+//! there any more.
 
-use super::format::TdpFormat;
+use super::format::{Spte, TdpFormat};
 use super::lock::MmuShared;
-use super::pages::PageSource;
-use super::sync::Ordering;
 use crate::addr::{Gfn, Hpa};
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::{AtomicU64, Ordering};
+use core::marker::PhantomData;
+
+/// Entries in one table page.
+const ENTRIES: u64 = crate::pages::ENTRIES as u64;
+
+/// The most paging levels a root has (5-level EPT/NPT).
+pub(crate) const MAX_LEVELS: usize = 5;
 
 /// 4 KiB pages spanned by one entry at `level` (1: 1, 2: 512, 3: 512^2, ...).
 pub(crate) const fn span(level: u8) -> u64 {
@@ -14,7 +42,7 @@ pub(crate) const fn span(level: u8) -> u64 {
 
 /// The index of `gfn`'s entry in a table at `level`.
 pub(crate) const fn index(gfn: Gfn, level: u8) -> usize {
-    ((gfn.raw() >> (9 * (level as u32 - 1))) & 511) as usize
+    ((gfn.raw() >> (9 * (level as u32 - 1))) & (ENTRIES - 1)) as usize
 }
 
 /// The number of guest frames a root with `levels` levels can map.
@@ -22,34 +50,335 @@ pub(crate) const fn reach(levels: u8) -> u64 {
     1 << (9 * levels as u32)
 }
 
-/// Where a walk stopped: the entry at `table[index]`, at `level`, read as `spte`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Stop {
-    pub table: Hpa,
-    pub index: usize,
-    pub level: u8,
-    pub spte: u64,
+/// A cursor over the entries of a table tree (a root, or a table unlinked from one) that
+/// lie in a range of gfns. See the module documentation.
+pub(crate) struct TdpIter<'a, F: TdpFormat, P: PageSource> {
+    pages: &'a P,
+    /// `path[l - 1]`: the table the cursor is in at level `l`, for `level..=top`.
+    path: [Hpa; MAX_LEVELS],
+    top: u8,
+    level: u8,
+    /// Where the walk is heading: the gfn it was started at or last stepped sideways to.
+    /// The current entry is the one at `level` that covers it.
+    target: Gfn,
+    /// The end of the walk's range (exclusive), at most the end of what `top` spans.
+    end: Gfn,
+    old: Spte<F>,
+    format: PhantomData<fn() -> F>,
 }
 
-/// Walks from `root` towards `gfn` and stops at the first entry that is not a present table
-/// pointer: a leaf, a non-present entry or a frozen one. The caller holds the shared lock,
-/// so every table it passes through stays allocated until it lets go (see `flush.rs`).
-pub(crate) fn walk<F: TdpFormat, P: PageSource>(
-    _shared: &MmuShared<'_, SlotTable>,
-    pages: &P,
-    root: Hpa,
-    levels: u8,
-    gfn: Gfn,
-) -> Stop {
-    let mut table = root;
-    let mut level = levels;
-    loop {
-        let index = index(gfn, level);
-        let spte = pages.table(table)[index].load(Ordering::Acquire);
-        if !F::is_present(spte) || F::is_leaf(spte, level) {
-            return Stop { table, index, level, spte };
+impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
+    /// A cursor on the entry of `table` (at `level`, and spanning `start`) that covers
+    /// `start`, for a walk over `[start, end)` clipped to what `table` spans. `None` if that
+    /// is empty. The shared guard proves every table reachable from `table` stays allocated
+    /// while the cursor lives.
+    pub(crate) fn new(
+        _shared: &'a MmuShared<'_, SlotTable>,
+        pages: &'a P,
+        table: Hpa,
+        level: u8,
+        start: Gfn,
+        end: Gfn,
+    ) -> Option<Self> {
+        assert!((1..=MAX_LEVELS as u8).contains(&level), "tables have 1 to {MAX_LEVELS} levels");
+        let spanned = span(level) * ENTRIES;
+        let table_end = start.raw() / spanned * spanned + spanned;
+        let end = Gfn::new(end.raw().min(table_end));
+        if start >= end {
+            return None;
         }
-        table = F::table_address(spte);
-        level -= 1;
+        let path = [table; MAX_LEVELS];
+        let mut iter =
+            Self { pages, path, top: level, level, target: start, end, old: Spte::NONE, format: PhantomData };
+        iter.refresh();
+        Some(iter)
+    }
+
+    /// A cursor for `root` (with `levels` levels) over `[start, end)`, clipped to what the
+    /// root maps. `None` if that is empty.
+    pub(crate) fn root(
+        shared: &'a MmuShared<'_, SlotTable>,
+        pages: &'a P,
+        root: Hpa,
+        levels: u8,
+        start: Gfn,
+        end: Gfn,
+    ) -> Option<Self> {
+        let end = Gfn::new(end.raw().min(reach(levels)));
+        if start >= end {
+            return None;
+        }
+        Self::new(shared, pages, root, levels, start, end)
+    }
+
+    /// A cursor on `gfn`'s entry in `root`'s top table, already stepped down as far as
+    /// present tables go: it stands on the first entry towards `gfn` that is not a present
+    /// table pointer (a leaf, a non-present or a frozen entry). `None` if `gfn` is beyond
+    /// what `root` maps.
+    pub(crate) fn lookup(
+        shared: &'a MmuShared<'_, SlotTable>,
+        pages: &'a P,
+        root: Hpa,
+        levels: u8,
+        gfn: Gfn,
+    ) -> Option<Self> {
+        let mut iter = Self::root(shared, pages, root, levels, gfn, gfn.add(1))?;
+        iter.descend();
+        Some(iter)
+    }
+
+    pub(crate) fn level(&self) -> u8 {
+        self.level
+    }
+
+    /// The first gfn the current entry maps.
+    pub(crate) fn gfn(&self) -> Gfn {
+        Gfn::new(self.target.raw() & !(span(self.level) - 1))
+    }
+
+    /// The snapshot of the current entry.
+    pub(crate) fn old(&self) -> Spte<F> {
+        self.old
+    }
+
+    /// The table the current entry is in, and its index there.
+    pub(crate) fn position(&self) -> (Hpa, usize) {
+        (self.path[usize::from(self.level) - 1], index(self.target, self.level))
+    }
+
+    fn entry(&self) -> &'a AtomicU64 {
+        let (table, index) = self.position();
+        &self.pages.table(table)[index]
+    }
+
+    /// Reads the current entry again.
+    pub(crate) fn refresh(&mut self) {
+        self.old = Spte::from_raw(self.entry().load(Ordering::Acquire));
+    }
+
+    /// Replaces the current entry with `new` if it still holds the snapshot. On success the
+    /// snapshot becomes `new`; on failure it becomes what the entry holds now (returned), so
+    /// the caller decides again on fresh data. Release: whoever reads `new` also sees what
+    /// was written before (a zeroed child table).
+    pub(crate) fn cmpxchg(&mut self, new: Spte<F>) -> Result<(), Spte<F>> {
+        match self.entry().compare_exchange(self.old.raw(), new.raw(), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                self.old = new;
+                Ok(())
+            }
+            Err(now) => {
+                self.old = Spte::from_raw(now);
+                Err(self.old)
+            }
+        }
+    }
+
+    /// Writes `new` whatever the entry holds, and makes the entry it took the snapshot (so
+    /// [`TdpIter::step_down`] follows the table it pointed to). For tables no walker can
+    /// install into any more (the sweep of an unlinked table).
+    pub(crate) fn swap(&mut self, new: Spte<F>) -> Spte<F> {
+        self.old = Spte::from_raw(self.entry().swap(new.raw(), Ordering::AcqRel));
+        self.old
+    }
+
+    /// Steps into the table the snapshot points to, onto the entry that covers the target.
+    /// False (and no move) if the snapshot is not a present table pointer.
+    pub(crate) fn step_down(&mut self) -> bool {
+        if self.level == 1 || !self.old.is_table(self.level) {
+            return false;
+        }
+        self.level -= 1;
+        self.path[usize::from(self.level) - 1] = self.old.table_address();
+        self.refresh();
+        true
+    }
+
+    /// Steps down as far as present tables go.
+    pub(crate) fn descend(&mut self) {
+        while self.step_down() {}
+    }
+
+    /// Steps to the next entry of the same table, if it lies in the walk's range.
+    pub(crate) fn step_side(&mut self) -> bool {
+        let next = self.gfn().raw() + span(self.level);
+        if index(self.target, self.level) as u64 == ENTRIES - 1 || next >= self.end.raw() {
+            return false;
+        }
+        self.target = Gfn::new(next);
+        self.refresh();
+        true
+    }
+
+    /// Steps back to the entry the cursor came down through, read afresh. False at the top.
+    pub(crate) fn step_up(&mut self) -> bool {
+        if self.level == self.top {
+            return false;
+        }
+        self.level += 1;
+        self.refresh();
+        true
+    }
+
+    /// Moves past the current entry and everything below it: sideways, or up and then
+    /// sideways. False when the walk is done.
+    pub(crate) fn skip_subtree(&mut self) -> bool {
+        loop {
+            if self.step_side() {
+                return true;
+            }
+            if !self.step_up() {
+                return false;
+            }
+        }
+    }
+
+    /// The next entry in pre-order: into the table the snapshot points to, else past the
+    /// current entry. False when the walk is done.
+    pub(crate) fn next(&mut self) -> bool {
+        self.step_down() || self.skip_subtree()
+    }
+
+    /// Starts over from the top table, towards the same target.
+    pub(crate) fn restart(&mut self) {
+        self.level = self.top;
+        self.refresh();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::addr::PageSize;
+    use crate::mmu::host::{HostPages, HostPagesConfig};
+    use crate::mmu::lock::MmuLock;
+    use crate::mmu::testfmt::TestFormat;
+    use alloc::vec::Vec;
+
+    type Iter<'a> = TdpIter<'a, TestFormat, HostPages>;
+    type E = Spte<TestFormat>;
+
+    /// A 4-level tree with leaves at every leaf level, and a frozen entry.
+    struct Tree {
+        lock: MmuLock<SlotTable>,
+        pages: HostPages,
+        root: Hpa,
+        /// (gfn, level) of each leaf, in gfn order.
+        leaves: Vec<(u64, u8)>,
+    }
+
+    fn link(pages: &HostPages, table: Hpa, index: usize, entry: E) {
+        pages.table(table)[index].store(entry.raw(), Ordering::Release);
+    }
+
+    fn tree() -> Tree {
+        let pages = HostPages::new(HostPagesConfig { tables: 16, frames_4k: 0, frames_2m: 0, frames_1g: 0 });
+        let root = pages.alloc_table().unwrap();
+        let l3 = pages.alloc_table().unwrap();
+        let l2 = pages.alloc_table().unwrap();
+        let l1 = pages.alloc_table().unwrap();
+        let frame = Hpa::new(0x4000_0000);
+        // Root entry 0 -> l3; l3 entry 1 -> l2; l2 entry 3 -> l1; l1 entries 5 and 7: 4 KiB.
+        link(&pages, root, 0, E::table(l3));
+        link(&pages, l3, 1, E::table(l2));
+        link(&pages, l2, 3, E::table(l1));
+        link(&pages, l1, 5, E::leaf(frame, PageSize::Size4K, true));
+        link(&pages, l1, 7, E::leaf(frame, PageSize::Size4K, false));
+        // l2 entry 4: a 2 MiB leaf; l2 entry 6: frozen; l3 entry 2: a 1 GiB leaf.
+        link(&pages, l2, 4, E::leaf(frame, PageSize::Size2M, true));
+        link(&pages, l2, 6, E::FROZEN);
+        link(&pages, l3, 2, E::leaf(frame, PageSize::Size1G, true));
+        let g1 = span(3);
+        let g2 = span(2);
+        let leaves = alloc::vec![(g1 + 3 * g2 + 5, 1), (g1 + 3 * g2 + 7, 1), (g1 + 4 * g2, 2), (2 * g1, 3)];
+        Tree { lock: MmuLock::new(SlotTable::default()), pages, root, leaves }
+    }
+
+    /// The leaves the walk visits, after checking that it visits present entries (tables
+    /// and leaves) in gfn order.
+    fn present_leaves(iter: &mut Iter<'_>) -> Vec<(u64, u8)> {
+        let mut present = Vec::new();
+        loop {
+            if iter.old().is_present() {
+                present.push((iter.gfn().raw(), iter.level(), iter.old().is_leaf(iter.level())));
+            }
+            if !iter.next() {
+                break;
+            }
+        }
+        assert!(present.windows(2).all(|w| w[0].0 <= w[1].0), "out of gfn order: {present:x?}");
+        present.into_iter().filter(|e| e.2).map(|(gfn, level, _)| (gfn, level)).collect()
+    }
+
+    #[test]
+    fn visits_every_present_leaf_in_a_range_in_gfn_order() {
+        let t = tree();
+        let shared = t.lock.read();
+        let mut all = Iter::root(&shared, &t.pages, t.root, 4, Gfn::new(0), Gfn::new(reach(4))).unwrap();
+        assert_eq!(present_leaves(&mut all), t.leaves);
+        // Every present entry once: 3 tables and 4 leaves; the frozen entry is not present.
+        let mut all = Iter::root(&shared, &t.pages, t.root, 4, Gfn::new(0), Gfn::new(reach(4))).unwrap();
+        let mut count = 0;
+        loop {
+            count += usize::from(all.old().is_present());
+            if !all.next() {
+                break;
+            }
+        }
+        assert_eq!(count, 7);
+        // A range that starts inside the first 4 KiB leaf's table and ends inside the 2 MiB
+        // leaf: the leaves that intersect it, and nothing past its end.
+        let (first, _) = t.leaves[1];
+        let (huge, _) = t.leaves[2];
+        let mut part = Iter::root(&shared, &t.pages, t.root, 4, Gfn::new(first), Gfn::new(huge + 1)).unwrap();
+        assert_eq!(present_leaves(&mut part), t.leaves[1..3].to_vec());
+        assert!(Iter::root(&shared, &t.pages, t.root, 4, Gfn::new(5), Gfn::new(5)).is_none());
+    }
+
+    #[test]
+    fn skip_subtree_moves_past_the_table_below() {
+        let t = tree();
+        let shared = t.lock.read();
+        let start = Gfn::new(span(3));
+        let mut iter = Iter::root(&shared, &t.pages, t.root, 4, start, Gfn::new(reach(4))).unwrap();
+        assert!(iter.step_down() && iter.old().is_table(iter.level()));
+        assert_eq!((iter.level(), iter.gfn()), (3, start));
+        // Past l2 (and the 4 KiB and 2 MiB leaves under it), straight to the 1 GiB leaf.
+        assert!(iter.skip_subtree());
+        assert_eq!((iter.gfn().raw(), iter.level()), t.leaves[3]);
+        assert!(iter.old().is_leaf(3));
+    }
+
+    #[test]
+    fn lookup_stops_at_leaves_and_frozen_entries() {
+        let t = tree();
+        let shared = t.lock.read();
+        let (gfn, level) = t.leaves[0];
+        let iter = Iter::lookup(&shared, &t.pages, t.root, 4, Gfn::new(gfn)).unwrap();
+        assert_eq!((iter.level(), iter.old().is_leaf(level)), (level, true));
+        let frozen = Gfn::new(span(3) + 6 * span(2) + 9);
+        let iter = Iter::lookup(&shared, &t.pages, t.root, 4, frozen).unwrap();
+        assert!(iter.old().is_frozen() && !iter.old().is_present() && iter.level() == 2);
+        assert!(Iter::lookup(&shared, &t.pages, t.root, 4, Gfn::new(reach(4))).is_none());
+    }
+
+    #[test]
+    fn a_failed_cmpxchg_refreshes_the_snapshot() {
+        let t = tree();
+        let shared = t.lock.read();
+        let (gfn, _) = t.leaves[0];
+        let mut iter = Iter::lookup(&shared, &t.pages, t.root, 4, Gfn::new(gfn)).unwrap();
+        let stale = iter.old();
+        // Another thread write-protects the leaf behind the cursor's back.
+        let (table, index) = iter.position();
+        let now = stale.with_writable(false);
+        link(&t.pages, table, index, now);
+        assert_eq!(iter.cmpxchg(E::FROZEN), Err(now));
+        assert_eq!(iter.old(), now);
+        assert_eq!(E::from_raw(t.pages.table(table)[index].load(Ordering::Acquire)), now);
+        // Against the fresh snapshot it succeeds, and the snapshot follows.
+        assert_eq!(iter.cmpxchg(E::FROZEN), Ok(()));
+        assert!(iter.old().is_frozen());
+        // Stepping up reads the parent afresh.
+        assert!(iter.step_up() && iter.old().is_table(2));
     }
 }

@@ -40,7 +40,7 @@
 
 #![allow(unsafe_code, reason = "the lock hands out references to the data it protects, as every lock does")]
 
-use super::sync::{AtomicU32, Ordering, fence, spin_wait};
+use crate::sync::{AtomicU32, Ordering, fence, spin_wait};
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};

@@ -13,34 +13,49 @@
 //!
 //! Locking: one [`lock::MmuLock`] per VM, which also holds the slot table. Faults, zaps
 //! and guest-memory copies take it shared; slot-table changes, marking roots invalid and
-//! freeing table pages take it exclusively, briefly. Slot updates are serialised among themselves by a separate update
-//! lock (KVM's `slots_lock`), held across their synchronous zap.
+//! freeing table pages take it exclusively, briefly. Slot updates are serialised among
+//! themselves by a separate update lock (KVM's `slots_lock`), held across their synchronous
+//! zap.
+//!
+//! Where things are: the entry formats (`format`, `ept`, `npt`, `testfmt`) and the one
+//! page-table walker (`iter`, every walk goes through its cursor); what walks: faults
+//! (`fault`), zaps (`zap`), dirty logging (`dirty`), read-only lookups (`lookup`); roots
+//! and vCPUs (`root`), flushes and the grace period (`flush`), range invalidations
+//! (`invalidate`), the hypervisor's own guest-memory copies (`guest_memory`), the lock
+//! (`lock`) and counters (`stats`). Below the MMU, and imported by it, never the other
+//! way: the memory slots (`crate::memslot`), the page source (`crate::pages`) and the
+//! concurrency primitives (`crate::sync`).
 
+mod dirty;
 pub mod ept;
 mod fault;
 pub mod flush;
 pub mod format;
+mod guest_memory;
 pub mod host;
 mod invalidate;
 mod iter;
 pub mod lock;
+mod lookup;
 pub mod npt;
-pub mod pages;
 pub mod root;
 pub mod stats;
-pub mod sync;
 pub mod testfmt;
 mod zap;
 
 pub use fault::{Access, Fault};
 pub use flush::{FlushScope, TlbFlush, ZapBatch};
 pub use format::TdpFormat;
-pub use pages::PageSource;
+pub use guest_memory::GuestMemoryError;
+pub use invalidate::Invalidation;
+pub use lookup::Leaf;
 pub use root::{Role, Root, VcpuMmu};
 pub use stats::{Clock, NoClock, Stats};
 
 use crate::addr::{Gfn, GfnRange, Gpa, Hpa, PAGE_SIZE, PageSize};
 use crate::memslot::{AsId, Memslot, SlotError, SlotFlags, SlotId, SlotSpec, SlotTable};
+use crate::pages::PageSource;
+use crate::sync::{Mutex, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicBool as PlainAtomicBool;
@@ -49,7 +64,6 @@ use flush::Grace;
 use invalidate::Invalidations;
 use lock::MmuLock;
 use stats::Counters;
-use sync::{Mutex, Ordering};
 
 /// What a VM's MMU is built from: chosen once per backend.
 pub trait Platform: Sized + Send + Sync + 'static {
@@ -106,22 +120,6 @@ pub enum MmuError {
     Destroyed,
     /// A role asked for other than 4 or 5 levels.
     UnsupportedLevels,
-}
-
-/// Why a hypervisor-side guest memory access failed.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum GuestMemoryError {
-    NotInSlot { gpa: Gpa },
-    OutOfMemory,
-}
-
-/// One leaf translation, as [`Mmu::leaves`] reports it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Leaf {
-    pub gfn: Gfn,
-    pub hpa: Hpa,
-    pub size: PageSize,
-    pub writable: bool,
 }
 
 /// A VM's MMU. Dropping it destroys the VM's translations and backing (see
@@ -249,7 +247,7 @@ impl<P: Platform> Mmu<P> {
         core.zap_invalidated(scheduled);
         // Every root that could map the slot has been zapped and flushed, and no fault can
         // find the slot any more: its frames are unreachable.
-        removed.backing.release(&*core.pages, &core.counters);
+        core.release_backing(&removed);
         core.try_reclaim();
         Ok(())
     }
@@ -338,58 +336,6 @@ impl<P: Platform> Mmu<P> {
         self.core.lock.read().find(as_id, gfn).and_then(|s| s.backing_of(gfn))
     }
 
-    /// Copies guest memory at `gpa` into `buf`, through the slots (allocating untouched
-    /// backing, which reads as zeros).
-    pub fn read_guest(&self, as_id: AsId, gpa: Gpa, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = Gpa::new(gpa.raw() + done as u64);
-            let len = (buf.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
-            self.core.with_backing(as_id, at, |pages, frame, size, offset, _| {
-                pages.read_frame(frame, size, offset, &mut buf[done..done + len]);
-            })?;
-            done += len;
-        }
-        Ok(())
-    }
-
-    /// Copies `data` into guest memory at `gpa`, through the slots. The hypervisor may write
-    /// read-only slots (to load ROM images); dirty logging records the pages.
-    pub fn write_guest(&self, as_id: AsId, gpa: Gpa, data: &[u8]) -> Result<(), GuestMemoryError> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = Gpa::new(gpa.raw() + done as u64);
-            let len = (data.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
-            self.core.with_backing(as_id, at, |pages, frame, size, offset, slot| {
-                pages.write_frame(frame, size, offset, &data[done..done + len]);
-                slot.mark_dirty(at.gfn());
-            })?;
-            done += len;
-        }
-        Ok(())
-    }
-
-    /// Begins a change to the memory behind `range` of `as_id` (rule 7): faults in the range
-    /// retry from now on, and the range is zapped and flushed before this returns. The
-    /// change is done through the returned [`Invalidation`], which ends the sequence when
-    /// dropped.
-    pub fn begin_invalidation(&self, as_id: AsId, range: GfnRange) -> Invalidation<'_, P> {
-        let core = &*self.core;
-        {
-            let mut exclusive = core.lock.write();
-            core.inval.begin(&mut exclusive, range);
-        }
-        Counters::add(&core.counters.range_invalidations, 1);
-        core.zap_range(Some(as_id), range);
-        Invalidation { mmu: self, as_id, range }
-    }
-
-    /// Discards the memory behind `range`: afterwards it reads as zeros, and chunks fully
-    /// inside the range go back to the page source.
-    pub fn discard_range(&self, as_id: AsId, range: GfnRange) {
-        self.begin_invalidation(as_id, range).discard();
-    }
-
     /// Frees table pages whose grace period has passed. Slot updates do this on their own;
     /// a backend may call it from an idle loop.
     pub fn reclaim(&self) {
@@ -399,19 +345,6 @@ impl<P: Platform> Mmu<P> {
     /// Every root the MMU references: the valid ones and invalid ones not yet zapped.
     pub fn roots(&self) -> Vec<Arc<Root<P>>> {
         self.core.roots.lock().clone()
-    }
-
-    /// Every present leaf of `root`, for tests and debugging.
-    pub fn leaves(&self, root: &Root<P>) -> Vec<Leaf> {
-        let shared = self.core.lock.read();
-        let mut out = Vec::new();
-        self.core.collect_leaves(&shared, root.table(), root.role().levels, Gfn::new(0), &mut out);
-        out
-    }
-
-    /// What `root` translates `gpa` to: the host address and whether it is writable.
-    pub fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
-        self.core.translate(root, gpa)
     }
 
     /// Destroys the VM's memory: every root is invalidated and zapped, every slot deleted and
@@ -435,78 +368,35 @@ impl<P: Platform> Drop for Mmu<P> {
         };
         core.zap_invalidated(scheduled);
         for slot in slots {
-            slot.backing.release(&*core.pages, &core.counters);
+            core.release_backing(&slot);
         }
         core.try_reclaim();
     }
 }
 
-/// A change to backing memory in progress (rule 7). Dropping it ends the sequence.
-pub struct Invalidation<'a, P: Platform> {
-    mmu: &'a Mmu<P>,
-    as_id: AsId,
-    range: GfnRange,
-}
-
-impl<P: Platform> Invalidation<'_, P> {
-    pub fn range(&self) -> GfnRange {
-        self.range
+impl<P: Platform> Core<P> {
+    /// The frame of `slot`'s chunk `chunk`, allocated on first touch; counts what it
+    /// allocated.
+    pub(crate) fn backing_frame(&self, slot: &Memslot, chunk: usize) -> Option<Hpa> {
+        let touched = slot.backing.frame_or_alloc(chunk, &*self.pages)?;
+        if touched.allocated {
+            Counters::add(&self.counters.backing_frames, 1);
+        }
+        Some(touched.frame)
     }
 
-    /// Drops the backing of the range: whole chunks go back to the page source, partly
-    /// covered ones are zeroed.
-    pub fn discard(&self) {
-        let core = &*self.mmu.core;
-        let shared = core.lock.read();
-        let slots: Vec<Arc<Memslot>> = shared
-            .iter()
-            .filter(|s| s.as_id == self.as_id && s.base < self.range.end && self.range.start < s.end())
-            .cloned()
-            .collect();
-        let zeros = [0u8; PAGE_SIZE as usize];
-        for slot in slots {
-            let start = slot.base.max(self.range.start);
-            let end = slot.end().min(self.range.end);
-            let mut gfn = start;
-            while gfn < end {
-                let (chunk, offset) = slot.locate(gfn);
-                let chunk_pages = slot.backing.chunk.pages();
-                let chunk_end = gfn.add(chunk_pages - offset / PAGE_SIZE);
-                if offset == 0 && chunk_end <= end {
-                    slot.backing.discard(chunk, &*core.pages, &core.counters);
-                    gfn = chunk_end;
-                } else {
-                    if let Some(frame) = slot.backing.frame(chunk) {
-                        core.pages.write_frame(frame, slot.backing.chunk, offset, &zeros);
-                    }
-                    gfn = gfn.add(1);
-                }
-            }
+    /// Drops `slot`'s chunk `chunk` (see [`crate::memslot::Backing::discard`]) and counts
+    /// what it freed.
+    fn discard_backing(&self, slot: &Memslot, chunk: usize) {
+        if slot.backing.discard(chunk, &*self.pages) {
+            Counters::sub(&self.counters.backing_frames, 1);
         }
     }
-}
 
-impl<P: Platform> Drop for Invalidation<'_, P> {
-    fn drop(&mut self) {
-        self.mmu.core.inval.end();
-    }
-}
-
-impl<P: Platform> Core<P> {
-    fn with_backing<R>(
-        &self,
-        as_id: AsId,
-        gpa: Gpa,
-        f: impl FnOnce(&P::Pages, Hpa, PageSize, u64, &Memslot) -> R,
-    ) -> Result<R, GuestMemoryError> {
-        let slots = self.lock.read();
-        let slot = slots.find(as_id, gpa.gfn()).ok_or(GuestMemoryError::NotInSlot { gpa })?;
-        let (chunk, offset) = slot.locate(gpa.gfn());
-        let frame = slot
-            .backing
-            .frame_or_alloc(chunk, &*self.pages, &self.counters)
-            .ok_or(GuestMemoryError::OutOfMemory)?;
-        Ok(f(&self.pages, frame, slot.backing.chunk, offset + gpa.page_offset(), slot))
+    /// Frees all of `slot`'s backing (see [`crate::memslot::Backing::release`]) and counts it.
+    fn release_backing(&self, slot: &Memslot) {
+        let freed = slot.backing.release(&*self.pages);
+        Counters::sub(&self.counters.backing_frames, freed);
     }
 
     /// The smallest quiescent epoch any registered vCPU has reported.
@@ -525,57 +415,6 @@ impl<P: Platform> Core<P> {
     fn try_reclaim_locked(&self, exclusive: &mut lock::MmuExclusive<'_, SlotTable>) {
         let oldest = self.oldest_report();
         self.grace.reclaim(exclusive, oldest, &*self.pages, &self.counters);
-    }
-
-    fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
-        let shared = self.lock.read();
-        let gfn = gpa.gfn();
-        if gfn.raw() >= iter::reach(root.role().levels) {
-            return None;
-        }
-        let stop = iter::walk::<P::Format, _>(&shared, &*self.pages, root.table(), root.role().levels, gfn);
-        if !<P::Format as TdpFormat>::is_present(stop.spte) {
-            return None;
-        }
-        let size = PageSize::from_level(stop.level)?;
-        let base = <P::Format as TdpFormat>::leaf_address(stop.spte, size);
-        let offset = (gfn.raw() & (size.pages() - 1)) * PAGE_SIZE + gpa.page_offset();
-        Some((base.add(offset), <P::Format as TdpFormat>::is_writable(stop.spte)))
-    }
-
-    #[expect(clippy::only_used_in_recursion, reason = "the guard proves the shared lock is held")]
-    fn collect_leaves(
-        &self,
-        shared: &lock::MmuShared<'_, SlotTable>,
-        table: Hpa,
-        level: u8,
-        base: Gfn,
-        out: &mut Vec<Leaf>,
-    ) {
-        for (i, entry) in self.pages.table(table).iter().enumerate() {
-            let spte = entry.load(Ordering::Acquire);
-            if !<P::Format as TdpFormat>::is_present(spte) {
-                continue;
-            }
-            let gfn = base.add(i as u64 * iter::span(level));
-            if <P::Format as TdpFormat>::is_leaf(spte, level) {
-                let size = PageSize::from_level(level).expect("leaves exist at levels 1 to 3");
-                out.push(Leaf {
-                    gfn,
-                    hpa: <P::Format as TdpFormat>::leaf_address(spte, size),
-                    size,
-                    writable: <P::Format as TdpFormat>::is_writable(spte),
-                });
-            } else {
-                self.collect_leaves(
-                    shared,
-                    <P::Format as TdpFormat>::table_address(spte),
-                    level - 1,
-                    gfn,
-                    out,
-                );
-            }
-        }
     }
 }
 

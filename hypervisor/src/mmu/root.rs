@@ -17,13 +17,13 @@
 use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, OFFLINE, ZapBatch};
 use super::lock::MmuExclusive;
-use super::pages::PageSource;
 use super::stats::{Counters, FaultCounters};
-use super::sync::{AtomicBool, AtomicU64, Ordering};
 use super::{Access, Core, Fault, MmuError, Platform, TdpFormat};
 use crate::addr::{Gpa, Hpa};
 use crate::memslot::AsId;
 use crate::memslot::SlotTable;
+use crate::pages::PageSource;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU32;
@@ -97,11 +97,8 @@ impl<P: Platform> Drop for Root<P> {
         let core = &*self.core;
         #[cfg(all(debug_assertions, not(loom)))]
         for entry in core.pages.table(self.table) {
-            let spte = entry.load(Ordering::Acquire);
-            debug_assert!(
-                !<P::Format as TdpFormat>::is_present(spte),
-                "a root's last reference went while it still maps memory"
-            );
+            let spte = super::format::Spte::<P::Format>::from_raw(entry.load(Ordering::Acquire));
+            debug_assert!(!spte.is_present(), "a root's last reference went while it still maps memory");
         }
         let mut batch = ZapBatch::new();
         batch.unlinked(self.table);

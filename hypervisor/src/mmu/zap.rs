@@ -7,7 +7,7 @@
 //! 2. If it pointed to a table, that table is now unreachable from the root; sweep it,
 //!    exchanging each of its entries for FROZEN (so a walker that stepped into it just
 //!    before the unlink cannot install anything there any more: its compare-and-exchange
-//!    fails), recursively, and record the table pages in the batch.
+//!    fails), and the tables below it likewise, and record the table pages in the batch.
 //! 3. When the batch is full or the zap is done: flush, and only then write the frozen
 //!    entries non-present (`flush::flush`) and queue the tables for the grace period.
 //!
@@ -21,19 +21,18 @@
 //! earlier faults have all finished. The sweep does not rely on it: it exchanges entries,
 //! so whatever is there is taken.
 
-use super::flush::TlbFlush;
 use super::flush::{self, FlushScope, ZapBatch};
-use super::iter::{reach, span};
+use super::format::Spte;
+use super::iter::{TdpIter, reach, span};
 use super::lock::MmuShared;
-use super::pages::PageSource;
 use super::root::Root;
 use super::stats::Clock;
 use super::stats::Counters;
-use super::sync::{AtomicU64, Ordering, spin_wait};
-use super::{Core, Platform, TdpFormat};
-use crate::addr::{Gfn, GfnRange, Hpa, PageSize};
+use super::{Core, Platform};
+use crate::addr::{Gfn, GfnRange, Hpa};
+use crate::memslot::AsId;
 use crate::memslot::SlotTable;
-use crate::memslot::{AsId, SlotError, SlotId};
+use crate::sync::spin_wait;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -67,22 +66,11 @@ impl<P: Platform> Core<P> {
     }
 
     fn zap_root_range(&self, root: &Root<P>, range: GfnRange, scope: FlushScope) {
-        let levels = root.role().levels;
         let mut from = range.start;
         let mut shared = self.lock.read();
         loop {
             let mut batch = ZapBatch::new();
-            let mut budget = self.config.zap_batch;
-            let resume = self.zap_table(
-                &shared,
-                root.table(),
-                levels,
-                Gfn::new(0),
-                range,
-                from,
-                &mut budget,
-                &mut batch,
-            );
+            let resume = self.zap_batch(&shared, root, range, from, &mut batch);
             Counters::add(&self.counters.sptes_zapped, batch.leaves);
             let flushed = flush::flush(&*self.hook, &*self.pages, &self.counters, batch, scope);
             self.grace.retire(flushed, &self.counters);
@@ -97,155 +85,113 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Zaps the part of `range` at or after `from` below the entries of `table` (at `level`,
-    /// spanning from `base`). Returns where to resume if the budget ran out.
-    #[expect(clippy::too_many_arguments, reason = "the walk state of one recursion level")]
-    #[expect(clippy::only_used_in_recursion, reason = "the guard proves the shared lock is held")]
-    #[expect(clippy::needless_range_loop, reason = "the index also names the entry in the batch and its gfn")]
-    fn zap_table(
+    /// Zaps the part of `range` at or after `from` in `root`, until the batch's budget of
+    /// work is spent. Returns where to resume if it ran out.
+    ///
+    /// Each entry is taken by compare-and-exchange from the cursor's snapshot to FROZEN;
+    /// if another thread changed it first, the failure refreshes the snapshot and the entry
+    /// is decided again.
+    fn zap_batch(
+        &self,
+        shared: &MmuShared<'_, SlotTable>,
+        root: &Root<P>,
+        range: GfnRange,
+        from: Gfn,
+        batch: &mut ZapBatch,
+    ) -> Option<Gfn> {
+        let mut budget = self.config.zap_batch;
+        let mut iter = TdpIter::<P::Format, _>::root(
+            shared,
+            &*self.pages,
+            root.table(),
+            root.role().levels,
+            from,
+            range.end,
+        )?;
+        // Whether the cursor came back up to the current entry from the table below it, so
+        // that table's part of the range is done (post-order).
+        let mut returned = false;
+        loop {
+            let old = iter.old();
+            let level = iter.level();
+            let start = iter.gfn();
+            if !returned && budget == 0 {
+                return Some(start.max(from));
+            }
+            let covered = range.start <= start && start.add(span(level)) <= range.end;
+            let descend = if !old.is_present() {
+                // Non-present, or frozen by another zapper that owns it.
+                false
+            } else if old.is_leaf(level) {
+                // A huge leaf only partly in the range goes whole: zapping more than asked
+                // is always correct, the rest faults back in.
+                if iter.cmpxchg(Spte::FROZEN).is_err() {
+                    continue;
+                }
+                let (table, index) = iter.position();
+                batch.froze(table, index);
+                batch.leaves += 1;
+                budget = budget.saturating_sub(1);
+                false
+            } else if covered && (level == 2 || returned) {
+                let child = old.table_address();
+                if iter.cmpxchg(Spte::FROZEN).is_err() {
+                    continue;
+                }
+                let (table, index) = iter.position();
+                batch.froze(table, index);
+                let work = self.sweep(shared, child, level - 1, start, batch);
+                budget = budget.saturating_sub(work);
+                false
+            } else {
+                !returned
+            };
+            if descend {
+                iter.step_down();
+            } else if iter.step_side() {
+                returned = false;
+            } else if iter.step_up() {
+                returned = true;
+            } else {
+                return None;
+            }
+        }
+    }
+
+    /// Takes every entry of an unlinked table at `level` (spanning from `base`) and of the
+    /// tables below it, recording the pages in `batch`, each after the tables below it.
+    /// Returns the work done (entries taken plus tables).
+    fn sweep(
         &self,
         shared: &MmuShared<'_, SlotTable>,
         table: Hpa,
         level: u8,
         base: Gfn,
-        range: GfnRange,
-        from: Gfn,
-        budget: &mut usize,
         batch: &mut ZapBatch,
-    ) -> Option<Gfn> {
-        let entry_pages = span(level);
-        let lo = range.start.max(from).max(base).raw();
-        let hi = range.end.raw().min(base.raw() + 512 * entry_pages);
-        if lo >= hi {
-            return None;
-        }
-        let entries = self.pages.table(table);
-        let first = ((lo - base.raw()) / entry_pages) as usize;
-        let last = ((hi - 1 - base.raw()) / entry_pages) as usize;
-        for index in first..=last {
-            let start = base.raw() + index as u64 * entry_pages;
-            let end = start + entry_pages;
-            if *budget == 0 {
-                return Some(Gfn::new(start.max(from.raw())));
-            }
-            let covered = range.start.raw() <= start && end <= range.end.raw();
-            let entry = &entries[index];
-            let mut descended = false;
-            loop {
-                let old = entry.load(Ordering::Acquire);
-                // Non-present, or frozen by another zapper that owns it.
-                if !<P::Format as TdpFormat>::is_present(old) {
-                    break;
-                }
-                if <P::Format as TdpFormat>::is_leaf(old, level) {
-                    // A huge leaf only partly in the range goes whole: zapping more than
-                    // asked is always correct, the rest faults back in.
-                    if !freeze::<P::Format>(entry, old) {
-                        continue;
-                    }
-                    batch.froze(table, index);
-                    batch.leaves += 1;
-                    *budget = budget.saturating_sub(1);
-                    break;
-                }
-                let child = <P::Format as TdpFormat>::table_address(old);
-                if covered && (level == 2 || descended) {
-                    if !freeze::<P::Format>(entry, old) {
-                        continue;
-                    }
-                    batch.froze(table, index);
-                    let work = self.sweep(child, level - 1, batch);
-                    *budget = budget.saturating_sub(work);
-                    break;
-                }
-                if descended {
-                    break;
-                }
-                if let Some(resume) =
-                    self.zap_table(shared, child, level - 1, Gfn::new(start), range, from, budget, batch)
-                {
-                    return Some(resume);
-                }
-                descended = true;
-            }
-        }
-        None
-    }
-
-    /// Takes every entry of an unlinked table (and of the tables below it), recording the
-    /// pages in `batch`. Returns the work done (entries taken plus tables).
-    fn sweep(&self, table: Hpa, level: u8, batch: &mut ZapBatch) -> usize {
+    ) -> usize {
+        // What the entry above it spans.
+        let end = base.add(span(level + 1));
+        let mut iter = TdpIter::<P::Format, _>::new(shared, &*self.pages, table, level, base, end)
+            .expect("a table spans its entries");
         let mut work = 1;
-        for entry in self.pages.table(table) {
-            let old = entry.swap(<P::Format as TdpFormat>::FROZEN, Ordering::AcqRel);
-            if !<P::Format as TdpFormat>::is_present(old) {
-                continue;
-            }
-            work += 1;
-            if <P::Format as TdpFormat>::is_leaf(old, level) {
+        loop {
+            let old = iter.swap(Spte::FROZEN);
+            if old.is_present() {
+                work += 1;
+                if iter.step_down() {
+                    // The table below, swept next.
+                    work += 1;
+                    continue;
+                }
                 batch.leaves += 1;
-            } else {
-                work += self.sweep(<P::Format as TdpFormat>::table_address(old), level - 1, batch);
             }
-        }
-        batch.unlinked(table);
-        work
-    }
-
-    /// See [`super::Mmu::dirty_log`].
-    pub(crate) fn dirty_log(&self, id: SlotId) -> Result<Vec<u64>, SlotError> {
-        let shared = self.lock.read();
-        let slot = shared.by_id(id).cloned().ok_or(SlotError::UnknownSlot)?;
-        let dirty = slot.dirty.clone().ok_or(SlotError::DirtyLogDisabled)?;
-        let bits = dirty.take();
-        let roots: Vec<Arc<Root<P>>> =
-            self.roots.lock().iter().filter(|r| r.role().as_id.sees(slot.as_id)).cloned().collect();
-        let mut protected = false;
-        for (w, word) in bits.iter().enumerate() {
-            let mut rest = *word;
-            while rest != 0 {
-                let bit = rest.trailing_zeros() as u64;
-                rest &= rest - 1;
-                let gfn = slot.base.add(w as u64 * 64 + bit);
-                for root in &roots {
-                    protected |= self.write_protect(&shared, root, gfn);
+            // Past this entry; a table whose last entry this was is done.
+            while !iter.step_side() {
+                batch.unlinked(iter.position().0);
+                if !iter.step_up() {
+                    return work;
                 }
             }
         }
-        if protected {
-            self.hook.flush(FlushScope::Vm);
-            Counters::add(&self.counters.tlb_flushes, 1);
-        }
-        Ok(bits)
     }
-
-    /// Clears the writable bit of the leaf mapping `gfn` in `root`. Returns whether it did.
-    fn write_protect(&self, shared: &MmuShared<'_, SlotTable>, root: &Root<P>, gfn: Gfn) -> bool {
-        loop {
-            let stop = super::iter::walk::<P::Format, _>(
-                shared,
-                &*self.pages,
-                root.table(),
-                root.role().levels,
-                gfn,
-            );
-            if !<P::Format as TdpFormat>::is_present(stop.spte)
-                || !<P::Format as TdpFormat>::is_writable(stop.spte)
-            {
-                return false;
-            }
-            debug_assert!(PageSize::from_level(stop.level).is_some());
-            let new = <P::Format as TdpFormat>::with_writable(stop.spte, false);
-            let entry = &self.pages.table(stop.table)[stop.index];
-            if entry.compare_exchange(stop.spte, new, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                return true;
-            }
-        }
-    }
-}
-
-/// Replaces the entry `old` with FROZEN, unless another thread changed it first (then the
-/// caller re-reads and decides again).
-fn freeze<F: TdpFormat>(entry: &AtomicU64, old: u64) -> bool {
-    entry.compare_exchange(old, F::FROZEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }

@@ -3,8 +3,8 @@
 #![allow(unsafe_code, reason = "table pages and guest frames are reached through the direct map")]
 
 use crate::addr::{Hpa, PageSize};
-use crate::mmu::pages::{ENTRIES, PageSource};
-use crate::mmu::sync::AtomicU64;
+use crate::pages::{ENTRIES, PageSource};
+use crate::sync::AtomicU64;
 use libos::mm::frame;
 
 /// Frames from libos, reached at their physical address.

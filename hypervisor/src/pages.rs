@@ -1,7 +1,7 @@
-//! Where table pages and backing frames come from.
+//! Where table pages and backing frames come from. Below both the MMU and the memory slots.
 
-use super::sync::AtomicU64;
 use crate::addr::{Hpa, PageSize};
+use crate::sync::AtomicU64;
 
 /// Entries in one table page.
 pub const ENTRIES: usize = 512;
@@ -31,7 +31,7 @@ pub const ENTRIES: usize = 512;
 /// }
 /// ```
 ///
-/// Host tests use [`super::host::HostPages`], a safe arena whose "physical" addresses are
+/// Host tests use [`crate::mmu::host::HostPages`], a safe arena whose "physical" addresses are
 /// indices and which never dereferences an address.
 ///
 /// # Safety

@@ -1,4 +1,4 @@
-//! The MMU's concurrency primitives, in one place so that `--cfg loom` can swap them for
+//! The concurrency primitives of the MMU and the memory slots, in one place so that `--cfg loom` can swap them for
 //! loom's model-checked versions. Everything whose interleavings matter (table entries,
 //! the MMU lock, root state, the invalidation sequence, backing, grace-period epochs) goes
 //! through here; plain statistics counters use `core` atomics directly.

@@ -1,0 +1,77 @@
+//! Read-only views of a root's translations, for tests, debugging and the API: one
+//! translation, and every leaf. Both walk under the shared lock with [`TdpIter`] and change
+//! nothing.
+
+use super::iter::TdpIter;
+use super::root::Root;
+use super::{Core, Mmu, Platform};
+use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
+use alloc::vec::Vec;
+
+/// One leaf translation, as [`Mmu::leaves`] reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Leaf {
+    pub gfn: Gfn,
+    pub hpa: Hpa,
+    pub size: PageSize,
+    pub writable: bool,
+}
+
+impl<P: Platform> Mmu<P> {
+    /// Every present leaf of `root`, for tests and debugging.
+    pub fn leaves(&self, root: &Root<P>) -> Vec<Leaf> {
+        self.core.leaves(root)
+    }
+
+    /// What `root` translates `gpa` to: the host address and whether it is writable.
+    pub fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
+        self.core.translate(root, gpa)
+    }
+}
+
+impl<P: Platform> Core<P> {
+    fn translate(&self, root: &Root<P>, gpa: Gpa) -> Option<(Hpa, bool)> {
+        let shared = self.lock.read();
+        let gfn = gpa.gfn();
+        let iter =
+            TdpIter::<P::Format, _>::lookup(&shared, &*self.pages, root.table(), root.role().levels, gfn)?;
+        let spte = iter.old();
+        if !spte.is_present() {
+            return None;
+        }
+        let size = PageSize::from_level(iter.level())?;
+        let offset = (gfn.raw() & (size.pages() - 1)) * PAGE_SIZE + gpa.page_offset();
+        Some((spte.leaf_address(size).add(offset), spte.is_writable()))
+    }
+
+    fn leaves(&self, root: &Root<P>) -> Vec<Leaf> {
+        let shared = self.lock.read();
+        let mut out = Vec::new();
+        let levels = root.role().levels;
+        let Some(mut iter) = TdpIter::<P::Format, _>::root(
+            &shared,
+            &*self.pages,
+            root.table(),
+            levels,
+            Gfn::new(0),
+            Gfn::new(super::iter::reach(levels)),
+        ) else {
+            return out;
+        };
+        loop {
+            let spte = iter.old();
+            if spte.is_leaf(iter.level()) {
+                let size = PageSize::from_level(iter.level()).expect("leaves exist at levels 1 to 3");
+                out.push(Leaf {
+                    gfn: iter.gfn(),
+                    hpa: spte.leaf_address(size),
+                    size,
+                    writable: spte.is_writable(),
+                });
+            }
+            if !iter.next() {
+                return out;
+            }
+        }
+    }
+}
