@@ -1,7 +1,9 @@
-//! The VM registry behind the control plane: [`ApiHandler`] over [`Vm`]. Every call
-//! returns promptly (the API server polls the network between calls); the only waits are
-//! for vCPUs to leave their loops on stop/delete/reset, which takes at most one host timer
-//! period per vCPU.
+//! The VM registry behind the control plane: [`ApiHandler`] over [`Vm`]. The lifecycle
+//! rules are [`lifecycle`]'s: the registry keeps none of its own.
+//!
+//! Every call returns promptly (the API server polls the network between calls); the only
+//! waits are for vCPUs to leave their loops on stop/delete/reset, which takes at most one
+//! host timer period per vCPU.
 
 use super::sched;
 use alloc::boxed::Box;
@@ -13,12 +15,12 @@ use alloc::vec::Vec;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
-    VmInfo, VmStatus,
+    ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo,
+    VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
-use hypervisor::vm::{RAM_SLOT, VcpuRunner, Vm, VmState};
+use hypervisor::vm::{Action, RAM_SLOT, VcpuRunner, Vm, lifecycle};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -83,18 +85,14 @@ impl<B: Backend> Manager<B> {
             memslots: entry.slots.values().cloned().collect(),
         };
         info.set_state(&entry.vm.state());
-        if info.state == VmStatus::Running && entry.vm.is_paused() {
-            info.state = VmStatus::Paused;
-        }
         info
     }
 
     /// Stops `vm` and waits until no vCPU runs it and no scheduler queue holds it: until
     /// only the `held` references of the registry and the caller remain.
     fn stop_and_wait(vm: &Arc<Vm<B>>, held: usize) -> Result<(), ApiError> {
-        if vm.state() == VmState::Running {
-            vm.stop();
-        }
+        // Refused unless the VM is running or paused; in any other state no vCPU runs it.
+        let _ = vm.stop();
         let deadline = libos::time::now_ns() + STOP_TIMEOUT_NS;
         let busy = || vm.running_vcpus() > 0 || Arc::strong_count(vm) > held;
         while busy() && libos::time::now_ns() < deadline {
@@ -210,10 +208,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if entry.uploading {
             return Err(ApiError::Conflict("another image upload to this VM is in progress".into()));
         }
-        let state = entry.vm.state();
-        if state != VmState::Created {
-            return Err(ApiError::wrong_state("load an image into", state.name()));
-        }
+        lifecycle::check_image_load(&entry.vm.state())?;
         if total_len > entry.vm.memory_bytes() {
             return Err(ApiError::PayloadTooLarge(format!(
                 "the image is {total_len} bytes, the VM has {} MiB of memory",
@@ -282,11 +277,6 @@ impl<B: Backend> ApiHandler for Manager<B> {
         let vm = entry.vm.clone();
         match action {
             Action::Start => {
-                if !vm.has_image() {
-                    return Err(ApiError::Conflict(format!(
-                        "VM {id} has no image; PUT /v1/vms/{id}/image first"
-                    )));
-                }
                 let vcpus = vm.start()?;
                 let cpus = sched::vcpu_cpus();
                 for (index, vcpu) in vcpus.into_iter().enumerate() {
@@ -297,17 +287,10 @@ impl<B: Backend> ApiHandler for Manager<B> {
             }
             Action::Pause => vm.pause()?,
             Action::Resume => vm.resume()?,
-            Action::Stop => {
-                let state = vm.state();
-                if state != VmState::Running {
-                    return Err(ApiError::wrong_state("stop", state.name()));
-                }
-                vm.stop();
-            }
+            Action::Stop => vm.stop()?,
             Action::Reset => {
-                if vm.state() == VmState::Created {
-                    return Err(ApiError::wrong_state("reset", "created"));
-                }
+                // Asked before anything stops, so a refused reset changes nothing.
+                lifecycle::transition(&vm.state(), Action::Reset, vm.has_image())?;
                 Self::stop_and_wait(&vm, 2)?;
                 vm.reset_to_created()?;
             }
