@@ -213,6 +213,19 @@ impl MemslotInfo {
             address_space: spec.address_space,
         }
     }
+
+    /// A slot as the MMU holds it (see [`crate::vm::Vm::memslots`]).
+    #[must_use]
+    pub fn of(spec: &SlotSpec) -> Self {
+        Self {
+            slot: spec.id.0,
+            guest_address: spec.base.raw(),
+            size: spec.size,
+            read_only: spec.flags.read_only,
+            dirty_log: spec.flags.dirty_log,
+            address_space: spec.as_id as u8,
+        }
+    }
 }
 
 /// `POST /v1/vms/{id}/actions`: `{"action": "start"}`. What each action does, and in
@@ -297,5 +310,25 @@ impl ConsoleRead {
     /// A console ring's read, with the state of its VM.
     pub fn new(read: crate::devices::ConsoleRead, state: VmStatus) -> Self {
         Self { len: read.len, missed: read.missed, next_offset: read.next_offset, state }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_listed_from_the_mmu_reads_as_it_was_asked_for() {
+        for (address_space, read_only, dirty_log) in [(0, false, false), (1, true, false), (0, false, true)] {
+            let spec = MemslotSpec {
+                guest_address: 0x1_0000_0000,
+                size: 0x20_0000,
+                read_only,
+                dirty_log,
+                address_space,
+            };
+            let held = spec.to_slot_spec(7).unwrap();
+            assert_eq!(MemslotInfo::of(&held), MemslotInfo::new(7, &spec));
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The VM registry behind the control plane: [`ApiHandler`] over [`Vm`]. The lifecycle
-//! rules are [`lifecycle`]'s: the registry keeps none of its own.
+//! rules are [`lifecycle`]'s and the memory slots the MMU's: the registry keeps neither,
+//! only which VM has which id and which uploads are in flight.
 //!
 //! Every call returns promptly (the API server polls the network between calls); the only
 //! waits are for vCPUs to leave their loops on stop/delete/reset, which takes at most one
@@ -20,14 +21,13 @@ use hypervisor::api::model::{
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
-use hypervisor::vm::{Action, RAM_SLOT, VcpuRunner, Vm, lifecycle};
+use hypervisor::vm::{Action, VcpuRunner, Vm, lifecycle};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
 
 struct Entry<B: Backend> {
     vm: Arc<Vm<B>>,
-    slots: BTreeMap<u32, MemslotInfo>,
     uploading: bool,
 }
 
@@ -82,7 +82,7 @@ impl<B: Backend> Manager<B> {
             vcpus: entry.vm.config.vcpus,
             memory_mib: entry.vm.config.memory_mib,
             image_loaded: entry.vm.has_image(),
-            memslots: entry.slots.values().cloned().collect(),
+            memslots: entry.vm.memslots().iter().map(MemslotInfo::of).collect(),
         };
         info.set_state(&entry.vm.state());
         info
@@ -122,7 +122,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),
-            memory_assigned_bytes: self.vms.values().flat_map(|e| e.slots.values()).map(|s| s.size).sum(),
+            memory_assigned_bytes: self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum(),
             vms: self.vms.len() as u32,
         })
     }
@@ -146,16 +146,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         }
         let vm = Vm::<B>::create(self.next_vm_number, config, libos::time::now_ns)?;
         self.next_vm_number += 1;
-        let mut slots = BTreeMap::new();
-        let ram = MemslotSpec {
-            guest_address: 0,
-            size: config.memory_mib << 20,
-            read_only: false,
-            dirty_log: false,
-            address_space: 0,
-        };
-        slots.insert(RAM_SLOT.0, MemslotInfo::new(RAM_SLOT.0, &ram));
-        let entry = Entry { vm, slots, uploading: false };
+        let entry = Entry { vm, uploading: false };
         let info = Self::info_of(id.as_str(), &entry);
         self.vms.insert(id.as_str().into(), entry);
         Ok(info)
@@ -184,20 +175,16 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
-        let entry = self.entry_mut(id)?;
-        if entry.slots.contains_key(&slot) {
+        let entry = self.entry(id)?;
+        if entry.vm.memslots().iter().any(|s| s.id == SlotId(slot)) {
             return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
         }
         entry.vm.mmu.add_slot(spec.to_slot_spec(slot)?)?;
-        let info = MemslotInfo::new(slot, spec);
-        entry.slots.insert(slot, info);
-        Ok(info)
+        Ok(MemslotInfo::new(slot, spec))
     }
 
     fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
-        let entry = self.entry_mut(id)?;
-        entry.vm.mmu.delete_slot(SlotId(slot))?;
-        entry.slots.remove(&slot);
+        self.entry(id)?.vm.mmu.delete_slot(SlotId(slot))?;
         Ok(())
     }
 

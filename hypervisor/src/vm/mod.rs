@@ -386,6 +386,18 @@ impl<B: Backend> Vm<B> {
         }
     }
 
+    /// The memory slots, by id, as the MMU holds them: the one record of them.
+    pub fn memslots(&self) -> Vec<SlotSpec> {
+        let mut slots: Vec<SlotSpec> = self
+            .mmu
+            .slots()
+            .into_iter()
+            .map(|(id, as_id, base, size, flags)| SlotSpec { id, as_id, base, size, flags })
+            .collect();
+        slots.sort_by_key(|slot| slot.id);
+        slots
+    }
+
     /// Frees the VM's memory and page tables. Its vCPUs must have ended.
     pub fn destroy(self) {
         self.mmu.destroy();
