@@ -173,6 +173,7 @@ fn every_error_status_is_answered_with_a_json_message() {
     ok(client.post("/v1/vms/x/actions", br#"{"action": "start"}"#), 200);
     wait_state(&client, "x", "exited");
     error(client.post("/v1/vms/x/actions", br#"{"action": "start"}"#).unwrap(), 409);
+    error(client.put("/v1/vms/x/memslots/2", br#"{"guest_address": 1048576, "size": 4096}"#).unwrap(), 409);
     ok(client.delete("/v1/vms/x"), 204);
 }
 

@@ -195,9 +195,7 @@ impl ApiHandler for MockHypervisor {
     fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
         self.record(format!("put_memslot {id} {slot}"));
         let vm = self.get_mut(id)?;
-        if vm.state.is_final() {
-            return Err(ApiError::wrong_state("add a memory slot to", vm.state.name()));
-        }
+        lifecycle::check_slot_change(&vm.state, "add a memory slot to")?;
         if spec.size == 0 || !spec.size.is_multiple_of(4096) || !spec.guest_address.is_multiple_of(4096) {
             return Err(crate::memslot::SlotError::Misaligned.into());
         }
@@ -223,9 +221,7 @@ impl ApiHandler for MockHypervisor {
     fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
         self.record(format!("delete_memslot {id} {slot}"));
         let vm = self.get_mut(id)?;
-        if vm.state.is_final() {
-            return Err(ApiError::wrong_state("delete a memory slot of", vm.state.name()));
-        }
+        lifecycle::check_slot_change(&vm.state, "delete a memory slot of")?;
         vm.slots.remove(&slot).map(|_| ()).ok_or_else(|| ApiError::unknown_slot(id.as_str(), slot))
     }
 

@@ -176,6 +176,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
 
     fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
         let entry = self.entry(id)?;
+        lifecycle::check_slot_change(&entry.vm.state(), "add a memory slot to")?;
         if entry.vm.memslots().iter().any(|s| s.id == SlotId(slot)) {
             return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
         }
@@ -184,7 +185,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
-        self.entry(id)?.vm.mmu.delete_slot(SlotId(slot))?;
+        let vm = &self.entry(id)?.vm;
+        lifecycle::check_slot_change(&vm.state(), "delete a memory slot of")?;
+        vm.mmu.delete_slot(SlotId(slot))?;
         Ok(())
     }
 

@@ -129,6 +129,19 @@ pub fn check_image_load(state: &VmState) -> Result<(), VmError> {
     }
 }
 
+/// Whether memory slots may be added or deleted (`change`: "add a memory slot to" or
+/// "delete a memory slot of") in `state`: in any state but a final one. A running VM's
+/// slots change under it (a deleted slot's translations are zapped before the answer); an
+/// ended VM's wait for its `reset`.
+pub fn check_slot_change(state: &VmState, change: &'static str) -> Result<(), VmError> {
+    match state {
+        VmState::Created | VmState::Running | VmState::Paused => Ok(()),
+        VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped => {
+            Err(VmError::WrongState { action: change, state: state.name() })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +261,21 @@ mod tests {
                     got.unwrap_err().to_string(),
                     format!("cannot load an image into a VM that is {}", state.name())
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn slots_change_in_every_state_but_a_final_one() {
+        for state in every_state() {
+            let got = check_slot_change(&state, "add a memory slot to");
+            if state.is_final() {
+                assert_eq!(
+                    got.unwrap_err().to_string(),
+                    format!("cannot add a memory slot to a VM that is {}", state.name())
+                );
+            } else {
+                assert_eq!(got, Ok(()), "{}", state.name());
             }
         }
     }
