@@ -173,6 +173,7 @@ fn every_error_status_is_answered_with_a_json_message() {
     ok(client.post("/v1/vms/x/actions", br#"{"action": "start"}"#), 200);
     wait_state(&client, "x", "exited");
     error(client.post("/v1/vms/x/actions", br#"{"action": "start"}"#).unwrap(), 409);
+    error(client.put("/v1/vms/x/memslots/2", br#"{"guest_address": 1048576, "size": 4096}"#).unwrap(), 409);
     ok(client.delete("/v1/vms/x"), 204);
 }
 
@@ -354,11 +355,24 @@ fn the_api_answers_while_guests_spin_on_every_vcpu_cpu_and_stop_ends_them() {
     }
     ok(client.post("/v1/vms/busy/actions", br#"{"action": "pause"}"#), 200);
     assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "paused");
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "pause"}"#), 409);
     ok(client.post("/v1/vms/busy/actions", br#"{"action": "resume"}"#), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "resume"}"#), 409);
+    assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "running");
     ok(client.post("/v1/vms/busy/actions", br#"{"action": "stop"}"#), 200);
     wait_state(&client, "busy", "stopped");
     let stats = json(&ok(client.get("/v1/vms/busy/stats"), 200));
     assert!(stats["exits"]["host_interrupt"].as_u64().unwrap() > 0, "{stats}");
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "reset"}"#), 200);
+    assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "created");
+    // A paused VM stops too, and a reset of a paused VM stops it first.
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "start"}"#), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "pause"}"#), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "stop"}"#), 200);
+    wait_state(&client, "busy", "stopped");
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "reset"}"#), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "start"}"#), 200);
+    ok(client.post("/v1/vms/busy/actions", br#"{"action": "pause"}"#), 200);
     ok(client.post("/v1/vms/busy/actions", br#"{"action": "reset"}"#), 200);
     assert_eq!(json(&ok(client.get("/v1/vms/busy"), 200))["state"], "created");
     ok(client.delete("/v1/vms/busy"), 204);

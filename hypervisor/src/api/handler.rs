@@ -70,7 +70,8 @@ pub trait ApiHandler {
     /// whatever it did.
     fn abort_image(&mut self, upload: Self::Upload);
 
-    /// `POST /v1/vms/{id}/actions`: the VM after the action.
+    /// `POST /v1/vms/{id}/actions`: the VM after the action. Which action is allowed in
+    /// which state is [`crate::vm::lifecycle::transition`]'s to say, for every handler.
     fn action(&mut self, id: &VmId, action: Action) -> Result<VmInfo, ApiError>;
 
     /// `GET /v1/vms/{id}/console`: copies console bytes from absolute `offset` into `out`

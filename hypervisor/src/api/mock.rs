@@ -1,5 +1,6 @@
-//! An in-memory [`ApiHandler`] with the real lifecycle rules, for tests and for trying
-//! the API without hardware. Images are validated by the real loader
+//! An in-memory [`ApiHandler`] with the real lifecycle rules (it asks
+//! [`crate::vm::lifecycle`], as the image's registry does), for tests and for trying the
+//! API without hardware. Images are validated by the real loader
 //! ([`crate::loader::plan`]); consoles are real [`ConsoleRing`]s. Every call is recorded
 //! in [`MockHypervisor::calls`], so a test can check, for example, that an aborted upload
 //! reached [`ApiHandler::abort_image`].
@@ -12,7 +13,7 @@ use super::model::{
 };
 use crate::devices::ConsoleRing;
 use crate::loader::{self, GuestConfig};
-use crate::vm::{ExitStats, RAM_SLOT, VmStats};
+use crate::vm::{ExitStats, RAM_SLOT, VmState, VmStats, lifecycle};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -21,8 +22,7 @@ use alloc::vec::Vec;
 /// One mock VM.
 pub struct MockVm {
     pub config: VmCreate,
-    pub status: VmStatus,
-    pub exit_status: Option<u32>,
+    pub state: VmState,
     pub slots: BTreeMap<u32, MemslotSpec>,
     /// The loaded image's bytes (as a stand-in for guest memory).
     pub image: Option<Vec<u8>>,
@@ -82,10 +82,9 @@ impl MockHypervisor {
     /// The guest of VM `id` exits with `status` (a running or paused VM only).
     pub fn guest_exits(&mut self, id: &str, status: u32) {
         if let Some(vm) = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id))
-            && matches!(vm.status, VmStatus::Running | VmStatus::Paused)
+            && matches!(vm.state, VmState::Running | VmState::Paused)
         {
-            vm.status = VmStatus::Exited;
-            vm.exit_status = Some(status);
+            vm.state = VmState::Exited { status };
         }
     }
 
@@ -98,44 +97,22 @@ impl MockHypervisor {
     }
 
     fn info_of(id: &VmId, vm: &MockVm) -> VmInfo {
-        VmInfo {
+        let mut info = VmInfo {
             id: id.to_string(),
-            state: vm.status,
-            exit_status: vm.exit_status,
+            state: VmStatus::Created,
+            exit_status: None,
             crash_reason: None,
             vcpus: vm.config.vcpus,
             memory_mib: vm.config.memory_mib,
             image_loaded: vm.image.is_some(),
             memslots: vm.slots.iter().map(|(slot, spec)| MemslotInfo::new(*slot, spec)).collect(),
-        }
+        };
+        info.set_state(&vm.state);
+        info
     }
 
     fn record(&mut self, call: String) {
         self.calls.push(call);
-    }
-}
-
-/// The state after `action` in state `from`, or why not. Every pair is spelled out.
-fn transition(from: VmStatus, action: Action, has_image: bool) -> Result<VmStatus, ApiError> {
-    use Action::*;
-    use VmStatus::*;
-    let refuse = || Err(ApiError::wrong_state(action.name(), from.name()));
-    match (from, action) {
-        (Created, Start) if has_image => Ok(Running),
-        (Created, Start) => {
-            Err(ApiError::Conflict("cannot start a VM without an image; PUT /v1/vms/{id}/image first".into()))
-        }
-        (Created, Pause | Resume | Stop | Reset) => refuse(),
-        (Running, Pause) => Ok(Paused),
-        (Running, Stop) => Ok(Stopped),
-        (Running, Reset) => Ok(Created),
-        (Running, Start | Resume) => refuse(),
-        (Paused, Resume) => Ok(Running),
-        (Paused, Stop) => Ok(Stopped),
-        (Paused, Reset) => Ok(Created),
-        (Paused, Start | Pause) => refuse(),
-        (Exited | Crashed | Stopped, Reset) => Ok(Created),
-        (Exited | Crashed | Stopped, Start | Pause | Resume | Stop) => refuse(),
     }
 }
 
@@ -180,8 +157,7 @@ impl ApiHandler for MockHypervisor {
         };
         let vm = MockVm {
             config: *config,
-            status: VmStatus::Created,
-            exit_status: None,
+            state: VmState::Created,
             slots: BTreeMap::from([(RAM_SLOT.0, ram)]),
             image: None,
             console: ConsoleRing::new(self.console_bytes),
@@ -219,9 +195,7 @@ impl ApiHandler for MockHypervisor {
     fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
         self.record(format!("put_memslot {id} {slot}"));
         let vm = self.get_mut(id)?;
-        if vm.status.is_final() {
-            return Err(ApiError::wrong_state("add a memory slot to", vm.status.name()));
-        }
+        lifecycle::check_slot_change(&vm.state, "add a memory slot to")?;
         if spec.size == 0 || !spec.size.is_multiple_of(4096) || !spec.guest_address.is_multiple_of(4096) {
             return Err(crate::memslot::SlotError::Misaligned.into());
         }
@@ -247,9 +221,7 @@ impl ApiHandler for MockHypervisor {
     fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
         self.record(format!("delete_memslot {id} {slot}"));
         let vm = self.get_mut(id)?;
-        if vm.status.is_final() {
-            return Err(ApiError::wrong_state("delete a memory slot of", vm.status.name()));
-        }
+        lifecycle::check_slot_change(&vm.state, "delete a memory slot of")?;
         vm.slots.remove(&slot).map(|_| ()).ok_or_else(|| ApiError::unknown_slot(id.as_str(), slot))
     }
 
@@ -261,9 +233,7 @@ impl ApiHandler for MockHypervisor {
     ) -> Result<MockUpload, ApiError> {
         self.record(format!("begin_image {id} {total_len}"));
         let vm = self.get_mut(id)?;
-        if vm.status != VmStatus::Created {
-            return Err(ApiError::wrong_state("load an image into", vm.status.name()));
-        }
+        lifecycle::check_image_load(&vm.state)?;
         if vm.is_uploading {
             return Err(ApiError::Conflict(
                 "another image upload to this VM is in progress; wait for it".into(),
@@ -315,16 +285,13 @@ impl ApiHandler for MockHypervisor {
         if vm.is_uploading {
             return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
         }
-        vm.status = transition(vm.status, action, vm.image.is_some())?;
-        if vm.status != VmStatus::Exited {
-            vm.exit_status = None;
-        }
+        vm.state = lifecycle::transition(&vm.state, action, vm.image.is_some())?;
         Ok(Self::info_of(id, vm))
     }
 
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
         let vm = self.get(id)?;
-        Ok(ConsoleRead::new(vm.console.read(offset, out), vm.status))
+        Ok(ConsoleRead::new(vm.console.read(offset, out), VmStatus::of(&vm.state)))
     }
 
     /// Zeros but for the I/O exits: one per console byte, as a guest writing its serial

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use crate::addr::Gpa;
 use crate::loader::{BootProtocol, ImageFormat, LoadPlan};
 use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
+pub use crate::vm::Action;
 use crate::vm::{VmConfig, VmState};
 use alloc::format;
 use alloc::string::String;
@@ -65,8 +66,8 @@ impl VmCreate {
     }
 }
 
-/// A VM's lifecycle state as the API shows it. `paused` is the API's own state (a running
-/// VM whose vCPUs are held); the others are [`VmState`]'s.
+/// A VM's lifecycle state as the API shows it: [`VmState`] without its data (the exit
+/// status and crash reason are fields of [`VmInfo`] of their own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmStatus {
@@ -102,6 +103,7 @@ impl VmStatus {
         match state {
             VmState::Created => VmStatus::Created,
             VmState::Running => VmStatus::Running,
+            VmState::Paused => VmStatus::Paused,
             VmState::Exited { .. } => VmStatus::Exited,
             VmState::Crashed { .. } => VmStatus::Crashed,
             VmState::Stopped => VmStatus::Stopped,
@@ -211,43 +213,27 @@ impl MemslotInfo {
             address_space: spec.address_space,
         }
     }
+
+    /// A slot as the MMU holds it (see [`crate::vm::Vm::memslots`]).
+    #[must_use]
+    pub fn of(spec: &SlotSpec) -> Self {
+        Self {
+            slot: spec.id.0,
+            guest_address: spec.base.raw(),
+            size: spec.size,
+            read_only: spec.flags.read_only,
+            dirty_log: spec.flags.dirty_log,
+            address_space: spec.as_id as u8,
+        }
+    }
 }
 
-/// `POST /v1/vms/{id}/actions`: `{"action": "start"}`.
+/// `POST /v1/vms/{id}/actions`: `{"action": "start"}`. What each action does, and in
+/// which states, is [`crate::vm::lifecycle`]'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     pub action: Action,
-}
-
-/// A lifecycle action.
-///
-/// - `start`: `created` → `running` (an image must be loaded).
-/// - `pause`: `running` → `paused`; `resume`: `paused` → `running`.
-/// - `stop`: `running` or `paused` → `stopped`.
-/// - `reset`: any state but `created` → `created`, keeping the slots, the memory and the
-///   loaded image's entry point; a new image may then be loaded, and `start` runs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Start,
-    Pause,
-    Resume,
-    Stop,
-    Reset,
-}
-
-impl Action {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Stop => "stop",
-            Action::Reset => "reset",
-        }
-    }
 }
 
 /// `GET /v1/info`.
@@ -324,5 +310,25 @@ impl ConsoleRead {
     /// A console ring's read, with the state of its VM.
     pub fn new(read: crate::devices::ConsoleRead, state: VmStatus) -> Self {
         Self { len: read.len, missed: read.missed, next_offset: read.next_offset, state }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_listed_from_the_mmu_reads_as_it_was_asked_for() {
+        for (address_space, read_only, dirty_log) in [(0, false, false), (1, true, false), (0, false, true)] {
+            let spec = MemslotSpec {
+                guest_address: 0x1_0000_0000,
+                size: 0x20_0000,
+                read_only,
+                dirty_log,
+                address_space,
+            };
+            let held = spec.to_slot_spec(7).unwrap();
+            assert_eq!(MemslotInfo::of(&held), MemslotInfo::new(7, &spec));
+        }
     }
 }

@@ -1,7 +1,10 @@
-//! The VM registry behind the control plane: [`ApiHandler`] over [`Vm`]. Every call
-//! returns promptly (the API server polls the network between calls); the only waits are
-//! for vCPUs to leave their loops on stop/delete/reset, which takes at most one host timer
-//! period per vCPU.
+//! The VM registry behind the control plane: [`ApiHandler`] over [`Vm`]. The lifecycle
+//! rules are [`lifecycle`]'s and the memory slots the MMU's: the registry keeps neither,
+//! only which VM has which id and which uploads are in flight.
+//!
+//! Every call returns promptly (the API server polls the network between calls); the only
+//! waits are for vCPUs to leave their loops on stop/delete/reset, which takes at most one
+//! host timer period per vCPU.
 
 use super::sched;
 use alloc::boxed::Box;
@@ -13,19 +16,18 @@ use alloc::vec::Vec;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
-    VmInfo, VmStatus,
+    ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo,
+    VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
-use hypervisor::vm::{RAM_SLOT, VcpuRunner, Vm, VmState, VmStats};
+use hypervisor::vm::{Action, VcpuRunner, Vm, VmStats, lifecycle};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
 
 struct Entry<B: Backend> {
     vm: Arc<Vm<B>>,
-    slots: BTreeMap<u32, MemslotInfo>,
     uploading: bool,
 }
 
@@ -80,21 +82,17 @@ impl<B: Backend> Manager<B> {
             vcpus: entry.vm.config.vcpus,
             memory_mib: entry.vm.config.memory_mib,
             image_loaded: entry.vm.has_image(),
-            memslots: entry.slots.values().cloned().collect(),
+            memslots: entry.vm.memslots().iter().map(MemslotInfo::of).collect(),
         };
         info.set_state(&entry.vm.state());
-        if info.state == VmStatus::Running && entry.vm.is_paused() {
-            info.state = VmStatus::Paused;
-        }
         info
     }
 
     /// Stops `vm` and waits until no vCPU runs it and no scheduler queue holds it: until
     /// only the `held` references of the registry and the caller remain.
     fn stop_and_wait(vm: &Arc<Vm<B>>, held: usize) -> Result<(), ApiError> {
-        if vm.state() == VmState::Running {
-            vm.stop();
-        }
+        // Refused unless the VM is running or paused; in any other state no vCPU runs it.
+        let _ = vm.stop();
         let deadline = libos::time::now_ns() + STOP_TIMEOUT_NS;
         let busy = || vm.running_vcpus() > 0 || Arc::strong_count(vm) > held;
         while busy() && libos::time::now_ns() < deadline {
@@ -124,7 +122,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),
-            memory_assigned_bytes: self.vms.values().flat_map(|e| e.slots.values()).map(|s| s.size).sum(),
+            memory_assigned_bytes: self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum(),
             vms: self.vms.len() as u32,
         })
     }
@@ -148,16 +146,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         }
         let vm = Vm::<B>::create(self.next_vm_number, config, libos::time::now_ns)?;
         self.next_vm_number += 1;
-        let mut slots = BTreeMap::new();
-        let ram = MemslotSpec {
-            guest_address: 0,
-            size: config.memory_mib << 20,
-            read_only: false,
-            dirty_log: false,
-            address_space: 0,
-        };
-        slots.insert(RAM_SLOT.0, MemslotInfo::new(RAM_SLOT.0, &ram));
-        let entry = Entry { vm, slots, uploading: false };
+        let entry = Entry { vm, uploading: false };
         let info = Self::info_of(id.as_str(), &entry);
         self.vms.insert(id.as_str().into(), entry);
         Ok(info)
@@ -186,20 +175,19 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn put_memslot(&mut self, id: &VmId, slot: u32, spec: &MemslotSpec) -> Result<MemslotInfo, ApiError> {
-        let entry = self.entry_mut(id)?;
-        if entry.slots.contains_key(&slot) {
+        let entry = self.entry(id)?;
+        lifecycle::check_slot_change(&entry.vm.state(), "add a memory slot to")?;
+        if entry.vm.memslots().iter().any(|s| s.id == SlotId(slot)) {
             return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
         }
         entry.vm.mmu.add_slot(spec.to_slot_spec(slot)?)?;
-        let info = MemslotInfo::new(slot, spec);
-        entry.slots.insert(slot, info);
-        Ok(info)
+        Ok(MemslotInfo::new(slot, spec))
     }
 
     fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError> {
-        let entry = self.entry_mut(id)?;
-        entry.vm.mmu.delete_slot(SlotId(slot))?;
-        entry.slots.remove(&slot);
+        let vm = &self.entry(id)?.vm;
+        lifecycle::check_slot_change(&vm.state(), "delete a memory slot of")?;
+        vm.mmu.delete_slot(SlotId(slot))?;
         Ok(())
     }
 
@@ -210,10 +198,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if entry.uploading {
             return Err(ApiError::Conflict("another image upload to this VM is in progress".into()));
         }
-        let state = entry.vm.state();
-        if state != VmState::Created {
-            return Err(ApiError::wrong_state("load an image into", state.name()));
-        }
+        lifecycle::check_image_load(&entry.vm.state())?;
         if total_len > entry.vm.memory_bytes() {
             return Err(ApiError::PayloadTooLarge(format!(
                 "the image is {total_len} bytes, the VM has {} MiB of memory",
@@ -282,11 +267,6 @@ impl<B: Backend> ApiHandler for Manager<B> {
         let vm = entry.vm.clone();
         match action {
             Action::Start => {
-                if !vm.has_image() {
-                    return Err(ApiError::Conflict(format!(
-                        "VM {id} has no image; PUT /v1/vms/{id}/image first"
-                    )));
-                }
                 let vcpus = vm.start()?;
                 let cpus = sched::vcpu_cpus();
                 for (index, vcpu) in vcpus.into_iter().enumerate() {
@@ -297,17 +277,10 @@ impl<B: Backend> ApiHandler for Manager<B> {
             }
             Action::Pause => vm.pause()?,
             Action::Resume => vm.resume()?,
-            Action::Stop => {
-                let state = vm.state();
-                if state != VmState::Running {
-                    return Err(ApiError::wrong_state("stop", state.name()));
-                }
-                vm.stop();
-            }
+            Action::Stop => vm.stop()?,
             Action::Reset => {
-                if vm.state() == VmState::Created {
-                    return Err(ApiError::wrong_state("reset", "created"));
-                }
+                // Asked before anything stops, so a refused reset changes nothing.
+                lifecycle::transition(&vm.state(), Action::Reset, vm.has_image())?;
                 Self::stop_and_wait(&vm, 2)?;
                 vm.reset_to_created()?;
             }

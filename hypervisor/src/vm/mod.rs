@@ -2,18 +2,20 @@
 //! lifecycle, independent of the backend (SVM or VMX) that runs it.
 //!
 //! Lifecycle, as an explicit state machine (Firecracker style): `Created` (memory and image
-//! may change) → `Running` → one of the final states `Exited { status }` (the guest wrote
-//! the exit port or called EXIT), `Crashed { reason }` (triple fault, invalid state, a
-//! memory access no slot or device answers), `Stopped` (the host stopped it). Every
-//! request names the states it is allowed in and answers the others with
-//! [`VmError::WrongState`].
+//! may change) → `Running` ⇄ `Paused` → one of the final states `Exited { status }`,
+//! `Crashed { reason }` or `Stopped`. Which host action is allowed in which state is decided
+//! in one place, [`lifecycle::transition`]; every state change goes through [`Vm`]'s state
+//! lock, and the two flags the vCPU loop reads without it (`stop`, `paused`) are derived
+//! from the state there.
 
 mod exits;
+pub mod lifecycle;
 mod run_queue;
 mod stats;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason, ExitStats};
+pub use lifecycle::{Action, VmState};
 pub use run_queue::{RunQueue, Step};
 pub use stats::VmStats;
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
@@ -40,37 +42,13 @@ pub const MAX_VCPUS: u32 = 64;
 pub const RAM_SLOT: SlotId = SlotId(0);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmState {
-    Created,
-    Running,
-    Exited { status: u32 },
-    Crashed { reason: String },
-    Stopped,
-}
-
-impl VmState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            VmState::Created => "created",
-            VmState::Running => "running",
-            VmState::Exited { .. } => "exited",
-            VmState::Crashed { .. } => "crashed",
-            VmState::Stopped => "stopped",
-        }
-    }
-
-    pub fn is_final(&self) -> bool {
-        matches!(self, VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmError {
     InvalidConfig(String),
     Backend(BackendError),
     Memory(String),
     BadImage(String),
     WrongState { action: &'static str, state: &'static str },
+    NoImage,
 }
 
 impl fmt::Display for VmError {
@@ -81,6 +59,7 @@ impl fmt::Display for VmError {
             VmError::Memory(e) => write!(f, "guest memory: {e}"),
             VmError::BadImage(e) => write!(f, "bad guest image: {e}"),
             VmError::WrongState { action, state } => write!(f, "cannot {action} a VM that is {state}"),
+            VmError::NoImage => f.write_str("cannot start a VM without an image"),
         }
     }
 }
@@ -118,8 +97,9 @@ pub struct Vm<B: Backend> {
     pub mmu: Mmu<B::Platform>,
     pub(crate) backend: Arc<B::Vm>,
     pub(crate) devices: Mutex<PortBus>,
+    /// The one record of the lifecycle; changed only by [`Vm::enter`].
     state: Mutex<VmState>,
-    /// Set when the VM reaches a final state: every vCPU leaves its loop at its next exit.
+    /// `state.is_final()`, for the vCPU loop: every vCPU leaves its loop at its next exit.
     pub(crate) stop: AtomicBool,
     running_vcpus: AtomicUsize,
     entry: Mutex<Option<EntryState>>,
@@ -130,7 +110,7 @@ pub struct Vm<B: Backend> {
     console_sink: Mutex<Option<ConsoleSink>>,
     /// Absolute time after which the VM is stopped (0: no limit).
     deadline_ns: AtomicU64,
-    /// Held by the host (`pause`): vCPUs leave the guest and wait off their CPUs.
+    /// `state == Paused`, for the vCPU loop: vCPUs leave the guest and wait off their CPUs.
     paused: AtomicBool,
     /// When the VM started, and when its guest first wrote to the console (0: not yet).
     started_ns: AtomicU64,
@@ -184,7 +164,7 @@ impl<B: Backend> Vm<B> {
     /// Validates `image` and copies it into guest memory. Only in `Created`; a bad image
     /// changes nothing (it is checked completely before the first byte is written).
     pub fn load_image(&self, image: &[u8], format: ImageFormat, cmdline: &str) -> Result<LoadPlan, VmError> {
-        self.require(&[VmState::Created], "load an image into")?;
+        lifecycle::check_image_load(&self.state.lock())?;
         let config = GuestConfig { mem_size: self.memory_bytes(), cmdline };
         let plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
         let write = |gpa: Gpa, bytes: &[u8]| {
@@ -223,26 +203,42 @@ impl<B: Backend> Vm<B> {
         Some(entry)
     }
 
-    /// Moves `Created` → `Running` and creates every vCPU; the caller runs each with
-    /// [`VcpuRunner`] on a CPU with the backend enabled.
+    /// The one way the state changes: under the state lock, with the vCPU loop's flags
+    /// derived from the new state. `stop` is raised before `paused` drops, so a paused VM
+    /// that is stopped never enters the guest again.
+    fn enter(&self, state: &mut VmState, next: VmState) {
+        self.stop.store(next.is_final(), Ordering::SeqCst);
+        self.paused.store(next == VmState::Paused, Ordering::SeqCst);
+        *state = next;
+    }
+
+    /// Applies `action` as [`lifecycle::transition`] allows it, under the state lock.
+    fn act(&self, action: Action) -> Result<(), VmError> {
+        let mut state = self.state.lock();
+        let next = lifecycle::transition(&state, action, self.has_image())?;
+        self.enter(&mut state, next);
+        Ok(())
+    }
+
+    /// `start`: moves `Created` → `Running` and creates every vCPU; the caller runs each
+    /// with [`VcpuRunner`] on a CPU with the backend enabled.
     pub fn start(self: &Arc<Self>) -> Result<Vec<B::Vcpu>, VmError> {
         let mut state = self.state.lock();
-        if *state != VmState::Created {
-            return Err(VmError::WrongState { action: "start", state: state.name() });
-        }
+        let next = lifecycle::transition(&state, Action::Start, self.has_image())?;
         let mut vcpus = Vec::new();
         for index in 0..self.config.vcpus {
-            let entry = self.entry_for(index).ok_or(VmError::BadImage("no image is loaded".into()))?;
+            let entry = self.entry_for(index).ok_or(VmError::NoImage)?;
             vcpus.push(B::create_vcpu(&self.backend, &entry).map_err(VmError::Backend)?);
         }
         self.running_vcpus.store(vcpus.len(), Ordering::SeqCst);
         self.started_ns.store((self.clock)(), Ordering::Relaxed);
-        *state = VmState::Running;
+        self.enter(&mut state, next);
         Ok(vcpus)
     }
 
-    /// Moves a running VM to a final state (the first one wins) and asks every vCPU to
-    /// leave the guest.
+    /// Moves a running or paused VM to a final state (the first one wins) and asks every
+    /// vCPU to leave the guest. The guest's own ends (exit, crash, all vCPUs halted, time
+    /// limit) come here; the host's `stop` is [`Vm::stop`].
     pub fn finish(&self, end: VmState) {
         debug_assert!(end.is_final());
         {
@@ -253,49 +249,54 @@ impl<B: Backend> Vm<B> {
             if let VmState::Crashed { reason } = &end {
                 self.log_event(format!("crashed: {reason}"));
             }
-            *state = end;
+            self.enter(&mut state, end);
         }
-        self.stop.store(true, Ordering::SeqCst);
-        self.backend.kick_all();
+        self.kick_all();
     }
 
-    /// Stops a VM from the host side.
-    pub fn stop(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-        self.finish(VmState::Stopped);
+    /// `stop`: ends a running or paused VM from the host side.
+    pub fn stop(&self) -> Result<(), VmError> {
+        self.act(Action::Stop)?;
+        self.kick_all();
+        Ok(())
     }
 
-    /// Holds every vCPU outside the guest until [`Vm::resume`]. Only while running.
+    /// `pause`: holds every vCPU outside the guest until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
-        self.require(&[VmState::Running], "pause")?;
-        self.paused.store(true, Ordering::SeqCst);
-        self.backend.kick_all();
+        self.act(Action::Pause)?;
+        self.kick_all();
         Ok(())
     }
 
+    /// `resume`: lets the vCPUs of a paused VM enter the guest again (the scheduler finds
+    /// them at its next tick).
     pub fn resume(&self) -> Result<(), VmError> {
-        self.require(&[VmState::Running], "resume")?;
-        self.paused.store(false, Ordering::SeqCst);
-        Ok(())
+        self.act(Action::Resume)
     }
 
+    /// Whether the VM is paused: the vCPU loop's lock-free view of the state.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
 
-    /// Back to `Created` after the VM ended (its vCPUs must have left their loops): memory,
-    /// slots and the loaded image stay, so it can be started again or given a new image.
+    fn kick_all(&self) {
+        self.backend.kick_all();
+    }
+
+    /// `reset`, once the VM has ended and its vCPUs have left their loops (a running or
+    /// paused VM is stopped first, with [`Vm::stop`]): back to `Created`, keeping memory,
+    /// slots and the loaded image, so it can be started again or given a new image.
     pub fn reset_to_created(&self) -> Result<(), VmError> {
         if self.running_vcpus() != 0 {
             return Err(VmError::WrongState { action: "reset", state: "still stopping" });
         }
         let mut state = self.state.lock();
         if !state.is_final() {
+            // Allowed by the lifecycle, but its vCPUs must be stopped first.
             return Err(VmError::WrongState { action: "reset", state: state.name() });
         }
-        *state = VmState::Created;
-        self.stop.store(false, Ordering::SeqCst);
-        self.paused.store(false, Ordering::SeqCst);
+        let next = lifecycle::transition(&state, Action::Reset, self.has_image())?;
+        self.enter(&mut state, next);
         self.first_console_ns.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -332,15 +333,6 @@ impl<B: Backend> Vm<B> {
     pub fn events(&self) -> (Vec<Event>, u64) {
         let devices = self.devices.lock();
         (devices.events().iter().cloned().collect(), devices.events().dropped())
-    }
-
-    fn require(&self, allowed: &[VmState], action: &'static str) -> Result<(), VmError> {
-        let state = self.state.lock();
-        if allowed.contains(&state) {
-            Ok(())
-        } else {
-            Err(VmError::WrongState { action, state: state.name() })
-        }
     }
 
     /// Sends each complete console line to `sink` as the guest writes it.
@@ -392,6 +384,18 @@ impl<B: Backend> Vm<B> {
         if let Some(rest) = self.devices.lock().take_partial_console_line() {
             sink(self.id, &rest);
         }
+    }
+
+    /// The memory slots, by id, as the MMU holds them: the one record of them.
+    pub fn memslots(&self) -> Vec<SlotSpec> {
+        let mut slots: Vec<SlotSpec> = self
+            .mmu
+            .slots()
+            .into_iter()
+            .map(|(id, as_id, base, size, flags)| SlotSpec { id, as_id, base, size, flags })
+            .collect();
+        slots.sort_by_key(|slot| slot.id);
+        slots
     }
 
     /// Frees the VM's memory and page tables. Its vCPUs must have ended.

@@ -1,9 +1,11 @@
 //! `docs/api/openapi.yaml` is the contract: it lists exactly the router's paths and
-//! methods, every operation documents its errors, and the documented limits match the
-//! code's.
+//! methods, every operation documents its errors, the documented actions and states are
+//! the lifecycle's, and the documented limits match the code's.
 
 use crate::api::Limits;
+use crate::api::model::VmStatus;
 use crate::api::router::ROUTES;
+use crate::vm::{Action, VmState};
 use alloc::string::String;
 use alloc::vec::Vec;
 use std::format;
@@ -48,6 +50,35 @@ fn the_openapi_document_has_exactly_the_routers_paths_and_methods() {
             ROUTES.iter().any(|r| r.template == path),
             "openapi.yaml documents {path}, which the router lacks"
         );
+    }
+}
+
+#[test]
+fn the_documented_actions_and_states_are_the_lifecycles_on_the_wire() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let documented = |schema: &Yaml| -> Vec<String> {
+        schema["enum"].as_vec().expect("an enum").iter().filter_map(Yaml::as_str).map(String::from).collect()
+    };
+    let wire = |json: String| String::from(json.trim_matches('"'));
+    let actions: Vec<String> =
+        Action::ALL.iter().map(|a| wire(serde_json::to_string(a).expect("an action serializes"))).collect();
+    assert_eq!(documented(&schemas["ActionRequest"]["properties"]["action"]), actions);
+    let states = [
+        VmState::Created,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Exited { status: 0 },
+        VmState::Crashed { reason: String::new() },
+        VmState::Stopped,
+    ];
+    let statuses: Vec<String> = states
+        .iter()
+        .map(|s| wire(serde_json::to_string(&VmStatus::of(s)).expect("a status serializes")))
+        .collect();
+    assert_eq!(documented(&schemas["VmState"]), statuses);
+    for (state, status) in states.iter().zip(&statuses) {
+        assert_eq!(state.name(), status, "a state's name is its API name");
     }
 }
 

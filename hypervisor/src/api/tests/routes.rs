@@ -164,6 +164,25 @@ fn the_lifecycle_allows_exactly_the_documented_transitions() {
 }
 
 #[test]
+fn slots_change_in_every_state_but_a_final_one() {
+    let mut h = Harness::new();
+    running_vm(&mut h, "s");
+    let slot = Some(r#"{"guest_address": 16777216, "size": 4096}"#);
+    assert_eq!(h.call("PUT", "/v1/vms/s/memslots/1", slot).status, 201, "running");
+    h.call("POST", "/v1/vms/s/actions", Some(r#"{"action":"pause"}"#));
+    assert_eq!(h.call("DELETE", "/v1/vms/s/memslots/1", None).status, 204, "paused");
+    h.hv.guest_exits("s", 0);
+    let r = h.call("PUT", "/v1/vms/s/memslots/1", slot);
+    assert_eq!(r.status, 409);
+    assert!(r.error().contains("cannot add a memory slot to a VM that is exited"), "{}", r.error());
+    let r = h.call("DELETE", "/v1/vms/s/memslots/0", None);
+    assert_eq!(r.status, 409);
+    assert!(r.error().contains("cannot delete a memory slot of a VM that is exited"), "{}", r.error());
+    h.call("POST", "/v1/vms/s/actions", Some(r#"{"action":"reset"}"#));
+    assert_eq!(h.call("PUT", "/v1/vms/s/memslots/1", slot).status, 201, "created again");
+}
+
+#[test]
 fn requests_without_the_token_get_401_and_change_nothing() {
     let mut h = Harness::new();
     let bodies = [
