@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod events;
+pub mod ioapic;
 pub mod irq;
 pub mod uart;
 
