@@ -11,6 +11,7 @@ pub mod console;
 pub mod events;
 pub mod ioapic;
 pub mod irq;
+pub mod pic;
 pub mod uart;
 
 use alloc::string::String;
