@@ -12,6 +12,7 @@ pub mod events;
 pub mod ioapic;
 pub mod irq;
 pub mod pic;
+pub mod pit;
 pub mod uart;
 
 use alloc::string::String;
