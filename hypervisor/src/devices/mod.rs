@@ -13,6 +13,7 @@ pub mod ioapic;
 pub mod irq;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod uart;
 
 use alloc::string::String;
