@@ -78,6 +78,7 @@ mod rte {
     pub const WRITABLE: u64 = 0xFF00_0000_0001_AFFF;
     /// An entry after reset: masked, everything else 0 (82093AA datasheet 3.2.4).
     pub const RESET: u64 = MASK;
+    const _: () = assert!(WRITABLE & (REMOTE_IRR | 1 << 12) == 0, "read-only bits");
 }
 
 /// The I/O APIC's state.

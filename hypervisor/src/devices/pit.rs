@@ -5,9 +5,8 @@
 //!
 //! Semantics: Intel 8254 data sheet ("Control Word Format", "Read Operations": counter
 //! latch and read-back commands, "Modes"; Figure "Gate Pin Operations Summary"), and the
-//! PC/AT port 0x61 layout. All six modes are modelled (6 and 7 are 2 and 3). Not
-//! modelled: BCD counting (the BCD bit is kept and reported in the status byte, but counts
-//! are binary); the load cycle (a count is in the counting element as soon as it is
+//! PC/AT port 0x61 layout. All six modes are modelled (6 and 7 are 2 and 3), in binary
+//! and BCD counting. Not modelled: the load cycle (a count is in the counting element as soon as it is
 //! written, so mode 0's OUT rises after N clocks, not N+1); a new count written in mode 2
 //! or 3 takes effect at once, not at the end of the current period (as in KVM and QEMU).
 //! A count of 1 in mode 2 or 3 (illegal on the chip) behaves as the formulas give.
@@ -77,8 +76,21 @@ const PORT61_OUT2: u8 = 1 << 5;
 /// The refresh toggle flips every 15.085 us (the AT's DRAM refresh, counter 1 at 18).
 const REFRESH_TOGGLE_NS: u64 = 15_085;
 
-/// Counts the 16-bit counting element wraps at.
-const FULL_COUNT: u32 = 0x1_0000;
+/// The counts the counting element wraps at: 16 binary bits, or four BCD decades (a
+/// written 0 is this many clocks).
+const BINARY_MODULUS: u32 = 0x1_0000;
+const BCD_MODULUS: u32 = 10_000;
+
+/// Four BCD digits as a number (nibbles above 9 count as their value, as the chip's
+/// decades would just count on from them).
+fn from_bcd(value: u16) -> u32 {
+    (0..4).rev().fold(0, |sum, digit| sum * 10 + u32::from((value >> (4 * digit)) & 0xF))
+}
+
+/// A number below 10 000 as four BCD digits.
+fn to_bcd(value: u32) -> u16 {
+    (0..4).fold(0, |bcd, digit| bcd | (((value / 10u32.pow(digit)) % 10) as u16) << (4 * digit))
+}
 
 /// How a counter's bytes are read and written (the control word's RW field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +119,7 @@ struct Channel {
     mode: u8,
     access: Access,
     bcd: bool,
-    /// The initial count, 1..=0x10000 (a written 0 is 0x10000).
+    /// The initial count in clocks, at least 1 (a written 0 is the modulus).
     reload: u32,
     /// A count has been written since the last control word (null count clear).
     loaded: bool,
@@ -136,7 +148,7 @@ impl Channel {
             mode: 0,
             access: Access::Word,
             bcd: false,
-            reload: FULL_COUNT,
+            reload: BINARY_MODULUS,
             loaded: false,
             triggered: false,
             running: false,
@@ -169,17 +181,23 @@ impl Channel {
         matches!(self.mode, 2 | 3)
     }
 
-    /// The counting element's value after `clocks` clocks.
+    fn modulus(&self) -> u32 {
+        if self.bcd { BCD_MODULUS } else { BINARY_MODULUS }
+    }
+
+    /// The counting element's value after `clocks` clocks, as the guest reads it.
     fn count(&self, clocks: u64) -> u16 {
         let n = u64::from(self.reload);
+        let modulus = u64::from(self.modulus());
         let value = match self.mode {
             _ if !self.loaded => n,
             2 => n - clocks % n,
             // Decrements by two: each half period runs from N down (exact for even N).
             3 => n - (2 * clocks) % n,
-            _ => n.wrapping_sub(clocks),
+            // The one-shot modes count on through 0 and wrap.
+            _ => (n % modulus + modulus - clocks % modulus) % modulus,
         };
-        value as u16
+        if self.bcd { to_bcd((value % modulus) as u32) } else { value as u16 }
     }
 
     /// OUT after `clocks` clocks (8254 data sheet, "Modes").
@@ -286,7 +304,8 @@ impl Channel {
 
     /// A count write completes: the counting element takes it now.
     fn load(&mut self, count: u16, now_ns: u64) {
-        self.reload = if count == 0 { FULL_COUNT } else { u32::from(count) };
+        let count = if self.bcd { from_bcd(count) } else { u32::from(count) };
+        self.reload = if count == 0 { self.modulus() } else { count };
         self.loaded = true;
         self.restart(now_ns);
         if matches!(self.mode, 1 | 5) {
@@ -638,6 +657,21 @@ mod tests {
     }
 
     #[test]
+    fn bcd_counts_in_decimal_decades() {
+        let mut pit = Pit::new();
+        program(&mut pit, 0x35, 0x1000, 0); // channel 0, word, mode 2, BCD: 1000 clocks
+        assert_eq!(pit.next_deadline(), Some(ns_for(1000)));
+        pit.write(port::CONTROL, 0x00, ns_for(1));
+        assert_eq!(read_word(&mut pit, port::CHANNEL0, 0), 0x0999);
+        // Mode 0 with 0: 10 000 clocks, then on through 0 to 9999.
+        program(&mut pit, 0x31, 0, 0);
+        assert_eq!(pit.next_deadline(), Some(ns_for(10_000)));
+        pit.write(port::CONTROL, 0x00, ns_for(10_001));
+        assert_eq!(read_word(&mut pit, port::CHANNEL0, 0), 0x9999);
+        assert_eq!((from_bcd(0x1234), to_bcd(1234), from_bcd(0xFFFF)), (1234, 0x1234, 16_665));
+    }
+
+    #[test]
     fn read_back_latches_status_then_count() {
         let mut pit = Pit::new();
         program(&mut pit, 0x34, 0x2000, 0);
@@ -645,7 +679,7 @@ mod tests {
         assert_eq!(pit.read(port::CHANNEL0, 0), 0x80 | 0x34, "OUT high, count loaded, word, mode 2");
         assert_eq!(read_word(&mut pit, port::CHANNEL0, 0), 0x1FF0);
         // Status only, after a control word without a count: null count, mode 0 OUT low.
-        pit.write(port::CONTROL, 0xB1, 0); // channel 2, word, mode 0, BCD (kept)
+        pit.write(port::CONTROL, 0xB1, 0); // channel 2, word, mode 0, BCD
         pit.write(port::CONTROL, 0b1110_1000, 0);
         assert_eq!(pit.read(port::CHANNEL2, 0), 0x40 | 0x31);
         // The control register is write-only.

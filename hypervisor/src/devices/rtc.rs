@@ -88,6 +88,8 @@ const C_IRQF: u8 = 1 << 7;
 const C_PF: u8 = 1 << 6;
 const C_AF: u8 = 1 << 5;
 const C_UF: u8 = 1 << 4;
+// `raise` relies on each flag sitting at its enable's bit.
+const _: () = assert!(C_PF == B_PIE && C_AF == B_AIE && C_UF == B_UIE);
 /// Register D: VRT, the battery is good.
 const D_VRT: u8 = 1 << 7;
 /// The hours byte's PM flag in 12-hour mode.
