@@ -386,6 +386,20 @@ mod tests {
     }
 
     #[test]
+    fn eoi_redelivers_every_asserted_pin_sharing_the_vector() {
+        let mut ioapic = IoApic::new();
+        program(&mut ioapic, 9, level_entry(0x41, 1));
+        program(&mut ioapic, 10, level_entry(0x41, 1));
+        assert!(ioapic.set_irq(9, true).is_some());
+        assert!(ioapic.set_irq(10, true).is_some());
+        let message = ioapic.end_of_interrupt(0x41);
+        assert_eq!(message.map(|m| (m.vector, m.destination)), Some((0x41, 1)));
+        for pin in [9, 10] {
+            assert_ne!(ioapic.redirection_entry(pin).unwrap() & rte::REMOTE_IRR, 0, "pin {pin} redelivered");
+        }
+    }
+
+    #[test]
     fn eoi_register_acts_like_the_broadcast_eoi() {
         let mut ioapic = IoApic::new();
         program(&mut ioapic, 10, level_entry(0x50, 0));

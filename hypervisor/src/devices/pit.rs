@@ -483,7 +483,8 @@ impl Pit {
 
     /// The host time of channel 0's next rising edge (`None`: none will come without a
     /// new programming). Periodic modes: not sooner than [`MIN_PERIODIC_DEADLINE_NS`]
-    /// after the last tick.
+    /// after the last tick. When a port write already counted edges that no tick has
+    /// returned yet, the time of the last tick (already past: tick now).
     #[must_use]
     pub fn next_deadline(&self) -> Option<u64> {
         if self.pending_edges > 0 {
