@@ -9,8 +9,12 @@
 
 pub mod console;
 pub mod events;
+pub mod ioapic;
 pub mod irq;
 pub mod lapic;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
 pub mod uart;
 
 use alloc::string::String;
