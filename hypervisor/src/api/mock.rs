@@ -18,6 +18,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use hashbrown::HashMap;
 
 /// One mock VM.
 pub struct MockVm {
@@ -33,7 +34,7 @@ pub struct MockVm {
 
 /// The in-memory hypervisor.
 pub struct MockHypervisor {
-    pub vms: BTreeMap<VmId, MockVm>,
+    pub vms: HashMap<VmId, MockVm>,
     /// Memory left for new VMs (503 beyond).
     pub free_memory_mib: u64,
     pub total_memory_mib: u64,
@@ -63,7 +64,7 @@ impl MockHypervisor {
     #[must_use]
     pub fn new(memory_mib: u64) -> Self {
         Self {
-            vms: BTreeMap::new(),
+            vms: HashMap::new(),
             free_memory_mib: memory_mib,
             total_memory_mib: memory_mib,
             console_bytes: 4096,
@@ -175,7 +176,9 @@ impl ApiHandler for MockHypervisor {
 
     fn list_vms(&mut self) -> Result<Vec<VmInfo>, ApiError> {
         self.record("list_vms".into());
-        Ok(self.vms.iter().map(|(id, vm)| Self::info_of(id, vm)).collect())
+        let mut vms: Vec<_> = self.vms.iter().collect();
+        vms.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Ok(vms.into_iter().map(|(id, vm)| Self::info_of(id, vm)).collect())
     }
 
     fn delete_vm(&mut self, id: &VmId) -> Result<(), ApiError> {

@@ -8,11 +8,11 @@
 
 use super::sched;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
@@ -51,7 +51,9 @@ fn upload_budget() -> u64 {
 }
 
 pub struct Manager<B: Backend> {
-    vms: BTreeMap<String, Entry<B>>,
+    /// By id: every request looks its VM up here (a `hashbrown` map: no ordering is needed
+    /// but the listing's, which sorts).
+    vms: HashMap<String, Entry<B>>,
     next_vm_number: u32,
     next_cpu: usize,
     /// Why VMs cannot run here, if they cannot (no VMX/SVM, or turning it on failed).
@@ -62,7 +64,7 @@ pub struct Manager<B: Backend> {
 
 impl<B: Backend> Manager<B> {
     pub fn new(virt: Result<(), String>) -> Self {
-        Self { vms: BTreeMap::new(), next_vm_number: 1, next_cpu: 0, virt, uploading_bytes: 0 }
+        Self { vms: HashMap::new(), next_vm_number: 1, next_cpu: 0, virt, uploading_bytes: 0 }
     }
 
     fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
@@ -157,7 +159,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn list_vms(&mut self) -> Result<Vec<VmInfo>, ApiError> {
-        Ok(self.vms.iter().map(|(id, entry)| Self::info_of(id, entry)).collect())
+        let mut vms: Vec<_> = self.vms.iter().collect();
+        vms.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Ok(vms.into_iter().map(|(id, entry)| Self::info_of(id, entry)).collect())
     }
 
     fn delete_vm(&mut self, id: &VmId) -> Result<(), ApiError> {

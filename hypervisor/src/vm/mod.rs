@@ -21,7 +21,8 @@ pub use stats::VmStats;
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
 use crate::addr::{Gpa, PAGE_SIZE};
-use crate::backend::{Backend, BackendError, BackendVm, EntryMode, EntryState, GuestRegs};
+pub use crate::backend::BackendError;
+use crate::backend::{Backend, BackendVm, EntryMode, EntryState, GuestRegs};
 use crate::devices::PortBus;
 use crate::devices::events::{Event, EventKind};
 use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
