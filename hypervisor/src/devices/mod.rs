@@ -6,6 +6,12 @@
 //! The bus is plain data (`&mut self`); a VM keeps it behind one lock, which every port
 //! exit takes briefly. Nothing here blocks or allocates per access, except a new line in
 //! the event log.
+//!
+//! The PC platform's models (issue 10) live beside the bus, each plain data with
+//! `read`/`write` and, where it keeps time, `tick(now_ns)` and `next_deadline()`:
+//! [`lapic`] (one per vCPU), [`ioapic`], [`pic`] (the 8259A pair), [`pit`], [`rtc`], and
+//! [`irq`], the interrupt messages they exchange. They are host-tested but not yet on the
+//! bus or the vCPU entry path: each module's doc says how the VM is to drive it.
 
 pub mod console;
 pub mod events;
