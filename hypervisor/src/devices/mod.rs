@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod events;
+pub mod fw_cfg;
 pub mod irq;
 pub mod lapic;
 pub mod uart;
