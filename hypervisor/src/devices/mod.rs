@@ -7,9 +7,11 @@
 //! exit takes briefly. Nothing here blocks or allocates per access, except a new line in
 //! the event log.
 
+pub mod acpi_pm;
 pub mod console;
 pub mod events;
 pub mod fw_cfg;
+pub mod i8042;
 pub mod irq;
 pub mod lapic;
 pub mod uart;
