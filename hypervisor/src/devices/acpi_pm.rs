@@ -53,7 +53,8 @@ const PM_END: u16 = PM_TMR_BLK + PM_TMR_LEN as u16;
 
 /// The PM timer's frequency (ACPI 6.5 §4.8.3.3: 3.579545 MHz).
 pub const PM_TIMER_HZ: u64 = 3_579_545;
-/// The timer counts 32 bits (FADT flag TMR_VAL_EXT, ACPI 6.5 §5.2.9 Table 5.10).
+/// The timer counts 32 bits (FADT flag TMR_VAL_EXT, ACPI 6.5 §5.2.9, the "Fixed ACPI
+/// Description Table Fixed Feature Flags" table).
 pub const PM_TIMER_32_BIT: bool = true;
 const NS_PER_S: u128 = 1_000_000_000;
 /// TMR_STS is set when this bit of the count changes (the timer's most significant bit).
@@ -79,7 +80,7 @@ const RCR_FULL_RST: u8 = 1 << 3;
 /// values are platform-defined.
 pub const S5_SLP_TYP: u8 = 5;
 
-/// PM1_STS bits (ACPI 6.5 §4.8.3.1.1, Table 4.16), write 1 to clear.
+/// PM1_STS bits (ACPI 6.5 §4.8.3.1.1, "PM1 Status Registers"), write 1 to clear.
 mod sts {
     pub const TMR: u16 = 1 << 0;
     pub const BM: u16 = 1 << 4;
@@ -93,8 +94,8 @@ mod sts {
     pub const ALL: u16 = TMR | BM | GBL | PWRBTN | SLPBTN | RTC | PCIEXP_WAKE | WAK;
 }
 
-/// PM1_EN bits (ACPI 6.5 §4.8.3.1.2, Table 4.17); each enables the SCI for the status bit
-/// at the same position.
+/// PM1_EN bits (ACPI 6.5 §4.8.3.1.2, "PM1 Enable Registers"); each enables the SCI for
+/// the status bit at the same position.
 mod en {
     pub const TMR: u16 = 1 << 0;
     pub const GBL: u16 = 1 << 5;
@@ -107,7 +108,7 @@ mod en {
     pub const SCI_SOURCES: u16 = TMR | GBL | PWRBTN | SLPBTN | RTC;
 }
 
-/// PM1_CNT bits (ACPI 6.5 §4.8.3.2.1, Table 4.18).
+/// PM1_CNT bits (ACPI 6.5 §4.8.3.2.1, "PM1 Control Registers").
 mod cnt {
     pub const SCI_EN: u16 = 1 << 0;
     pub const BM_RLD: u16 = 1 << 1;

@@ -30,10 +30,10 @@ use alloc::vec::Vec;
 
 use super::IoSize;
 
-/// Selector register, 16-bit write (fw_cfg.rst, "Selector (Control) Register": x86 I/O
-/// port 0x510).
+/// Selector register, 16-bit little-endian write (fw_cfg.rst, "Selector (Control)
+/// Register"; port from "Register Locations", x86).
 pub const SELECTOR_PORT: u16 = 0x510;
-/// Data register, 8-bit read (fw_cfg.rst, "Data Register": x86 I/O port 0x511).
+/// Data register, 8-bit read (fw_cfg.rst, "Data Register"; "Register Locations", x86).
 pub const DATA_PORT: u16 = 0x511;
 
 /// Item keys (qemu_fw_cfg.h, "selector key values for well-known fw_cfg entries").
@@ -52,22 +52,23 @@ pub const FW_CFG_FILE_DIR: u16 = 0x0019;
 /// The key of the first named file; files take consecutive keys from here.
 pub const FW_CFG_FILE_FIRST: u16 = 0x0020;
 
-/// The signature item's contents (fw_cfg.rst, "Signature (Key 0x0000)").
+/// The signature item's contents (fw_cfg.rst, "Signature (Key 0x0000,
+/// FW_CFG_SIGNATURE)").
 pub const SIGNATURE: [u8; 4] = *b"QEMU";
 /// FW_CFG_ID bit 0: the traditional (I/O port) interface is available; bit 1 (DMA) is
-/// clear (fw_cfg.rst, "Revision / Feature Bitmap (Key 0x0001)").
+/// clear (fw_cfg.rst, "Revision / feature bitmap (Key 0x0001, FW_CFG_ID)").
 pub const FW_CFG_VERSION_TRADITIONAL: u32 = 1 << 0;
 /// Length of a file name in a directory entry, NUL padded (qemu_fw_cfg.h
 /// FW_CFG_MAX_FILE_PATH).
 pub const FILE_NAME_LEN: usize = 56;
-/// One directory entry: u32 BE size, u16 BE select, u16 reserved, name
-/// (qemu_fw_cfg.h `struct fw_cfg_file`).
+/// One directory entry: u32 BE size, u16 BE select, u16 reserved, name (fw_cfg.rst, "File
+/// Directory (Key 0x0019, FW_CFG_FILE_DIR)"; qemu_fw_cfg.h `struct fw_cfg_file`).
 pub const FILE_ENTRY_LEN: usize = 4 + 2 + 2 + FILE_NAME_LEN;
 /// Bytes before the first directory entry: the u32 BE count.
 const DIR_HEADER_LEN: usize = 4;
 
-/// Most named files: their keys run from [`FW_CFG_FILE_FIRST`] up to the arch-local range
-/// (qemu_fw_cfg.h FW_CFG_WRITE_CHANNEL 0x4000 is the first key bit that is not an index).
+/// Most named files: their keys run from [`FW_CFG_FILE_FIRST`] to the last generic key
+/// 0x3FFF (fw_cfg.rst, "Ranges": 0x4000 up selects write mode or arch-specific items).
 pub const MAX_FILES: usize = 0x4000 - FW_CFG_FILE_FIRST as usize;
 
 /// Whether `port` is one of the device's two ports.

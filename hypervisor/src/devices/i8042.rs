@@ -1,7 +1,8 @@
 //! The smallest i8042 (PS/2 keyboard controller) a PC guest needs: no keyboard or mouse,
-//! a status register that always says "nothing to read, ready for a command" (so drivers
-//! that poll it, Linux's i8042 probe among them, end at once instead of waiting for a
-//! device), and the controller's CPU-reset line, which is how many kernels reboot.
+//! a status register that always says "nothing to read, ready for a command", and the
+//! controller's CPU-reset line, which is how many kernels reboot. An unanswered port
+//! would read 0xFF, "both buffers full", on which drivers spin; with this status Linux's
+//! i8042 probe sends its first command, times out waiting for the answer and gives up.
 //!
 //! Reference: IBM PC AT Technical Reference, "Keyboard Controller": the status register
 //! at port 0x64, the data port 0x60, and the command set (0xF0-0xFF: pulse output port).

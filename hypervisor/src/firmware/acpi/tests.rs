@@ -96,7 +96,7 @@ fn all_tables(memory: &GuestMemory, rsdp_address: u64) -> Vec<([u8; 4], &'static
         tables.push((t[..4].try_into().unwrap(), t));
     }
     let fadt = tables.iter().find(|(s, _)| s == b"FACP").expect("XSDT lists the FADT").1;
-    // X_DSDT at offset 140 (ACPI 6.5 §5.2.9, Table 5.9).
+    // X_DSDT at offset 140 (ACPI 6.5 §5.2.9, the FADT format table).
     tables.push((*b"DSDT", table(memory, u64_at(fadt, 140))));
     tables
 }
