@@ -16,8 +16,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("cpuid", &[]),
     ("devices", &["addr"]),
     ("loader", &["addr"]),
+    ("firmware", &["addr", "devices"]),
     ("backend", &["addr", "pages", "sync", "memslot", "mmu", "cpuid"]),
-    ("vm", &["addr", "pages", "sync", "memslot", "mmu", "cpuid", "devices", "loader", "backend"]),
+    ("vm", &["addr", "pages", "sync", "memslot", "mmu", "cpuid", "devices", "firmware", "loader", "backend"]),
     ("api", &["addr", "memslot", "mmu", "devices", "loader", "vm"]),
 ];
 

@@ -13,8 +13,11 @@
 //! [`irq`], the interrupt messages they exchange. They are host-tested but not yet on the
 //! bus or the vCPU entry path: each module's doc says how the VM is to drive it.
 
+pub mod acpi_pm;
 pub mod console;
 pub mod events;
+pub mod fw_cfg;
+pub mod i8042;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;
