@@ -40,6 +40,7 @@
 
 pub mod ops;
 pub mod paging;
+pub mod string_io;
 
 use iced_x86::{
     Code, Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, Mnemonic, OpKind, Register,
