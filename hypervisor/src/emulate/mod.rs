@@ -30,10 +30,22 @@
 //! [`EmulationError::GeneralProtection`] #GP(0), [`EmulationError::Unsupported`] #UD or
 //! ends the VM with the bytes in the reason. No byte sequence panics.
 //!
+//! How the VM drives it, on a nested page fault outside every slot:
+//! 1. fill a [`CpuState`] from the vCPU (CR0, CR3, CR4, EFER, CPL = SS.DPL, the six
+//!    segment bases, [`CodeSize::from_cs`] from EFER.LMA, CS.L, CS.D) and a [`Regs`] from
+//!    the backend's general registers plus RSP, RIP and RFLAGS (RSP lives in the
+//!    VMCS/VMCB, and `[rsp + 8]` is a valid device operand);
+//! 2. call [`emulate_mmio`] with the faulting guest-physical address, its guest memory and
+//!    a [`Mmio`] that routes addresses to the device models;
+//! 3. on `Ok`, copy RIP, RFLAGS and the registers back; on `PageFault` inject #PF with
+//!    that error code and CR2; on `GeneralProtection` inject #GP(0); on `GpaMismatch`
+//!    re-enter unchanged; on `Unsupported` inject #UD or end the VM with the bytes; on
+//!    `NotRam` end the VM.
+//!
 //! Not modelled: segment limits and access rights (the guest's own segments are trusted,
 //! only their bases are used), alignment checks, RFLAGS.TF single-step traps after an
-//! emulated instruction, LOCK atomicity (device models are accessed by one vCPU at a
-//! time anyway).
+//! emulated instruction, LOCK atomicity (a locked read-modify-write is a read and a write
+//! through [`Mmio`]; the VM keeps other vCPUs off the device model in between).
 //!
 //! String port I/O (INS/OUTS), which exits with the port already decoded, is in
 //! [`string_io`].
@@ -61,8 +73,8 @@ pub trait Mmio {
 }
 
 /// The general registers in the hardware's numbering (RAX = 0 .. R15 = 15, the order of
-/// ModRM and iced's `Register::number`), RIP and RFLAGS. The VM copies them from and back
-/// to the backend's registers around an emulation.
+/// ModRM's register fields), RIP and RFLAGS. The VM copies them from and back to the
+/// backend's registers around an emulation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Regs {
     pub gpr: [u64; 16],

@@ -184,6 +184,36 @@ fn mov_immediate_and_64bit_and_high_byte_stores() {
 }
 
 #[test]
+fn linux_fixmap_accesses_through_a_high_kernel_mapping() {
+    // Linux reaches the xAPIC through its fixmap: APIC_BASE = 0xffffffffff5fc000, mapped
+    // by PML4[511] -> PDPT[511] -> PD[0x1FA] -> PT[0x1FC] -> 0xFEE00000.
+    // mov 0xffffffffff5fc020,%eax ; mov %eax,0xffffffffff5fc0b0
+    let mut h = Harness::long64(&[0x8B, 0x04, 0x25, 0x20, 0xC0, 0x5F, 0xFF]);
+    h.mem.write(CODE + 7, &[0x89, 0x04, 0x25, 0xB0, 0xC0, 0x5F, 0xFF]).unwrap();
+    let flags = 0b011; // present, writable, supervisor
+    h.mem.put_u64(PML4 + 511 * 8, 0x5000 | flags);
+    h.mem.put_u64(0x5000 + 511 * 8, 0x6000 | flags);
+    h.mem.put_u64(0x6000 + 0x1FA * 8, 0x7000 | flags);
+    h.mem.put_u64(0x7000 + 0x1FC * 8, APIC | flags | 1 << 63);
+    h.mmio.values.insert(APIC + 0x20, 0x0100_0000);
+    assert_eq!(h.run(APIC + 0x20), Ok(Emulated::Completed));
+    assert_eq!(h.regs.gpr[Regs::RAX], 0x0100_0000);
+    assert_eq!(h.run(APIC + 0xB0), Ok(Emulated::Completed));
+    assert_eq!(h.mmio.events, vec![read(APIC + 0x20, 4), write(APIC + 0xB0, 4, 0x0100_0000)]);
+    assert_eq!(h.regs.rip, CODE + 14);
+    // The same access from user mode faults: the pages are supervisor-only.
+    h.cpu.control.cpl = 3;
+    h.regs.rip = CODE;
+    assert_eq!(
+        h.run(APIC + 0x20),
+        Err(EmulationError::PageFault {
+            error_code: PF_PRESENT | super::paging::PF_USER,
+            linear: 0xFFFF_FFFF_FF5F_C020
+        })
+    );
+}
+
+#[test]
 fn movzx_movsx_movsxd_extend_device_values() {
     // movzbl (%rbx),%eax
     let mut h = Harness::long64(&[0x0F, 0xB6, 0x03]);
