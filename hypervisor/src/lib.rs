@@ -12,6 +12,7 @@ pub mod api;
 pub mod backend;
 pub mod cpuid;
 pub mod devices;
+pub mod emulate;
 pub mod firmware;
 pub mod loader;
 pub mod memslot;

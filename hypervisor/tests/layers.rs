@@ -17,8 +17,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("devices", &["addr"]),
     ("loader", &["addr"]),
     ("firmware", &["addr", "devices"]),
+    ("emulate", &["addr"]),
     ("backend", &["addr", "pages", "sync", "memslot", "mmu", "cpuid"]),
-    ("vm", &["addr", "pages", "sync", "memslot", "mmu", "cpuid", "devices", "firmware", "loader", "backend"]),
+    (
+        "vm",
+        &[
+            "addr", "pages", "sync", "memslot", "mmu", "cpuid", "devices", "emulate", "firmware", "loader",
+            "backend",
+        ],
+    ),
     ("api", &["addr", "memslot", "mmu", "devices", "loader", "vm"]),
 ];
 
