@@ -106,6 +106,32 @@ fn vmx_hostile_guests_end_with_clear_reasons_and_the_next_guest_runs() {
     check_hostile_then_hello(transcript, 4);
 }
 
+/// msr16 reads IA32_APIC_BASE (the boot vCPU's value) and then an unknown MSR, whose #GP
+/// it takes in real mode through its IVT with FLAGS, CS and IP on its stack and no error
+/// code (it exits 1 if the stack says otherwise; VM entry used to refuse the injection on
+/// VMX, and SVM pushed an error code).
+fn check_msr16(transcript: &str) {
+    assert!(
+        transcript.contains("[vm 1] msr16: APIC base 0xfee00900, #GP without an error code"),
+        "{transcript}"
+    );
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert!(stat(&stats, "msr") >= 2, "{stats}");
+}
+
+#[test]
+fn svm_real_mode_guest_reads_apic_base_and_takes_gp_without_error_code() {
+    check_msr16(&run_svm("exit=1 guest=msr16 mem=1", 1));
+}
+
+#[test]
+fn vmx_real_mode_guest_reads_apic_base_and_takes_gp_without_error_code() {
+    let transcript = run_vmx("bochs-vmx-msr16", "exit=1 guest=msr16 mem=1", 1);
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_msr16(&transcript);
+}
+
 #[test]
 fn unknown_guest_names_are_refused_with_the_list_of_guests() {
     let mut console = Qemu::kernel(&elf(Profile::Debug), "exit=1 guest=nosuchguest").spawn().unwrap();
