@@ -132,6 +132,66 @@ fn vmx_real_mode_guest_reads_apic_base_and_takes_gp_without_error_code() {
     check_msr16(&transcript);
 }
 
+/// The registers the `cpuid` guest of VM 1 printed for `leaf` (subleaf 0).
+fn cpuid_leaf(transcript: &str, leaf: u32) -> [u32; 4] {
+    let prefix = format!("[vm 1] cpuid {leaf:#010x}.0: ");
+    let line = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no line for leaf {leaf:#x}:\n{transcript}"));
+    ["eax", "ebx", "ecx", "edx"].map(|reg| {
+        let value = field(line, reg).unwrap_or_else(|| panic!("no {reg} in {line}"));
+        u32::from_str_radix(value.trim_start_matches("0x"), 16).expect("hex")
+    })
+}
+
+/// What the CPUID policy (hypervisor/src/cpuid) promises, as the guest saw it.
+fn check_cpuid(transcript: &str) {
+    assert!(transcript.contains("[vm 1] cpuid: done"), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+    let bit = |leaf: u32, reg: usize, bit: u32| cpuid_leaf(transcript, leaf)[reg] & (1 << bit) != 0;
+    assert!(cpuid_leaf(transcript, 0)[0] <= 0x1F, "max basic leaf clamped");
+    assert!(bit(1, 2, 31), "hypervisor bit");
+    for (name, b) in [("vmx", 5), ("monitor", 3), ("pcid", 17), ("x2apic", 21), ("osxsave", 27)] {
+        assert!(!bit(1, 2, b), "leaf 1 ECX {name}");
+    }
+    assert!(!bit(1, 3, 9), "no APIC until the LAPIC model is wired");
+    assert_eq!(cpuid_leaf(transcript, 7)[0], 0, "leaf 7 has subleaf 0 only");
+    for (name, reg, b) in [("hle", 1, 4), ("rtm", 1, 11), ("invpcid", 1, 10), ("pku", 2, 3), ("la57", 2, 16)]
+    {
+        assert!(!bit(7, reg, b), "leaf 7 {name}");
+    }
+    assert_eq!(cpuid_leaf(transcript, 7)[3] & 0xAC00_0000, 0, "no speculation-control bits");
+    assert_eq!(cpuid_leaf(transcript, 0xA), [0; 4], "no PMU");
+    if !bit(1, 2, 26) {
+        assert_eq!(cpuid_leaf(transcript, 0xD), [0; 4], "no XSAVE leaf without XSAVE");
+    }
+    let [max, b, c, d] = cpuid_leaf(transcript, 0x4000_0000);
+    assert_eq!(max, 0x4000_0010);
+    let signature: Vec<u8> = [b, c, d].iter().flat_map(|r| r.to_le_bytes()).collect();
+    assert_eq!(signature, b"TaprootTaprt");
+    let [tsc_khz, bus_khz, _, _] = cpuid_leaf(transcript, 0x4000_0010);
+    assert!(tsc_khz > 0, "TSC kHz published");
+    assert_eq!(bus_khz, 1_000_000, "LAPIC bus kHz");
+    assert!(cpuid_leaf(transcript, 0x8000_0000)[0] <= 0x8000_001E, "max extended leaf clamped");
+    assert!(!bit(0x8000_0001, 2, 2), "no SVM");
+    assert!(!bit(0x8000_0001, 3, 27), "no RDTSCP");
+    assert!(bit(0x8000_0001, 3, 29), "long mode");
+    assert_eq!(cpuid_leaf(transcript, 0x8000_000A), [0; 4], "no SVM leaf");
+}
+
+#[test]
+fn svm_guest_sees_the_cpuid_policy() {
+    check_cpuid(&run_svm("exit=1 guest=cpuid", 1));
+}
+
+#[test]
+fn vmx_guest_sees_the_cpuid_policy() {
+    let transcript = run_vmx("bochs-vmx-cpuid", "exit=1 guest=cpuid", 1);
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_cpuid(&transcript);
+}
+
 #[test]
 fn unknown_guest_names_are_refused_with_the_list_of_guests() {
     let mut console = Qemu::kernel(&elf(Profile::Debug), "exit=1 guest=nosuchguest").spawn().unwrap();
