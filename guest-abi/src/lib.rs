@@ -214,10 +214,11 @@ pub mod cpuid {
     pub const SIGNATURE_LEAF: u32 = 0x4000_0000;
     /// Feature leaf: `eax` = feature bits, `ebx` = [`ABI_VERSION`], `ecx` = `edx` = 0.
     pub const FEATURES_LEAF: u32 = 0x4000_0001;
-    /// Timing leaf, as VMware defined it and Linux (`arch/x86/kernel/cpu/vmware.c`) and
-    /// other guests read it: `eax` = the TSC frequency in kHz, `ebx` = the local APIC
-    /// timer's bus frequency in kHz, `ecx` = `edx` = 0. The guest TSC runs at this rate
-    /// from the VM's start, so a guest need not calibrate it.
+    /// Timing leaf, the generic convention VMware proposed (lwn.net/Articles/301888) and
+    /// ACRN, illumos and others read from any hypervisor whose [`SIGNATURE_LEAF`] `eax`
+    /// reaches it (Linux, `arch/x86/kernel/cpu/vmware.c`, under VMware only): `eax` = the
+    /// TSC frequency in kHz, `ebx` = the local APIC timer's bus frequency in kHz, `ecx` =
+    /// `edx` = 0. The guest TSC runs at this rate, so a guest need not calibrate it.
     pub const TIMING_LEAF: u32 = 0x4000_0010;
     /// Highest hypervisor leaf. Leaves between [`FEATURES_LEAF`] and [`TIMING_LEAF`] read
     /// as zeroes.

@@ -108,8 +108,10 @@ fn vmx_hostile_guests_end_with_clear_reasons_and_the_next_guest_runs() {
 
 /// msr16 reads IA32_APIC_BASE (the boot vCPU's value) and then an unknown MSR, whose #GP
 /// it takes in real mode through its IVT with FLAGS, CS and IP on its stack and no error
-/// code (it exits 1 if the stack says otherwise; VM entry used to refuse the injection on
-/// VMX, and SVM pushed an error code).
+/// code (it exits 1 if the stack says otherwise). Before the fix, Bochs refused the VM
+/// entry that injected #GP with an error code into real mode; QEMU TCG drops such an
+/// error code itself, so under TCG only the APIC_BASE read would have failed (real AMD
+/// CPUs and KVM nested are stricter than TCG).
 fn check_msr16(transcript: &str) {
     assert!(
         transcript.contains("[vm 1] msr16: APIC base 0xfee00900, #GP without an error code"),
