@@ -407,4 +407,7 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_multiboot1(&run("exit=1 guest=hello,memtouch format=multiboot vcpus=2 mem=48 guest.mib=8", 2));
     check_roots(&run("exit=1 guest=roots", 1));
     check_hostile_then_hello(&run("exit=1 guest=triplefault,wild,spin,hello16 mem=1 timeout_ms=300", 4), 4);
+    // Where the emulators forgive: real-mode injection and what the host CPU advertises.
+    check_msr16(&run("exit=1 guest=msr16 mem=1", 1));
+    check_cpuid(&run("exit=1 guest=cpuid", 1));
 }
