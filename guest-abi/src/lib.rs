@@ -4,7 +4,7 @@
 //!
 //! - [`port`]: the I/O ports the device model answers.
 //! - [`hypercall`]: numbers, arguments and results of VMMCALL (AMD) / VMCALL (Intel).
-//! - [`cpuid`]: the hypervisor signature leaves at 0x4000_0000.
+//! - [`cpuid`]: the hypervisor leaves at 0x4000_0000 (signature, features, timing).
 //! - [`boot`]: the registers every vCPU of a guest starts with.
 #![no_std]
 #![deny(unsafe_code)]
@@ -214,8 +214,15 @@ pub mod cpuid {
     pub const SIGNATURE_LEAF: u32 = 0x4000_0000;
     /// Feature leaf: `eax` = feature bits, `ebx` = [`ABI_VERSION`], `ecx` = `edx` = 0.
     pub const FEATURES_LEAF: u32 = 0x4000_0001;
-    /// Highest hypervisor leaf.
-    pub const MAX_LEAF: u32 = FEATURES_LEAF;
+    /// Timing leaf, the generic convention VMware proposed (lwn.net/Articles/301888) and
+    /// ACRN, illumos and others read from any hypervisor whose [`SIGNATURE_LEAF`] `eax`
+    /// reaches it (Linux, `arch/x86/kernel/cpu/vmware.c`, under VMware only): `eax` = the
+    /// TSC frequency in kHz, `ebx` = the local APIC timer's bus frequency in kHz, `ecx` =
+    /// `edx` = 0. The guest TSC runs at this rate, so a guest need not calibrate it.
+    pub const TIMING_LEAF: u32 = 0x4000_0010;
+    /// Highest hypervisor leaf. Leaves between [`FEATURES_LEAF`] and [`TIMING_LEAF`] read
+    /// as zeroes.
+    pub const MAX_LEAF: u32 = TIMING_LEAF;
     /// Last leaf of the hypervisor range (leaves above [`MAX_LEAF`] read as zeroes).
     pub const RANGE_END: u32 = 0x4000_00FF;
 

@@ -1,6 +1,6 @@
 //! Hostile guests built into the image, for the tests that a guest never takes the
-//! hypervisor down: a few real-mode instructions each, assembled by hand (flat images
-//! loaded and entered at 0000:7C00).
+//! hypervisor down (and that real mode gets what a CPU gives it): a few real-mode
+//! instructions each, assembled by hand (flat images loaded and entered at 0000:7C00).
 
 /// Where the flat images are loaded and entered.
 pub const LOAD_GPA: u64 = 0x7C00;
@@ -32,6 +32,22 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
         // xor dx, dx; l: in al, dx; inc dx; jnz l; mov al, 0; out 0xF4, al; hlt
         &[0x31, 0xD2, 0xEC, 0x42, 0x75, 0xFC, 0xB0, 0x00, 0xE6, 0xF4, 0xF4],
         "reads every I/O port once, then exits 0",
+    ),
+    (
+        "msr16",
+        // cli; xor ax, ax; mov ds, ax; mov ss, ax; mov sp, 0x7000;
+        // mov word [13*4], handler; mov word [13*4+2], ax            (#GP vector -> 0000:handler)
+        // mov ecx, 0x1b; rdmsr; cmp eax, 0xfee00900; jne fail        (IA32_APIC_BASE of the BSP)
+        // mov ecx, 0x1234; faulting: rdmsr; mov al, 2; out 0xf4, al; hlt   (unknown MSR: #GP)
+        // handler: mov bx, sp; cmp bx, 0x7000 - 6; jne fail          (IP, CS, FLAGS: no error code)
+        // cmp word [bx], faulting; jne fail; cmp word [bx+2], 0; jne fail
+        // print msg; mov al, 0; out 0xf4, al; hlt; fail: mov al, 1; out 0xf4, al; hlt
+        b"\xFA\x31\xC0\x8E\xD8\x8E\xD0\xBC\x00\x70\xC7\x06\x34\x00\x30\x7C\xA3\x36\x00\x66\xB9\x1B\x00\x00\
+          \x00\x0F\x32\x66\x3D\x00\x09\xE0\xFE\x75\x34\x66\xB9\x34\x12\x00\x00\x0F\x32\xB0\x02\xE6\xF4\xF4\
+          \x89\xE3\x81\xFB\xFA\x6F\x75\x1F\x81\x3F\x29\x7C\x75\x19\x83\x7F\x02\x00\x75\x13\xBA\xF8\x03\xBE\
+          \x5C\x7C\xAC\x84\xC0\x74\x03\xEE\xEB\xF8\xB0\x00\xE6\xF4\xF4\xB0\x01\xE6\xF4\xF4\
+          msr16: APIC base 0xfee00900, #GP without an error code\n\0",
+        "reads IA32_APIC_BASE, then an unknown MSR: #GP through its IVT without an error code, exits 0",
     ),
 ];
 

@@ -112,6 +112,17 @@ pub enum Exit {
     },
 }
 
+/// Whether an exception injected into a guest whose CR0 is `cr0` carries an error code:
+/// only in protected mode. Real-mode delivery pushes none (FLAGS, CS, IP only); VMX entry
+/// fails with "deliver error code" set while the guest's CR0.PE is 0 (SDM Vol. 3C
+/// §27.2.1.3, which KVM's nested entry checks enforce), and SVM would push garbage (APM
+/// Vol. 2 §15.20). Both backends' injections ask here.
+#[must_use]
+pub const fn exception_error_code_valid(cr0: u64) -> bool {
+    const CR0_PE: u64 = 1 << 0;
+    cr0 & CR0_PE != 0
+}
+
 /// A vCPU's hardware side.
 pub trait BackendVcpu: Send {
     /// Puts the vCPU in `entry`'s state, as after INIT: the other registers are reset.
@@ -123,7 +134,8 @@ pub trait BackendVcpu: Send {
     /// Advances RIP past the instruction that caused the last exit (CPUID, VMMCALL/VMCALL,
     /// RDMSR/WRMSR, HLT). I/O exits carry their next RIP instead.
     fn skip_exiting_instruction(&mut self);
-    /// Injects #GP(0) at the next entry.
+    /// Injects #GP at the next entry: with error code 0 in protected mode, without one in
+    /// real mode ([`exception_error_code_valid`]).
     fn inject_general_protection(&mut self);
     /// Runs the guest on this CPU with `root_pointer` (nCR3 / EPTP) until the next exit.
     /// Interrupts are enabled on return; the host has taken any that caused the exit.
@@ -166,4 +178,19 @@ pub trait Backend: Send + Sync + 'static {
     fn clock() -> <Self::Platform as Platform>::Clock;
     /// The host's CPUID for `leaf`/`subleaf` (the guest's view is derived from it).
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4];
+    /// The host's TSC frequency in Hz (the guest's TSC runs at it), 0 if unknown.
+    fn tsc_hz() -> u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exception_error_code_valid;
+
+    #[test]
+    fn exceptions_carry_an_error_code_only_in_protected_mode() {
+        assert!(!exception_error_code_valid(0x10), "real mode: ET only");
+        assert!(!exception_error_code_valid(0x6000_0010), "real mode with caches off");
+        assert!(exception_error_code_valid(0x11), "protected mode, paging off");
+        assert!(exception_error_code_valid(0x8000_0011), "paging");
+    }
 }

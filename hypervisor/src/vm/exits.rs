@@ -1,6 +1,8 @@
-//! What the vCPU loop does with each exit, above the backend: CPUID, port I/O, MSRs,
-//! hypercalls, nested page faults, HLT, triple faults. The same code serves SVM and VMX.
+//! What the vCPU loop does with each exit, above the backend: CPUID (the VM's
+//! `cpuid::Policy`), port I/O, MSRs (`vm::msr`), hypercalls, nested page faults, HLT,
+//! triple faults. The same code serves SVM and VMX.
 
+use super::msr::{self, VcpuMsrs};
 use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
@@ -115,6 +117,8 @@ pub(crate) struct VcpuContext<'a, B: Backend> {
     pub vcpu: &'a mut B::Vcpu,
     pub mmu: &'a mut VcpuMmu<B::Platform>,
     pub as_id: AsId,
+    /// The MSRs the VM layer answers for this vCPU (`vm::msr`).
+    pub msrs: &'a mut VcpuMsrs,
 }
 
 pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flow {
@@ -125,7 +129,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             let regs = cx.vcpu.regs();
             let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
             let host = B::host_cpuid(leaf, subleaf);
-            let [a, b, c, d] = crate::cpuid::guest_view(leaf, subleaf, host, B::VENDOR, cx.index);
+            let [a, b, c, d] = cx.vm.cpuid.guest_view(leaf, subleaf, host, cx.index);
             let regs = cx.vcpu.regs_mut();
             (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
             cx.vcpu.skip_exiting_instruction();
@@ -162,10 +166,22 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
                 None => Flow::Continue,
             }
         }
-        Exit::Msr { .. } => {
-            // No MSR is emulated beyond what the backend switches itself: #GP, as a CPU
-            // without that MSR would raise.
-            cx.vcpu.inject_general_protection();
+        Exit::Msr { write } => {
+            let regs = *cx.vcpu.regs();
+            let msr = regs.rcx as u32;
+            let result = if write {
+                cx.msrs.write(msr, (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF))
+            } else {
+                cx.msrs.read(msr).map(|value| {
+                    let regs = cx.vcpu.regs_mut();
+                    (regs.rax, regs.rdx) = (value & 0xFFFF_FFFF, value >> 32);
+                })
+            };
+            match result {
+                Ok(()) => cx.vcpu.skip_exiting_instruction(),
+                // As a CPU without that MSR (or refusing that value) would do.
+                Err(msr::Gp) => cx.vcpu.inject_general_protection(),
+            }
             Flow::Continue
         }
         Exit::Hypercall => hypercall(cx),

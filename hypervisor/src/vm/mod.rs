@@ -10,6 +10,7 @@
 
 mod exits;
 pub mod lifecycle;
+pub mod msr;
 mod run_queue;
 mod stats;
 mod vcpu;
@@ -23,6 +24,7 @@ pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 use crate::addr::{Gpa, PAGE_SIZE};
 pub use crate::backend::BackendError;
 use crate::backend::{Backend, BackendVm, EntryMode, EntryState, GuestRegs};
+use crate::cpuid;
 use crate::devices::PortBus;
 use crate::devices::events::{Event, EventKind};
 use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
@@ -41,6 +43,9 @@ pub const MAX_MEMORY_MIB: u64 = 16 * 1024;
 pub const MAX_VCPUS: u32 = 64;
 /// The slot that holds guest RAM from address 0.
 pub const RAM_SLOT: SlotId = SlotId(0);
+/// The frequency a guest's local APIC timer counts at, as CPUID 4000_0010h tells it: 1 GHz,
+/// as under KVM (the LAPIC model, `devices::lapic`, takes it as `LapicConfig::bus_hz`).
+pub const LAPIC_BUS_HZ: u64 = 1_000_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmError {
@@ -105,6 +110,8 @@ pub struct Vm<B: Backend> {
     running_vcpus: AtomicUsize,
     entry: Mutex<Option<EntryState>>,
     pub(crate) exits: ExitCounts,
+    /// What the guest's CPUID says, fixed for the VM's life.
+    pub(crate) cpuid: cpuid::Policy,
     pub(crate) clock: fn() -> u64,
     /// Where complete console lines go as they are written (the image's launcher prints
     /// them); the console ring keeps every byte regardless.
@@ -116,6 +123,17 @@ pub struct Vm<B: Backend> {
     /// When the VM started, and when its guest first wrote to the console (0: not yet).
     started_ns: AtomicU64,
     first_console_ns: AtomicU64,
+}
+
+/// The CPUID policy for `B` on this host.
+fn cpuid_policy<B: Backend>() -> cpuid::Policy {
+    let facts = cpuid::HostFacts {
+        vendor: B::VENDOR,
+        gib_pages: B::caps().max_page_size == crate::addr::PageSize::Size1G,
+        tsc_hz: B::tsc_hz(),
+        lapic_bus_hz: LAPIC_BUS_HZ,
+    };
+    cpuid::Policy::new(facts, B::host_cpuid)
 }
 
 impl<B: Backend> Vm<B> {
@@ -145,6 +163,7 @@ impl<B: Backend> Vm<B> {
             running_vcpus: AtomicUsize::new(0),
             entry: Mutex::new(None),
             exits: ExitCounts::default(),
+            cpuid: cpuid_policy::<B>(),
             clock,
             console_sink: Mutex::new(None),
             deadline_ns: AtomicU64::new(0),

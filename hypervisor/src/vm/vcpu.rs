@@ -5,6 +5,7 @@
 
 use super::Vm;
 use super::exits::{self, Flow, VcpuContext};
+use super::msr::VcpuMsrs;
 use crate::backend::{Backend, BackendVcpu};
 use crate::memslot::AsId;
 use crate::mmu::{Role, VcpuMmu};
@@ -38,11 +39,13 @@ pub struct VcpuRunner<B: Backend> {
     vcpu: B::Vcpu,
     mmu: VcpuMmu<B::Platform>,
     as_id: AsId,
+    msrs: VcpuMsrs,
 }
 
 impl<B: Backend> VcpuRunner<B> {
     pub fn new(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> Self {
-        Self { vm: vm.clone(), index, vcpu, mmu: vm.mmu.create_vcpu(), as_id: AsId::Normal }
+        let mmu = vm.mmu.create_vcpu();
+        Self { vm: vm.clone(), index, vcpu, mmu, as_id: AsId::Normal, msrs: VcpuMsrs::new(index) }
     }
 
     pub fn index(&self) -> u32 {
@@ -62,6 +65,7 @@ impl<B: Backend> VcpuRunner<B> {
             vcpu: &mut self.vcpu,
             mmu: &mut self.mmu,
             as_id: self.as_id,
+            msrs: &mut self.msrs,
         };
         let end = loop {
             if cx.vm.stop.load(Ordering::SeqCst) {

@@ -341,9 +341,15 @@ impl BackendVcpu for SvmVcpu {
 
     fn inject_general_protection(&mut self) {
         const GP_VECTOR: u64 = 13;
+        // The error code (bits 63:32) is 0.
+        let error_code = if crate::backend::exception_error_code_valid(self.vmcb.read64(save::CR0)) {
+            vmcb::EVENT_ERROR_CODE_VALID
+        } else {
+            0
+        };
         self.vmcb.write64(
             control::EVENT_INJECTION,
-            vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | vmcb::EVENT_ERROR_CODE_VALID | GP_VECTOR,
+            vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | error_code | GP_VECTOR,
         );
     }
 
@@ -457,5 +463,9 @@ impl Backend for Svm {
 
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
         super::host::cpuid(leaf, subleaf)
+    }
+
+    fn tsc_hz() -> u64 {
+        libos::time::tsc_hz()
     }
 }

@@ -275,10 +275,17 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn inject_general_protection(&mut self) {
-        // Valid, type hardware exception (3), deliver error code, vector 13 (SDM §25.8.3).
-        const GP_EVENT: u64 = (1 << 31) | (3 << 8) | (1 << 11) | 13;
+        // Valid, type hardware exception (3), vector 13; deliver error code (bit 11) only in
+        // protected mode (SDM §25.8.3, §27.2.1.3).
+        const GP_EVENT: u64 = (1 << 31) | (3 << 8) | 13;
+        const DELIVER_ERROR_CODE: u64 = 1 << 11;
         if let Ok(v) = self.vmcs.current() {
-            let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT);
+            let error_code = if crate::backend::exception_error_code_valid(v.read(guest::CR0)) {
+                DELIVER_ERROR_CODE
+            } else {
+                0
+            };
+            let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT | error_code);
             let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
         }
     }
@@ -363,5 +370,9 @@ impl Backend for Vmx {
 
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
         super::host::cpuid(leaf, subleaf)
+    }
+
+    fn tsc_hz() -> u64 {
+        libos::time::tsc_hz()
     }
 }

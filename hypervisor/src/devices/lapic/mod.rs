@@ -54,7 +54,10 @@ mod timer;
 mod tests;
 
 use regs::*;
-pub use regs::{DEFAULT_APIC_BASE, IA32_APIC_BASE, IA32_TSC_DEADLINE, Lvt, X2APIC_MSRS, XAPIC_PAGE_BYTES};
+pub use regs::{
+    APIC_BASE_BSP, APIC_BASE_EN, DEFAULT_APIC_BASE, IA32_APIC_BASE, IA32_TSC_DEADLINE, Lvt, X2APIC_MSRS,
+    XAPIC_PAGE_BYTES,
+};
 use timer::{Timer, TimerClock, TimerMode};
 
 use super::irq::{DeliveryMode, DestinationMode, InterruptMessage, Shorthand, Trigger};

@@ -1,0 +1,228 @@
+//! CPUID policy: what a child guest sees. One table, [`FEATURES`] (in `table.rs`), lists
+//! every feature bit a guest may see with its rule (the host's bit, hidden, or fixed) and
+//! the reason; a feature bit not in the table is hidden. [`Policy`] applies it: built once
+//! per VM from what the host offers ([`Policy::new`]), it answers each CPUID exit with
+//! [`Policy::guest_view`] of the host's registers for the same leaf and subleaf.
+//!
+//! Leaves, beyond the feature bits:
+//! - leaf 0 / 8000_0000h: the highest leaf, clamped to [`MAX_BASIC_LEAF`] /
+//!   [`MAX_EXTENDED_LEAF`]; every leaf above the clamp, and every leaf this module does
+//!   not name, reads as zeroes (thermal, PMU (0Ah), trace, SGX, RDT, SVM (8000_000Ah),
+//!   ...);
+//! - leaf 1: the initial APIC ID (EBX[31:24]) is the vCPU index; leaves 0Bh and 1Fh: the
+//!   x2APIC ID (EDX) is the vCPU index; leaf 8000_001Eh on AMD: the extended APIC ID
+//!   (EAX) is the vCPU index;
+//! - leaf 7: subleaf 0 only (EAX, the highest subleaf, is 0);
+//! - leaf 0Dh: zeroes unless [`XSAVE_VIRTUALIZED`]; then x87, SSE and AVX state only;
+//! - data leaves passed as the host has them: cache descriptors and parameters (2, 4),
+//!   the TSC and processor frequencies (15h, 16h: the guest TSC runs at the host's rate),
+//!   the brand string and cache/TLB leaves (8000_0002h-8000_0006h), address sizes
+//!   (8000_0008h EAX);
+//! - leaves 4000_0000h-4FFF_FFFFh: Taproot's signature and features (see
+//!   `taproot_guest_abi::cpuid`) and the timing leaf 4000_0010h (TSC and local APIC bus
+//!   frequency in kHz, the VMware convention Linux and others read), zeroes beyond them.
+//!   An outer hypervisor's leaves (KVM's, when Taproot itself runs nested) never show
+//!   through.
+
+mod table;
+#[cfg(test)]
+mod tests;
+
+pub use table::{
+    EXT1_EDX_LEAF1_COPIES, FEATURES, Feature, Reg, Rule, SPECULATION_FEATURES, XSAVE_VIRTUALIZED, feature,
+    may_offer,
+};
+
+use taproot_guest_abi::cpuid as abi;
+
+/// Whose virtualization extension the host has (and so which hypercall instruction the
+/// guest must use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    /// SVM; hypercalls through VMMCALL.
+    Amd,
+    /// VMX; hypercalls through VMCALL.
+    Intel,
+}
+
+/// The highest basic leaf a guest sees (when the host has it): 1Fh, the V2 topology leaf.
+pub const MAX_BASIC_LEAF: u32 = 0x1F;
+/// The highest extended leaf a guest sees (when the host has it): 8000_001Eh, AMD's
+/// extended APIC ID.
+pub const MAX_EXTENDED_LEAF: u32 = 0x8000_001E;
+
+/// The registers that hold feature bits: only what [`FEATURES`] passes or fixes survives
+/// in them.
+pub const FEATURE_REGS: [(u32, u32, Reg); 10] = [
+    (0x1, 0, Reg::Ecx),
+    (0x1, 0, Reg::Edx),
+    (0x7, 0, Reg::Ebx),
+    (0x7, 0, Reg::Ecx),
+    (0x7, 0, Reg::Edx),
+    (0xD, 1, Reg::Eax),
+    (0x8000_0001, 0, Reg::Ecx),
+    (0x8000_0001, 0, Reg::Edx),
+    (0x8000_0007, 0, Reg::Edx),
+    (0x8000_0008, 0, Reg::Ebx),
+];
+
+/// CPUID.01h:EBX bits 31-24: initial local APIC ID.
+const LEAF1_EBX_APIC_ID_SHIFT: u32 = 24;
+/// XCR0 components a guest may enable when XSAVE is offered: x87, SSE, AVX (SDM Vol. 1
+/// §13.1).
+const XCR0_OFFERED: u32 = 0b111;
+/// XSAVE area of the legacy region and header (x87, SSE): SDM Vol. 1 §13.4.
+const XSAVE_LEGACY_BYTES: u32 = 576;
+const XCR0_AVX: u32 = 1 << 2;
+
+/// What the policy knows of the host and the backend, fixed for a VM's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    pub vendor: Vendor,
+    /// The backend's nested tables take 1 GiB pages (`Caps::max_page_size`).
+    pub gib_pages: bool,
+    /// The host TSC frequency, which is the guest's.
+    pub tsc_hz: u64,
+    /// The frequency the guest's local APIC timer counts at.
+    pub lapic_bus_hz: u64,
+}
+
+/// The CPUID a VM's guests see (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    facts: HostFacts,
+    max_basic: u32,
+    max_extended: u32,
+    /// Per [`FEATURE_REGS`] entry: the host bits that pass, the bits that are set.
+    masks: [(u32, u32); FEATURE_REGS.len()],
+    /// XSAVE area bytes for the offered components (leaf 0Dh EBX/ECX).
+    xsave_bytes: u32,
+}
+
+impl Policy {
+    /// The policy for a host whose CPUID is `host_cpuid(leaf, subleaf)`.
+    pub fn new(facts: HostFacts, host_cpuid: impl Fn(u32, u32) -> [u32; 4]) -> Self {
+        let max_basic = host_cpuid(0, 0)[0].min(MAX_BASIC_LEAF);
+        let host_max_extended = host_cpuid(0x8000_0000, 0)[0];
+        let max_extended = if host_max_extended >= 0x8000_0000 {
+            host_max_extended.min(MAX_EXTENDED_LEAF)
+        } else {
+            0x8000_0000
+        };
+        let mut masks = [(0, 0); FEATURE_REGS.len()];
+        for (mask, &(leaf, subleaf, reg)) in masks.iter_mut().zip(&FEATURE_REGS) {
+            *mask = table_mask(leaf, subleaf, reg, facts.gib_pages);
+        }
+        let ext1_edx = FEATURE_REGS.iter().position(|&r| r == (0x8000_0001, 0, Reg::Edx)).unwrap_or(0);
+        let (pass, set) = table_mask(1, 0, Reg::Edx, facts.gib_pages);
+        masks[ext1_edx].0 |= pass & EXT1_EDX_LEAF1_COPIES;
+        masks[ext1_edx].1 |= set & EXT1_EDX_LEAF1_COPIES;
+        let avx = host_cpuid(0xD, 0)[0] & XCR0_AVX != 0 && max_basic >= 0xD;
+        let xsave_bytes = if avx {
+            let [size, offset, _, _] = host_cpuid(0xD, 2);
+            offset + size
+        } else {
+            XSAVE_LEGACY_BYTES
+        };
+        Self { facts, max_basic, max_extended, masks, xsave_bytes }
+    }
+
+    /// What the guest sees in the feature register `reg` of `leaf`/`subleaf` when the
+    /// host has `host` there.
+    fn features(&self, leaf: u32, subleaf: u32, reg: Reg, host: u32) -> u32 {
+        match FEATURE_REGS.iter().position(|&r| r == (leaf, subleaf, reg)) {
+            Some(i) => (host & self.masks[i].0) | self.masks[i].1,
+            None => 0,
+        }
+    }
+
+    /// Whether `leaf` exists for the guest.
+    fn exists(&self, leaf: u32) -> bool {
+        match leaf {
+            0..=0x3FFF_FFFF => leaf <= self.max_basic,
+            0x4000_0000..=0x4FFF_FFFF => true,
+            0x8000_0000..=0x8FFF_FFFF => leaf <= self.max_extended,
+            _ => false,
+        }
+    }
+
+    /// What the guest sees for CPUID `leaf`/`subleaf` on vCPU `vcpu_index`, given the
+    /// host's `[eax, ebx, ecx, edx]` for the same leaf and subleaf.
+    #[must_use]
+    pub fn guest_view(&self, leaf: u32, subleaf: u32, host: [u32; 4], vcpu_index: u32) -> [u32; 4] {
+        if !self.exists(leaf) {
+            return [0; 4];
+        }
+        let [eax, ebx, ecx, edx] = host;
+        let feat = |reg: Reg| self.features(leaf, subleaf, reg, host[reg.index()]);
+        match leaf {
+            0x0 => [self.max_basic, ebx, ecx, edx],
+            0x1 => {
+                let ebx = (ebx & 0x00FF_FFFF) | ((vcpu_index & 0xFF) << LEAF1_EBX_APIC_ID_SHIFT);
+                [eax, ebx, feat(Reg::Ecx), feat(Reg::Edx)]
+            }
+            // Cache descriptors and deterministic cache parameters.
+            0x2 | 0x4 => host,
+            0x7 if subleaf == 0 => [0, feat(Reg::Ebx), feat(Reg::Ecx), feat(Reg::Edx)],
+            0xB | 0x1F => [eax, ebx, ecx, vcpu_index],
+            0xD if XSAVE_VIRTUALIZED => self.xsave_leaf(subleaf, host),
+            // TSC/crystal ratio and processor frequencies: the guest TSC is the host's.
+            0x15 | 0x16 => host,
+            abi::SIGNATURE_LEAF => {
+                let [b, c, d] = abi::signature_regs();
+                [abi::MAX_LEAF, b, c, d]
+            }
+            abi::FEATURES_LEAF => {
+                let features = match self.facts.vendor {
+                    Vendor::Amd => abi::FEATURE_HYPERCALL_VMMCALL,
+                    Vendor::Intel => 0,
+                };
+                [features, abi::ABI_VERSION, 0, 0]
+            }
+            abi::TIMING_LEAF => [khz(self.facts.tsc_hz), khz(self.facts.lapic_bus_hz), 0, 0],
+            0x8000_0000 => [self.max_extended, ebx, ecx, edx],
+            0x8000_0001 => [eax, ebx, feat(Reg::Ecx), feat(Reg::Edx)],
+            // Brand string, L1 and L2/L3 cache and TLB descriptors.
+            0x8000_0002..=0x8000_0006 => host,
+            0x8000_0007 => [0, 0, 0, feat(Reg::Edx)],
+            // Address sizes and core count; EDX (INVLPGB, RDPRU) hidden.
+            0x8000_0008 => [eax, feat(Reg::Ebx), ecx, 0],
+            0x8000_001E if self.facts.vendor == Vendor::Amd => [vcpu_index, ebx, ecx, edx],
+            _ => [0; 4],
+        }
+    }
+
+    /// Leaf 0Dh with XSAVE offered: the offered components, an area size that holds them
+    /// all (also for EBX, whatever the guest's XCR0: larger than needed is safe), the
+    /// extensions the table passes, and the AVX component's layout.
+    fn xsave_leaf(&self, subleaf: u32, host: [u32; 4]) -> [u32; 4] {
+        match subleaf {
+            0 => [host[0] & XCR0_OFFERED, self.xsave_bytes, self.xsave_bytes, 0],
+            1 => [self.features(0xD, 1, Reg::Eax, host[0]), 0, 0, 0],
+            2 => host,
+            _ => [0; 4],
+        }
+    }
+}
+
+/// `hz` in kHz, saturated to 32 bits.
+fn khz(hz: u64) -> u32 {
+    u32::try_from(hz / 1000).unwrap_or(u32::MAX)
+}
+
+/// The bits of `leaf`/`subleaf`/`reg` that [`FEATURES`] passes from the host, and the ones
+/// it sets.
+fn table_mask(leaf: u32, subleaf: u32, reg: Reg, gib_pages: bool) -> (u32, u32) {
+    let mut pass = 0;
+    let mut set = 0;
+    for f in FEATURES.iter().filter(|f| (f.leaf, f.subleaf, f.reg) == (leaf, subleaf, reg)) {
+        let bit = 1u32 << f.bit;
+        match f.rule {
+            Rule::Pass => pass |= bit,
+            Rule::PassIfGibPages if gib_pages => pass |= bit,
+            Rule::Fixed(true) => set |= bit,
+            Rule::PassIfGibPages | Rule::Hide | Rule::Fixed(false) => {}
+        }
+    }
+    (pass, set)
+}
