@@ -165,4 +165,6 @@ pub trait Backend: Send + Sync + 'static {
     fn clock() -> <Self::Platform as Platform>::Clock;
     /// The host's CPUID for `leaf`/`subleaf` (the guest's view is derived from it).
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4];
+    /// Each CPU's tag numbering (ASIDs, VPIDs): its generation and flushes so far.
+    fn tag_stats() -> alloc::vec::Vec<tags::TagStats>;
 }

@@ -31,6 +31,8 @@
 //! and call it on that CPU just before VM entry; the vCPU loop on a CPU is not preempted
 //! between the decision and the entry.
 
+use alloc::vec::Vec;
+
 /// What the entry must flush before it runs the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TagFlush {
@@ -147,34 +149,77 @@ impl CpuTags {
     }
 }
 
-/// The per-VM tag pool the backends still use (replaced by [`CpuTags`] in the next change).
-#[cfg(target_os = "none")]
-pub struct TagPool {
-    state: spin::Mutex<(u32, alloc::vec::Vec<u32>)>,
+/// The largest tag to hand out: the hardware's last (`hardware_tags` counts tag 0, the
+/// host's), lowered by the `max_tag=N` setting of the command line (at least 1, so a
+/// setting never turns tags off). 0 when the hardware has none.
+pub fn largest_tag(hardware_tags: u32, setting: Option<u32>) -> u32 {
+    let hardware = hardware_tags.saturating_sub(1);
+    match setting {
+        Some(max) if hardware > 0 => max.clamp(1, hardware),
+        _ => hardware,
+    }
 }
 
-#[cfg(target_os = "none")]
-impl TagPool {
-    pub const fn new() -> Self {
-        Self { state: spin::Mutex::new((1, alloc::vec::Vec::new())) }
+/// How a backend's CPUs number their tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagConfig {
+    pub cpus: usize,
+    /// 0: untagged.
+    pub max: u32,
+    pub rollover: Rollover,
+}
+
+/// One CPU's numbering, as `/v1/info` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagStats {
+    pub cpu: u32,
+    pub max_tag: u32,
+    pub generation: u64,
+    pub flushes: u64,
+}
+
+/// Every CPU's numbering, for a backend's static: set up by the first entry (or the first
+/// look at the stats) from the backend's `config`. Each CPU's lock is taken by that CPU at
+/// entry and by stats readers, never by an interrupt handler, so it is never contended for
+/// long.
+pub struct TagSpace {
+    config: fn() -> TagConfig,
+    cpus: spin::Once<Vec<spin::Mutex<CpuTags>>>,
+}
+
+impl TagSpace {
+    pub const fn new(config: fn() -> TagConfig) -> Self {
+        Self { config, cpus: spin::Once::new() }
     }
 
-    /// A free tag below `limit`, if any.
-    pub fn alloc(&self, limit: u32) -> Option<u32> {
-        let mut state = self.state.lock();
-        if let Some(tag) = state.1.pop() {
-            return Some(tag);
-        }
-        let tag = state.0;
-        if tag >= limit {
-            return None;
-        }
-        state.0 += 1;
-        Some(tag)
+    fn cpus(&self) -> &[spin::Mutex<CpuTags>] {
+        self.cpus.call_once(|| {
+            let config = (self.config)();
+            let numbering =
+                if config.max == 0 { CpuTags::untagged() } else { CpuTags::new(config.max, config.rollover) };
+            (0..config.cpus).map(|_| spin::Mutex::new(numbering.clone())).collect()
+        })
     }
 
-    pub fn free(&self, tag: u32) {
-        self.state.lock().1.push(tag);
+    /// [`CpuTags::on_entry`] on `cpu`, which must be the calling CPU.
+    pub fn on_entry(&self, cpu: usize, vcpu: &mut VcpuTag) -> TagDecision {
+        self.cpus()[cpu].lock().on_entry(cpu, vcpu)
+    }
+
+    pub fn stats(&self) -> Vec<TagStats> {
+        self.cpus()
+            .iter()
+            .enumerate()
+            .map(|(cpu, tags)| {
+                let tags = tags.lock();
+                TagStats {
+                    cpu: cpu as u32,
+                    max_tag: tags.max(),
+                    generation: tags.generation(),
+                    flushes: tags.flushes(),
+                }
+            })
+            .collect()
     }
 }
 

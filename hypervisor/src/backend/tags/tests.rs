@@ -176,3 +176,25 @@ fn no_vcpu_sees_another_vcpus_or_stale_translations_under_its_tag() {
         check_model(Rollover::FlushEachNewTag, false, seed);
     }
 }
+
+#[test]
+fn the_largest_tag_is_the_hardwares_last_lowered_by_the_setting() {
+    assert_eq!(largest_tag(16, None), 15);
+    assert_eq!(largest_tag(16, Some(2)), 2);
+    assert_eq!(largest_tag(16, Some(100)), 15);
+    assert_eq!(largest_tag(16, Some(0)), 1, "a setting never turns tags off");
+    assert_eq!(largest_tag(0, Some(4)), 0, "no tags without hardware ones");
+}
+
+#[test]
+fn the_tag_space_reports_each_cpus_generation_and_flushes() {
+    let space = TagSpace::new(|| TagConfig { cpus: 2, max: 1, rollover: Rollover::FlushAll });
+    let (mut a, mut b) = (VcpuTag::default(), VcpuTag::default());
+    for _ in 0..3 {
+        space.on_entry(1, &mut a);
+        space.on_entry(1, &mut b);
+    }
+    let stats = space.stats();
+    assert_eq!(stats[0], TagStats { cpu: 0, max_tag: 1, generation: 0, flushes: 0 });
+    assert_eq!(stats[1], TagStats { cpu: 1, max_tag: 1, generation: 6, flushes: 6 });
+}
