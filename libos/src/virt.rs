@@ -16,6 +16,9 @@ pub struct VmxCaps {
     pub invept_all: bool,
     pub vpid: bool,
     pub invvpid: bool,
+    /// INVVPID single-context and all-context (IA32_VMX_EPT_VPID_CAP bits 41 and 42).
+    pub invvpid_single: bool,
+    pub invvpid_all: bool,
     pub unrestricted_guest: bool,
     pub preemption_timer: bool,
     pub true_controls: bool,

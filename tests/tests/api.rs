@@ -378,15 +378,80 @@ fn the_api_answers_while_guests_spin_on_every_vcpu_cpu_and_stop_ends_them() {
     ok(client.delete("/v1/vms/busy"), 204);
 }
 
+/// Each CPU's tag numbering from `/v1/info`: (largest generation, total flushes).
+fn tag_generations(client: &Client) -> (u64, u64) {
+    let info = json(&ok(client.get("/v1/info"), 200));
+    let cpus = info["cpu_tags"].as_array().unwrap_or_else(|| panic!("no cpu_tags in {info}"));
+    let generation = cpus.iter().filter_map(|c| c["generation"].as_u64()).max().unwrap_or(0);
+    let flushes = cpus.iter().filter_map(|c| c["flushes"].as_u64()).sum();
+    (generation, flushes)
+}
+
 #[test]
-fn more_vms_than_asids_come_and_go() {
-    // QEMU's SVM has 16 ASIDs (15 for guests): they must be recycled.
+fn forty_vms_exist_at_once_and_each_runs_hello() {
+    // QEMU's SVM has 16 ASIDs (15 for guests): tags are taken per CPU at entry, so the
+    // number of VMs does not depend on them.
+    const VMS: usize = 40;
+    const AT_ONCE: usize = 10;
     let (_console, client) = boot();
-    for i in 0..24 {
-        ok(client.put(&format!("/v1/vms/v{i}"), br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
-        ok(client.put(&format!("/v1/vms/v{i}/image?format=flat&load=0x7c00"), b"\xb0\x00\xe6\xf4\xf4"), 200);
-        ok(client.post(&format!("/v1/vms/v{i}/actions"), br#"{"action": "start"}"#), 200);
-        assert_eq!(wait_state(&client, &format!("v{i}"), "exited")["exit_status"], 0);
+    let hello = guest("hello");
+    for i in 0..VMS {
+        ok(client.put(&format!("/v1/vms/v{i}"), br#"{"vcpus": 1, "memory_mib": 8}"#), 201);
+        ok(client.put(&format!("/v1/vms/v{i}/image?format=pvh&cmdline=n%3D{i}"), &hello), 200);
+    }
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], VMS);
+    // Started in groups that run at the same time.
+    for group in (0..VMS).collect::<Vec<_>>().chunks(AT_ONCE) {
+        for i in group {
+            ok(client.post(&format!("/v1/vms/v{i}/actions"), br#"{"action": "start"}"#), 200);
+        }
+        for i in group {
+            assert_eq!(wait_state(&client, &format!("v{i}"), "exited")["exit_status"], 0);
+            console_until(&client, &format!("v{i}"), &format!(r#"cmdline "n={i}""#));
+        }
+    }
+    let (generation, flushes) = tag_generations(&client);
+    assert!(generation > 1, "40 vCPUs on 15 ASIDs roll a CPU's numbering over ({generation})");
+    assert!(flushes >= generation, "one full flush per generation ({flushes} < {generation})");
+    for i in 0..VMS {
         ok(client.delete(&format!("/v1/vms/v{i}")), 204);
     }
+}
+
+#[test]
+fn tlbprobe_passes_while_two_tags_roll_over_under_it() {
+    // `max_tag=2`: with four vCPUs on the vCPU CPU, nearly every switch between them starts
+    // a new generation; a missing flush would let tlbprobe's reader see the discarded page.
+    let (_console, client) = boot_with(1024, |qemu| {
+        if let taproot_testbed::qemu::Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" max_tag=2");
+        }
+    });
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert!(
+        info["cpu_tags"].as_array().unwrap().iter().all(|c| c["max_tag"] == 2),
+        "the setting caps every CPU's tags: {info}"
+    );
+    ok(client.put("/v1/vms/probe", br#"{"vcpus": 2, "memory_mib": 64}"#), 201);
+    ok(client.put("/v1/vms/probe/image?format=pvh", &guest("tlbprobe")), 200);
+    ok(client.put("/v1/vms/touch", br#"{"vcpus": 2, "memory_mib": 64}"#), 201);
+    ok(client.put("/v1/vms/touch/image?format=pvh&cmdline=mib%3D16", &guest("memtouch")), 200);
+    ok(client.post("/v1/vms/touch/actions", br#"{"action": "start"}"#), 200);
+    ok(client.post("/v1/vms/probe/actions", br#"{"action": "start"}"#), 200);
+    let probe = console_until(&client, "probe", "tlbprobe: ");
+    assert_eq!(wait_state(&client, "probe", "exited")["exit_status"], 0, "{probe}");
+    assert!(probe.contains("tlbprobe: PASS"), "{probe}");
+    console_until(&client, "touch", "memtouch: verified 16 MiB");
+    assert_eq!(wait_state(&client, "touch", "exited")["exit_status"], 0);
+    let (generation, flushes) = tag_generations(&client);
+    assert!(generation > 2, "four vCPUs on two tags roll over often ({generation})");
+    assert_eq!(flushes, generation_sum(&client), "exactly one flush per generation");
+    ok(client.delete("/v1/vms/probe"), 204);
+    ok(client.delete("/v1/vms/touch"), 204);
+}
+
+/// The sum of every CPU's generation: with full flushes at rollovers, the number of flushes.
+fn generation_sum(client: &Client) -> u64 {
+    let info = json(&ok(client.get("/v1/info"), 200));
+    info["cpu_tags"].as_array().unwrap().iter().filter_map(|c| c["generation"].as_u64()).sum()
 }

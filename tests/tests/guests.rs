@@ -411,3 +411,41 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_msr16(&run("exit=1 guest=msr16 mem=1", 1));
     check_cpuid(&run("exit=1 guest=cpuid", 1));
 }
+
+/// Twenty `hello` VMs, then `tlbprobe` with three vCPUs, with one tag per CPU
+/// (`max_tag=1`): every switch between two vCPUs on a CPU starts a new generation with a
+/// full flush (SVM TLB_CONTROL flush-all, VMX INVVPID all-context), and tlbprobe's reader
+/// still sees the discarded page.
+const TWENTY_VMS_ON_ONE_TAG: &str = "exit=1 guest=hello,hello,hello,hello,hello,hello,hello,hello,hello,hello,\
+hello,hello,hello,hello,hello,hello,hello,hello,hello,hello,tlbprobe vcpus=3 mem=32 max_tag=1";
+
+fn check_twenty_vms_on_one_tag(transcript: &str) {
+    for id in 1..=20 {
+        assert!(transcript.contains(&format!("[vm {id}] hello from taproot guest")), "{transcript}");
+        assert_eq!(vm_end(transcript, id).0, 0, "vm {id}: {transcript}");
+    }
+    assert!(transcript.contains("[vm 21] tlbprobe: PASS"), "{transcript}");
+    assert_eq!(vm_end(transcript, 21).0, 0, "{transcript}");
+    // Each CPU's `<cpu>:<generation>/<flushes>` after the last VM: rollovers happened, one
+    // full flush each.
+    let line = transcript.lines().rfind(|l| l.starts_with("taproot: cpu tags")).expect("a tags line");
+    let mut generations = 0;
+    for cpu in line.split(' ').skip(4) {
+        let (generation, flushes) = cpu.split_once(':').unwrap().1.split_once('/').unwrap();
+        assert_eq!(generation, flushes, "one flush per generation: {line}");
+        generations += generation.parse::<u64>().unwrap();
+    }
+    assert!(generations > 21, "vCPUs sharing one tag roll over: {line}");
+}
+
+#[test]
+fn svm_runs_twenty_vms_and_tlbprobe_on_one_asid_per_cpu() {
+    check_twenty_vms_on_one_tag(&run_svm(TWENTY_VMS_ON_ONE_TAG, 21));
+}
+
+#[test]
+fn vmx_runs_twenty_vms_and_tlbprobe_on_one_vpid_per_cpu() {
+    let transcript = run_vmx("bochs-vmx-twenty", TWENTY_VMS_ON_ONE_TAG, 21);
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_twenty_vms_on_one_tag(&transcript);
+}

@@ -129,8 +129,8 @@ impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
         match &e {
             VmError::InvalidConfig(_) => ApiError::BadRequest(e.to_string()),
-            // Backend failures at creation are exhausted resources (ASIDs, VPIDs, memory for
-            // control structures), not bugs.
+            // Backend failures at creation are exhausted resources (memory for control
+            // structures), not bugs.
             VmError::Backend(_) => ApiError::Unavailable(format!("{e}; delete a VM and retry")),
             VmError::Memory(_) => ApiError::Unavailable(format!("{e}; delete a VM or a slot and retry")),
             VmError::BadImage(m) => ApiError::BadImage(m.clone()),

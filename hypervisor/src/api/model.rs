@@ -252,6 +252,22 @@ pub struct HypervisorInfo {
     /// exceed `memory_free_bytes` (overcommit): a VM that then finds no frame crashes.
     pub memory_assigned_bytes: u64,
     pub vms: u32,
+    /// Each CPU's hardware tag numbering (SVM ASIDs, VMX VPIDs); empty without a backend.
+    pub cpu_tags: Vec<CpuTagInfo>,
+}
+
+/// One CPU's hardware tags: a vCPU takes a tag of the CPU it enters on; when the CPU has
+/// handed out every number up to `max_tag`, its generation goes up and its TLB is flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTagInfo {
+    pub cpu: u32,
+    /// The largest tag handed out (0: untagged, the TLB is flushed at every entry).
+    pub max_tag: u32,
+    /// 0 before the first entry on the CPU, then 1 plus the rollovers.
+    pub generation: u64,
+    /// Flushes of the numbering: one per generation, or one per tag handed out where the
+    /// CPU cannot flush every tag at once.
+    pub flushes: u64,
 }
 
 /// `PUT /v1/vms/{id}/image`: how to read the uploaded bytes (from the query string).

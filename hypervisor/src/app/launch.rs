@@ -3,7 +3,8 @@
 //! [guest.<key>=<value> ...]`. The embedded guests carry both a PVH note and a multiboot1
 //! header: `format=elf` (the default) picks PVH, `format=multiboot` the other.
 //! The guest's console lines are printed as `[vm <id>] ...`; at the end the image prints
-//! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`.
+//! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`, then each
+//! CPU's tag numbering as `taproot: cpu tags generation/flushes <cpu>:<g>/<f> ...`.
 
 use super::sched;
 use crate::guests::GUESTS;
@@ -156,6 +157,11 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     crate::sys::console_write(
         format!("taproot: vm {} exited status={status} state={} stats={stats}\n", vm.id, state.name())
             .as_bytes(),
+    );
+    let tags: Vec<String> =
+        B::tag_stats().iter().map(|t| format!("{}:{}/{}", t.cpu, t.generation, t.flushes)).collect();
+    crate::sys::console_write(
+        format!("taproot: cpu tags generation/flushes {}\n", tags.join(" ")).as_bytes(),
     );
     let vm = Arc::try_unwrap(vm).map_err(|_| "VM still referenced after its vCPUs ended")?;
     vm.destroy();

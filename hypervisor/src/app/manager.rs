@@ -16,8 +16,8 @@ use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo,
-    VmStatus,
+    ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate,
+    VmId, VmInfo, VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
@@ -126,6 +126,19 @@ impl<B: Backend> ApiHandler for Manager<B> {
             memory_free_bytes: libos::mm::frame::free_bytes(),
             memory_assigned_bytes: self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum(),
             vms: self.vms.len() as u32,
+            cpu_tags: if self.virt.is_ok() {
+                B::tag_stats()
+                    .into_iter()
+                    .map(|t| CpuTagInfo {
+                        cpu: t.cpu,
+                        max_tag: t.max_tag,
+                        generation: t.generation,
+                        flushes: t.flushes,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -21,8 +21,11 @@ pub struct Caps {
     pub flush_one_vm: bool,
     /// VMX INVEPT all-context (SVM's TLB_CONTROL "flush all" always exists).
     pub flush_all: bool,
-    /// VMX INVVPID.
+    /// One tag's translations can be flushed (VMX INVVPID single-context).
     pub flush_tag: bool,
+    /// Every tag's translations can be flushed at once (VMX INVVPID all-context; SVM's
+    /// TLB_CONTROL "flush all" always exists).
+    pub flush_all_tags: bool,
     /// SVM NRIP save (VMX always reports the exiting instruction's length).
     pub next_rip: bool,
     /// SVM virtual GIF.
@@ -49,6 +52,7 @@ impl Caps {
             flush_one_vm: false,
             flush_all: false,
             flush_tag: false,
+            flush_all_tags: false,
             next_rip: false,
             vgif: false,
             accessed_dirty: false,

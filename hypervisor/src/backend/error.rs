@@ -16,8 +16,6 @@ pub enum BackendError {
     /// No memory for a control structure (host save areas, VMCB, VMCS, bitmaps) of
     /// `backend` (`SVM` or `VMX`).
     OutOfMemory { backend: &'static str },
-    /// Every hardware tag of kind `tag` (`ASID`, `VPID`) is taken by another VM.
-    NoTag { tag: &'static str },
     /// Preparing or doing a VM entry failed (VMCLEAR, VMPTRLD, VMWRITE, VMLAUNCH/VMRESUME,
     /// or the vCPU cannot enter on this CPU), with the VM-instruction error or the reason.
     VmEntryFailed { what: &'static str, error: String },
@@ -32,7 +30,6 @@ impl fmt::Display for BackendError {
                 write!(f, "{what} failed: {error}")
             }
             BackendError::OutOfMemory { backend } => write!(f, "out of memory for {backend} structures"),
-            BackendError::NoTag { tag } => write!(f, "no free {tag} for another VM"),
         }
     }
 }
@@ -48,7 +45,6 @@ mod tests {
             BackendError::OutOfMemory { backend: "SVM" }.to_string(),
             "out of memory for SVM structures"
         );
-        assert_eq!(BackendError::NoTag { tag: "ASID" }.to_string(), "no free ASID for another VM");
         let entry = BackendError::VmEntryFailed {
             what: "VMLAUNCH",
             error: "VM entry with invalid control field(s)".into(),

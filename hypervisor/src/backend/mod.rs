@@ -6,8 +6,8 @@
 //!
 //! Layout: `choice` picks the backend the CPUs offer (the only place that names SVM or
 //! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
-//! frames and the direct map); `tags` and `vcpu_set` are the VM tag pool and the flush
-//! protocol, also shared. Only the backends (and libos) contain `unsafe` code; everything
+//! frames and the direct map); `tags` (host-tested) hands out hardware tags per CPU and
+//! `vcpu_set` holds the flush protocol, also shared. Only the backends (and libos) contain `unsafe` code; everything
 //! above this module is ordinary Rust.
 
 mod caps;
@@ -19,7 +19,6 @@ pub mod choice;
 pub mod host;
 #[cfg(target_os = "none")]
 pub mod svm;
-#[cfg(target_os = "none")]
 pub mod tags;
 #[cfg(target_os = "none")]
 pub mod vcpu_set;
@@ -180,6 +179,8 @@ pub trait Backend: Send + Sync + 'static {
     fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4];
     /// The host's TSC frequency in Hz (the guest's TSC runs at it), 0 if unknown.
     fn tsc_hz() -> u64;
+    /// Each CPU's tag numbering (ASIDs, VPIDs): its generation and flushes so far.
+    fn tag_stats() -> alloc::vec::Vec<tags::TagStats>;
 }
 
 #[cfg(test)]

@@ -21,6 +21,28 @@
 //! whose flush takes effect at the next VM entry (both here: INVEPT on VMX, TLB_CONTROL on
 //! SVM) the vCPU epoch is what proves that entry happened: a vCPU reports quiescence only
 //! outside guest mode, so after its report it can no longer be walking the old tables.
+//!
+//! Flushing by a new tag. On SVM without flush-by-ASID the hook's "flush at the next entry"
+//! is "take a new ASID at the next entry" (`backend::tags`, as KVM's `svm_flush_tlb_asid`),
+//! which is as good as a flush and ordered before the frames are freed:
+//! 1. Unreachable. The old ASID's translations stay in the TLB of the CPU where the vCPU
+//!    used it, but ASIDs tag guest and nested translations alike, that CPU hands the number
+//!    to no other vCPU in its current generation, and the vCPU leaves it for good (it takes
+//!    a fresh number when it sees a flush request, and whenever it enters on another CPU).
+//!    Before the CPU reuses any number it starts a new generation with one flush of every
+//!    ASID. So no VMRUN after the vCPU's next entry can use them.
+//! 2. In time for the zap. The vCPU takes its new ASID in the step where it consumes the
+//!    request, before VMRUN; `flush` returns only once the vCPU has consumed the request or
+//!    left guest mode (`backend::vcpu_set`). Only the entry already under way when the
+//!    request was made can still use the old ASID, and it ends at that exit.
+//! 3. In time for the frames. [`Grace::reclaim`] frees a table page only after every vCPU
+//!    reported quiescence in a later epoch, and a vCPU reports only outside guest mode: by
+//!    then the entry of point 2 is over, and every later entry uses a new ASID.
+//!
+//! VMX keeps INVEPT for these flushes: VPIDs do not tag guest-physical translations, so a
+//! new VPID would not reach them. The host model in `backend::tags` checks points 1 and 2
+//! (no entry finds another vCPU's or pre-request translations under its tag) over random
+//! migrations, requests and rollovers; the request-and-kick handshake itself is unchanged.
 
 use super::lock::MmuExclusive;
 use super::stats::Counters;
@@ -35,7 +57,7 @@ use alloc::vec::Vec;
 /// correct, and today both backends flush everything cached for the VM whatever the scope
 /// (on VMX each vCPU runs INVEPT before its next entry, all-context where the CPU offers it,
 /// else single-context with the EPTP it enters with; on SVM a TLB_CONTROL flush of the
-/// VM's ASID, or of everything without flush-by-ASID).
+/// vCPU's ASID, or without flush-by-ASID a new ASID: see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushScope {
     /// Everything cached for this VM.

@@ -428,7 +428,7 @@ fn every_error_maps_to_its_status_and_internal_errors_are_500() {
     use crate::vm::VmError;
     let cases: Vec<(ApiError, u16)> = std::vec![
         (VmError::InvalidConfig("x".into()).into(), 400),
-        (VmError::Backend(crate::vm::BackendError::NoTag { tag: "ASID" }).into(), 503),
+        (VmError::Backend(crate::vm::BackendError::OutOfMemory { backend: "SVM" }).into(), 503),
         (VmError::Memory("x".into()).into(), 503),
         (VmError::BadImage("x".into()).into(), 422),
         (VmError::WrongState { action: "start", state: "running" }.into(), 409),

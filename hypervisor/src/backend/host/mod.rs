@@ -22,3 +22,9 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     [r.eax, r.ebx, r.ecx, r.edx]
 }
+
+/// The `max_tag=N` setting of the image's command line: the largest hardware tag (ASID,
+/// VPID) to hand out, so tests can force rollovers with few tags.
+pub fn max_tag_setting() -> Option<u32> {
+    libos::cmdline::value(libos::boot_info().cmdline(), "max_tag").and_then(|n| n.parse().ok())
+}

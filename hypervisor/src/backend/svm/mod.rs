@@ -2,14 +2,17 @@
 //!
 //! Per host CPU: EFER.SVME, a host save area (VM_HSAVE_PA) and a page for the host state
 //! that VMRUN does not switch (FS/GS/TR/LDTR, KernelGsBase, the syscall MSRs), which the
-//! world switch saves and restores with VMSAVE/VMLOAD around each run. Per vCPU: a VMCB.
-//! Per VM: an ASID, the I/O and MSR permission maps, and the nested page tables of the TDP
-//! MMU in NPT format.
+//! world switch saves and restores with VMSAVE/VMLOAD around each run, and its ASID
+//! numbering (`backend::tags`: a vCPU gets an ASID of the CPU it enters on). Per vCPU: a
+//! VMCB. Per VM: the I/O and MSR permission maps, and the nested page tables of the TDP MMU
+//! in NPT format.
 //!
 //! Works without NRIP save, decode assists, flush-by-ASID and VMCB clean bits (QEMU TCG
 //! has none of them): instruction lengths of the intercepted instructions are fixed, I/O
-//! exits carry the next RIP in EXITINFO2 regardless, a flush is TLB_CONTROL "flush all"
-//! unless flush-by-ASID exists, and every clean bit is left zero.
+//! exits carry the next RIP in EXITINFO2 regardless, a flush the MMU asks for is a new
+//! ASID for the vCPU unless flush-by-ASID exists (ASIDs tag guest and nested translations
+//! alike, so a new one reaches none of the old: KVM's `svm_flush_tlb_asid` does the same),
+//! and every clean bit is left zero.
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
 mod exit;
@@ -18,7 +21,7 @@ mod world_switch;
 
 use super::choice::{self, Choice};
 use super::host::{DirectMap, Frames, LibosClock};
-use super::tags::TagPool;
+use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
 use crate::addr::PageSize;
@@ -64,7 +67,7 @@ const IOPM_FRAMES: usize = 3;
 
 /// Each CPU's host save area and host VMSAVE area, kept for good once SVM is on there.
 static HOST_AREAS: [Once<(Frames, Frames)>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
-static ASIDS: TagPool = TagPool::new();
+static ASIDS: TagSpace = TagSpace::new(asid_config);
 static CAPS: Once<Caps> = Once::new();
 
 const OUT_OF_MEMORY: BackendError = BackendError::OutOfMemory { backend: "SVM" };
@@ -79,13 +82,24 @@ fn read_caps() -> Caps {
         tags: svm.asids,
         flush_one_vm: svm.flush_by_asid,
         flush_all: true,
-        flush_tag: false,
+        flush_tag: svm.flush_by_asid,
+        flush_all_tags: true,
         next_rip: svm.nrip_save,
         vgif: svm.vgif,
         accessed_dirty: true,
         preemption_timer: false,
         disabled_by_firmware: svm.disabled_by_firmware,
         features: libos::virt::VirtCaps::Svm(svm).features().to_string(),
+    }
+}
+
+/// Every CPU numbers ASIDs 1 to the CPU's last (or the `max_tag` setting) and flushes all
+/// of them at a rollover (TLB_CONTROL "flush all" always exists).
+fn asid_config() -> TagConfig {
+    TagConfig {
+        cpus: libos::smp::cpu_count(),
+        max: tags::largest_tag(Svm::caps().tags, super::host::max_tag_setting()),
+        rollover: Rollover::FlushAll,
     }
 }
 
@@ -129,7 +143,6 @@ fn host_vmsave_area(cpu: usize) -> Option<u64> {
 
 /// A VM's SVM resources, shared by its vCPUs and its MMU's flush hook.
 pub struct SvmVm {
-    asid: u32,
     /// The I/O and MSR permission maps, all ones (every port and MSR access exits) but for
     /// [`PASSTHROUGH_MSRS`].
     iopm: Frames,
@@ -151,14 +164,7 @@ impl SvmVm {
             let bit = offset * 8 + (msr - base) as usize * 2;
             map[bit / 8] &= !(0b11 << (bit % 8));
         }
-        let asid = ASIDS.alloc(Svm::caps().tags).ok_or(BackendError::NoTag { tag: "ASID" })?;
-        Ok(Arc::new(Self { asid, iopm, msrpm, vcpus: VcpuSet::default() }))
-    }
-}
-
-impl Drop for SvmVm {
-    fn drop(&mut self) {
-        ASIDS.free(self.asid);
+        Ok(Arc::new(Self { iopm, msrpm, vcpus: VcpuSet::default() }))
     }
 }
 
@@ -175,7 +181,7 @@ impl BackendVm for SvmVm {
 
 /// The MMU's flush hook for one VM: the protocol of `backend::vcpu_set` (INTR is
 /// intercepted, so a kicked guest exits even with interrupts masked inside it); the flush
-/// itself is TLB_CONTROL at the next VMRUN.
+/// itself happens at the next VMRUN: TLB_CONTROL flush-by-ASID, or a new ASID.
 impl TlbFlush for SvmVm {
     fn flush(&self, _scope: FlushScope) {
         self.vcpus.flush();
@@ -186,12 +192,13 @@ impl TlbFlush for SvmVm {
     }
 }
 
-/// One vCPU: its VMCB and the registers VMRUN does not switch.
+/// One vCPU: its VMCB, the registers VMRUN does not switch, and its ASID.
 pub struct SvmVcpu {
     vm: Arc<SvmVm>,
     vmcb: Vmcb,
     regs: GuestRegs,
     sync: Arc<VcpuSync>,
+    tag: VcpuTag,
 }
 
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
@@ -200,7 +207,8 @@ impl SvmVcpu {
     pub fn new(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<Self, BackendError> {
         let vmcb = Vmcb::new(Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?);
         let sync = vm.vcpus.register();
-        let mut vcpu = Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync };
+        let mut vcpu =
+            Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync, tag: VcpuTag::default() };
         vcpu.init_controls();
         vcpu.reset(entry);
         Ok(vcpu)
@@ -238,10 +246,29 @@ impl SvmVcpu {
         v.write64(control::IOPM_BASE_PA, self.vm.iopm.phys());
         v.write64(control::MSRPM_BASE_PA, self.vm.msrpm.phys());
         v.write64(control::TSC_OFFSET, 0);
-        v.write32(control::GUEST_ASID, self.vm.asid);
         v.write64(control::VINTR, vmcb::V_INTR_MASKING);
         v.write64(control::NESTED_CONTROL, vmcb::NP_ENABLE);
         v.write32(control::CLEAN_BITS, 0);
+    }
+
+    /// Just before VMRUN on `cpu`: marks the vCPU in the guest, sets its ASID for this CPU
+    /// and returns the TLB_CONTROL the entry needs. A flush the MMU asked for is a
+    /// flush-by-ASID where the CPU has it, else a new ASID.
+    fn choose_asid(&mut self, cpu: usize) -> u8 {
+        let flush_by_asid = Svm::caps().flush_one_vm;
+        let flush_requested = self.sync.entering(cpu);
+        if flush_requested && !flush_by_asid {
+            self.tag.forget();
+        }
+        let decision = ASIDS.on_entry(cpu, &mut self.tag);
+        self.vmcb.write32(control::GUEST_ASID, decision.tag);
+        match decision.flush {
+            TagFlush::All => vmcb::TLB_CONTROL_FLUSH_ALL,
+            TagFlush::ThisTag if !flush_by_asid => vmcb::TLB_CONTROL_FLUSH_ALL,
+            TagFlush::ThisTag => vmcb::TLB_CONTROL_FLUSH_ASID,
+            TagFlush::None if flush_requested && flush_by_asid => vmcb::TLB_CONTROL_FLUSH_ASID,
+            TagFlush::None => vmcb::TLB_CONTROL_NOTHING,
+        }
     }
 
     pub fn sync(&self) -> &Arc<VcpuSync> {
@@ -363,15 +390,7 @@ impl BackendVcpu for SvmVcpu {
                 return Exit::InvalidState;
             };
             self.vmcb.write64(control::NESTED_CR3, root_pointer);
-            let tlb = if self.sync.entering(cpu) {
-                if Svm::caps().flush_one_vm {
-                    vmcb::TLB_CONTROL_FLUSH_ASID
-                } else {
-                    vmcb::TLB_CONTROL_FLUSH_ALL
-                }
-            } else {
-                vmcb::TLB_CONTROL_NOTHING
-            };
+            let tlb = self.choose_asid(cpu);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
             // SAFETY: SVM is enabled on this CPU (checked above: its areas exist), the VMCB
@@ -467,5 +486,9 @@ impl Backend for Svm {
 
     fn tsc_hz() -> u64 {
         libos::time::tsc_hz()
+    }
+
+    fn tag_stats() -> alloc::vec::Vec<tags::TagStats> {
+        ASIDS.stats()
     }
 }

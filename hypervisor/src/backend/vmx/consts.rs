@@ -79,6 +79,7 @@ pub const CR0_PG: u64 = 1 << 31;
 pub const INVEPT_SINGLE_CONTEXT: u64 = 1;
 pub const INVEPT_ALL_CONTEXT: u64 = 2;
 pub const INVVPID_SINGLE_CONTEXT: u64 = 1;
+pub const INVVPID_ALL_CONTEXT: u64 = 2;
 /// The power-on PAT (SDM Vol. 3A §13.12.4).
 pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 

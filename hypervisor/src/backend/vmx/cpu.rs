@@ -47,10 +47,13 @@ pub fn caps() -> &'static Caps {
             } else {
                 PageSize::Size4K
             },
-            tags: if vmx.vpid { VPID_LIMIT } else { 0 },
+            // VPIDs need an INVVPID type to make a reused number safe; without one, run
+            // untagged (VM entry and exit then flush the guest's linear translations).
+            tags: if vmx.invvpid_single || vmx.invvpid_all { VPID_LIMIT } else { 0 },
             flush_one_vm: vmx.invept_single,
             flush_all: vmx.invept_all,
-            flush_tag: vmx.invvpid,
+            flush_tag: vmx.invvpid_single,
+            flush_all_tags: vmx.invvpid_all,
             next_rip: true,
             vgif: false,
             accessed_dirty: vmx.ept_ad,

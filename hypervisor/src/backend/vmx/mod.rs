@@ -4,8 +4,12 @@
 //! firmware left it unlocked), CR0/CR4 fixed bits, CR4.VMXE and a VMXON region. Per vCPU: a
 //! VMCS (`vmcs`), bound to and filled (`setup`) on the CPU the vCPU runs on: vCPUs stay on
 //! one CPU, since a VMCS that moves must be VMCLEARed on its old CPU first, which nothing
-//! here needs yet. Per VM: a VPID, the I/O and MSR bitmaps, and the EPT tables of the TDP
-//! MMU. Each exit is decoded by `exit`; MOVs to CR0/CR4 that touch a bit VMX fixes are
+//! here needs yet. Per VM: the I/O and MSR bitmaps, and the EPT tables of the TDP MMU. Per
+//! CPU: the VPID numbering (`backend::tags`: a vCPU gets a VPID of the CPU it enters on,
+//! written into its VMCS when it changes). A flush the MMU asks for stays an INVEPT: VPIDs
+//! do not tag guest-physical (EPT-only) translations, so a new VPID would not reach them
+//! (SDM Vol. 3C §29.4.1). Without VPIDs the guest runs untagged, and every VM entry and
+//! exit flushes its linear translations (SDM Vol. 3C §29.4.3.3). Each exit is decoded by `exit`; MOVs to CR0/CR4 that touch a bit VMX fixes are
 //! emulated by `cr` without leaving the backend.
 //!
 //! Guests start in real mode or 32-bit protected mode with paging off, which needs the
@@ -22,7 +26,7 @@ mod vmcs;
 mod world_switch;
 
 use super::host::{DirectMap, Frames, LibosClock};
-use super::tags::TagPool;
+use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryState, Exit, GuestRegs};
 use crate::mmu::{FlushScope, TlbFlush};
@@ -35,11 +39,22 @@ use setup::VmResources;
 use vmcs::{Current, Vmcs};
 use x86::vmx::vmcs::{control, guest, ro};
 
-static VPIDS: TagPool = TagPool::new();
+static VPIDS: TagSpace = TagSpace::new(vpid_config);
+
+/// Every CPU numbers VPIDs 1 to 65535 (or the `max_tag` setting): a rollover flushes all of
+/// them with INVVPID all-context where the CPU has it, else each VPID is flushed
+/// (single-context) as it is handed out.
+fn vpid_config() -> TagConfig {
+    let caps = Vmx::caps();
+    TagConfig {
+        cpus: libos::smp::cpu_count(),
+        max: tags::largest_tag(caps.tags, super::host::max_tag_setting()),
+        rollover: if caps.flush_all_tags { Rollover::FlushAll } else { Rollover::FlushEachNewTag },
+    }
+}
 
 /// A VM's VMX resources.
 pub struct VmxVm {
-    vpid: u16,
     /// I/O bitmaps A and B (two pages) and the MSR bitmap (one page), all ones (every port
     /// and MSR access exits) but for [`PASSTHROUGH_MSRS`].
     io_bitmaps: Frames,
@@ -68,22 +83,11 @@ impl VmxVm {
                 map[offset + bit / 8] &= !(1 << (bit % 8));
             }
         }
-        let vpid = VPIDS.alloc(cpu::VPID_LIMIT).ok_or(BackendError::NoTag { tag: "VPID" })?;
-        Ok(Arc::new(Self { vpid: vpid as u16, io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
+        Ok(Arc::new(Self { io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
     }
 
     fn resources(&self) -> VmResources {
-        VmResources {
-            io_bitmaps: self.io_bitmaps.phys(),
-            msr_bitmap: self.msr_bitmap.phys(),
-            vpid: self.vpid,
-        }
-    }
-}
-
-impl Drop for VmxVm {
-    fn drop(&mut self) {
-        VPIDS.free(self.vpid as u32);
+        VmResources { io_bitmaps: self.io_bitmaps.phys(), msr_bitmap: self.msr_bitmap.phys() }
     }
 }
 
@@ -134,6 +138,9 @@ pub struct VmxVcpu {
     entry: EntryState,
     cr: CrShadows,
     eptp: u64,
+    /// The VPID numbering's view of this vCPU, and the VPID its VMCS holds.
+    tag: VcpuTag,
+    vpid: u32,
     last_exit_reason: u32,
 }
 
@@ -141,8 +148,8 @@ impl VmxVcpu {
     pub fn new(vm: &Arc<VmxVm>, entry: &EntryState) -> Result<Self, BackendError> {
         let vmcs = Vmcs::new(cpu::host().revision)?;
         let sync = vm.vcpus.register();
-        // The EPT root and the VPID may have served another VM on this CPU: flush both
-        // before the first entry (INVEPT here, INVVPID at VMCS setup).
+        // The EPT root may have served another VM on this CPU: INVEPT before the first
+        // entry. Its VPID is fresh from this CPU's numbering, under which nothing is cached.
         sync.request_flush();
         Ok(Self {
             vm: vm.clone(),
@@ -153,6 +160,8 @@ impl VmxVcpu {
             entry: *entry,
             cr: CrShadows::default(),
             eptp: 0,
+            tag: VcpuTag::default(),
+            vpid: 0,
             last_exit_reason: 0,
         })
     }
@@ -165,9 +174,7 @@ impl VmxVcpu {
         let v = self.vmcs.current()?;
         let caps = Vmx::caps();
         setup::write_controls(&v, caps, cpu::host(), &self.vm.resources())?;
-        if caps.tags > 0 && caps.flush_tag {
-            cpu::invvpid(INVVPID_SINGLE_CONTEXT, self.vm.vpid);
-        }
+        self.vpid = 0;
         setup::write_host_state(&v)?;
         setup::write_guest_state(&v, cpu::host(), &mut self.cr, &self.entry)?;
         self.regs = self.entry.regs;
@@ -192,6 +199,7 @@ impl VmxVcpu {
                 v.write(guest::VMX_PREEMPTION_TIMER_VALUE, preemption_timer_ticks())?;
             }
             let cpu = libos::smp::current_cpu();
+            choose_vpid(&v, cpu, &mut self.tag, &mut self.vpid)?;
             if self.sync.entering(cpu) {
                 if caps.flush_all {
                     cpu::invept(INVEPT_ALL_CONTEXT, 0);
@@ -223,6 +231,25 @@ impl VmxVcpu {
     }
 }
 
+/// Just before VM entry on `cpu`: this CPU's VPID for the vCPU (`tag`), into the current
+/// VMCS if it differs from the one there (`vpid`), and the INVVPID the numbering asks for.
+fn choose_vpid(v: &Current, cpu: usize, tag: &mut VcpuTag, vpid: &mut u32) -> Result<(), BackendError> {
+    if Vmx::caps().tags == 0 {
+        return Ok(());
+    }
+    let decision = VPIDS.on_entry(cpu, tag);
+    if decision.tag != *vpid {
+        v.write(control::VPID, decision.tag as u64)?;
+        *vpid = decision.tag;
+    }
+    match decision.flush {
+        TagFlush::All => cpu::invvpid(INVVPID_ALL_CONTEXT, 0),
+        TagFlush::ThisTag => cpu::invvpid(INVVPID_SINGLE_CONTEXT, decision.tag as u16),
+        TagFlush::None => {}
+    }
+    Ok(())
+}
+
 /// Advances the guest's RIP past the instruction that caused the last exit (VMX reports its
 /// length).
 fn skip_instruction(v: &Current) {
@@ -244,10 +271,9 @@ impl BackendVcpu for VmxVcpu {
             && let Ok(v) = self.vmcs.current()
         {
             let _ = setup::write_guest_state(&v, cpu::host(), &mut self.cr, entry);
-            if Vmx::caps().flush_tag {
-                cpu::invvpid(INVVPID_SINGLE_CONTEXT, self.vm.vpid);
-            }
         }
+        // The guest's linear translations from before the reset: a new VPID has none.
+        self.tag.forget();
     }
 
     fn regs(&self) -> &GuestRegs {
@@ -374,5 +400,9 @@ impl Backend for Vmx {
 
     fn tsc_hz() -> u64 {
         libos::time::tsc_hz()
+    }
+
+    fn tag_stats() -> alloc::vec::Vec<tags::TagStats> {
+        VPIDS.stats()
     }
 }

@@ -16,11 +16,10 @@ use x86::msr;
 use x86::vmx::vmcs::{self, control, guest, host};
 
 /// What a VMCS's controls name of its VM: the I/O bitmaps A and B (two consecutive
-/// pages), the MSR bitmap, and the VPID.
+/// pages) and the MSR bitmap.
 pub struct VmResources {
     pub io_bitmaps: u64,
     pub msr_bitmap: u64,
-    pub vpid: u16,
 }
 
 /// `(desired | must-be-one) & may-be-one`, failing with the names of required bits the
@@ -99,9 +98,6 @@ pub fn write_controls(
     v.write(control::VMEXIT_MSR_LOAD_COUNT, 0)?;
     v.write(control::VMENTRY_MSR_LOAD_COUNT, 0)?;
     v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
-    if caps.tags > 0 {
-        v.write(control::VPID, vm.vpid as u64)?;
-    }
     // The bits VMX fixes to one (NE, VMXE) are host-owned and hidden by the shadows (see
     // `cr`); every other bit is the guest's own.
     v.write(control::CR0_GUEST_HOST_MASK, CR0_NE)?;

@@ -37,6 +37,8 @@ const EPT_CAP_AD: u64 = 1 << 21;
 const EPT_CAP_INVEPT_SINGLE: u64 = 1 << 25;
 const EPT_CAP_INVEPT_ALL: u64 = 1 << 26;
 const EPT_CAP_INVVPID: u64 = 1 << 32;
+const EPT_CAP_INVVPID_SINGLE: u64 = 1 << 41;
+const EPT_CAP_INVVPID_ALL: u64 = 1 << 42;
 
 // AMD VM_CR MSR, bit 4 SVMDIS: SVM disabled by firmware (APM Vol. 2 §15.30.1).
 const VM_CR: u32 = 0xC001_0114;
@@ -102,6 +104,8 @@ fn detect_vmx() -> VmxCaps {
         invept_all: ept && cap & EPT_CAP_INVEPT_ALL != 0,
         vpid,
         invvpid: vpid && cap & EPT_CAP_INVVPID != 0,
+        invvpid_single: vpid && cap & EPT_CAP_INVVPID != 0 && cap & EPT_CAP_INVVPID_SINGLE != 0,
+        invvpid_all: vpid && cap & EPT_CAP_INVVPID != 0 && cap & EPT_CAP_INVVPID_ALL != 0,
         unrestricted_guest: secondary & PROCBASED2_UNRESTRICTED_GUEST != 0,
         preemption_timer: allowed1(IA32_VMX_PINBASED_CTLS) & PINBASED_PREEMPTION_TIMER != 0,
         true_controls: basic & VMX_BASIC_TRUE_CTLS != 0,
