@@ -8,8 +8,8 @@
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::model::{
-    Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
-    VmInfo, VmStatus,
+    Action, ConnectionCounters, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo,
+    MemslotSpec, VmCreate, VmId, VmInfo, VmStatus,
 };
 use crate::devices::ConsoleRing;
 use crate::loader::{self, GuestConfig};
@@ -131,6 +131,7 @@ impl ApiHandler for MockHypervisor {
             memory_free_bytes: self.free_memory_mib << 20,
             memory_assigned_bytes: self.vms.values().flat_map(|vm| vm.slots.values()).map(|s| s.size).sum(),
             vms: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
+            connections: ConnectionCounters::default(),
         })
     }
 

@@ -252,6 +252,26 @@ pub struct HypervisorInfo {
     /// exceed `memory_free_bytes` (overcommit): a VM that then finds no frame crashes.
     pub memory_assigned_bytes: u64,
     pub vms: u32,
+    /// The API server's sockets and what admission did ([`super::admission`]).
+    pub connections: ConnectionCounters,
+}
+
+/// `GET /v1/info` `connections`: the API server's sockets now, and counts since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCounters {
+    /// Sockets on the API port.
+    pub sockets_total: u32,
+    /// Sockets listening for a new connection.
+    pub sockets_listening: u32,
+    /// Sockets carrying a connection or closing one (`sockets_total` less the listening).
+    pub sockets_in_use: u32,
+    /// Unauthenticated connections aborted to keep sockets listening or a peer under its
+    /// cap.
+    pub connections_evicted: u64,
+    /// Connections closed by a deadline: a request or first head too slow, idle too long,
+    /// a silent peer (TCP timeout) or a socket stuck closing.
+    pub deadlines_hit: u64,
 }
 
 /// `PUT /v1/vms/{id}/image`: how to read the uploaded bytes (from the query string).

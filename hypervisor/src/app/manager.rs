@@ -16,8 +16,8 @@ use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo,
-    VmStatus,
+    ConnectionCounters, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec,
+    VmCreate, VmId, VmInfo, VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
@@ -60,11 +60,21 @@ pub struct Manager<B: Backend> {
     virt: Result<(), String>,
     /// Bytes reserved by uploads in flight (see [`upload_budget`]).
     uploading_bytes: u64,
+    /// The API server's socket counters, which it updates as it polls (`/v1/info` shows
+    /// them).
+    pub connections: ConnectionCounters,
 }
 
 impl<B: Backend> Manager<B> {
     pub fn new(virt: Result<(), String>) -> Self {
-        Self { vms: HashMap::new(), next_vm_number: 1, next_cpu: 0, virt, uploading_bytes: 0 }
+        Self {
+            vms: HashMap::new(),
+            next_vm_number: 1,
+            next_cpu: 0,
+            virt,
+            uploading_bytes: 0,
+            connections: ConnectionCounters::default(),
+        }
     }
 
     fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
@@ -126,6 +136,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             memory_free_bytes: libos::mm::frame::free_bytes(),
             memory_assigned_bytes: self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum(),
             vms: self.vms.len() as u32,
+            connections: self.connections,
         })
     }
 
