@@ -270,7 +270,7 @@ pub struct ConnectionCounters {
     /// cap.
     pub connections_evicted: u64,
     /// Connections closed by a deadline: a request or first head too slow, idle too long,
-    /// a silent peer (TCP timeout) or a socket stuck closing.
+    /// or a socket stuck closing (smoltcp's own timeout on a silent peer is not counted).
     pub deadlines_hit: u64,
 }
 
