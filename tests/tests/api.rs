@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use taproot_testbed::Console;
 use taproot_testbed::api::{Client, Response, free_port};
 use taproot_testbed::paths::{self, Profile};
-use taproot_testbed::qemu::Qemu;
+use taproot_testbed::qemu::{Boot, Qemu};
 
 const TOKEN: &str = "e2e-test-token";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -242,12 +242,42 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
     assert!(info["vms"].as_u64().unwrap() <= 1, "{info}");
 }
 
+/// Without overcommit, guest memory is committed up front: a VM or a slot beyond what the
+/// host can back is refused with the figures, and nothing of it is left behind.
+#[test]
+fn guest_memory_beyond_what_the_host_can_back_is_refused_without_overcommit() {
+    let (_console, client) = boot_with(256, |_| {});
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["overcommit_percent"], 100, "{info}");
+    let limit = info["memory_commit_limit_bytes"].as_u64().unwrap();
+    assert!(limit <= info["memory_free_bytes"].as_u64().unwrap(), "{info}");
+    let vm_mib = (limit * 6 / 10) >> 20;
+    ok(client.put("/v1/vms/a", format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#).as_bytes()), 201);
+    let refused = client.put("/v1/vms/b", format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#).as_bytes());
+    let refused = ok(refused, 503);
+    let message = json(&refused)["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("already assigned") && message.contains("overcommit="), "{message}");
+    let slot = format!(r#"{{"guest_address": 4294967296, "size": {}}}"#, (vm_mib << 20) & !0xfff);
+    ok(client.put("/v1/vms/a/memslots/1", slot.as_bytes()), 503);
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["vms"], 1);
+    assert_eq!(info["memory_assigned_bytes"].as_u64(), Some(vm_mib << 20), "{info}");
+    ok(client.delete("/v1/vms/a"), 204);
+    ok(client.put("/v1/vms/b", format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#).as_bytes()), 201);
+    ok(client.delete("/v1/vms/b"), 204);
+}
+
 /// Two VMs that each fit in free memory but together do not (guest memory is allocated on
 /// first touch): the one that runs out crashes with a reason that says so, the image keeps
 /// answering, and deleting both gives every frame back.
 #[test]
 fn vms_that_together_outgrow_host_memory_crash_cleanly() {
-    let (_console, client) = boot_with(256, |_| {});
+    let (_console, client) = boot_with(256, |qemu| {
+        if let Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" overcommit=2");
+        }
+    });
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["overcommit_percent"], 200);
     let free_before = json(&ok(client.get("/v1/info"), 200))["memory_free_bytes"].as_u64().unwrap();
     // Each VM asks for 60% of what is free and touches nearly all of it.
     let vm_mib = (free_before * 6 / 10) >> 20;

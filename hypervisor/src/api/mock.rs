@@ -130,6 +130,8 @@ impl ApiHandler for MockHypervisor {
             memory_total_bytes: self.total_memory_mib << 20,
             memory_free_bytes: self.free_memory_mib << 20,
             memory_assigned_bytes: self.vms.values().flat_map(|vm| vm.slots.values()).map(|s| s.size).sum(),
+            memory_commit_limit_bytes: self.total_memory_mib << 20,
+            overcommit_percent: 100,
             vms: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
             connections: ConnectionCounters::default(),
         })

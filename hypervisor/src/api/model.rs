@@ -251,6 +251,12 @@ pub struct HypervisorInfo {
     /// Guest memory the VMs' slots cover. It is allocated on first touch, so this may
     /// exceed `memory_free_bytes` (overcommit): a VM that then finds no frame crashes.
     pub memory_assigned_bytes: u64,
+    /// The most guest memory all VMs together may be assigned: what the host can back,
+    /// times the overcommit ratio ([`crate::vm::commit`]). A create or slot beyond it
+    /// answers 503.
+    pub memory_commit_limit_bytes: u64,
+    /// `overcommit=` from the command line, in percent (100: no overcommit).
+    pub overcommit_percent: u32,
     pub vms: u32,
     /// The API server's sockets and what admission did ([`super::admission`]).
     pub connections: ConnectionCounters,

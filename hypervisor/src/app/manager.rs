@@ -21,6 +21,7 @@ use hypervisor::api::model::{
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
+use hypervisor::vm::commit::CommitLimit;
 use hypervisor::vm::{Action, VcpuRunner, Vm, VmStats, lifecycle};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
@@ -60,21 +61,35 @@ pub struct Manager<B: Backend> {
     virt: Result<(), String>,
     /// Bytes reserved by uploads in flight (see [`upload_budget`]).
     uploading_bytes: u64,
+    /// How much guest memory all VMs may be assigned ([`hypervisor::vm::commit`]).
+    commit: CommitLimit,
     /// The API server's socket counters, which it updates as it polls (`/v1/info` shows
     /// them).
     pub connections: ConnectionCounters,
 }
 
 impl<B: Backend> Manager<B> {
-    pub fn new(virt: Result<(), String>) -> Self {
+    pub fn new(virt: Result<(), String>, commit: CommitLimit) -> Self {
         Self {
             vms: HashMap::new(),
             next_vm_number: 1,
             next_cpu: 0,
             virt,
             uploading_bytes: 0,
+            commit,
             connections: ConnectionCounters::default(),
         }
+    }
+
+    /// Guest memory the VMs' slots cover.
+    fn assigned_bytes(&self) -> u64 {
+        self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum()
+    }
+
+    /// Refuses (503, with the figures) `asked` more bytes of guest memory beyond the
+    /// commit limit.
+    fn commit(&self, asked: u64) -> Result<(), ApiError> {
+        self.commit.check(self.assigned_bytes(), asked).map_err(|e| ApiError::Unavailable(e.to_string()))
     }
 
     fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
@@ -134,7 +149,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),
-            memory_assigned_bytes: self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum(),
+            memory_assigned_bytes: self.assigned_bytes(),
+            memory_commit_limit_bytes: self.commit.limit_bytes(),
+            overcommit_percent: self.commit.overcommit_percent,
             vms: self.vms.len() as u32,
             connections: self.connections,
         })
@@ -157,6 +174,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
                 free >> 20
             )));
         }
+        self.commit(config.memory_mib << 20)?;
         let vm = Vm::<B>::create(self.next_vm_number, config, libos::time::now_ns)?;
         self.next_vm_number += 1;
         let entry = Entry { vm, uploading: false };
@@ -195,7 +213,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if entry.vm.memslots().iter().any(|s| s.id == SlotId(slot)) {
             return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
         }
-        entry.vm.mmu.add_slot(spec.to_slot_spec(slot)?)?;
+        let slot_spec = spec.to_slot_spec(slot)?;
+        self.commit(spec.size)?;
+        entry.vm.mmu.add_slot(slot_spec)?;
         Ok(MemslotInfo::new(slot, spec))
     }
 

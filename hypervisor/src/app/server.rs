@@ -19,6 +19,7 @@ use core::convert::Infallible;
 use hypervisor::api::{ApiConfig, Connection, Token, admission};
 use hypervisor::backend::choice::{self, WithBackend};
 use hypervisor::backend::{Backend, BackendError};
+use hypervisor::vm::commit::{self, CommitLimit};
 use libos::cmdline;
 use libos::net::smoltcp::iface::SocketHandle;
 use libos::net::smoltcp::socket::tcp;
@@ -128,7 +129,13 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
     };
     let Some((token, printed)) = token(line) else { libos::smp::idle() };
     let config = Arc::new(ApiConfig::new(token));
-    let mut manager = Manager::<B>::new(virt);
+    let overcommit = cmdline::value(line, "overcommit").map_or(Ok(100), commit::parse_overcommit);
+    let overcommit = overcommit.unwrap_or_else(|e| {
+        log::error!("{e}; no overcommit");
+        100
+    });
+    let commit = CommitLimit::new(libos::mm::frame::free_bytes(), overcommit);
+    let mut manager = Manager::<B>::new(virt, commit);
     let count = admission::socket_count(libos::mm::heap::total_bytes());
     let mut slots: Vec<Slot<Manager<B>>> = (0..count)
         .map(|_| {

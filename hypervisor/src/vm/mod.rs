@@ -8,6 +8,7 @@
 //! lock, and the two flags the vCPU loop reads without it (`stop`, `paused`) are derived
 //! from the state there.
 
+pub mod commit;
 mod exits;
 pub mod lifecycle;
 mod run_queue;
