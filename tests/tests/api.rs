@@ -242,6 +242,35 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
     assert!(info["vms"].as_u64().unwrap() <= 1, "{info}");
 }
 
+/// The limits from the command line are in `/v1/info` and enforced with a JSON error.
+#[test]
+fn the_command_line_limits_on_vms_hold() {
+    let (_console, client) = boot_with(1024, |qemu| {
+        if let Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" max_vms=2 max_vcpus=2 max_slots=2 console_kib=4");
+        }
+    });
+    let limits = json(&ok(client.get("/v1/info"), 200))["limits"].clone();
+    assert_eq!(
+        limits,
+        serde_json::json!({"max_vms": 2, "max_vcpus": 2, "max_slots": 2, "console_ring_bytes": 4096})
+    );
+    let error = |r: std::io::Result<Response>, status: u16| {
+        let r = ok(r, status);
+        assert!(json(&r)["error"].as_str().is_some_and(|m| m.contains("command line")), "{}", r.text());
+    };
+    error(client.put("/v1/vms/wide", br#"{"vcpus": 3, "memory_mib": 1}"#), 400);
+    ok(client.put("/v1/vms/a", br#"{"vcpus": 2, "memory_mib": 1}"#), 201);
+    ok(client.put("/v1/vms/b", br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+    error(client.put("/v1/vms/c", br#"{"vcpus": 1, "memory_mib": 1}"#), 503);
+    ok(client.put("/v1/vms/a/memslots/1", br#"{"guest_address": 4294967296, "size": 4096}"#), 201);
+    error(client.put("/v1/vms/a/memslots/2", br#"{"guest_address": 8589934592, "size": 4096}"#), 503);
+    ok(client.delete("/v1/vms/b"), 204);
+    ok(client.put("/v1/vms/c", br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+    ok(client.delete("/v1/vms/a"), 204);
+    ok(client.delete("/v1/vms/c"), 204);
+}
+
 /// Without overcommit, guest memory is committed up front: a VM or a slot beyond what the
 /// host can back is refused with the figures, and nothing of it is left behind.
 #[test]

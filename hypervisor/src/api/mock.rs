@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::model::{
     Action, ConnectionCounters, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo,
-    MemslotSpec, VmCreate, VmId, VmInfo, VmStatus,
+    MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use crate::devices::ConsoleRing;
 use crate::loader::{self, GuestConfig};
@@ -132,6 +132,7 @@ impl ApiHandler for MockHypervisor {
             memory_assigned_bytes: self.vms.values().flat_map(|vm| vm.slots.values()).map(|s| s.size).sum(),
             memory_commit_limit_bytes: self.total_memory_mib << 20,
             overcommit_percent: 100,
+            limits: VmLimits::of(&crate::vm::limits::HostLimits::default()),
             vms: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
             connections: ConnectionCounters::default(),
         })

@@ -62,7 +62,11 @@ impl VmCreate {
     /// The VM layer's configuration; [`VmConfig::validate`] checks the ranges.
     #[must_use]
     pub fn config(&self) -> VmConfig {
-        VmConfig { vcpus: self.vcpus, memory_mib: self.memory_mib }
+        VmConfig {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            console_bytes: crate::devices::CONSOLE_RING_BYTES,
+        }
     }
 }
 
@@ -258,8 +262,33 @@ pub struct HypervisorInfo {
     /// `overcommit=` from the command line, in percent (100: no overcommit).
     pub overcommit_percent: u32,
     pub vms: u32,
+    /// What VMs may ask for ([`crate::vm::limits`]).
+    pub limits: VmLimits,
     /// The API server's sockets and what admission did ([`super::admission`]).
     pub connections: ConnectionCounters,
+}
+
+/// `GET /v1/info` `limits`: the host's limits on VMs, from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmLimits {
+    pub max_vms: u32,
+    pub max_vcpus: u32,
+    /// Memory slots per VM, slot 0 included.
+    pub max_slots: u32,
+    pub console_ring_bytes: u64,
+}
+
+impl VmLimits {
+    #[must_use]
+    pub fn of(limits: &crate::vm::limits::HostLimits) -> Self {
+        Self {
+            max_vms: limits.max_vms,
+            max_vcpus: limits.max_vcpus,
+            max_slots: limits.max_slots,
+            console_ring_bytes: limits.console_ring_bytes as u64,
+        }
+    }
 }
 
 /// `GET /v1/info` `connections`: the API server's sockets now, and counts since boot.

@@ -17,12 +17,13 @@ use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
     ConnectionCounters, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec,
-    VmCreate, VmId, VmInfo, VmStatus,
+    VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
 use hypervisor::vm::commit::CommitLimit;
-use hypervisor::vm::{Action, VcpuRunner, Vm, VmStats, lifecycle};
+use hypervisor::vm::limits::HostLimits;
+use hypervisor::vm::{Action, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -63,13 +64,15 @@ pub struct Manager<B: Backend> {
     uploading_bytes: u64,
     /// How much guest memory all VMs may be assigned ([`hypervisor::vm::commit`]).
     commit: CommitLimit,
+    /// What VMs may ask for ([`hypervisor::vm::limits`]).
+    limits: HostLimits,
     /// The API server's socket counters, which it updates as it polls (`/v1/info` shows
     /// them).
     pub connections: ConnectionCounters,
 }
 
 impl<B: Backend> Manager<B> {
-    pub fn new(virt: Result<(), String>, commit: CommitLimit) -> Self {
+    pub fn new(virt: Result<(), String>, commit: CommitLimit, limits: HostLimits) -> Self {
         Self {
             vms: HashMap::new(),
             next_vm_number: 1,
@@ -77,6 +80,7 @@ impl<B: Backend> Manager<B> {
             virt,
             uploading_bytes: 0,
             commit,
+            limits,
             connections: ConnectionCounters::default(),
         }
     }
@@ -153,6 +157,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             memory_commit_limit_bytes: self.commit.limit_bytes(),
             overcommit_percent: self.commit.overcommit_percent,
             vms: self.vms.len() as u32,
+            limits: VmLimits::of(&self.limits),
             connections: self.connections,
         })
     }
@@ -164,7 +169,20 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if self.vms.contains_key(id.as_str()) {
             return Err(ApiError::Conflict(format!("VM {id} exists; DELETE it first or choose another id")));
         }
-        let config = config.config();
+        let limits = self.limits;
+        if self.vms.len() >= limits.max_vms as usize {
+            return Err(ApiError::Unavailable(format!(
+                "this host runs at most {} VMs (max_vms= on its command line); delete one first",
+                limits.max_vms
+            )));
+        }
+        if config.vcpus > limits.max_vcpus {
+            return Err(ApiError::BadRequest(format!(
+                "vcpus must be 1 to {} on this host (max_vcpus= on its command line), not {}",
+                limits.max_vcpus, config.vcpus
+            )));
+        }
+        let config = VmConfig { console_bytes: limits.console_ring_bytes, ..config.config() };
         config.validate()?;
         let free = libos::mm::frame::free_bytes();
         if config.memory_mib << 20 > free {
@@ -212,6 +230,13 @@ impl<B: Backend> ApiHandler for Manager<B> {
         lifecycle::check_slot_change(&entry.vm.state(), "add a memory slot to")?;
         if entry.vm.memslots().iter().any(|s| s.id == SlotId(slot)) {
             return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
+        }
+        let max_slots = self.limits.max_slots;
+        if entry.vm.memslots().len() >= max_slots as usize {
+            return Err(ApiError::Unavailable(format!(
+                "a VM has at most {max_slots} memory slots on this host (max_slots= on its command \
+                 line); delete one first"
+            )));
         }
         let slot_spec = spec.to_slot_spec(slot)?;
         self.commit(spec.size)?;

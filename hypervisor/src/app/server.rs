@@ -20,6 +20,7 @@ use hypervisor::api::{ApiConfig, Connection, Token, admission};
 use hypervisor::backend::choice::{self, WithBackend};
 use hypervisor::backend::{Backend, BackendError};
 use hypervisor::vm::commit::{self, CommitLimit};
+use hypervisor::vm::limits::HostLimits;
 use libos::cmdline;
 use libos::net::smoltcp::iface::SocketHandle;
 use libos::net::smoltcp::socket::tcp;
@@ -135,7 +136,11 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
         100
     });
     let commit = CommitLimit::new(libos::mm::frame::free_bytes(), overcommit);
-    let mut manager = Manager::<B>::new(virt, commit);
+    let limits = HostLimits::from_values(|key| cmdline::value(line, key)).unwrap_or_else(|e| {
+        log::error!("{e}; the default limits apply");
+        HostLimits::default()
+    });
+    let mut manager = Manager::<B>::new(virt, commit, limits);
     let count = admission::socket_count(libos::mm::heap::total_bytes());
     let mut slots: Vec<Slot<Manager<B>>> = (0..count)
         .map(|_| {
