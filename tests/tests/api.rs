@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use taproot_testbed::Console;
 use taproot_testbed::api::{Client, Response, free_port};
 use taproot_testbed::paths::{self, Profile};
-use taproot_testbed::qemu::Qemu;
+use taproot_testbed::qemu::{Boot, Qemu};
 
 const TOKEN: &str = "e2e-test-token";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -242,12 +242,71 @@ fn garbage_and_mutated_requests_leave_the_server_answering() {
     assert!(info["vms"].as_u64().unwrap() <= 1, "{info}");
 }
 
+/// The limits from the command line are in `/v1/info` and enforced with a JSON error.
+#[test]
+fn the_command_line_limits_on_vms_hold() {
+    let (_console, client) = boot_with(1024, |qemu| {
+        if let Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" max_vms=2 max_vcpus=2 max_slots=2 console_kib=4");
+        }
+    });
+    let limits = json(&ok(client.get("/v1/info"), 200))["limits"].clone();
+    assert_eq!(
+        limits,
+        serde_json::json!({"max_vms": 2, "max_vcpus": 2, "max_slots": 2, "console_ring_bytes": 4096})
+    );
+    let error = |r: std::io::Result<Response>, status: u16| {
+        let r = ok(r, status);
+        assert!(json(&r)["error"].as_str().is_some_and(|m| m.contains("command line")), "{}", r.text());
+    };
+    error(client.put("/v1/vms/wide", br#"{"vcpus": 3, "memory_mib": 1}"#), 400);
+    ok(client.put("/v1/vms/a", br#"{"vcpus": 2, "memory_mib": 1}"#), 201);
+    ok(client.put("/v1/vms/b", br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+    error(client.put("/v1/vms/c", br#"{"vcpus": 1, "memory_mib": 1}"#), 503);
+    ok(client.put("/v1/vms/a/memslots/1", br#"{"guest_address": 4294967296, "size": 4096}"#), 201);
+    error(client.put("/v1/vms/a/memslots/2", br#"{"guest_address": 8589934592, "size": 4096}"#), 503);
+    ok(client.delete("/v1/vms/b"), 204);
+    ok(client.put("/v1/vms/c", br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+    ok(client.delete("/v1/vms/a"), 204);
+    ok(client.delete("/v1/vms/c"), 204);
+}
+
+/// Without overcommit, guest memory is committed up front: a VM or a slot beyond what the
+/// host can back is refused with the figures, and nothing of it is left behind.
+#[test]
+fn guest_memory_beyond_what_the_host_can_back_is_refused_without_overcommit() {
+    let (_console, client) = boot_with(256, |_| {});
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["overcommit_percent"], 100, "{info}");
+    let limit = info["memory_commit_limit_bytes"].as_u64().unwrap();
+    assert!(limit <= info["memory_free_bytes"].as_u64().unwrap(), "{info}");
+    let vm_mib = (limit * 6 / 10) >> 20;
+    ok(client.put("/v1/vms/a", format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#).as_bytes()), 201);
+    let refused = client.put("/v1/vms/b", format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#).as_bytes());
+    let refused = ok(refused, 503);
+    let message = json(&refused)["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("already assigned") && message.contains("overcommit="), "{message}");
+    let slot = format!(r#"{{"guest_address": 4294967296, "size": {}}}"#, (vm_mib << 20) & !0xfff);
+    ok(client.put("/v1/vms/a/memslots/1", slot.as_bytes()), 503);
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["vms"], 1);
+    assert_eq!(info["memory_assigned_bytes"].as_u64(), Some(vm_mib << 20), "{info}");
+    ok(client.delete("/v1/vms/a"), 204);
+    ok(client.put("/v1/vms/b", format!(r#"{{"vcpus": 1, "memory_mib": {vm_mib}}}"#).as_bytes()), 201);
+    ok(client.delete("/v1/vms/b"), 204);
+}
+
 /// Two VMs that each fit in free memory but together do not (guest memory is allocated on
 /// first touch): the one that runs out crashes with a reason that says so, the image keeps
 /// answering, and deleting both gives every frame back.
 #[test]
 fn vms_that_together_outgrow_host_memory_crash_cleanly() {
-    let (_console, client) = boot_with(256, |_| {});
+    let (_console, client) = boot_with(256, |qemu| {
+        if let Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" overcommit=2");
+        }
+    });
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["overcommit_percent"], 200);
     let free_before = json(&ok(client.get("/v1/info"), 200))["memory_free_bytes"].as_u64().unwrap();
     // Each VM asks for 60% of what is free and touches nearly all of it.
     let vm_mib = (free_before * 6 / 10) >> 20;
@@ -454,4 +513,168 @@ fn tlbprobe_passes_while_two_tags_roll_over_under_it() {
 fn generation_sum(client: &Client) -> u64 {
     let info = json(&ok(client.get("/v1/info"), 200));
     info["cpu_tags"].as_array().unwrap().iter().filter_map(|c| c["generation"].as_u64()).sum()
+}
+
+/// The operator gets through a flood from its own address. QEMU's user network forwards
+/// every host connection from one guest-side peer (10.0.2.2), so the abusers and the
+/// operator share the per-peer cap: only the token exempts the operator (README, "Control
+/// plane"). For a bounded time, at once: 32 idle and 32 trickling unauthenticated
+/// connections (each reconnects a second after the server closes it), uploads cut off
+/// mid-body (with and without the token) and garbage heads. Meanwhile the operator creates
+/// a VM, runs the hello guest, reads its console and deletes it, again and again for 15 s
+/// (longer than the head deadline, so that deadlines fire too): every request is answered
+/// within the client's timeout. Afterwards the sockets in use return to their count
+/// before the flood.
+#[test]
+fn a_flood_of_unauthenticated_connections_does_not_lock_the_operator_out() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let (mut console, client) = boot();
+    let connections = |client: &Client| json(&ok(client.get("/v1/info"), 200))["connections"].clone();
+    let before = connections(&client);
+    let in_use_before = before["sockets_in_use"].as_u64().unwrap();
+    assert!(before["sockets_total"].as_u64().unwrap() >= 16, "{before}");
+    ok(client.put("/v1/vms/victim", br#"{"vcpus": 1, "memory_mib": 16}"#), 201);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let addr = client.addr;
+    // One abuser: connect, `act` until the server closes the connection or the test
+    // ends, pause, again.
+    let abuser = |act: fn(&mut TcpStream, &AtomicBool, u64), pause: Duration| {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+                    act(&mut stream, &stop, round);
+                }
+                round += 1;
+                std::thread::sleep(pause);
+            }
+        })
+    };
+    // Reads until the server closes (or the test ends); true if the connection is over.
+    fn closed(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 512];
+        match stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+    let idle: fn(&mut TcpStream, &AtomicBool, u64) = |stream, stop, _| {
+        while !stop.load(Ordering::Relaxed) && !closed(stream) {}
+    };
+    let trickle: fn(&mut TcpStream, &AtomicBool, u64) = |stream, stop, _| {
+        for byte in b"GET /v1/info HTTP/1.1\r\nHost: taproot\r\nX-Slow: ".iter().cycle() {
+            if stop.load(Ordering::Relaxed) || stream.write_all(&[*byte]).is_err() || closed(stream) {
+                return;
+            }
+        }
+    };
+    let cut_upload: fn(&mut TcpStream, &AtomicBool, u64) = |stream, _, round| {
+        let auth = if round % 2 == 0 { format!("Authorization: Bearer {TOKEN}\r\n") } else { String::new() };
+        let head = format!(
+            "PUT /v1/vms/victim/image?format=flat&load=0x7c00 HTTP/1.1\r\n{auth}Content-Length: 1048576\r\n\r\n"
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&[0xF4; 65536]);
+        // Dropped: the upload ends mid-body.
+    };
+    let garbage: fn(&mut TcpStream, &AtomicBool, u64) = |stream, _, round| {
+        let noise: Vec<u8> = (0..200u64).map(|i| (i.wrapping_mul(round + 7) % 251) as u8).collect();
+        let _ = stream.write_all(&noise);
+        let _ = stream.write_all(b"\r\n\r\n");
+        while !closed(stream) {}
+    };
+    let mut threads = Vec::new();
+    for _ in 0..32 {
+        threads.push(abuser(idle, Duration::from_secs(1)));
+        threads.push(abuser(trickle, Duration::from_secs(1)));
+    }
+    for _ in 0..2 {
+        threads.push(abuser(cut_upload, Duration::from_millis(300)));
+        threads.push(abuser(garbage, Duration::from_millis(300)));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The operator, through the flood: every request answered within the client's
+    // timeout (30 s: a bound on "answered", not a performance figure).
+    let mut slowest = Duration::ZERO;
+    let mut timed = |what: &str, request: &dyn Fn() -> std::io::Result<Response>, status: u16| {
+        let start = Instant::now();
+        let r = request().unwrap_or_else(|e| {
+            let _ = console.wait_for("never printed", Duration::from_secs(1));
+            panic!("{what} got no answer under the flood ({e}); console:\n{}", console.transcript())
+        });
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        r
+    };
+    let flood = Instant::now();
+    let hello = guest("hello");
+    let mut rounds = 0;
+    while rounds == 0 || flood.elapsed() < Duration::from_secs(15) {
+        let vm = format!("/v1/vms/op{rounds}");
+        timed("create", &|| client.put(&vm, br#"{"vcpus": 1, "memory_mib": 64}"#), 201);
+        timed("upload", &|| client.put(&format!("{vm}/image?format=multiboot"), &hello), 200);
+        timed("start", &|| client.post(&format!("{vm}/actions"), br#"{"action": "start"}"#), 200);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut text = String::new();
+        let mut offset = 0u64;
+        while !text.contains("hello from taproot guest") {
+            assert!(Instant::now() < deadline, "the hello guest's console: {text:?}");
+            let path = format!("{vm}/console?offset={offset}&wait_ms=2000");
+            let r = timed("console", &|| client.get(&path), 200);
+            offset = r.header("x-console-next-offset").and_then(|v| v.parse().ok()).expect("next offset");
+            text.push_str(&r.text());
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let info = json(&timed("state", &|| client.get(&vm), 200));
+            if info["state"] == "exited" {
+                assert_eq!(info["exit_status"], 0, "{info}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{vm} never exited: {info}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        timed("delete", &|| client.delete(&vm), 204);
+        rounds += 1;
+    }
+    let during = json(&timed("info", &|| client.get("/v1/info"), 200))["connections"].clone();
+
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    eprintln!(
+        "flood: {} abusive connections opened; operator: {rounds} rounds, slowest answer {slowest:?}; \
+         during: {during}",
+        opened.load(Ordering::Relaxed)
+    );
+    let evicted_or_late =
+        during["connections_evicted"].as_u64().unwrap() + during["deadlines_hit"].as_u64().unwrap();
+    assert!(evicted_or_late > 0, "admission acted: {during}");
+
+    // The abusers are gone: their sockets listen again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = connections(&client);
+        if now["sockets_in_use"].as_u64().unwrap() <= in_use_before {
+            assert_eq!(now["sockets_total"], before["sockets_total"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "sockets stay in use after the flood: {now} (before: {before})");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ok(client.delete("/v1/vms/victim"), 204);
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], 0);
 }

@@ -18,6 +18,16 @@
 //! 4. close the socket once [`Connection::should_close`]; if the peer goes away first,
 //!    call [`Connection::close`] (it aborts an upload in flight).
 //!
+//! Deadlines (the policy is [`super::admission`]'s): the first head must be complete
+//! `head_timeout_ms` after the accept, every head `head_timeout_ms` after its first byte,
+//! every body [`admission::body_time_ms`] after its head; between requests the connection
+//! closes after `idle_timeout_ms` without traffic. A request past its deadline is answered
+//! 408 and the connection closes ([`Connection::timed_out`] then tells). Trickled bytes
+//! only reset the idle timer, which does not apply during a request.
+//!
+//! A connection is [authenticated](Connection::is_authenticated) once a request head
+//! carried the right token: admission never evicts it.
+//!
 //! Requests are handled in order (pipelining): while one waits (long-poll) or while the
 //! output backlog is large, later bytes stay in the buffer or the socket.
 //!
@@ -28,6 +38,7 @@
 //! did not wait for `100 Continue`), otherwise the connection closes after the answer.
 
 use super::ApiConfig;
+use super::admission;
 use super::dispatch::{self, Outcome};
 use super::error::ApiError;
 use super::handler::ApiHandler;
@@ -65,6 +76,14 @@ pub struct Connection<H: ApiHandler> {
     last_activity_ms: u64,
     /// When the first byte of the current request head was handled.
     head_started_ms: Option<u64>,
+    /// Until the first head is complete: when it is due.
+    first_head_due_ms: Option<u64>,
+    /// When the body being read (or discarded) is due.
+    body_due_ms: u64,
+    /// A request head carried the right token.
+    authenticated: bool,
+    /// The connection closed because a deadline passed.
+    timed_out: bool,
 }
 
 impl<H: ApiHandler> Connection<H> {
@@ -72,13 +91,17 @@ impl<H: ApiHandler> Connection<H> {
     #[must_use]
     pub fn new(config: Arc<ApiConfig>, now_ms: u64) -> Self {
         Self {
-            config,
             state: State::Head,
             input: Vec::new(),
             output: Vec::new(),
             sent: 0,
             last_activity_ms: now_ms,
             head_started_ms: None,
+            first_head_due_ms: Some(now_ms.saturating_add(config.limits.head_timeout_ms)),
+            body_due_ms: u64::MAX,
+            authenticated: false,
+            timed_out: false,
+            config,
         }
     }
 
@@ -127,34 +150,50 @@ impl<H: ApiHandler> Connection<H> {
         let limits = &self.config.limits;
         let idle = now_ms.saturating_sub(self.last_activity_ms) >= limits.idle_timeout_ms;
         let head_late =
-            self.head_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= limits.head_timeout_ms);
+            self.head_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= limits.head_timeout_ms)
+                || self.first_head_due_ms.is_some_and(|due| now_ms >= due);
+        let body_late = now_ms >= self.body_due_ms;
         match self.state {
             State::Waiting { .. } => {}
             State::Closed => {
-                if idle {
+                if idle && self.backlog() > 0 {
                     // The peer does not read its answer: give up on it.
                     self.drop_output();
+                    self.timed_out = true;
                 }
             }
             State::Head if self.input.is_empty() => {
-                if idle {
+                if idle || head_late {
                     self.drop_output();
                     self.state = State::Closed;
+                    self.timed_out = true;
                 }
             }
-            State::Head | State::Body { .. } | State::Upload { .. } | State::Discard { .. } => {
+            State::Head => {
                 if idle || head_late {
-                    self.abort_upload(handler);
-                    self.input.clear();
-                    if self.backlog() == 0 {
-                        self.send(&Response::error(&ApiError::RequestTimeout), true);
-                    } else {
-                        self.drop_output();
-                    }
-                    self.state = State::Closed;
+                    self.time_out(handler);
+                }
+            }
+            State::Body { .. } | State::Upload { .. } | State::Discard { .. } => {
+                if idle || body_late {
+                    self.time_out(handler);
                 }
             }
         }
+    }
+
+    /// A request missed its deadline: answer 408 (unless an answer is still being sent)
+    /// and close.
+    fn time_out(&mut self, handler: &mut H) {
+        self.abort_upload(handler);
+        self.input.clear();
+        if self.backlog() == 0 {
+            self.send(&Response::error(&ApiError::RequestTimeout), true);
+        } else {
+            self.drop_output();
+        }
+        self.state = State::Closed;
+        self.timed_out = true;
     }
 
     /// The bytes to send next (possibly empty).
@@ -190,6 +229,25 @@ impl<H: ApiHandler> Connection<H> {
         matches!(self.state, State::Head) && self.input.is_empty()
     }
 
+    /// A request head carried the right token.
+    #[must_use]
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The connection closed because a request (or the first head) missed its deadline or
+    /// it sat idle too long.
+    #[must_use]
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// Last time bytes came in or output went out.
+    #[must_use]
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms
+    }
+
     /// A console long-poll is waiting: poll again when the VM may have written output.
     #[must_use]
     pub fn is_waiting(&self) -> bool {
@@ -205,10 +263,13 @@ impl<H: ApiHandler> Connection<H> {
         match &self.state {
             State::Waiting { deadline_ms, .. } => Some(*deadline_ms),
             State::Closed if self.backlog() == 0 => None,
+            State::Body { .. } | State::Upload { .. } | State::Discard { .. } => {
+                Some(idle.min(self.body_due_ms))
+            }
             _ => {
                 let head =
                     self.head_started_ms.map_or(u64::MAX, |t| t.saturating_add(limits.head_timeout_ms));
-                Some(idle.min(head))
+                Some(idle.min(head).min(self.first_head_due_ms.unwrap_or(u64::MAX)))
             }
         }
     }
@@ -273,6 +334,7 @@ impl<H: ApiHandler> Connection<H> {
                         Ok(Some((len, head))) => {
                             self.input.drain(..len);
                             self.head_started_ms = None;
+                            self.first_head_due_ms = None;
                             self.start_request(head, now_ms, handler);
                         }
                         Err(e) => {
@@ -323,6 +385,8 @@ impl<H: ApiHandler> Connection<H> {
         let config = self.config.clone();
         let limits = &config.limits;
         let body_len = head.content_length.unwrap_or(0);
+        self.body_due_ms = now_ms.saturating_add(admission::body_time_ms(limits, body_len));
+        self.authenticated |= head.is_authorized;
         if !head.is_authorized {
             return self.reject(&ApiError::Unauthorized, &head);
         }

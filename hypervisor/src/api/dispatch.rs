@@ -38,7 +38,17 @@ pub(super) fn bodiless<H: ApiHandler>(handler: &mut H, route: BodilessRoute) -> 
         }
         BodilessRoute::Stats(id) => handler.stats(&id).map(|stats| Response::json(200, &stats)),
         BodilessRoute::Console(query) => {
-            let mut buf = vec![0; query.max];
+            // Sized by the client (up to `max_console_bytes`): a heap that cannot give it
+            // answers 503 rather than ending the image.
+            let mut buf = Vec::new();
+            if buf.try_reserve_exact(query.max).is_err() {
+                let e = ApiError::Unavailable(format!(
+                    "no memory for a {}-byte console read; ask for less",
+                    query.max
+                ));
+                return Outcome::Done(Response::error(&e));
+            }
+            buf.resize(query.max, 0);
             return match read_console(handler, &query, &mut buf, query.wait_ms > 0) {
                 Some(response) => Outcome::Done(response),
                 None => Outcome::Wait { query, buf },

@@ -8,8 +8,8 @@
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::model::{
-    Action, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec,
-    VmCreate, VmId, VmInfo, VmStatus,
+    Action, ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest,
+    MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use crate::devices::ConsoleRing;
 use crate::loader::{self, GuestConfig};
@@ -130,8 +130,12 @@ impl ApiHandler for MockHypervisor {
             memory_total_bytes: self.total_memory_mib << 20,
             memory_free_bytes: self.free_memory_mib << 20,
             memory_assigned_bytes: self.vms.values().flat_map(|vm| vm.slots.values()).map(|s| s.size).sum(),
+            memory_commit_limit_bytes: self.total_memory_mib << 20,
+            overcommit_percent: 100,
+            limits: VmLimits::of(&crate::vm::limits::HostLimits::default()),
             vms: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
             cpu_tags: alloc::vec![CpuTagInfo { cpu: 0, max_tag: 15, generation: 1, flushes: 1 }],
+            connections: ConnectionCounters::default(),
         })
     }
 

@@ -13,6 +13,7 @@
 //! Image upload (`PUT /v1/vms/{id}/image?format=...`) is streamed: the connection hands
 //! body bytes to [`ApiHandler::image_chunk`] as they arrive and never buffers the body.
 
+pub mod admission;
 mod auth;
 mod connection;
 mod dispatch;
@@ -51,8 +52,15 @@ pub struct Limits {
     /// request in progress is answered with 408 first).
     pub idle_timeout_ms: u64,
     /// A request head must be complete this long after its first byte (slow-header
-    /// clients).
+    /// clients). The first head of a connection must also be complete this long after the
+    /// accept.
     pub head_timeout_ms: u64,
+    /// A request body must be complete this long after its head, plus one second per
+    /// [`min_body_bytes_per_s`](Self::min_body_bytes_per_s) of its `Content-Length`
+    /// ([`admission::body_time_ms`]).
+    pub body_timeout_ms: u64,
+    /// The slowest upload rate a body's deadline allows for.
+    pub min_body_bytes_per_s: u64,
     /// While this many response bytes wait to be sent, no further request is handled.
     pub max_output_backlog: usize,
 }
@@ -68,6 +76,8 @@ impl Default for Limits {
             max_wait_ms: 60_000,
             idle_timeout_ms: 60_000,
             head_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            min_body_bytes_per_s: 64 * 1024,
             max_output_backlog: 128 * 1024,
         }
     }

@@ -62,7 +62,11 @@ impl VmCreate {
     /// The VM layer's configuration; [`VmConfig::validate`] checks the ranges.
     #[must_use]
     pub fn config(&self) -> VmConfig {
-        VmConfig { vcpus: self.vcpus, memory_mib: self.memory_mib }
+        VmConfig {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            console_bytes: crate::devices::CONSOLE_RING_BYTES,
+        }
     }
 }
 
@@ -251,9 +255,19 @@ pub struct HypervisorInfo {
     /// Guest memory the VMs' slots cover. It is allocated on first touch, so this may
     /// exceed `memory_free_bytes` (overcommit): a VM that then finds no frame crashes.
     pub memory_assigned_bytes: u64,
+    /// The most guest memory all VMs together may be assigned: what the host can back,
+    /// times the overcommit ratio ([`crate::vm::commit`]). A create or slot beyond it
+    /// answers 503.
+    pub memory_commit_limit_bytes: u64,
+    /// `overcommit=` from the command line, in percent (100: no overcommit).
+    pub overcommit_percent: u32,
     pub vms: u32,
     /// Each CPU's hardware tag numbering (SVM ASIDs, VMX VPIDs); empty without a backend.
     pub cpu_tags: Vec<CpuTagInfo>,
+    /// What VMs may ask for ([`crate::vm::limits`]).
+    pub limits: VmLimits,
+    /// The API server's sockets and what admission did ([`super::admission`]).
+    pub connections: ConnectionCounters,
 }
 
 /// One CPU's hardware tags: a vCPU takes a tag of the CPU it enters on; when the CPU has
@@ -268,6 +282,47 @@ pub struct CpuTagInfo {
     /// Flushes of the numbering: one per generation, or one per tag handed out where the
     /// CPU cannot flush every tag at once.
     pub flushes: u64,
+}
+
+/// `GET /v1/info` `limits`: the host's limits on VMs, from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmLimits {
+    pub max_vms: u32,
+    pub max_vcpus: u32,
+    /// Memory slots per VM, slot 0 included.
+    pub max_slots: u32,
+    pub console_ring_bytes: u64,
+}
+
+impl VmLimits {
+    #[must_use]
+    pub fn of(limits: &crate::vm::limits::HostLimits) -> Self {
+        Self {
+            max_vms: limits.max_vms,
+            max_vcpus: limits.max_vcpus,
+            max_slots: limits.max_slots,
+            console_ring_bytes: limits.console_ring_bytes as u64,
+        }
+    }
+}
+
+/// `GET /v1/info` `connections`: the API server's sockets now, and counts since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCounters {
+    /// Sockets on the API port.
+    pub sockets_total: u32,
+    /// Sockets listening for a new connection.
+    pub sockets_listening: u32,
+    /// Sockets carrying a connection or closing one (`sockets_total` less the listening).
+    pub sockets_in_use: u32,
+    /// Unauthenticated connections aborted to keep sockets listening or a peer under its
+    /// cap.
+    pub connections_evicted: u64,
+    /// Connections closed by a deadline: a request or first head too slow, idle too long,
+    /// or a socket stuck closing (smoltcp's own timeout on a silent peer is not counted).
+    pub deadlines_hit: u64,
 }
 
 /// `PUT /v1/vms/{id}/image`: how to read the uploaded bytes (from the query string).

@@ -57,7 +57,7 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         .collect();
     let launch = Launch {
         id,
-        config: VmConfig { vcpus, memory_mib },
+        config: VmConfig { vcpus, memory_mib, console_bytes: hypervisor::devices::CONSOLE_RING_BYTES },
         image,
         format,
         guest_cmdline: guest_cmdline.join(" "),

@@ -16,12 +16,14 @@ use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate,
-    VmId, VmInfo, VmStatus,
+    ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo,
+    MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
-use hypervisor::vm::{Action, VcpuRunner, Vm, VmStats, lifecycle};
+use hypervisor::vm::commit::CommitLimit;
+use hypervisor::vm::limits::HostLimits;
+use hypervisor::vm::{Action, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
 
 /// How long stop, delete and reset wait for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -60,11 +62,38 @@ pub struct Manager<B: Backend> {
     virt: Result<(), String>,
     /// Bytes reserved by uploads in flight (see [`upload_budget`]).
     uploading_bytes: u64,
+    /// How much guest memory all VMs may be assigned ([`hypervisor::vm::commit`]).
+    commit: CommitLimit,
+    /// What VMs may ask for ([`hypervisor::vm::limits`]).
+    limits: HostLimits,
+    /// The API server's socket counters, which it updates as it polls (`/v1/info` shows
+    /// them).
+    pub connections: ConnectionCounters,
 }
 
 impl<B: Backend> Manager<B> {
-    pub fn new(virt: Result<(), String>) -> Self {
-        Self { vms: HashMap::new(), next_vm_number: 1, next_cpu: 0, virt, uploading_bytes: 0 }
+    pub fn new(virt: Result<(), String>, commit: CommitLimit, limits: HostLimits) -> Self {
+        Self {
+            vms: HashMap::new(),
+            next_vm_number: 1,
+            next_cpu: 0,
+            virt,
+            uploading_bytes: 0,
+            commit,
+            limits,
+            connections: ConnectionCounters::default(),
+        }
+    }
+
+    /// Guest memory the VMs' slots cover.
+    fn assigned_bytes(&self) -> u64 {
+        self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum()
+    }
+
+    /// Refuses (503, with the figures) `asked` more bytes of guest memory beyond the
+    /// commit limit.
+    fn commit(&self, asked: u64) -> Result<(), ApiError> {
+        self.commit.check(self.assigned_bytes(), asked).map_err(|e| ApiError::Unavailable(e.to_string()))
     }
 
     fn entry(&self, id: &VmId) -> Result<&Entry<B>, ApiError> {
@@ -124,7 +153,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
             features: features.split(',').filter(|f| *f != "-").map(String::from).collect(),
             memory_total_bytes: libos::mm::frame::total_bytes(),
             memory_free_bytes: libos::mm::frame::free_bytes(),
-            memory_assigned_bytes: self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum(),
+            memory_assigned_bytes: self.assigned_bytes(),
+            memory_commit_limit_bytes: self.commit.limit_bytes(),
+            overcommit_percent: self.commit.overcommit_percent,
             vms: self.vms.len() as u32,
             cpu_tags: if self.virt.is_ok() {
                 B::tag_stats()
@@ -139,6 +170,8 @@ impl<B: Backend> ApiHandler for Manager<B> {
             } else {
                 Vec::new()
             },
+            limits: VmLimits::of(&self.limits),
+            connections: self.connections,
         })
     }
 
@@ -149,7 +182,20 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if self.vms.contains_key(id.as_str()) {
             return Err(ApiError::Conflict(format!("VM {id} exists; DELETE it first or choose another id")));
         }
-        let config = config.config();
+        let limits = self.limits;
+        if self.vms.len() >= limits.max_vms as usize {
+            return Err(ApiError::Unavailable(format!(
+                "this host runs at most {} VMs (max_vms= on its command line); delete one first",
+                limits.max_vms
+            )));
+        }
+        if config.vcpus > limits.max_vcpus {
+            return Err(ApiError::BadRequest(format!(
+                "vcpus must be 1 to {} on this host (max_vcpus= on its command line), not {}",
+                limits.max_vcpus, config.vcpus
+            )));
+        }
+        let config = VmConfig { console_bytes: limits.console_ring_bytes, ..config.config() };
         config.validate()?;
         let free = libos::mm::frame::free_bytes();
         if config.memory_mib << 20 > free {
@@ -159,6 +205,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
                 free >> 20
             )));
         }
+        self.commit(config.memory_mib << 20)?;
         let vm = Vm::<B>::create(self.next_vm_number, config, libos::time::now_ns)?;
         self.next_vm_number += 1;
         let entry = Entry { vm, uploading: false };
@@ -197,7 +244,16 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if entry.vm.memslots().iter().any(|s| s.id == SlotId(slot)) {
             return Err(ApiError::Conflict(format!("slot {slot} exists; DELETE it first")));
         }
-        entry.vm.mmu.add_slot(spec.to_slot_spec(slot)?)?;
+        let max_slots = self.limits.max_slots;
+        if entry.vm.memslots().len() >= max_slots as usize {
+            return Err(ApiError::Unavailable(format!(
+                "a VM has at most {max_slots} memory slots on this host (max_slots= on its command \
+                 line); delete one first"
+            )));
+        }
+        let slot_spec = spec.to_slot_spec(slot)?;
+        self.commit(spec.size)?;
+        entry.vm.mmu.add_slot(slot_spec)?;
         Ok(MemslotInfo::new(slot, spec))
     }
 

@@ -2,6 +2,11 @@
 //! sockets listening on the API port (each carries one [`Connection`] at a time), and the
 //! VM registry. Everything is polled; the boot CPU runs no vCPU unless it is the only CPU,
 //! so the API stays responsive however busy the guests are.
+//!
+//! Which connections stay is [`admission`]'s policy (read its module doc); this loop
+//! applies it: it sizes the socket pool from the heap, gives every socket smoltcp's
+//! timeout and keep-alive, aborts a socket stuck closing, and after each accept aborts the
+//! connections [`admission::evictions`] names. `/v1/info` shows the counters.
 
 use super::manager::Manager;
 use super::sched;
@@ -11,19 +16,42 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::convert::Infallible;
-use hypervisor::api::{ApiConfig, Connection, Token};
+use hypervisor::api::{ApiConfig, Connection, Token, admission};
 use hypervisor::backend::choice::{self, WithBackend};
 use hypervisor::backend::{Backend, BackendError};
+use hypervisor::vm::commit::{self, CommitLimit};
+use hypervisor::vm::limits::HostLimits;
 use libos::cmdline;
 use libos::net::smoltcp::iface::SocketHandle;
 use libos::net::smoltcp::socket::tcp;
+use libos::net::smoltcp::time::Duration;
+use libos::net::smoltcp::wire::IpAddress;
 use libos::net::{Addressing, Stack};
 
 pub const DEFAULT_API_PORT: u16 = 8080;
-/// Concurrent connections (the issue asks for at least 8).
-const CONNECTIONS: usize = 8;
-/// Per-socket buffers: an image upload streams through the receive side.
-const SOCKET_BUFFER: usize = 64 * 1024;
+/// One socket on the API port and the connection it carries.
+struct Slot<H: hypervisor::api::ApiHandler> {
+    handle: SocketHandle,
+    connection: Option<Connection<H>>,
+    /// The socket's state at the last look (to log changes and notice accepts).
+    state: tcp::State,
+    /// Since when the socket has been in a closing state.
+    closing_since_ms: Option<u64>,
+}
+
+/// States in which the connection is ending: bounded by [`admission::CLOSING_TIMEOUT_MS`].
+fn is_closing(state: tcp::State) -> bool {
+    use tcp::State::*;
+    matches!(state, CloseWait | FinWait1 | FinWait2 | Closing | LastAck)
+}
+
+/// A connection is gone: undo what it left (an upload) and count a deadline it hit.
+fn retire<B: Backend>(mut connection: Connection<Manager<B>>, manager: &mut Manager<B>) {
+    if connection.timed_out() {
+        manager.connections.deadlines_hit += 1;
+    }
+    connection.close(manager);
+}
 
 pub fn serve(line: &str) -> ! {
     match choice::choose().dispatch(Serve { line }) {}
@@ -102,10 +130,29 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
     };
     let Some((token, printed)) = token(line) else { libos::smp::idle() };
     let config = Arc::new(ApiConfig::new(token));
-    let mut manager = Manager::<B>::new(virt);
-    let mut slots: Vec<(SocketHandle, Option<Connection<Manager<B>>>)> =
-        (0..CONNECTIONS).map(|_| (stack.add_tcp_socket(SOCKET_BUFFER), None)).collect();
-    let mut states = [tcp::State::Closed; CONNECTIONS];
+    let overcommit = cmdline::value(line, "overcommit").map_or(Ok(100), commit::parse_overcommit);
+    let overcommit = overcommit.unwrap_or_else(|e| {
+        log::error!("{e}; no overcommit");
+        100
+    });
+    let commit = CommitLimit::new(libos::mm::frame::free_bytes(), overcommit);
+    let limits = HostLimits::from_values(|key| cmdline::value(line, key)).unwrap_or_else(|e| {
+        log::error!("{e}; the default limits apply");
+        HostLimits::default()
+    });
+    let mut manager = Manager::<B>::new(virt, commit, limits);
+    let count = admission::socket_count(libos::mm::heap::total_bytes());
+    let mut slots: Vec<Slot<Manager<B>>> = (0..count)
+        .map(|_| {
+            let handle = stack.add_tcp_socket(admission::SOCKET_RX_BYTES, admission::SOCKET_TX_BYTES);
+            let socket = stack.sockets.get_mut::<tcp::Socket>(handle);
+            socket.set_timeout(Some(Duration::from_millis(admission::TCP_TIMEOUT_MS)));
+            socket.set_keep_alive(Some(Duration::from_millis(admission::TCP_KEEP_ALIVE_MS)));
+            Slot { handle, connection: None, state: tcp::State::Closed, closing_since_ms: None }
+        })
+        .collect();
+    log::info!("api: {count} sockets on port {port}");
+    manager.connections.sockets_total = count as u32;
     let mut announced = false;
     loop {
         stack.poll();
@@ -120,22 +167,39 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
             announced = true;
         }
         let now = now_ms();
-        for (index, (handle, connection)) in slots.iter_mut().enumerate() {
-            let socket = stack.sockets.get_mut::<tcp::Socket>(*handle);
-            if socket.state() != states[index] {
-                log::trace!("api: socket {index}: {} -> {}", states[index], socket.state());
-                states[index] = socket.state();
+        let mut accepted = false;
+        let mut listening = 0;
+        for (index, slot) in slots.iter_mut().enumerate() {
+            let socket = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
+            if socket.state() != slot.state {
+                log::trace!("api: socket {index}: {} -> {}", slot.state, socket.state());
+                accepted |= slot.state == tcp::State::Listen;
+                slot.state = socket.state();
+            }
+            if !is_closing(socket.state()) {
+                slot.closing_since_ms = None;
+            } else if now.saturating_sub(*slot.closing_since_ms.get_or_insert(now))
+                >= admission::CLOSING_TIMEOUT_MS
+            {
+                log::debug!("api: socket {index}: stuck in {}; aborted", socket.state());
+                socket.abort();
+                manager.connections.deadlines_hit += 1;
+                // It listens again on the next round, once smoltcp has sent the reset.
+                continue;
             }
             if !socket.is_open() {
-                if let Some(mut old) = connection.take() {
-                    old.close(&mut manager);
-                }
                 let _ = socket.listen(port);
-                continue;
             }
             if !socket.is_active() {
+                // Closed, or back to listening (a reset during the handshake): the
+                // connection it carried, if any, is over.
+                if let Some(old) = slot.connection.take() {
+                    retire(old, &mut manager);
+                }
+                listening += usize::from(socket.is_listening());
                 continue;
             }
+            let connection = &mut slot.connection;
             let conn = connection.get_or_insert_with(|| Connection::new(config.clone(), now));
             while socket.can_recv() {
                 let taken = socket.recv(|data| {
@@ -166,13 +230,46 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
                     socket.close();
                 }
             }
-            if !socket.may_recv() && !socket.may_send() {
-                conn.close(&mut manager);
-                *connection = None;
+            if !socket.may_recv()
+                && !socket.may_send()
+                && let Some(old) = connection.take()
+            {
+                retire(old, &mut manager);
             }
         }
+        if accepted {
+            evict(&mut stack, &slots, &mut manager);
+        }
+        let counters = &mut manager.connections;
+        counters.sockets_listening = listening as u32;
+        counters.sockets_in_use = counters.sockets_total - counters.sockets_listening;
         if libos::smp::cpu_count() == 1 {
             sched::run_one_slice();
         }
+    }
+}
+
+/// Aborts the connections admission evicts (after an accept). Their sockets listen again
+/// on the next round, once smoltcp has sent the reset.
+fn evict<B: Backend>(stack: &mut Stack, slots: &[Slot<Manager<B>>], manager: &mut Manager<B>) {
+    let view: Vec<admission::Socket<IpAddress>> = slots
+        .iter()
+        .map(|slot| {
+            let socket = stack.sockets.get::<tcp::Socket>(slot.handle);
+            match (&slot.connection, socket.remote_endpoint()) {
+                _ if !socket.is_open() || socket.is_listening() => admission::Socket::Free,
+                (Some(connection), Some(remote)) if socket.is_active() => admission::Socket::Connection {
+                    peer: remote.addr,
+                    last_activity_ms: connection.last_activity_ms(),
+                    authenticated: connection.is_authenticated(),
+                },
+                _ => admission::Socket::Busy,
+            }
+        })
+        .collect();
+    for (index, why) in admission::evictions(&view, admission::PER_PEER_CAP, admission::LISTEN_RESERVE) {
+        log::debug!("api: socket {index}: unauthenticated connection evicted ({why:?})");
+        stack.sockets.get_mut::<tcp::Socket>(slots[index].handle).abort();
+        manager.connections.connections_evicted += 1;
     }
 }

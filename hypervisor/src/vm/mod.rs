@@ -8,8 +8,10 @@
 //! lock, and the two flags the vCPU loop reads without it (`stop`, `paused`) are derived
 //! from the state there.
 
+pub mod commit;
 mod exits;
 pub mod lifecycle;
+pub mod limits;
 pub mod msr;
 mod run_queue;
 mod stats;
@@ -74,6 +76,9 @@ impl fmt::Display for VmError {
 pub struct VmConfig {
     pub vcpus: u32,
     pub memory_mib: u64,
+    /// Bytes the console ring keeps ([`crate::devices::CONSOLE_RING_BYTES`] unless the
+    /// host's limits say otherwise).
+    pub console_bytes: usize,
 }
 
 impl VmConfig {
@@ -157,7 +162,7 @@ impl<B: Backend> Vm<B> {
             config,
             mmu,
             backend,
-            devices: Mutex::new(PortBus::new()),
+            devices: Mutex::new(PortBus::with_capacity(config.console_bytes, crate::devices::EVENT_LOG_LEN)),
             state: Mutex::new(VmState::Created),
             stop: AtomicBool::new(false),
             running_vcpus: AtomicUsize::new(0),

@@ -104,10 +104,10 @@ impl Stack {
         self.iface.ipv4_addr()
     }
 
-    /// Adds a TCP socket with `buffer` bytes each way.
-    pub fn add_tcp_socket(&mut self, buffer: usize) -> SocketHandle {
-        let rx = tcp::SocketBuffer::new(vec![0; buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0; buffer]);
+    /// Adds a TCP socket with buffers of `rx` and `tx` bytes.
+    pub fn add_tcp_socket(&mut self, rx: usize, tx: usize) -> SocketHandle {
+        let rx = tcp::SocketBuffer::new(vec![0; rx]);
+        let tx = tcp::SocketBuffer::new(vec![0; tx]);
         let mut socket = tcp::Socket::new(rx, tx);
         // Acknowledge at once: with smoltcp's default 10 ms delayed ACK a sender that waits
         // for each ACK (QEMU's user network does) gets one segment per 10 ms, ~140 KB/s.

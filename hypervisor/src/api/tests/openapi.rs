@@ -125,6 +125,8 @@ fn the_documented_limits_are_the_codes() {
     assert_eq!(limits["max_wait_ms"].as_i64(), Some(defaults.max_wait_ms as i64));
     assert_eq!(limits["idle_timeout_ms"].as_i64(), Some(defaults.idle_timeout_ms as i64));
     assert_eq!(limits["head_timeout_ms"].as_i64(), Some(defaults.head_timeout_ms as i64));
+    assert_eq!(limits["body_timeout_ms"].as_i64(), Some(defaults.body_timeout_ms as i64));
+    assert_eq!(limits["min_body_bytes_per_s"].as_i64(), Some(defaults.min_body_bytes_per_s as i64));
     assert_eq!(limits["max_discarded_body_bytes"].as_i64(), Some(defaults.max_discard_bytes as i64));
     assert_eq!(limits["max_headers"].as_i64(), Some(crate::api::http::MAX_HEADERS as i64));
 }
@@ -175,5 +177,35 @@ fn vm_stats_have_exactly_the_keys_of_the_stats_schema() {
     assert_eq!(
         response["content"]["application/json"]["schema"]["$ref"].as_str(),
         Some("#/components/schemas/Stats")
+    );
+}
+
+#[test]
+fn vm_limits_have_exactly_the_keys_and_bounds_of_their_schema() {
+    use crate::vm::limits::{self, HostLimits};
+    let doc = document();
+    let schema = &doc["components"]["schemas"]["VmLimits"];
+    let value = serde_json::to_value(crate::api::model::VmLimits::of(&HostLimits::default())).unwrap();
+    assert_matches_schema(&doc, schema, &value, "VmLimits");
+    let bounds = |key: &str| {
+        (schema["properties"][key]["minimum"].as_i64(), schema["properties"][key]["maximum"].as_i64())
+    };
+    let range = |(min, max): (u32, u32)| (Some(i64::from(min)), Some(i64::from(max)));
+    assert_eq!(bounds("max_vms"), range(limits::MAX_VMS_RANGE));
+    assert_eq!(bounds("max_slots"), range(limits::MAX_SLOTS_RANGE));
+    assert_eq!(bounds("max_vcpus"), range((1, crate::vm::MAX_VCPUS)));
+    let (min_kib, max_kib) = limits::CONSOLE_KIB_RANGE;
+    assert_eq!(bounds("console_ring_bytes"), range((min_kib * 1024, max_kib * 1024)));
+}
+
+#[test]
+fn connection_counters_have_exactly_the_keys_of_their_schema() {
+    let doc = document();
+    let counters = serde_json::to_value(crate::api::model::ConnectionCounters::default()).unwrap();
+    let schema = &doc["components"]["schemas"]["ConnectionCounters"];
+    assert_matches_schema(&doc, schema, &counters, "ConnectionCounters");
+    assert_eq!(
+        doc["components"]["schemas"]["HypervisorInfo"]["properties"]["connections"]["$ref"].as_str(),
+        Some("#/components/schemas/ConnectionCounters")
     );
 }
