@@ -220,6 +220,30 @@ fn svm_runs_more_vcpus_than_host_cpus_by_time_slicing() {
     assert_eq!(stat(&stats, "roots_reused"), 3, "{stats}");
 }
 
+/// xmmiso with vcpus=3 on the two-CPU machine: vCPUs 0 and 2 time-slice on CPU 0, one
+/// keeping a marker in XMM0/YMM0, the other watching its own value there over 30 slices.
+fn check_vector_registers_are_each_vcpus_own(transcript: &str, avx: bool) {
+    assert!(transcript.contains("[vm 1] xmmiso: 3 vcpus"), "{transcript}");
+    assert!(!transcript.contains("FAILED"), "{transcript}");
+    assert!(transcript.contains(&format!("[vm 1] xmmiso: ok switches=30 avx={avx}")), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_vector_registers_are_each_vcpus_own() {
+    // QEMU 7.2's TCG `-cpu max` may or may not offer AVX: the guest says which it used.
+    let transcript = run_svm("exit=1 guest=xmmiso vcpus=3 mem=16", 1);
+    let avx = transcript.contains("avx=true");
+    check_vector_registers_are_each_vcpus_own(&transcript, avx);
+}
+
+#[test]
+fn vmx_vector_registers_are_each_vcpus_own() {
+    // Bochs' Haswell has AVX: YMM0 is checked whole, after an emulated XSETBV.
+    let transcript = run_vmx("bochs-vmx-xmmiso", "exit=1 guest=xmmiso vcpus=3 mem=16", 1);
+    check_vector_registers_are_each_vcpus_own(&transcript, true);
+}
+
 /// A slot deleted while memtouch runs: every root is invalidated and zapped once, the
 /// guest keeps running on a new root (it faults again after the delete), and what it wrote
 /// before the delete, in the slot that stays, is intact (it verifies every pass).

@@ -7,14 +7,18 @@
 //! Layout: `choice` picks the backend the CPUs offer (the only place that names SVM or
 //! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
 //! frames and the direct map); `tags` and `vcpu_set` are the VM tag pool and the flush
-//! protocol, also shared. Only the backends (and libos) contain `unsafe` code; everything
+//! protocol, also shared; `xstate` (host-tested) and `fpu` (its instructions) switch each
+//! vCPU's x87/SSE/AVX state and XCR0 around guest execution. Only the backends (and libos) contain `unsafe` code; everything
 //! above this module is ordinary Rust.
 
 mod caps;
 mod error;
+pub mod xstate;
 
 #[cfg(target_os = "none")]
 pub mod choice;
+#[cfg(target_os = "none")]
+pub mod fpu;
 #[cfg(target_os = "none")]
 pub mod host;
 #[cfg(target_os = "none")]

@@ -17,9 +17,11 @@ pub mod vmcb;
 mod world_switch;
 
 use super::choice::{self, Choice};
+use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::TagPool;
 use super::vcpu_set::{VcpuSet, VcpuSync};
+use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
 use crate::addr::PageSize;
 use crate::mmu::{FlushScope, TlbFlush};
@@ -38,6 +40,7 @@ pub const CPUID_LEN: u64 = 2;
 pub const VMMCALL_LEN: u64 = 3;
 pub const RDMSR_WRMSR_LEN: u64 = 2;
 pub const HLT_LEN: u64 = 1;
+pub const XSETBV_LEN: u64 = 3;
 /// MSR numbers the backend itself virtualizes (AMD64 APM Vol. 2, Appendix A).
 const MSR_EFER: u32 = 0xC000_0080;
 /// MSRs whose guest values live in the VMCB and are switched by VMRUN/VMLOAD/VMSAVE, so
@@ -119,6 +122,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
         Msr::new(VM_HSAVE_PA).write(hsave.phys());
     }
     HOST_AREAS[cpu].call_once(|| (hsave, host_vmsave));
+    fpu::enable_on_this_cpu();
     Ok(())
 }
 
@@ -186,11 +190,13 @@ impl TlbFlush for SvmVm {
     }
 }
 
-/// One vCPU: its VMCB and the registers VMRUN does not switch.
+/// One vCPU: its VMCB and the registers VMRUN does not switch (general-purpose registers,
+/// x87/SSE/AVX state and XCR0).
 pub struct SvmVcpu {
     vm: Arc<SvmVm>,
     vmcb: Vmcb,
     regs: GuestRegs,
+    xstate: GuestXstate,
     sync: Arc<VcpuSync>,
 }
 
@@ -200,7 +206,8 @@ impl SvmVcpu {
     pub fn new(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<Self, BackendError> {
         let vmcb = Vmcb::new(Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?);
         let sync = vm.vcpus.register();
-        let mut vcpu = Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync };
+        let mut vcpu =
+            Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), xstate: fpu::new_state(), sync };
         vcpu.init_controls();
         vcpu.reset(entry);
         Ok(vcpu)
@@ -248,9 +255,19 @@ impl SvmVcpu {
         &self.sync
     }
 
-    /// Handles the exits that only concern SVM itself (EFER, whose SVME bit the guest must
-    /// neither see nor clear). Returns `true` if the exit is done.
+    /// Handles the exits that only concern the backend itself (EFER, whose SVME bit the
+    /// guest must neither see nor clear; XSETBV, whose XCR0 the backend switches). Returns
+    /// `true` if the exit is done.
     fn handle_internally(&mut self, exit: &Exit) -> bool {
+        if self.vmcb.read64(control::EXIT_CODE) == exit_code::XSETBV {
+            let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
+            let cpl = self.vmcb.read8(save::CPL);
+            match fpu::xsetbv(&mut self.xstate, cpl, self.regs.rcx as u32, value) {
+                Ok(()) => self.skip_exiting_instruction(),
+                Err(_) => self.inject_general_protection(),
+            }
+            return true;
+        }
         let Exit::Msr { write } = *exit else { return false };
         if self.regs.rcx as u32 != MSR_EFER {
             return false;
@@ -309,6 +326,7 @@ impl BackendVcpu for SvmVcpu {
         v.write64(control::EVENT_INJECTION, 0);
         v.write64(control::INTERRUPT_SHADOW, 0);
         self.regs = entry.regs;
+        self.xstate.reset();
         self.sync.request_flush();
     }
 
@@ -334,6 +352,7 @@ impl BackendVcpu for SvmVcpu {
             exit_code::VMMCALL => VMMCALL_LEN,
             exit_code::MSR => RDMSR_WRMSR_LEN,
             exit_code::HLT => HLT_LEN,
+            exit_code::XSETBV => XSETBV_LEN,
             _ => 0,
         };
         self.set_rip(self.rip().wrapping_add(len));
@@ -368,12 +387,15 @@ impl BackendVcpu for SvmVcpu {
             };
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
+            x86_64::instructions::interrupts::disable();
+            fpu::load_guest(&mut self.xstate);
             // SAFETY: SVM is enabled on this CPU (checked above: its areas exist), the VMCB
             // is a valid page owned by this vCPU with intercepts that return control to us
             // on every event we rely on (INTR, SHUTDOWN, VMRUN and friends), and
             // `host_area` is this CPU's host VMSAVE page. The world switch restores every
             // host register it changes.
             unsafe { world_switch::run(self.vmcb.phys(), &mut self.regs, host_area) };
+            fpu::save_guest(&mut self.xstate);
             self.sync.exited();
             self.regs.rax = self.vmcb.read64(save::RAX);
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.

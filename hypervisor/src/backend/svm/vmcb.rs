@@ -117,6 +117,7 @@ pub mod exit_code {
     pub const SHUTDOWN: u64 = 0x7F;
     pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
+    pub const XSETBV: u64 = 0x8D;
     pub const NPF: u64 = 0x400;
     /// VMEXIT_INVALID: the guest state failed VMRUN's consistency checks.
     pub const INVALID: u64 = u64::MAX;
@@ -210,6 +211,11 @@ impl Vmcb {
     pub fn read32(&self, offset: usize) -> u32 {
         // SAFETY: as in `read64`.
         unsafe { self.ptr::<u32>(offset).read_volatile() }
+    }
+
+    pub fn read8(&self, offset: usize) -> u8 {
+        // SAFETY: as in `read64`.
+        unsafe { self.ptr::<u8>(offset).read_volatile() }
     }
 
     pub fn write8(&mut self, offset: usize, value: u8) {

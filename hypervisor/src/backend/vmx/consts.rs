@@ -19,6 +19,7 @@ pub mod exit_reason {
     pub const EPT_VIOLATION: u16 = 48;
     pub const EPT_MISCONFIG: u16 = 49;
     pub const PREEMPTION_TIMER: u16 = 52;
+    pub const XSETBV: u16 = 55;
     /// Bit 31 of the exit reason: VM-entry failure (SDM §27.8).
     pub const ENTRY_FAILURE: u32 = 1 << 31;
 }

@@ -154,6 +154,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
             .map_err(|e| BackendError::EnableFailed { what: "VMXON", error: format!("{e:?}") })?;
     }
     VMXON_REGIONS[cpu].call_once(|| region);
+    crate::backend::fpu::enable_on_this_cpu();
     Ok(())
 }
 

@@ -65,3 +65,8 @@ pub fn decode(v: &Current) -> (u32, Exit) {
 pub fn is_cr_access(full: u32) -> bool {
     full & exit_reason::ENTRY_FAILURE == 0 && full as u16 == exit_reason::CR_ACCESS
 }
+
+/// Whether the exit of reason `full` is XSETBV (emulated by the backend).
+pub fn is_xsetbv(full: u32) -> bool {
+    full & exit_reason::ENTRY_FAILURE == 0 && full as u16 == exit_reason::XSETBV
+}

@@ -21,9 +21,11 @@ mod setup;
 mod vmcs;
 mod world_switch;
 
+use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::TagPool;
 use super::vcpu_set::{VcpuSet, VcpuSync};
+use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryState, Exit, GuestRegs};
 use crate::mmu::{FlushScope, TlbFlush};
 use alloc::format;
@@ -123,11 +125,13 @@ fn preemption_timer_ticks() -> u64 {
     (tsc_ticks >> shift).clamp(1, u32::MAX as u64)
 }
 
-/// One vCPU: its VMCS and the registers VM entry does not load.
+/// One vCPU: its VMCS and the registers VM entry does not load (general-purpose
+/// registers, x87/SSE/AVX state and XCR0).
 pub struct VmxVcpu {
     vm: Arc<VmxVm>,
     vmcs: Vmcs,
     regs: GuestRegs,
+    xstate: GuestXstate,
     sync: Arc<VcpuSync>,
     /// Whether VMLAUNCH happened (later entries are VMRESUMEs).
     launched: bool,
@@ -148,6 +152,7 @@ impl VmxVcpu {
             vm: vm.clone(),
             vmcs,
             regs: entry.regs,
+            xstate: fpu::new_state(),
             sync,
             launched: false,
             entry: *entry,
@@ -199,11 +204,14 @@ impl VmxVcpu {
                     cpu::invept(INVEPT_SINGLE_CONTEXT, eptp);
                 }
             }
+            x86_64::instructions::interrupts::disable();
+            fpu::load_guest(&mut self.xstate);
             // SAFETY: VMX is on for this CPU and our VMCS is current (`v`) and fully set
             // up (host state with this CPU's values, HOST_RIP the world switch's exit
             // label); `launched` says whether it was launched; `regs` is this vCPU's
             // register block.
             let failed = unsafe { world_switch::run(&mut self.regs, self.launched) };
+            fpu::save_guest(&mut self.xstate);
             self.sync.exited();
             x86_64::instructions::interrupts::enable();
             if failed {
@@ -215,6 +223,10 @@ impl VmxVcpu {
             self.launched = true;
             let (reason, exit) = exit::decode(&v);
             self.last_exit_reason = reason;
+            if exit::is_xsetbv(reason) {
+                emulate_xsetbv(&v, &mut self.xstate, &self.regs);
+                continue;
+            }
             if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &self.regs)) {
                 return Ok(exit);
             }
@@ -223,11 +235,30 @@ impl VmxVcpu {
     }
 }
 
+/// XSETBV (which always exits on VMX): a valid value becomes the vCPU's XCR0, anything
+/// else injects #GP(0). The CPL is SS.DPL (SDM Vol. 3A §5.5).
+fn emulate_xsetbv(v: &Current, xstate: &mut GuestXstate, regs: &GuestRegs) {
+    let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
+    let cpl = ((v.read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+    match fpu::xsetbv(xstate, cpl, regs.rcx as u32, value) {
+        Ok(()) => skip_instruction(v),
+        Err(_) => inject_general_protection(v),
+    }
+}
+
 /// Advances the guest's RIP past the instruction that caused the last exit (VMX reports its
 /// length).
 fn skip_instruction(v: &Current) {
     let len = v.read(ro::VMEXIT_INSTRUCTION_LEN);
     let _ = v.write(guest::RIP, v.read(guest::RIP).wrapping_add(len));
+}
+
+/// Injects #GP(0) at the next entry: valid, type hardware exception (3), deliver error
+/// code, vector 13 (SDM §25.8.3).
+fn inject_general_protection(v: &Current) {
+    const GP_EVENT: u64 = (1 << 31) | (3 << 8) | (1 << 11) | 13;
+    let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT);
+    let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
 }
 
 impl Drop for VmxVcpu {
@@ -240,6 +271,7 @@ impl BackendVcpu for VmxVcpu {
     fn reset(&mut self, entry: &EntryState) {
         self.entry = *entry;
         self.regs = entry.regs;
+        self.xstate.reset();
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
@@ -275,11 +307,8 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn inject_general_protection(&mut self) {
-        // Valid, type hardware exception (3), deliver error code, vector 13 (SDM §25.8.3).
-        const GP_EVENT: u64 = (1 << 31) | (3 << 8) | (1 << 11) | 13;
         if let Ok(v) = self.vmcs.current() {
-            let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT);
-            let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+            inject_general_protection(&v);
         }
     }
 
