@@ -244,6 +244,53 @@ fn vmx_vector_registers_are_each_vcpus_own() {
     check_vector_registers_are_each_vcpus_own(&transcript, true);
 }
 
+/// guardrails `test=NAME` (see the guest's docs) passed in VM 1.
+fn check_guardrail(transcript: &str, test: &str) {
+    assert!(!transcript.contains("FAILED"), "{transcript}");
+    assert!(transcript.contains(&format!("[vm 1] guardrails: {test} ok")), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+}
+
+#[test]
+fn vmx_xsetbv_takes_valid_xcr0_values_and_refuses_invalid_ones_with_gp() {
+    // VMX always exits on XSETBV (QEMU TCG's SVM lets it through, so only Bochs tests it).
+    let transcript = run_vmx("bochs-vmx-xsetbv", "exit=1 guest=guardrails guest.test=xsetbv mem=16", 1);
+    assert!(transcript.contains("[vm 1] guardrails: xsetbv valid=[3, 7] invalid=4"), "{transcript}");
+    check_guardrail(&transcript, "xsetbv");
+}
+
+#[test]
+fn svm_hardware_breakpoint_survives_exits_and_another_vcpus_debug_registers() {
+    check_guardrail(
+        &run_svm("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1),
+        "breakpoint",
+    );
+}
+
+#[test]
+fn vmx_hardware_breakpoint_survives_exits_and_another_vcpus_debug_registers() {
+    let cmdline = "exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16";
+    check_guardrail(&run_vmx("bochs-vmx-breakpoint", cmdline, 1), "breakpoint");
+}
+
+/// vCPU 2 writes CR8 = 15 and halts; vCPU 0 on the same host CPU runs on to its end, and so
+/// does the next VM there.
+fn check_cr8(transcript: &str) {
+    assert!(
+        transcript.contains("[vm 1] guardrails: vcpu 2 wrote CR8=15, read back 15, halting"),
+        "{transcript}"
+    );
+    check_guardrail(transcript, "cr8");
+    assert!(transcript.contains("[vm 2] hello from taproot guest"), "{transcript}");
+    assert_eq!(vm_end(transcript, 2).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_guest_tpr_stays_virtual() {
+    // V_INTR_MASKING: the guest's CR8 is the VMCB's V_TPR, never the host's TPR.
+    check_cr8(&run_svm("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=3 mem=16", 2));
+}
+
 /// A slot deleted while memtouch runs: every root is invalidated and zapped once, the
 /// guest keeps running on a new root (it faults again after the delete), and what it wrote
 /// before the delete, in the slot that stays, is intact (it verifies every pass).

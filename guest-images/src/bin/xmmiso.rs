@@ -17,16 +17,10 @@ mod guest {
     use core::arch::asm;
     use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use guest_images::logic::cmdline_u64;
+    use guest_images::rt::{CPUID1_ECX_AVX, CPUID1_ECX_XSAVE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE};
     use guest_images::{println, rt};
     use taproot_guest_abi::status;
 
-    /// CR4.OSFXSR, CR4.OSXMMEXCPT, CR4.OSXSAVE (SDM Vol. 3A §2.5).
-    const CR4_OSFXSR: u64 = 1 << 9;
-    const CR4_OSXMMEXCPT: u64 = 1 << 10;
-    const CR4_OSXSAVE: u64 = 1 << 18;
-    /// CPUID.01h:ECX: XSAVE (bit 26), AVX (bit 28).
-    const CPUID1_ECX_XSAVE: u32 = 1 << 26;
-    const CPUID1_ECX_AVX: u32 = 1 << 28;
     /// XCR0: x87 | SSE | AVX.
     const XCR0_AVX: u64 = 0b111;
     const DEFAULT_SWITCHES: u64 = 30;
@@ -75,13 +69,10 @@ mod guest {
         unsafe { rt::write_cr4(cr4) };
         if avx {
             // SAFETY: CR4.OSXSAVE is set and x87|SSE|AVX is a valid XCR0 where AVX exists.
-            unsafe {
-                asm!("xsetbv", in("ecx") 0, in("eax") XCR0_AVX as u32, in("edx") 0, options(nomem, nostack))
+            let xcr0 = unsafe {
+                rt::xsetbv(0, XCR0_AVX);
+                rt::xcr0()
             };
-            let (lo, hi): (u32, u32);
-            // SAFETY: XGETBV of XCR0 with CR4.OSXSAVE set only reads it.
-            unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-            let xcr0 = ((hi as u64) << 32) | lo as u64;
             if xcr0 != XCR0_AVX {
                 println!("xmmiso: FAILED: XGETBV read {xcr0:#x} after XSETBV {XCR0_AVX:#x}");
                 rt::exit(status::FAILED);

@@ -8,7 +8,8 @@
 //! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
 //! frames and the direct map); `tags` and `vcpu_set` are the VM tag pool and the flush
 //! protocol, also shared; `xstate` (host-tested) and `fpu` (its instructions) switch each
-//! vCPU's x87/SSE/AVX state and XCR0 around guest execution. Only the backends (and libos) contain `unsafe` code; everything
+//! vCPU's x87/SSE/AVX state and XCR0 around guest execution, `debug_regs` the debug
+//! registers the hardware does not switch. Only the backends (and libos) contain `unsafe` code; everything
 //! above this module is ordinary Rust.
 
 mod caps;
@@ -17,6 +18,8 @@ pub mod xstate;
 
 #[cfg(target_os = "none")]
 pub mod choice;
+#[cfg(target_os = "none")]
+pub mod debug_regs;
 #[cfg(target_os = "none")]
 pub mod fpu;
 #[cfg(target_os = "none")]

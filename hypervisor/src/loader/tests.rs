@@ -595,7 +595,7 @@ fn built_guest_images_are_valid_pvh_elfs() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("x86_64-unknown-none/release");
-    let names = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "xmmiso"];
+    let names = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "xmmiso", "guardrails"];
     if !dir.join(names[0]).exists() {
         eprintln!(
             "skipped: no guest images in {} (build them with `cargo build -p guest-images --target \

@@ -106,6 +106,9 @@ pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// Exit codes (APM Vol. 2, Appendix C "SVM Intercept Exit Codes").
 pub mod exit_code {
     pub const EXCEPTION_BASE: u64 = 0x40;
+    /// #DB and #AC (EXCEPTION_BASE + vector).
+    pub const DB: u64 = EXCEPTION_BASE + 1;
+    pub const AC: u64 = EXCEPTION_BASE + 17;
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
     pub const SMI: u64 = 0x62;

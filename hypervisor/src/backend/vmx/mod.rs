@@ -21,6 +21,7 @@ mod setup;
 mod vmcs;
 mod world_switch;
 
+use super::debug_regs::{DR6_STATUS, DebugRegs};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::TagPool;
@@ -53,9 +54,11 @@ const IO_BITMAP_FRAMES: usize = 2;
 /// MSRs the guest may use without exits because VM entry and exit switch them (the
 /// "load/save IA32_EFER" and "load/save IA32_PAT" controls, and the guest-state fields for
 /// SYSENTER_CS/ESP/EIP and the FS/GS bases; SDM Vol. 3C §26.3.2.1 and §28.3): IA32_EFER,
-/// IA32_PAT, IA32_SYSENTER_CS/ESP/EIP, IA32_FS_BASE, IA32_GS_BASE. The bitmap's halves
-/// are laid out as in SDM Vol. 3C §25.6.9.
-const PASSTHROUGH_MSRS: [u32; 7] = [0xC000_0080, 0x277, 0x174, 0x175, 0x176, 0xC000_0100, 0xC000_0101];
+/// IA32_PAT, IA32_SYSENTER_CS/ESP/EIP, IA32_FS_BASE, IA32_GS_BASE; and
+/// IA32_KERNEL_GS_BASE, which the vCPU switches itself around each run. The bitmap's
+/// halves are laid out as in SDM Vol. 3C §25.6.9.
+const PASSTHROUGH_MSRS: [u32; 8] =
+    [0xC000_0080, 0x277, 0x174, 0x175, 0x176, 0xC000_0100, 0xC000_0101, MSR_KERNEL_GS_BASE];
 
 impl VmxVm {
     pub fn new() -> Result<Arc<Self>, BackendError> {
@@ -126,12 +129,14 @@ fn preemption_timer_ticks() -> u64 {
 }
 
 /// One vCPU: its VMCS and the registers VM entry does not load (general-purpose
-/// registers, x87/SSE/AVX state and XCR0).
+/// registers, x87/SSE/AVX state and XCR0, DR0-DR3 and DR6, IA32_KERNEL_GS_BASE).
 pub struct VmxVcpu {
     vm: Arc<VmxVm>,
     vmcs: Vmcs,
     regs: GuestRegs,
     xstate: GuestXstate,
+    debug: DebugRegs,
+    kernel_gs_base: u64,
     sync: Arc<VcpuSync>,
     /// Whether VMLAUNCH happened (later entries are VMRESUMEs).
     launched: bool,
@@ -153,6 +158,8 @@ impl VmxVcpu {
             vmcs,
             regs: entry.regs,
             xstate: fpu::new_state(),
+            debug: DebugRegs::default(),
+            kernel_gs_base: 0,
             sync,
             launched: false,
             entry: *entry,
@@ -206,12 +213,16 @@ impl VmxVcpu {
             }
             x86_64::instructions::interrupts::disable();
             fpu::load_guest(&mut self.xstate);
+            self.debug.load(true);
+            cpu::write_kernel_gs_base(self.kernel_gs_base);
             // SAFETY: VMX is on for this CPU and our VMCS is current (`v`) and fully set
             // up (host state with this CPU's values, HOST_RIP the world switch's exit
             // label); `launched` says whether it was launched; `regs` is this vCPU's
             // register block.
             let failed = unsafe { world_switch::run(&mut self.regs, self.launched) };
             fpu::save_guest(&mut self.xstate);
+            self.debug.save(true);
+            self.kernel_gs_base = cpu::rdmsr(MSR_KERNEL_GS_BASE);
             self.sync.exited();
             x86_64::instructions::interrupts::enable();
             if failed {
@@ -227,7 +238,10 @@ impl VmxVcpu {
                 emulate_xsetbv(&v, &mut self.xstate, &self.regs);
                 continue;
             }
-            if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &self.regs)) {
+            if exit::is_exception(reason) && reflect_exception(&v, &mut self.debug) {
+                continue;
+            }
+            if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs)) {
                 return Ok(exit);
             }
             skip_instruction(&v);
@@ -244,6 +258,34 @@ fn emulate_xsetbv(v: &Current, xstate: &mut GuestXstate, regs: &GuestRegs) {
         Ok(()) => skip_instruction(v),
         Err(_) => inject_general_protection(v),
     }
+}
+
+/// Reflects an intercepted #DB or #AC into the guest (the exception bitmap's only
+/// exceptions, `REFLECTED_EXCEPTIONS`): the same event injected again, #AC with its error
+/// code 0, #DB after setting the DR6 status bits the exit qualification reports (VM exit
+/// leaves DR6 alone: SDM Vol. 3C §27.1). Returns `false` for an NMI (the host's).
+fn reflect_exception(v: &Current, debug: &mut DebugRegs) -> bool {
+    use consts::intr_info::*;
+    let info = v.read(ro::VMEXIT_INTERRUPTION_INFO);
+    let kind = (info >> TYPE_SHIFT) & TYPE_MASK;
+    let vector = (info & VECTOR_MASK) as u8;
+    if kind == TYPE_NMI {
+        return false;
+    }
+    if vector == DB_VECTOR {
+        let qual = v.read(ro::EXIT_QUALIFICATION);
+        debug.dr6 = (debug.dr6 & !DR6_STATUS) | (qual & DR6_STATUS);
+    }
+    let mut event = VALID | (kind << TYPE_SHIFT) | vector as u64;
+    if vector == AC_VECTOR {
+        event |= ERROR_CODE;
+        let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+    }
+    if kind == TYPE_PRIV_SOFTWARE || kind == TYPE_SOFTWARE {
+        let _ = v.write(control::VMENTRY_INSTRUCTION_LEN, v.read(ro::VMEXIT_INSTRUCTION_LEN));
+    }
+    let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, event);
+    true
 }
 
 /// Advances the guest's RIP past the instruction that caused the last exit (VMX reports its
@@ -272,6 +314,9 @@ impl BackendVcpu for VmxVcpu {
         self.entry = *entry;
         self.regs = entry.regs;
         self.xstate.reset();
+        self.debug = DebugRegs::default();
+        self.kernel_gs_base = 0;
+        self.cr.cr8 = 0;
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
