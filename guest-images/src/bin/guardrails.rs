@@ -5,8 +5,10 @@
 //! - `breakpoint`: a data breakpoint (DR0, DR7) armed by vCPU 0 survives exits and host
 //!   time slices in which vCPU 2 (on the same host CPU with `vcpus=3`) writes other
 //!   values to DR0-DR3, and fires (#DB, DR6.B0) on the write;
-//! - `cr8`: vCPU 2 (with `vcpus=3`, on the same host CPU as vCPU 0) writes CR8 = 15,
-//!   reads it back and halts; vCPU 0 then still runs exits and host time slices to its end.
+//! - `cr8`: the last vCPU (vCPU 1 with `vcpus=2`, alone on host CPU 1) writes CR8 = 15,
+//!   reads it back and halts; vCPU 0 ends the VM. Were the physical TPR the guest's, host
+//!   CPU 1 would take no interrupt again (no timer, no wake-up IPI), and the next VM's
+//!   vCPU 1 there would never run.
 //!
 //! Prints `guardrails: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -46,7 +48,9 @@ mod guest {
 
     pub fn guest(boot: &rt::Boot) -> u32 {
         let test = cmdline_value(boot.cmdline(), "test").unwrap_or("xsetbv");
-        let helper = boot.vcpu_count >= 3 && boot.vcpu_index == 2;
+        // The helper is the last vCPU: vCPU 2 of 3 shares host CPU 0 with vCPU 0; vCPU 1 of
+        // 2 has host CPU 1 to itself.
+        let helper = boot.vcpu_index != 0 && boot.vcpu_index == boot.vcpu_count - 1;
         if boot.vcpu_index != 0 && !helper {
             rt::halt_forever();
         }
@@ -56,7 +60,7 @@ mod guest {
             ("cr8", true) => raise_tpr_and_halt(),
             (_, true) => rt::halt_forever(),
             ("xsetbv", false) => xsetbv(),
-            ("breakpoint", false) => breakpoint(),
+            ("breakpoint", false) => breakpoint(boot.vcpu_count),
             ("cr8", false) => outlive_a_high_tpr(),
             _ => {
                 println!("guardrails: FAILED: unknown test {test:?}");
@@ -176,30 +180,30 @@ mod guest {
         true
     }
 
-    /// Host time slices seen: `TURNS` moved since the last look (vCPU 2 ran in between);
-    /// with one vCPU, CPUID exits stand for them.
-    fn wait_slices(slices: u32) {
+    /// Host time slices seen: `TURNS` moved since the last look (vCPU 2 ran in between).
+    /// The wait spins without exits: Bochs preempts a guest only through the VMX-preemption
+    /// timer, which every entry restarts. With fewer than three vCPUs, CPUID exits stand in
+    /// for the slices.
+    fn wait_slices(vcpus: u32, slices: u32) {
+        if vcpus < 3 {
+            for _ in 0..2000 {
+                let _ = rt::cpuid_regs(0);
+            }
+            return;
+        }
         let mut last = TURNS.load(Ordering::Relaxed);
         let mut seen = 0;
-        let mut spins = 0u64;
         while seen < slices {
             let turns = TURNS.load(Ordering::Relaxed);
             if turns != last {
                 last = turns;
                 seen += 1;
             }
-            spins += 1;
-            if spins.is_multiple_of(1024) {
-                let _ = rt::cpuid_regs(0);
-            }
-            if spins > 50_000_000 {
-                // One vCPU: nothing bumps TURNS; the CPUID exits did the job.
-                return;
-            }
+            core::hint::spin_loop();
         }
     }
 
-    fn breakpoint() -> bool {
+    fn breakpoint(vcpus: u32) -> bool {
         let target = TARGET.as_ptr() as u64;
         // SAFETY: arming a data breakpoint on this image's own variable; `db_handler`
         // takes the #DB.
@@ -207,7 +211,7 @@ mod guest {
             asm!("mov dr0, {}", in(reg) target, options(nomem, nostack, preserves_flags));
             asm!("mov dr7, {}", in(reg) DR7_L0_WRITE_4, options(nomem, nostack, preserves_flags));
         }
-        wait_slices(SLICES);
+        wait_slices(vcpus, SLICES);
         let (dr0, dr7): (u64, u64);
         // SAFETY: reading debug registers at CPL 0 has no side effects.
         unsafe {
@@ -244,7 +248,7 @@ mod guest {
         rt::halt_forever()
     }
 
-    /// vCPU 2 of `cr8`: the highest task priority, then halt for good.
+    /// The helper of `cr8`: the highest task priority, then halt for good.
     fn raise_tpr_and_halt() -> ! {
         // SAFETY: CR8 only sets the task priority (of the virtual APIC, if the host does
         // its job).
@@ -252,15 +256,16 @@ mod guest {
         let cr8: u64;
         // SAFETY: reading CR8 has no side effects.
         unsafe { asm!("mov {}, cr8", out(reg) cr8, options(nomem, nostack, preserves_flags)) };
-        println!("guardrails: vcpu 2 wrote CR8=15, read back {cr8}, halting");
+        println!("guardrails: the last vcpu wrote CR8=15, read back {cr8}, halting");
         TURNS.fetch_add(1, Ordering::Relaxed);
         rt::halt_forever()
     }
 
-    /// vCPU 0 of `cr8`: runs on after vCPU 2 raised its TPR and halted.
+    /// vCPU 0 of `cr8`: ends the VM once the helper raised its TPR.
     fn outlive_a_high_tpr() -> bool {
+        // Spin without exits (see `wait_slices`) until the helper wrote CR8.
         while TURNS.load(Ordering::Relaxed) == 0 {
-            let _ = rt::cpuid_regs(0);
+            core::hint::spin_loop();
         }
         let start = rt::rdtsc();
         for _ in 0..2000 {
