@@ -396,4 +396,9 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_multiboot1(&run("exit=1 guest=hello,memtouch format=multiboot vcpus=2 mem=48 guest.mib=8", 2));
     check_roots(&run("exit=1 guest=roots", 1));
     check_hostile_then_hello(&run("exit=1 guest=triplefault,wild,spin,hello16 mem=1 timeout_ms=300", 4), 4);
+    let xmmiso = run("exit=1 guest=xmmiso vcpus=3 mem=16", 1);
+    check_vector_registers_are_each_vcpus_own(&xmmiso, xmmiso.contains("avx=true"));
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=xsetbv mem=16", 1), "xsetbv");
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1), "breakpoint");
+    check_cr8(&run("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
 }
