@@ -582,8 +582,9 @@ pub unsafe fn write_cr4(value: u64) {
 pub const CR4_OSFXSR: u64 = 1 << 9;
 pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
 pub const CR4_OSXSAVE: u64 = 1 << 18;
-/// CPUID.01h:ECX: XSAVE (bit 26), AVX (bit 28).
+/// CPUID.01h:ECX: XSAVE (bit 26), OSXSAVE (bit 27), AVX (bit 28).
 pub const CPUID1_ECX_XSAVE: u32 = 1 << 26;
+pub const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
 pub const CPUID1_ECX_AVX: u32 = 1 << 28;
 
 /// XCR0, read with XGETBV.

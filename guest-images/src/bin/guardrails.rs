@@ -1,7 +1,7 @@
 //! `guardrails`: guest state the host must virtualize, one check per `test=`:
 //! - `xsetbv`: valid XCR0 values take effect (read back with XGETBV); invalid ones (x87
 //!   clear, AVX without SSE, a reserved bit, ECX other than 0) raise #GP(0), caught by
-//!   this guest's IDT, and leave XCR0 alone;
+//!   this guest's IDT, and leave XCR0 alone; CPUID's OSXSAVE follows CR4.OSXSAVE;
 //! - `breakpoint`: a data breakpoint (DR0, DR7) armed by vCPU 0 survives exits and host
 //!   time slices in which vCPU 2 (on the same host CPU with `vcpus=3`) writes other
 //!   values to DR0-DR3, and fires (#DB, DR6.B0) on the write;
@@ -21,7 +21,7 @@ mod guest {
     use core::arch::{asm, naked_asm};
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
     use guest_images::logic::cmdline_value;
-    use guest_images::rt::{CPUID1_ECX_AVX, CPUID1_ECX_XSAVE, CR4_OSFXSR, CR4_OSXSAVE};
+    use guest_images::rt::{CPUID1_ECX_AVX, CPUID1_ECX_OSXSAVE, CPUID1_ECX_XSAVE, CR4_OSFXSR, CR4_OSXSAVE};
     use guest_images::{println, rt};
     use taproot_guest_abi::status;
 
@@ -150,8 +150,15 @@ mod guest {
             println!("guardrails: no XSAVE on this CPU");
             return true;
         }
+        // CPUID's OSXSAVE mirrors this vCPU's CR4.OSXSAVE (SDM Vol. 2A, CPUID leaf 1).
+        let before = ecx & CPUID1_ECX_OSXSAVE != 0;
         // SAFETY: PAE stays on; OSXSAVE exists with CPUID.XSAVE.
         unsafe { rt::write_cr4(rt::read_cr4() | CR4_OSFXSR | CR4_OSXSAVE) };
+        let after = rt::cpuid_regs(1)[2] & CPUID1_ECX_OSXSAVE != 0;
+        if before || !after {
+            println!("guardrails: FAILED: CPUID OSXSAVE {before} before CR4.OSXSAVE, {after} after");
+            return false;
+        }
         let mut valid = [0b11, 0b111];
         let valid = if ecx & CPUID1_ECX_AVX != 0 { &mut valid[..] } else { &mut valid[..1] };
         for &value in valid.iter() {

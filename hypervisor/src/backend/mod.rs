@@ -130,6 +130,8 @@ pub trait BackendVcpu: Send {
     /// Advances RIP past the instruction that caused the last exit (CPUID, VMMCALL/VMCALL,
     /// RDMSR/WRMSR, HLT). I/O exits carry their next RIP instead.
     fn skip_exiting_instruction(&mut self);
+    /// The guest's CR4 as the guest reads it.
+    fn guest_cr4(&self) -> u64;
     /// Injects #GP(0) at the next entry.
     fn inject_general_protection(&mut self);
     /// Runs the guest on this CPU with `root_pointer` (nCR3 / EPTP) until the next exit.

@@ -103,6 +103,17 @@ fn closed(mask: u64) -> u64 {
     mask
 }
 
+/// CPUID.01h:ECX bit 27 (OSXSAVE) and CR4.OSXSAVE (bit 18).
+const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// CPUID leaf 1's ECX as the guest must see it: OSXSAVE mirrors the guest's own
+/// CR4.OSXSAVE (SDM Vol. 2A, CPUID), not the host's, which is always set where XSAVE exists.
+pub fn leaf1_ecx_osxsave(ecx: u32, guest_cr4: u64) -> u32 {
+    let osxsave = if guest_cr4 & CR4_OSXSAVE != 0 { CPUID1_ECX_OSXSAVE } else { 0 };
+    (ecx & !CPUID1_ECX_OSXSAVE) | osxsave
+}
+
 /// Why an XSETBV injects #GP(0) (SDM Vol. 2D XSETBV "Protected Mode Exceptions").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XsetbvFault {
@@ -245,6 +256,13 @@ mod tests {
         assert_eq!(state.xcr0, X87);
         assert_eq!(state.as_mut_ptr() as usize % ALIGN, 0);
         assert_eq!(GuestXstate::new(&Offer::FXSAVE).bytes().len(), LEGACY_SIZE);
+    }
+
+    #[test]
+    fn cpuid_osxsave_follows_the_guests_cr4() {
+        assert_eq!(leaf1_ecx_osxsave(u32::MAX, 0), !(1 << 27));
+        assert_eq!(leaf1_ecx_osxsave(0, 1 << 18), 1 << 27);
+        assert_eq!(leaf1_ecx_osxsave(1 << 26, !(1 << 18)), 1 << 26);
     }
 
     #[test]

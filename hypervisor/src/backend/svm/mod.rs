@@ -390,6 +390,10 @@ impl BackendVcpu for SvmVcpu {
         self.set_rip(self.rip().wrapping_add(len));
     }
 
+    fn guest_cr4(&self) -> u64 {
+        self.vmcb.read64(save::CR4)
+    }
+
     fn inject_general_protection(&mut self) {
         const GP_VECTOR: u64 = 13;
         self.vmcb.write64(

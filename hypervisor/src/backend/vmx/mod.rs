@@ -351,6 +351,12 @@ impl BackendVcpu for VmxVcpu {
         }
     }
 
+    fn guest_cr4(&self) -> u64 {
+        // The guest owns every bit but VMXE (`cr`): those from CR4 itself, VMXE from the
+        // shadow.
+        self.vmcs.current().map_or(0, |v| (v.read(guest::CR4) & !CR4_VMXE) | (self.cr.cr4 & CR4_VMXE))
+    }
+
     fn inject_general_protection(&mut self) {
         if let Ok(v) = self.vmcs.current() {
             inject_general_protection(&v);
