@@ -578,6 +578,38 @@ pub unsafe fn write_cr4(value: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
+/// CR4.OSFXSR, CR4.OSXMMEXCPT, CR4.OSXSAVE (SDM Vol. 3A §2.5): SSE, #XM, XSAVE/XSETBV.
+pub const CR4_OSFXSR: u64 = 1 << 9;
+pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+pub const CR4_OSXSAVE: u64 = 1 << 18;
+/// CPUID.01h:ECX: XSAVE (bit 26), OSXSAVE (bit 27), AVX (bit 28).
+pub const CPUID1_ECX_XSAVE: u32 = 1 << 26;
+pub const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
+pub const CPUID1_ECX_AVX: u32 = 1 << 28;
+
+/// XCR0, read with XGETBV.
+///
+/// # Safety
+/// CR4.OSXSAVE must be set.
+#[must_use]
+pub unsafe fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller set CR4.OSXSAVE; XGETBV of XCR0 only reads it.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    ((hi as u64) << 32) | lo as u64
+}
+
+/// Writes XCR `index` with XSETBV (3 bytes: 0F 01 D1, which a #GP handler may skip).
+///
+/// # Safety
+/// CR4.OSXSAVE must be set, and `value` valid or a #GP handler installed.
+pub unsafe fn xsetbv(index: u32, value: u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        asm!("xsetbv", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack))
+    };
+}
+
 /// The time-stamp counter.
 #[must_use]
 pub fn rdtsc() -> u64 {

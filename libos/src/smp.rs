@@ -130,6 +130,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     percpu::install(index, apic_id);
     gdt::init_cpu();
     interrupts::init_cpu();
+    cpu::init_fpu();
     apic::init_cpu();
     apic::start_periodic_timer();
     let me = percpu::current();

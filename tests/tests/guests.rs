@@ -308,6 +308,83 @@ fn svm_runs_more_vcpus_than_host_cpus_by_time_slicing() {
     assert_eq!(stat(&stats, "roots_reused"), 3, "{stats}");
 }
 
+/// xmmiso with vcpus=3 on the two-CPU machine: vCPUs 0 and 2 time-slice on CPU 0, one
+/// keeping a marker in XMM0/YMM0, the other watching its own value there over 30 slices.
+fn check_vector_registers_are_each_vcpus_own(transcript: &str, avx: bool) {
+    assert!(transcript.contains("[vm 1] xmmiso: 3 vcpus"), "{transcript}");
+    assert!(!transcript.contains("FAILED"), "{transcript}");
+    assert!(transcript.contains(&format!("[vm 1] xmmiso: ok switches=30 avx={avx}")), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_vector_registers_are_each_vcpus_own() {
+    // QEMU 7.2's TCG `-cpu max` may or may not offer AVX: the guest says which it used.
+    let transcript = run_svm("exit=1 guest=xmmiso vcpus=3 mem=16", 1);
+    let avx = transcript.contains("avx=true");
+    check_vector_registers_are_each_vcpus_own(&transcript, avx);
+}
+
+#[test]
+fn vmx_vector_registers_are_each_vcpus_own() {
+    // Bochs' Haswell has AVX: YMM0 is checked whole, after an emulated XSETBV.
+    let transcript = run_vmx("bochs-vmx-xmmiso", "exit=1 guest=xmmiso vcpus=3 mem=16", 1);
+    check_vector_registers_are_each_vcpus_own(&transcript, true);
+}
+
+/// guardrails `test=NAME` (see the guest's docs) passed in VM 1.
+fn check_guardrail(transcript: &str, test: &str) {
+    assert!(!transcript.contains("FAILED"), "{transcript}");
+    assert!(transcript.contains(&format!("[vm 1] guardrails: {test} ok")), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+}
+
+#[test]
+fn vmx_xsetbv_takes_valid_xcr0_values_and_refuses_invalid_ones_with_gp() {
+    // VMX always exits on XSETBV (QEMU TCG's SVM lets it through, so only Bochs tests it).
+    let transcript = run_vmx("bochs-vmx-xsetbv", "exit=1 guest=guardrails guest.test=xsetbv mem=16", 1);
+    assert!(transcript.contains("[vm 1] guardrails: xsetbv valid=[3, 7] invalid=4"), "{transcript}");
+    check_guardrail(&transcript, "xsetbv");
+}
+
+#[test]
+fn svm_hardware_breakpoint_survives_exits_and_another_vcpus_debug_registers() {
+    check_guardrail(
+        &run_svm("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1),
+        "breakpoint",
+    );
+}
+
+#[test]
+fn vmx_hardware_breakpoint_survives_exits_and_another_vcpus_debug_registers() {
+    let cmdline = "exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16";
+    check_guardrail(&run_vmx("bochs-vmx-breakpoint", cmdline, 1), "breakpoint");
+}
+
+/// vCPU 1, alone on host CPU 1, writes CR8 = 15 and halts; the next VM's vCPU 1 runs there
+/// to its end (a guest that set the physical TPR would leave that CPU deaf to interrupts).
+fn check_cr8(transcript: &str) {
+    assert!(
+        transcript.contains("[vm 1] guardrails: the last vcpu wrote CR8=15, read back 15, halting"),
+        "{transcript}"
+    );
+    check_guardrail(transcript, "cr8");
+    assert!(transcript.contains("[vm 2] hello from taproot guest"), "{transcript}");
+    assert_eq!(vm_end(transcript, 2).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_guest_tpr_stays_virtual() {
+    // V_INTR_MASKING: the guest's CR8 is the VMCB's V_TPR, never the host's TPR.
+    check_cr8(&run_svm("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
+}
+
+#[test]
+fn vmx_guest_tpr_stays_virtual() {
+    let cmdline = "exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16";
+    check_cr8(&run_vmx("bochs-vmx-cr8", cmdline, 2));
+}
+
 /// A slot deleted while memtouch runs: every root is invalidated and zapped once, the
 /// guest keeps running on a new root (it faults again after the delete), and what it wrote
 /// before the delete, in the slot that stays, is intact (it verifies every pass).
@@ -410,6 +487,11 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     // Where the emulators forgive: real-mode injection and what the host CPU advertises.
     check_msr16(&run("exit=1 guest=msr16 mem=1", 1));
     check_cpuid(&run("exit=1 guest=cpuid", 1));
+    let xmmiso = run("exit=1 guest=xmmiso vcpus=3 mem=16", 1);
+    check_vector_registers_are_each_vcpus_own(&xmmiso, xmmiso.contains("avx=true"));
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=xsetbv mem=16", 1), "xsetbv");
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1), "breakpoint");
+    check_cr8(&run("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
 }
 
 /// Twenty `hello` VMs, then `tlbprobe` with three vCPUs, with one tag per CPU

@@ -23,7 +23,8 @@ pub struct Options {
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The guests `guest-images/` builds, which the API can load.
-const API_GUESTS: [&str; 6] = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid"];
+const API_GUESTS: [&str; 8] =
+    ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails"];
 
 pub fn run(opts: Options) -> Result<(), String> {
     setup::ensure_target()?;

@@ -7,14 +7,21 @@
 //! Layout: `choice` picks the backend the CPUs offer (the only place that names SVM or
 //! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
 //! frames and the direct map); `tags` (host-tested) hands out hardware tags per CPU and
-//! `vcpu_set` holds the flush protocol, also shared. Only the backends (and libos) contain `unsafe` code; everything
+//! `vcpu_set` holds the flush protocol, also shared; `xstate` (host-tested) and `fpu` (its
+//! instructions) switch each vCPU's x87/SSE/AVX state and XCR0 around guest execution,
+//! `debug_regs` the debug registers the hardware does not switch. Only the backends (and libos) contain `unsafe` code; everything
 //! above this module is ordinary Rust.
 
 mod caps;
 mod error;
+pub mod xstate;
 
 #[cfg(target_os = "none")]
 pub mod choice;
+#[cfg(target_os = "none")]
+pub mod debug_regs;
+#[cfg(target_os = "none")]
+pub mod fpu;
 #[cfg(target_os = "none")]
 pub mod host;
 #[cfg(target_os = "none")]
@@ -133,6 +140,8 @@ pub trait BackendVcpu: Send {
     /// Advances RIP past the instruction that caused the last exit (CPUID, VMMCALL/VMCALL,
     /// RDMSR/WRMSR, HLT). I/O exits carry their next RIP instead.
     fn skip_exiting_instruction(&mut self);
+    /// The guest's CR4 as the guest reads it.
+    fn guest_cr4(&self) -> u64;
     /// Injects #GP at the next entry: with error code 0 in protected mode, without one in
     /// real mode ([`exception_error_code_valid`]).
     fn inject_general_protection(&mut self);

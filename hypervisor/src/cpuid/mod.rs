@@ -87,6 +87,13 @@ pub struct HostFacts {
     pub lapic_bus_hz: u64,
 }
 
+/// The XCR0 components a guest may enable and the backends switch: x87, SSE and AVX with
+/// [`XSAVE_VIRTUALIZED`] (what leaf 0Dh then shows), x87 and SSE without it.
+#[must_use]
+pub const fn offered_xcr0() -> u64 {
+    if XSAVE_VIRTUALIZED { XCR0_OFFERED as u64 } else { 0b11 }
+}
+
 /// The CPUID a VM's guests see (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {

@@ -595,7 +595,7 @@ fn built_guest_images_are_valid_pvh_elfs() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("x86_64-unknown-none/release");
-    let names = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid"];
+    let names = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails"];
     // Host tests run before xtask builds the guests: a tree built before a guest was added
     // has some of them, so skip unless all are there.
     if !names.iter().all(|name| dir.join(name).exists()) {

@@ -129,7 +129,10 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             let regs = cx.vcpu.regs();
             let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
             let host = B::host_cpuid(leaf, subleaf);
-            let [a, b, c, d] = cx.vm.cpuid.guest_view(leaf, subleaf, host, cx.index);
+            let [a, b, mut c, d] = cx.vm.cpuid.guest_view(leaf, subleaf, host, cx.index);
+            if leaf == 1 {
+                c = crate::backend::xstate::leaf1_ecx_osxsave(c, cx.vcpu.guest_cr4());
+            }
             let regs = cx.vcpu.regs_mut();
             (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
             cx.vcpu.skip_exiting_instruction();

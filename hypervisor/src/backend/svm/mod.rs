@@ -20,9 +20,12 @@ pub mod vmcb;
 mod world_switch;
 
 use super::choice::{self, Choice};
+use super::debug_regs::DebugRegs;
+use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
+use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
 use crate::addr::PageSize;
 use crate::mmu::{FlushScope, TlbFlush};
@@ -41,6 +44,7 @@ pub const CPUID_LEN: u64 = 2;
 pub const VMMCALL_LEN: u64 = 3;
 pub const RDMSR_WRMSR_LEN: u64 = 2;
 pub const HLT_LEN: u64 = 1;
+pub const XSETBV_LEN: u64 = 3;
 /// MSR numbers the backend itself virtualizes (AMD64 APM Vol. 2, Appendix A).
 const MSR_EFER: u32 = 0xC000_0080;
 /// MSRs whose guest values live in the VMCB and are switched by VMRUN/VMLOAD/VMSAVE, so
@@ -63,6 +67,10 @@ const PASSTHROUGH_MSRS: [u32; 11] = [
 /// §15.11, Table 15-7).
 const MSRPM_RANGES: [(u32, usize); 3] = [(0x0000_0000, 0x000), (0xC000_0000, 0x800), (0xC001_0000, 0x1000)];
 const MSRPM_FRAMES: usize = 2;
+/// Exceptions intercepted only to be reflected into the guest: #DB (vector 1) and #AC
+/// (vector 17), which a guest can otherwise raise in a loop that never lets the CPU take an
+/// interrupt (CVE-2015-8104, CVE-2015-5307).
+const REFLECTED_EXCEPTIONS: u32 = (1 << 1) | (1 << 17);
 const IOPM_FRAMES: usize = 3;
 
 /// Each CPU's host save area and host VMSAVE area, kept for good once SVM is on there.
@@ -133,6 +141,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
         Msr::new(VM_HSAVE_PA).write(hsave.phys());
     }
     HOST_AREAS[cpu].call_once(|| (hsave, host_vmsave));
+    fpu::enable_on_this_cpu();
     Ok(())
 }
 
@@ -192,11 +201,14 @@ impl TlbFlush for SvmVm {
     }
 }
 
-/// One vCPU: its VMCB, the registers VMRUN does not switch, and its ASID.
+/// One vCPU: its VMCB, its ASID, and the registers VMRUN does not switch (general-purpose
+/// registers, x87/SSE/AVX state and XCR0, DR0-DR3; DR6 and DR7 are in the VMCB).
 pub struct SvmVcpu {
     vm: Arc<SvmVm>,
     vmcb: Vmcb,
     regs: GuestRegs,
+    xstate: GuestXstate,
+    debug: DebugRegs,
     sync: Arc<VcpuSync>,
     tag: VcpuTag,
 }
@@ -207,8 +219,15 @@ impl SvmVcpu {
     pub fn new(vm: &Arc<SvmVm>, entry: &EntryState) -> Result<Self, BackendError> {
         let vmcb = Vmcb::new(Frames::zeroed(1).ok_or(OUT_OF_MEMORY)?);
         let sync = vm.vcpus.register();
-        let mut vcpu =
-            Self { vm: vm.clone(), vmcb, regs: GuestRegs::default(), sync, tag: VcpuTag::default() };
+        let mut vcpu = Self {
+            vm: vm.clone(),
+            vmcb,
+            regs: GuestRegs::default(),
+            xstate: fpu::new_state(),
+            debug: DebugRegs::default(),
+            sync,
+            tag: VcpuTag::default(),
+        };
         vcpu.init_controls();
         vcpu.reset(entry);
         Ok(vcpu)
@@ -218,7 +237,7 @@ impl SvmVcpu {
         use vmcb::{misc1, misc2};
         let v = &mut self.vmcb;
         v.write32(control::INTERCEPT_CR, 0);
-        v.write32(control::INTERCEPT_EXCEPTIONS, 0);
+        v.write32(control::INTERCEPT_EXCEPTIONS, REFLECTED_EXCEPTIONS);
         v.write32(
             control::INTERCEPT_MISC1,
             misc1::INTR
@@ -275,9 +294,24 @@ impl SvmVcpu {
         &self.sync
     }
 
-    /// Handles the exits that only concern SVM itself (EFER, whose SVME bit the guest must
-    /// neither see nor clear). Returns `true` if the exit is done.
+    /// Handles the exits that only concern the backend itself (EFER, whose SVME bit the
+    /// guest must neither see nor clear; XSETBV, whose XCR0 the backend switches). Returns
+    /// `true` if the exit is done.
     fn handle_internally(&mut self, exit: &Exit) -> bool {
+        let code = self.vmcb.read64(control::EXIT_CODE);
+        if code == exit_code::DB || code == exit_code::AC {
+            self.reflect_exception(code);
+            return true;
+        }
+        if code == exit_code::XSETBV {
+            let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
+            let cpl = self.vmcb.read8(save::CPL);
+            match fpu::xsetbv(&mut self.xstate, cpl, self.regs.rcx as u32, value) {
+                Ok(()) => self.skip_exiting_instruction(),
+                Err(_) => self.inject_general_protection(),
+            }
+            return true;
+        }
         let Exit::Msr { write } = *exit else { return false };
         if self.regs.rcx as u32 != MSR_EFER {
             return false;
@@ -292,6 +326,20 @@ impl SvmVcpu {
         }
         self.skip_exiting_instruction();
         true
+    }
+}
+
+impl SvmVcpu {
+    /// Injects the intercepted #DB or #AC again: #AC with its error code 0, #DB as it came
+    /// (the VMCB's DR6 already holds its status bits, which KVM's `db_interception` relies
+    /// on too).
+    fn reflect_exception(&mut self, code: u64) {
+        let vector = code - exit_code::EXCEPTION_BASE;
+        let error_code = if code == exit_code::AC { vmcb::EVENT_ERROR_CODE_VALID } else { 0 };
+        self.vmcb.write64(
+            control::EVENT_INJECTION,
+            vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | error_code | vector,
+        );
     }
 }
 
@@ -336,6 +384,8 @@ impl BackendVcpu for SvmVcpu {
         v.write64(control::EVENT_INJECTION, 0);
         v.write64(control::INTERRUPT_SHADOW, 0);
         self.regs = entry.regs;
+        self.xstate.reset();
+        self.debug = DebugRegs::default();
         self.sync.request_flush();
     }
 
@@ -361,9 +411,14 @@ impl BackendVcpu for SvmVcpu {
             exit_code::VMMCALL => VMMCALL_LEN,
             exit_code::MSR => RDMSR_WRMSR_LEN,
             exit_code::HLT => HLT_LEN,
+            exit_code::XSETBV => XSETBV_LEN,
             _ => 0,
         };
         self.set_rip(self.rip().wrapping_add(len));
+    }
+
+    fn guest_cr4(&self) -> u64 {
+        self.vmcb.read64(save::CR4)
     }
 
     fn inject_general_protection(&mut self) {
@@ -393,12 +448,17 @@ impl BackendVcpu for SvmVcpu {
             let tlb = self.choose_asid(cpu);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
+            x86_64::instructions::interrupts::disable();
+            fpu::load_guest(&mut self.xstate);
+            self.debug.load(false);
             // SAFETY: SVM is enabled on this CPU (checked above: its areas exist), the VMCB
             // is a valid page owned by this vCPU with intercepts that return control to us
             // on every event we rely on (INTR, SHUTDOWN, VMRUN and friends), and
             // `host_area` is this CPU's host VMSAVE page. The world switch restores every
             // host register it changes.
             unsafe { world_switch::run(self.vmcb.phys(), &mut self.regs, host_area) };
+            fpu::save_guest(&mut self.xstate);
+            self.debug.save(false);
             self.sync.exited();
             self.regs.rax = self.vmcb.read64(save::RAX);
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.

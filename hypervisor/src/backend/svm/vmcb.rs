@@ -106,6 +106,9 @@ pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// Exit codes (APM Vol. 2, Appendix C "SVM Intercept Exit Codes").
 pub mod exit_code {
     pub const EXCEPTION_BASE: u64 = 0x40;
+    /// #DB and #AC (EXCEPTION_BASE + vector).
+    pub const DB: u64 = EXCEPTION_BASE + 1;
+    pub const AC: u64 = EXCEPTION_BASE + 17;
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
     pub const SMI: u64 = 0x62;
@@ -117,6 +120,7 @@ pub mod exit_code {
     pub const SHUTDOWN: u64 = 0x7F;
     pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
+    pub const XSETBV: u64 = 0x8D;
     pub const NPF: u64 = 0x400;
     /// VMEXIT_INVALID: the guest state failed VMRUN's consistency checks.
     pub const INVALID: u64 = u64::MAX;
@@ -210,6 +214,11 @@ impl Vmcb {
     pub fn read32(&self, offset: usize) -> u32 {
         // SAFETY: as in `read64`.
         unsafe { self.ptr::<u32>(offset).read_volatile() }
+    }
+
+    pub fn read8(&self, offset: usize) -> u8 {
+        // SAFETY: as in `read64`.
+        unsafe { self.ptr::<u8>(offset).read_volatile() }
     }
 
     pub fn write8(&mut self, offset: usize, value: u8) {

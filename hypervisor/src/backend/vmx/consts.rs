@@ -19,6 +19,7 @@ pub mod exit_reason {
     pub const EPT_VIOLATION: u16 = 48;
     pub const EPT_MISCONFIG: u16 = 49;
     pub const PREEMPTION_TIMER: u16 = 52;
+    pub const XSETBV: u16 = 55;
     /// Bit 31 of the exit reason: VM-entry failure (SDM §27.8).
     pub const ENTRY_FAILURE: u32 = 1 << 31;
 }
@@ -43,6 +44,7 @@ pub mod cr_qual {
     pub const TYPE_SHIFT: u64 = 4;
     pub const TYPE_MASK: u64 = 0x3;
     pub const TYPE_MOV_TO_CR: u64 = 0;
+    pub const TYPE_MOV_FROM_CR: u64 = 1;
     pub const REG_SHIFT: u64 = 8;
     pub const REG_MASK: u64 = 0xF;
 }
@@ -81,6 +83,27 @@ pub const INVEPT_ALL_CONTEXT: u64 = 2;
 pub const INVVPID_SINGLE_CONTEXT: u64 = 1;
 pub const INVVPID_ALL_CONTEXT: u64 = 2;
 /// The power-on PAT (SDM Vol. 3A §13.12.4).
+/// Exceptions intercepted only to be reflected into the guest: #DB (vector 1) and #AC
+/// (vector 17), which a guest can otherwise raise in a loop that never lets the CPU take an
+/// interrupt (CVE-2015-8104, CVE-2015-5307).
+pub const DB_VECTOR: u8 = 1;
+pub const AC_VECTOR: u8 = 17;
+pub const REFLECTED_EXCEPTIONS: u64 = (1 << DB_VECTOR) | (1 << AC_VECTOR);
+/// Interruption-information fields (SDM Vol. 3C §25.8.3, §25.9.2): valid bit, type in bits
+/// 10:8 (NMI 2, hardware exception 3, privileged software exception 5, software
+/// exception 6), error code valid bit 11, vector in bits 7:0.
+pub mod intr_info {
+    pub const VALID: u64 = 1 << 31;
+    pub const TYPE_SHIFT: u64 = 8;
+    pub const TYPE_MASK: u64 = 0x7;
+    pub const TYPE_NMI: u64 = 2;
+    pub const TYPE_PRIV_SOFTWARE: u64 = 5;
+    pub const TYPE_SOFTWARE: u64 = 6;
+    pub const ERROR_CODE: u64 = 1 << 11;
+    pub const VECTOR_MASK: u64 = 0xFF;
+}
+/// IA32_KERNEL_GS_BASE, which SWAPGS exchanges with GS.base without an exit.
+pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
 /// VM-instruction error numbers (SDM Vol. 3C §31.4), as text.

@@ -30,8 +30,18 @@ static HOST: Once<VmxHost> = Once::new();
 
 pub fn rdmsr(index: u32) -> u64 {
     // SAFETY: only called for MSRs that exist when CPUID reports VMX (the VMX capability
-    // MSRs, IA32_FEATURE_CONTROL) or that exist on every x86-64 CPU (FS/GS base, EFER, PAT).
+    // MSRs, IA32_FEATURE_CONTROL) or that exist on every x86-64 CPU (FS/GS base, EFER, PAT,
+    // KERNEL_GS_BASE).
     unsafe { Msr::new(index).read() }
+}
+
+/// Writes IA32_KERNEL_GS_BASE, the only MSR the vCPU switches by hand.
+pub fn write_kernel_gs_base(value: u64) {
+    // SAFETY: the MSR exists on every x86-64 CPU; the host never executes SWAPGS, so its
+    // value (the guest's, here) means nothing to the host. A non-canonical value would #GP,
+    // but it was read from the MSR after a guest ran (the CPU only holds canonical values)
+    // or is the reset value 0.
+    unsafe { Msr::new(super::consts::MSR_KERNEL_GS_BASE).write(value) }
 }
 
 /// What the boot CPU's VMX offers, as libos detected it.
@@ -157,6 +167,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
             .map_err(|e| BackendError::EnableFailed { what: "VMXON", error: format!("{e:?}") })?;
     }
     VMXON_REGIONS[cpu].call_once(|| region);
+    crate::backend::fpu::enable_on_this_cpu();
     Ok(())
 }
 

@@ -4,6 +4,10 @@
 //! or CR4 that would change one of them exits here, where the guest's value is kept in the
 //! shadow and the fixed bits are added back. Every other bit, CR0.WP and CR4.PGE among
 //! them, is the guest's own (no exits).
+//!
+//! CR8 (the TPR) exits both ways (CR8-load and CR8-store exiting), so a guest's `mov cr8`
+//! never reaches the physical local APIC, whose TPR stays the host's 0: the guest's value
+//! lives here, four bits wide.
 
 #![deny(unsafe_code)]
 
@@ -18,6 +22,8 @@ use x86::vmx::vmcs::{control, guest, ro};
 pub struct CrShadows {
     pub cr0: u64,
     pub cr4: u64,
+    /// The guest's task priority (CR8[3:0]).
+    pub cr8: u64,
 }
 
 /// Gives the guest `value` as its CR0: the shadow shows it, the real CR0 adds the bits VMX
@@ -37,15 +43,30 @@ pub fn set_cr4(v: &Current, host: &VmxHost, shadows: &mut CrShadows, value: u64)
 }
 
 /// Emulates a control-register access exit if it is a MOV to CR0 or CR4 (the only ones
-/// the masks make exit). Returns `true` if it did; the caller then skips the instruction.
-pub fn emulate(v: &Current, host: &VmxHost, shadows: &mut CrShadows, regs: &GuestRegs) -> bool {
+/// the masks make exit) or a MOV to or from CR8. Returns `true` if it did; the caller then
+/// skips the instruction.
+pub fn emulate(v: &Current, host: &VmxHost, shadows: &mut CrShadows, regs: &mut GuestRegs) -> bool {
     let qual = v.read(ro::EXIT_QUALIFICATION);
     let cr = qual & cr_qual::CR_MASK;
     let kind = (qual >> cr_qual::TYPE_SHIFT) & cr_qual::TYPE_MASK;
-    if kind != cr_qual::TYPE_MOV_TO_CR || !(cr == 0 || cr == 4) {
-        return false;
+    let reg = (qual >> cr_qual::REG_SHIFT) & cr_qual::REG_MASK;
+    match (cr, kind) {
+        (8, cr_qual::TYPE_MOV_TO_CR) => {
+            shadows.cr8 = read_reg(v, regs, reg) & 0xF;
+            return true;
+        }
+        (8, cr_qual::TYPE_MOV_FROM_CR) => return write_reg(v, regs, reg, shadows.cr8),
+        (0 | 4, cr_qual::TYPE_MOV_TO_CR) => {}
+        _ => return false,
     }
-    let value = match (qual >> cr_qual::REG_SHIFT) & cr_qual::REG_MASK {
+    let value = read_reg(v, regs, reg);
+    let result = if cr == 0 { set_cr0(v, host, shadows, value) } else { set_cr4(v, host, shadows, value) };
+    result.is_ok()
+}
+
+/// The general-purpose register numbered `reg` in an exit qualification (SDM Table 28-3).
+fn read_reg(v: &Current, regs: &GuestRegs, reg: u64) -> u64 {
+    match reg {
         0 => regs.rax,
         1 => regs.rcx,
         2 => regs.rdx,
@@ -62,7 +83,29 @@ pub fn emulate(v: &Current, host: &VmxHost, shadows: &mut CrShadows, regs: &Gues
         13 => regs.r13,
         14 => regs.r14,
         _ => regs.r15,
+    }
+}
+
+/// Writes `value` to the register numbered `reg`; `false` if the VMCS refused RSP.
+fn write_reg(v: &Current, regs: &mut GuestRegs, reg: u64, value: u64) -> bool {
+    let slot = match reg {
+        0 => &mut regs.rax,
+        1 => &mut regs.rcx,
+        2 => &mut regs.rdx,
+        3 => &mut regs.rbx,
+        4 => return v.write(guest::RSP, value).is_ok(),
+        5 => &mut regs.rbp,
+        6 => &mut regs.rsi,
+        7 => &mut regs.rdi,
+        8 => &mut regs.r8,
+        9 => &mut regs.r9,
+        10 => &mut regs.r10,
+        11 => &mut regs.r11,
+        12 => &mut regs.r12,
+        13 => &mut regs.r13,
+        14 => &mut regs.r14,
+        _ => &mut regs.r15,
     };
-    let result = if cr == 0 { set_cr0(v, host, shadows, value) } else { set_cr4(v, host, shadows, value) };
-    result.is_ok()
+    *slot = value;
+    true
 }

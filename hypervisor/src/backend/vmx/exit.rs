@@ -65,3 +65,14 @@ pub fn decode(v: &Current) -> (u32, Exit) {
 pub fn is_cr_access(full: u32) -> bool {
     full & exit_reason::ENTRY_FAILURE == 0 && full as u16 == exit_reason::CR_ACCESS
 }
+
+/// Whether the exit of reason `full` is an exception or NMI (the reflected #DB and #AC, or
+/// a host NMI).
+pub fn is_exception(full: u32) -> bool {
+    full & exit_reason::ENTRY_FAILURE == 0 && full as u16 == exit_reason::EXCEPTION_OR_NMI
+}
+
+/// Whether the exit of reason `full` is XSETBV (emulated by the backend).
+pub fn is_xsetbv(full: u32) -> bool {
+    full & exit_reason::ENTRY_FAILURE == 0 && full as u16 == exit_reason::XSETBV
+}

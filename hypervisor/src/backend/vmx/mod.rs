@@ -25,9 +25,12 @@ mod setup;
 mod vmcs;
 mod world_switch;
 
+use super::debug_regs::{DR6_STATUS, DebugRegs};
+use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
+use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryState, Exit, GuestRegs};
 use crate::mmu::{FlushScope, TlbFlush};
 use alloc::format;
@@ -66,9 +69,11 @@ const IO_BITMAP_FRAMES: usize = 2;
 /// MSRs the guest may use without exits because VM entry and exit switch them (the
 /// "load/save IA32_EFER" and "load/save IA32_PAT" controls, and the guest-state fields for
 /// SYSENTER_CS/ESP/EIP and the FS/GS bases; SDM Vol. 3C §26.3.2.1 and §28.3): IA32_EFER,
-/// IA32_PAT, IA32_SYSENTER_CS/ESP/EIP, IA32_FS_BASE, IA32_GS_BASE. The bitmap's halves
-/// are laid out as in SDM Vol. 3C §25.6.9.
-const PASSTHROUGH_MSRS: [u32; 7] = [0xC000_0080, 0x277, 0x174, 0x175, 0x176, 0xC000_0100, 0xC000_0101];
+/// IA32_PAT, IA32_SYSENTER_CS/ESP/EIP, IA32_FS_BASE, IA32_GS_BASE; and
+/// IA32_KERNEL_GS_BASE, which the vCPU switches itself around each run. The bitmap's
+/// halves are laid out as in SDM Vol. 3C §25.6.9.
+const PASSTHROUGH_MSRS: [u32; 8] =
+    [0xC000_0080, 0x277, 0x174, 0x175, 0x176, 0xC000_0100, 0xC000_0101, MSR_KERNEL_GS_BASE];
 
 impl VmxVm {
     pub fn new() -> Result<Arc<Self>, BackendError> {
@@ -127,11 +132,15 @@ fn preemption_timer_ticks() -> u64 {
     (tsc_ticks >> shift).clamp(1, u32::MAX as u64)
 }
 
-/// One vCPU: its VMCS and the registers VM entry does not load.
+/// One vCPU: its VMCS and the registers VM entry does not load (general-purpose
+/// registers, x87/SSE/AVX state and XCR0, DR0-DR3 and DR6, IA32_KERNEL_GS_BASE).
 pub struct VmxVcpu {
     vm: Arc<VmxVm>,
     vmcs: Vmcs,
     regs: GuestRegs,
+    xstate: GuestXstate,
+    debug: DebugRegs,
+    kernel_gs_base: u64,
     sync: Arc<VcpuSync>,
     /// Whether VMLAUNCH happened (later entries are VMRESUMEs).
     launched: bool,
@@ -155,6 +164,9 @@ impl VmxVcpu {
             vm: vm.clone(),
             vmcs,
             regs: entry.regs,
+            xstate: fpu::new_state(),
+            debug: DebugRegs::default(),
+            kernel_gs_base: 0,
             sync,
             launched: false,
             entry: *entry,
@@ -207,11 +219,18 @@ impl VmxVcpu {
                     cpu::invept(INVEPT_SINGLE_CONTEXT, eptp);
                 }
             }
+            x86_64::instructions::interrupts::disable();
+            fpu::load_guest(&mut self.xstate);
+            self.debug.load(true);
+            cpu::write_kernel_gs_base(self.kernel_gs_base);
             // SAFETY: VMX is on for this CPU and our VMCS is current (`v`) and fully set
             // up (host state with this CPU's values, HOST_RIP the world switch's exit
             // label); `launched` says whether it was launched; `regs` is this vCPU's
             // register block.
             let failed = unsafe { world_switch::run(&mut self.regs, self.launched) };
+            fpu::save_guest(&mut self.xstate);
+            self.debug.save(true);
+            self.kernel_gs_base = cpu::rdmsr(MSR_KERNEL_GS_BASE);
             self.sync.exited();
             x86_64::instructions::interrupts::enable();
             if failed {
@@ -223,7 +242,14 @@ impl VmxVcpu {
             self.launched = true;
             let (reason, exit) = exit::decode(&v);
             self.last_exit_reason = reason;
-            if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &self.regs)) {
+            if exit::is_xsetbv(reason) {
+                emulate_xsetbv(&v, &mut self.xstate, &self.regs);
+                continue;
+            }
+            if exit::is_exception(reason) && reflect_exception(&v, &mut self.debug) {
+                continue;
+            }
+            if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs)) {
                 return Ok(exit);
             }
             skip_instruction(&v);
@@ -250,11 +276,63 @@ fn choose_vpid(v: &Current, cpu: usize, tag: &mut VcpuTag, vpid: &mut u32) -> Re
     Ok(())
 }
 
+/// XSETBV (which always exits on VMX): a valid value becomes the vCPU's XCR0, anything
+/// else injects #GP(0). The CPL is SS.DPL (SDM Vol. 3A §5.5).
+fn emulate_xsetbv(v: &Current, xstate: &mut GuestXstate, regs: &GuestRegs) {
+    let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
+    let cpl = ((v.read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+    match fpu::xsetbv(xstate, cpl, regs.rcx as u32, value) {
+        Ok(()) => skip_instruction(v),
+        Err(_) => inject_general_protection(v),
+    }
+}
+
+/// Reflects an intercepted #DB or #AC into the guest (the exception bitmap's only
+/// exceptions, `REFLECTED_EXCEPTIONS`): the same event injected again, #AC with its error
+/// code 0, #DB after setting the DR6 status bits the exit qualification reports (VM exit
+/// leaves DR6 alone: SDM Vol. 3C §27.1). Returns `false` for an NMI (the host's).
+fn reflect_exception(v: &Current, debug: &mut DebugRegs) -> bool {
+    use consts::intr_info::*;
+    let info = v.read(ro::VMEXIT_INTERRUPTION_INFO);
+    let kind = (info >> TYPE_SHIFT) & TYPE_MASK;
+    let vector = (info & VECTOR_MASK) as u8;
+    if kind == TYPE_NMI {
+        return false;
+    }
+    if vector == DB_VECTOR {
+        let qual = v.read(ro::EXIT_QUALIFICATION);
+        debug.dr6 = (debug.dr6 & !DR6_STATUS) | (qual & DR6_STATUS);
+    }
+    let mut event = VALID | (kind << TYPE_SHIFT) | vector as u64;
+    if vector == AC_VECTOR {
+        event |= ERROR_CODE;
+        let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+    }
+    if kind == TYPE_PRIV_SOFTWARE || kind == TYPE_SOFTWARE {
+        let _ = v.write(control::VMENTRY_INSTRUCTION_LEN, v.read(ro::VMEXIT_INSTRUCTION_LEN));
+    }
+    let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, event);
+    true
+}
+
 /// Advances the guest's RIP past the instruction that caused the last exit (VMX reports its
 /// length).
 fn skip_instruction(v: &Current) {
     let len = v.read(ro::VMEXIT_INSTRUCTION_LEN);
     let _ = v.write(guest::RIP, v.read(guest::RIP).wrapping_add(len));
+}
+
+/// Injects #GP(0) at the next entry: valid, type hardware exception (3), deliver error
+/// code, vector 13 (SDM §25.8.3).
+fn inject_general_protection(v: &Current) {
+    // Valid, type hardware exception (3), vector 13; deliver error code (bit 11) only in
+    // protected mode (SDM §25.8.3, §27.2.1.3).
+    const GP_EVENT: u64 = (1 << 31) | (3 << 8) | 13;
+    const DELIVER_ERROR_CODE: u64 = 1 << 11;
+    let error_code =
+        if crate::backend::exception_error_code_valid(v.read(guest::CR0)) { DELIVER_ERROR_CODE } else { 0 };
+    let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT | error_code);
+    let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
 }
 
 impl Drop for VmxVcpu {
@@ -267,6 +345,10 @@ impl BackendVcpu for VmxVcpu {
     fn reset(&mut self, entry: &EntryState) {
         self.entry = *entry;
         self.regs = entry.regs;
+        self.xstate.reset();
+        self.debug = DebugRegs::default();
+        self.kernel_gs_base = 0;
+        self.cr.cr8 = 0;
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
@@ -300,19 +382,15 @@ impl BackendVcpu for VmxVcpu {
         }
     }
 
+    fn guest_cr4(&self) -> u64 {
+        // The guest owns every bit but VMXE (`cr`): those from CR4 itself, VMXE from the
+        // shadow.
+        self.vmcs.current().map_or(0, |v| (v.read(guest::CR4) & !CR4_VMXE) | (self.cr.cr4 & CR4_VMXE))
+    }
+
     fn inject_general_protection(&mut self) {
-        // Valid, type hardware exception (3), vector 13; deliver error code (bit 11) only in
-        // protected mode (SDM §25.8.3, §27.2.1.3).
-        const GP_EVENT: u64 = (1 << 31) | (3 << 8) | 13;
-        const DELIVER_ERROR_CODE: u64 = 1 << 11;
         if let Ok(v) = self.vmcs.current() {
-            let error_code = if crate::backend::exception_error_code_valid(v.read(guest::CR0)) {
-                DELIVER_ERROR_CODE
-            } else {
-                0
-            };
-            let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT | error_code);
-            let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+            inject_general_protection(&v);
         }
     }
 

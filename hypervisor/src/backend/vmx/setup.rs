@@ -54,6 +54,8 @@ pub fn write_controls(
         host.primary_controls,
         "primary processor-based",
         (PrimaryControls::HLT_EXITING
+            | PrimaryControls::CR8_LOAD_EXITING
+            | PrimaryControls::CR8_STORE_EXITING
             | PrimaryControls::USE_IO_BITMAPS
             | PrimaryControls::USE_MSR_BITMAPS
             | PrimaryControls::SECONDARY_CONTROLS)
@@ -71,6 +73,7 @@ pub fn write_controls(
         host.exit_controls,
         "VM-exit",
         (ExitControls::HOST_ADDRESS_SPACE_SIZE
+            | ExitControls::SAVE_DEBUG_CONTROLS
             | ExitControls::SAVE_IA32_EFER
             | ExitControls::LOAD_IA32_EFER
             | ExitControls::SAVE_IA32_PAT
@@ -81,7 +84,8 @@ pub fn write_controls(
     let entry = adjust(
         host.entry_controls,
         "VM-entry",
-        (EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT).bits(),
+        (EntryControls::LOAD_DEBUG_CONTROLS | EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT)
+            .bits(),
         |b| format!("{:?}", EntryControls::from_bits_truncate(b)),
     )?;
     v.write(control::PINBASED_EXEC_CONTROLS, pin as u64)?;
@@ -89,7 +93,7 @@ pub fn write_controls(
     v.write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, secondary as u64)?;
     v.write(control::VMEXIT_CONTROLS, exit as u64)?;
     v.write(control::VMENTRY_CONTROLS, entry as u64)?;
-    v.write(control::EXCEPTION_BITMAP, 0)?;
+    v.write(control::EXCEPTION_BITMAP, REFLECTED_EXCEPTIONS)?;
     v.write(control::IO_BITMAP_A_ADDR_FULL, vm.io_bitmaps)?;
     v.write(control::IO_BITMAP_B_ADDR_FULL, vm.io_bitmaps + 4096)?;
     v.write(control::MSR_BITMAPS_ADDR_FULL, vm.msr_bitmap)?;

@@ -56,6 +56,7 @@ pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
     paging::map_high_ram(info);
     gdt::init_cpu();
     interrupts::init_cpu();
+    cpu::init_fpu();
     pic::disable();
     time::init();
     apic::init_cpu();

@@ -138,3 +138,32 @@ pub fn rdrand() -> Option<u64> {
     }
     None
 }
+
+/// Whether XSAVE exists (CPUID.1:ECX.XSAVE); [`init_fpu`] then turns CR4.OSXSAVE on.
+pub fn has_xsave() -> bool {
+    CpuId::new().get_feature_info().is_some_and(|f| f.has_xsave())
+}
+
+/// Readies the calling CPU's FPU for the hypervisor to switch guests' x87/SSE/AVX state
+/// with FXSAVE/XSAVE: CR0.MP set, CR0.EM and CR0.TS clear (no #NM, no #UD); CR4.OSFXSR and
+/// CR4.OSXMMEXCPT (FXSAVE covers the XMM registers, SIMD exceptions are #XM), and
+/// CR4.OSXSAVE where XSAVE exists (XCR0 stays x87 until the hypervisor sets its own).
+/// libos and the image never use the FPU themselves: the target is soft-float.
+pub fn init_fpu() {
+    use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
+    let xsave = has_xsave();
+    // SAFETY: the bits changed only select how x87/SSE instructions and the save/restore
+    // instructions behave, which no code of this CPU uses yet; OSXSAVE only with XSAVE.
+    unsafe {
+        Cr0::update(|f| {
+            f.insert(Cr0Flags::MONITOR_COPROCESSOR);
+            f.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
+        });
+        Cr4::update(|f| {
+            f.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE);
+            if xsave {
+                f.insert(Cr4Flags::OSXSAVE);
+            }
+        });
+    }
+}
