@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// The guests `guest-images/` builds, embedded into the image when xtask says where they
 /// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table.
-const GUESTS: [&str; 5] = ["hello", "memtouch", "roots", "tlbprobe", "exitbench"];
+const GUESTS: [&str; 6] = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "platform"];
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(loom)");

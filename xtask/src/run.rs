@@ -23,7 +23,7 @@ pub struct Options {
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The guests `guest-images/` builds, which the API can load.
-const API_GUESTS: [&str; 5] = ["hello", "memtouch", "roots", "tlbprobe", "exitbench"];
+const API_GUESTS: [&str; 6] = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "platform"];
 
 pub fn run(opts: Options) -> Result<(), String> {
     setup::ensure_target()?;

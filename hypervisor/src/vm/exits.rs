@@ -1,6 +1,7 @@
 //! What the vCPU loop does with each exit, above the backend: CPUID, port I/O, MSRs,
 //! hypercalls, nested page faults, HLT, triple faults. The same code serves SVM and VMX.
 
+use super::platform::{Outcome, outcome_of};
 use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
@@ -157,10 +158,14 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             if !io.is_in && io.port == taproot_guest_abi::port::COM1_BASE {
                 cx.vm.console_written();
             }
-            match super::platform::outcome_of(result.effect) {
-                super::platform::Outcome::Continue => Flow::Continue,
-                super::platform::Outcome::End(state) => Flow::Finish(state),
-                super::platform::Outcome::ResetPlatform => {
+            match outcome_of(result.effect) {
+                Outcome::Continue => Flow::Continue,
+                Outcome::End(state) => Flow::Finish(state),
+                Outcome::PowerOff => {
+                    cx.vm.log_event(format!("the guest powered off through ACPI (S5, port {:#x})", io.port));
+                    Flow::Finish(VmState::Exited { status: 0 })
+                }
+                Outcome::ResetPlatform => {
                     cx.vm.reset_platform(io.port);
                     Flow::Continue
                 }

@@ -37,6 +37,8 @@ use alloc::format;
 pub(crate) enum Outcome {
     Continue,
     End(VmState),
+    /// ACPI S5: end `exited` with status 0, noted in the event log as a power-off.
+    PowerOff,
     ResetPlatform,
 }
 
@@ -45,7 +47,7 @@ pub(crate) fn outcome_of(effect: Option<IoEffect>) -> Outcome {
     match effect {
         None => Outcome::Continue,
         Some(IoEffect::Exit(status)) => Outcome::End(VmState::Exited { status }),
-        Some(IoEffect::PowerOff) => Outcome::End(VmState::Exited { status: 0 }),
+        Some(IoEffect::PowerOff) => Outcome::PowerOff,
         Some(IoEffect::Reset) => Outcome::ResetPlatform,
     }
 }
@@ -90,7 +92,7 @@ mod tests {
     fn exits_and_power_off_end_the_vm_and_resets_reset_it() {
         assert_eq!(outcome_of(None), Outcome::Continue);
         assert_eq!(outcome_of(Some(IoEffect::Exit(7))), Outcome::End(VmState::Exited { status: 7 }));
-        assert_eq!(outcome_of(Some(IoEffect::PowerOff)), Outcome::End(VmState::Exited { status: 0 }));
+        assert_eq!(outcome_of(Some(IoEffect::PowerOff)), Outcome::PowerOff);
         assert_eq!(outcome_of(Some(IoEffect::Reset)), Outcome::ResetPlatform);
     }
 
