@@ -337,9 +337,10 @@ fn host_utc_date() -> String {
 }
 
 /// `platform` with 2 vCPUs: fw_cfg says QEMU and 2 CPUs, the RTC shows the host's UTC date
-/// (taken before and after the run, for a run across midnight), the RSDP comes from the PVH
-/// start info with a MADT of 2 processors, and the VM ends `exited` 0 through ACPI S5.
-fn check_platform(transcript: &str, date_before: &str, date_after: &str) {
+/// (taken before and after the run, for a run across midnight), the RSDP comes from
+/// `source` (the PVH start info, or the BIOS-area scan for multiboot) with a MADT of 2
+/// processors, and the VM ends `exited` 0 through ACPI S5.
+fn check_platform(transcript: &str, source: &str, date_before: &str, date_after: &str) {
     assert!(transcript.contains("[vm 1] platform: fw_cfg signature QEMU cpus 2"), "{transcript}");
     let rtc = transcript
         .lines()
@@ -348,7 +349,7 @@ fn check_platform(transcript: &str, date_before: &str, date_after: &str) {
     let date = rtc.split(' ').next().unwrap();
     assert!(date == date_before || date == date_after, "RTC {rtc}, host {date_before}..{date_after}");
     assert!(
-        transcript.contains("[vm 1] platform: rsdp at 0xe0000 (start info) madt processors 2"),
+        transcript.contains(&format!("[vm 1] platform: rsdp at 0xe0000 ({source}) madt processors 2")),
         "{transcript}"
     );
     let (status, state, stats) = vm_end(transcript, 1);
@@ -364,14 +365,21 @@ fn check_platform(transcript: &str, date_before: &str, date_after: &str) {
 fn svm_platform_guest_reads_fw_cfg_rtc_acpi_and_powers_off() {
     let before = host_utc_date();
     let transcript = run_svm("exit=1 guest=platform vcpus=2 mem=64", 1);
-    check_platform(&transcript, &before, &host_utc_date());
+    check_platform(&transcript, "start info", &before, &host_utc_date());
+}
+
+#[test]
+fn svm_multiboot_platform_guest_finds_the_rsdp_by_scanning() {
+    let before = host_utc_date();
+    let transcript = run_svm("exit=1 guest=platform format=multiboot vcpus=2 mem=64", 1);
+    check_platform(&transcript, "scan", &before, &host_utc_date());
 }
 
 #[test]
 fn vmx_platform_guest_reads_fw_cfg_rtc_acpi_and_powers_off() {
     let before = host_utc_date();
     let transcript = run_vmx("bochs-vmx-platform", "exit=1 guest=platform vcpus=2 mem=64", 1);
-    check_platform(&transcript, &before, &host_utc_date());
+    check_platform(&transcript, "start info", &before, &host_utc_date());
 }
 
 #[test]
