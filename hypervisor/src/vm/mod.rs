@@ -317,7 +317,8 @@ impl<B: Backend> Vm<B> {
 
     /// `reset`, once the VM has ended and its vCPUs have left their loops (a running or
     /// paused VM is stopped first, with [`Vm::stop`]): back to `Created`, keeping memory,
-    /// slots and the loaded image, so it can be started again or given a new image.
+    /// slots and the loaded image, so it can be started again or given a new image; the
+    /// platform's devices return to their power-on state (`PortBus::reset_platform`).
     pub fn reset_to_created(&self) -> Result<(), VmError> {
         if self.running_vcpus() != 0 {
             return Err(VmError::WrongState { action: "reset", state: "still stopping" });
@@ -329,6 +330,8 @@ impl<B: Backend> Vm<B> {
         }
         let next = lifecycle::transition(&state, Action::Reset, self.has_image())?;
         self.enter(&mut state, next);
+        // The platform's devices power on again, as for a reset the guest asks for.
+        self.devices.lock().reset_platform();
         self.first_console_ns.store(0, Ordering::Relaxed);
         Ok(())
     }
