@@ -4,7 +4,7 @@
 //!   and the debug port 0x80 that timestamps writes into the VM's event log (these ports
 //!   are defined once, in `taproot_guest_abi::port`);
 //! - the PC platform (issue 10): the 8259A pair with its ELCR ([`pic`]), the 8254 PIT and
-//!   port 0x61 ([`pit`]), the CMOS RTC ([`rtc`]), the ACPI PM registers and the reset
+//!   port 0x61 ([`pit`]), the CMOS RTC with the RAM size in CMOS ([`rtc`]), the ACPI PM registers and the reset
 //!   register 0xCF9 ([`acpi_pm`]), the i8042 ([`i8042`]) and fw_cfg ([`fw_cfg`]);
 //! - every other port reads as all-ones and is counted.
 //!
@@ -153,12 +153,44 @@ struct Platform {
     fw_cfg: FwCfg,
 }
 
+/// The RAM size in the CMOS bytes firmware leaves for the OS (QEMU `pc_cmos_init`): base
+/// memory in KiB (at most 640) at 0x15/0x16, memory above 1 MiB in KiB (at most 65535) at
+/// 0x17/0x18 and 0x30/0x31, memory from 16 MiB to 4 GiB in 64 KiB units at 0x34/0x35,
+/// and above 4 GiB in 64 KiB units at 0x5B-0x5D. Guest RAM is one range from 0.
+fn cmos_memory_bytes(ram_bytes: u64) -> [(u8, u8); 11] {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    let below_4g = ram_bytes.min(4096 * MIB);
+    let base = (below_4g / KIB).min(640);
+    let extended = (below_4g.saturating_sub(MIB) / KIB).min(0xFFFF);
+    let above_16m = (below_4g.saturating_sub(16 * MIB) / (64 * KIB)).min(0xFFFF);
+    let above_4g = (ram_bytes - below_4g) / (64 * KIB);
+    let byte = |v: u64, shift: u32| (v >> shift) as u8;
+    [
+        (0x15, byte(base, 0)),
+        (0x16, byte(base, 8)),
+        (0x17, byte(extended, 0)),
+        (0x18, byte(extended, 8)),
+        (0x30, byte(extended, 0)),
+        (0x31, byte(extended, 8)),
+        (0x34, byte(above_16m, 0)),
+        (0x35, byte(above_16m, 8)),
+        (0x5B, byte(above_4g, 0)),
+        (0x5C, byte(above_4g, 8)),
+        (0x5D, byte(above_4g, 16)),
+    ]
+}
+
 impl Platform {
     fn new(config: &PlatformConfig) -> Self {
+        let mut rtc = Rtc::new(config.unix_seconds, config.now_ns);
+        for (index, value) in cmos_memory_bytes(config.ram_bytes) {
+            rtc.set_cmos_byte(index, value);
+        }
         Self {
             pic: Pic8259Pair::new(),
             pit: Pit::new(),
-            rtc: Rtc::new(config.unix_seconds, config.now_ns),
+            rtc,
             acpi_pm: AcpiPm::new(),
             i8042: I8042::new(),
             fw_cfg: FwCfg::new(config.vcpus, config.ram_bytes),
@@ -586,5 +618,22 @@ mod tests {
         bus.write(0x70, 1, 0x09, 0);
         assert_eq!(bus.read(0x71, 1, 0).value, year);
         assert_eq!(bus.console().end_offset(), 1);
+    }
+
+    #[test]
+    fn cmos_holds_the_ram_size_as_qemu_leaves_it() {
+        let mut bus = bus(); // 64 MiB
+        let mut cmos = |index: u32| {
+            bus.write(0x70, 1, index, 0);
+            bus.read(0x71, 1, 0).value
+        };
+        assert_eq!((cmos(0x15), cmos(0x16)), (0x80, 0x02), "640 KiB");
+        assert_eq!((cmos(0x30), cmos(0x31)), (0x00, 0xFC), "63 MiB above 1 MiB, in KiB");
+        assert_eq!((cmos(0x17), cmos(0x18)), (0x00, 0xFC));
+        assert_eq!((cmos(0x34), cmos(0x35)), (0x00, 0x03), "48 MiB above 16 MiB, in 64 KiB");
+        assert_eq!(cmos(0x5B), 0);
+        let big = cmos_memory_bytes(6 << 30);
+        assert_eq!(big[4..8], [(0x30, 0xFF), (0x31, 0xFF), (0x34, 0x00), (0x35, 0xFF)], "capped");
+        assert_eq!(big[8..], [(0x5B, 0x00), (0x5C, 0x80), (0x5D, 0x00)], "2 GiB above 4 GiB: 0x8000 units");
     }
 }
