@@ -5,8 +5,8 @@ use std::path::Path;
 
 /// The guests `guest-images/` builds, embedded into the image when xtask says where they
 /// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table.
-const GUESTS: [&str; 8] =
-    ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails"];
+const GUESTS: [&str; 9] =
+    ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails", "platform"];
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(loom)");

@@ -294,6 +294,8 @@ pub mod boot {
         pub const MAGIC: usize = 0;
         pub const VERSION: usize = 4;
         pub const CMDLINE_PADDR: usize = 24;
+        /// The ACPI RSDP's gpa (0: none).
+        pub const RSDP_PADDR: usize = 32;
         pub const MEMMAP_PADDR: usize = 40;
         pub const MEMMAP_ENTRIES: usize = 48;
         /// `struct hvm_memmap_table_entry`: addr u64, size u64, type u32, reserved u32.

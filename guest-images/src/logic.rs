@@ -80,6 +80,61 @@ pub fn per_iteration_x100(cycles: u64, iterations: u64) -> Option<u64> {
     (iterations > 0).then(|| cycles.saturating_mul(100) / iterations)
 }
 
+/// The sum of `bytes` is 0 mod 256 (every ACPI table's checksum rule, ACPI 6.5 §5.2.6).
+#[must_use]
+pub fn acpi_checksum_ok(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |sum, &b| sum.wrapping_add(b)) == 0
+}
+
+/// The RSDP's signature (ACPI 6.5 §5.2.5.3).
+pub const RSDP_SIGNATURE: &[u8; 8] = b"RSD PTR ";
+/// Bytes of the RSDP the ACPI 1.0 checksum covers.
+pub const RSDP_V1_LEN: usize = 20;
+
+/// The offset of the first RSDP in `area` (on a 16-byte boundary, as the legacy scan
+/// looks, ACPI 6.5 §5.2.5.1) whose first 20 bytes sum to 0.
+#[must_use]
+pub fn find_rsdp(area: &[u8]) -> Option<usize> {
+    (0..area.len().saturating_sub(RSDP_V1_LEN - 1))
+        .step_by(16)
+        .find(|&at| area[at..].starts_with(RSDP_SIGNATURE) && acpi_checksum_ok(&area[at..at + RSDP_V1_LEN]))
+}
+
+/// Bytes of an ACPI table header (ACPI 6.5 §5.2.6); the length is the u32 at offset 4.
+pub const SDT_HEADER_LEN: usize = 36;
+/// The MADT's fixed fields after the header: local APIC address and flags.
+const MADT_FIELDS_LEN: usize = 8;
+
+/// Enabled processors in a MADT (ACPI 6.5 §5.2.12): Processor Local APIC (type 0) and
+/// x2APIC (type 9) entries with the Enabled flag.
+#[must_use]
+pub fn madt_processor_count(madt: &[u8]) -> usize {
+    let mut at = SDT_HEADER_LEN + MADT_FIELDS_LEN;
+    let mut count = 0;
+    while at + 2 <= madt.len() {
+        let (kind, len) = (madt[at], usize::from(madt[at + 1]));
+        if len < 2 || at + len > madt.len() {
+            break;
+        }
+        let flags_at = match kind {
+            0 => Some(at + 4),
+            9 => Some(at + 8),
+            _ => None,
+        };
+        if flags_at.is_some_and(|f| f < at + len && madt[f] & 1 != 0) {
+            count += 1;
+        }
+        at += len;
+    }
+    count
+}
+
+/// A clock byte in the RTC's format: BCD unless register B's DM bit (2) says binary.
+#[must_use]
+pub const fn rtc_value(byte: u8, status_b: u8) -> u8 {
+    if status_b & (1 << 2) != 0 { byte } else { (byte >> 4) * 10 + (byte & 0x0F) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +197,35 @@ mod tests {
         assert_eq!(align_up(0x20_0000, 0x20_0000), 0x20_0000);
         assert_eq!(per_iteration_x100(1234, 10), Some(12340));
         assert_eq!(per_iteration_x100(1, 0), None);
+    }
+
+    #[test]
+    fn rsdp_is_found_on_a_16_byte_boundary_with_a_good_checksum() {
+        let mut area = [0u8; 96];
+        area[40..48].copy_from_slice(RSDP_SIGNATURE); // not on a boundary
+        area[48..56].copy_from_slice(RSDP_SIGNATURE); // bad checksum
+        area[57] = 1;
+        area[64..72].copy_from_slice(RSDP_SIGNATURE);
+        let sum = area[64..84].iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        area[72] = 0u8.wrapping_sub(sum);
+        assert_eq!(find_rsdp(&area), Some(64));
+        assert!(acpi_checksum_ok(&area[64..84]));
+    }
+
+    #[test]
+    fn madt_counts_enabled_local_apics_and_x2apics() {
+        let mut madt = [0u8; SDT_HEADER_LEN + MADT_FIELDS_LEN].to_vec();
+        madt.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]); // enabled local APIC
+        madt.extend_from_slice(&[0, 8, 1, 1, 0, 0, 0, 0]); // disabled
+        madt.extend_from_slice(&[1, 12, 0, 0, 0, 0, 0xC0, 0xFE, 0, 0, 0, 0]); // I/O APIC
+        madt.extend_from_slice(&[9, 16, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0]); // x2APIC
+        madt.extend_from_slice(&[0, 0]); // a zero length ends the walk
+        assert_eq!(madt_processor_count(&madt), 2);
+    }
+
+    #[test]
+    fn rtc_bytes_are_bcd_unless_binary() {
+        assert_eq!(rtc_value(0x59, 0x02), 59);
+        assert_eq!(rtc_value(59, 0x06), 59);
     }
 }

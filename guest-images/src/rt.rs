@@ -300,6 +300,19 @@ impl Boot {
         }
     }
 
+    /// The ACPI RSDP's address from the PVH start info (`None` for multiboot or when the
+    /// loader gave none).
+    #[must_use]
+    pub fn rsdp_paddr(&self) -> Option<u64> {
+        self.valid_info()?;
+        match self.protocol {
+            // SAFETY: the start info is valid (magic checked) and mapped.
+            Protocol::Pvh => Some(unsafe { read_phys::<u64>(u64::from(self.boot_info), si::RSDP_PADDR) })
+                .filter(|&a| a != 0),
+            Protocol::Multiboot1 => None,
+        }
+    }
+
     /// The command line from the boot information ("" when there is none).
     #[must_use]
     pub fn cmdline(&self) -> &'static str {
@@ -413,6 +426,12 @@ pub fn cpuid_regs(leaf: u32) -> [u32; 4] {
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port output to the devices Taproot (or QEMU) models; no memory is touched.
     unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Writes a 16-bit word to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
 }
 
 /// Reads one byte from an I/O port.

@@ -36,6 +36,7 @@ extern crate std;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod virt;
+pub mod wall_clock;
 
 #[cfg(target_os = "none")]
 pub mod abi;

@@ -531,3 +531,91 @@ fn vmx_runs_twenty_vms_and_tlbprobe_on_one_vpid_per_cpu() {
     assert!(transcript.contains("virt=vmx"), "{transcript}");
     check_twenty_vms_on_one_tag(&transcript);
 }
+
+/// Today's UTC date as YYYY-MM-DD, from the host's clock.
+fn host_utc_date() -> String {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86_400;
+    // H. Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// `platform` with 2 vCPUs: fw_cfg says QEMU and 2 CPUs, the RTC shows the host's UTC date
+/// (taken before and after the run, for a run across midnight), the RSDP comes from
+/// `source` (the PVH start info, or the BIOS-area scan for multiboot) with a MADT of 2
+/// processors, and the VM ends `exited` 0 through ACPI S5.
+fn check_platform(transcript: &str, source: &str, date_before: &str, date_after: &str) {
+    assert!(transcript.contains("[vm 1] platform: fw_cfg signature QEMU cpus 2"), "{transcript}");
+    let rtc = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("[vm 1] platform: rtc "))
+        .unwrap_or_else(|| panic!("no RTC line:\n{transcript}"));
+    let date = rtc.split(' ').next().unwrap();
+    assert!(date == date_before || date == date_after, "RTC {rtc}, host {date_before}..{date_after}");
+    assert!(
+        transcript.contains(&format!("[vm 1] platform: rsdp at 0xe0000 ({source}) madt processors 2")),
+        "{transcript}"
+    );
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert!(
+        events_of(transcript, 1).iter().any(|e| e.contains("powered off through ACPI (S5, port 0x604)")),
+        "the ACPI path, not the exit port: {transcript}"
+    );
+    assert_eq!(stat(&stats, "unknown_port_reads") + stat(&stats, "unknown_port_writes"), 0, "{stats}");
+}
+
+#[test]
+fn svm_platform_guest_reads_fw_cfg_rtc_acpi_and_powers_off() {
+    let before = host_utc_date();
+    let transcript = run_svm("exit=1 guest=platform vcpus=2 mem=64", 1);
+    check_platform(&transcript, "start info", &before, &host_utc_date());
+}
+
+#[test]
+fn svm_multiboot_platform_guest_finds_the_rsdp_by_scanning() {
+    let before = host_utc_date();
+    let transcript = run_svm("exit=1 guest=platform format=multiboot vcpus=2 mem=64", 1);
+    check_platform(&transcript, "scan", &before, &host_utc_date());
+}
+
+#[test]
+fn vmx_platform_guest_reads_fw_cfg_rtc_acpi_and_powers_off() {
+    let before = host_utc_date();
+    let transcript = run_vmx("bochs-vmx-platform", "exit=1 guest=platform vcpus=2 mem=64", 1);
+    check_platform(&transcript, "start info", &before, &host_utc_date());
+}
+
+const RESET_CMDLINE: &str = "exit=1 guest=reset16,hello16 mem=1";
+
+/// reset16 resets the platform through 0xCF9 once: it prints its line twice (memory kept:
+/// its counter), the VM logs the reset and ends `exited` 0, and hello16 runs after it.
+fn check_reset(transcript: &str) {
+    let lines: Vec<&str> = transcript.lines().filter(|l| l.starts_with("[vm 1] reset16:")).collect();
+    assert_eq!(lines, ["[vm 1] reset16: resetting", "[vm 1] reset16: after reset"], "{transcript}");
+    assert!(
+        events_of(transcript, 1).iter().any(|e| e.contains("the guest reset the platform (port 0xcf9)")),
+        "{transcript}"
+    );
+    let (status, state, _) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert!(transcript.contains("[vm 2] hello from a real-mode guest"), "{transcript}");
+    assert_eq!(vm_end(transcript, 2).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
+    check_reset(&run_svm(RESET_CMDLINE, 2));
+}
+
+#[test]
+fn vmx_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
+    check_reset(&run_vmx("bochs-vmx-reset", RESET_CMDLINE, 2));
+}

@@ -273,7 +273,11 @@ impl ApiHandler for MockHypervisor {
         self.record(format!("finish_image {}", upload.vm));
         let vm = self.get_mut(&upload.vm)?;
         vm.is_uploading = false;
-        let config = GuestConfig { mem_size: vm.config.memory_mib << 20, cmdline: &upload.request.cmdline };
+        let config = GuestConfig {
+            mem_size: vm.config.memory_mib << 20,
+            cmdline: &upload.request.cmdline,
+            rsdp: None,
+        };
         let plan = loader::plan(&upload.bytes, upload.request.format, &config)?;
         let loaded = ImageLoaded::from_plan(upload.bytes.len() as u64, &plan);
         vm.image = Some(upload.bytes);

@@ -28,6 +28,17 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
         "writes guest address 0x100000 (beyond 1 MiB of memory)",
     ),
     (
+        "reset16",
+        // inc byte [count]; cmp byte [count], 1; mov si, msg1; je print; mov si, msg2;
+        // print: mov dx, 0x3f8; l: lodsb; test al, al; jz done; out dx, al; jmp l;
+        // done: cmp byte [count], 1; jne second; mov al, 6; mov dx, 0xcf9; out dx, al; hlt;
+        // second: mov al, 0; out 0xf4, al; hlt; count: 0; msg1; msg2
+        b"\xFE\x06\x2F\x7C\x80\x3E\x2F\x7C\x01\xBE\x30\x7C\x74\x03\xBE\x44\x7C\xBA\xF8\x03\
+          \xAC\x84\xC0\x74\x03\xEE\xEB\xF8\x80\x3E\x2F\x7C\x01\x75\x07\xB0\x06\xBA\xF9\x0C\xEE\xF4\
+          \xB0\x00\xE6\xF4\xF4\x00reset16: resetting\n\0reset16: after reset\n\0",
+        "resets the platform through 0xCF9 once (memory survives: a counter), then exits 0",
+    ),
+    (
         "ioscan",
         // xor dx, dx; l: in al, dx; inc dx; jnz l; mov al, 0; out 0xF4, al; hlt
         &[0x31, 0xD2, 0xEC, 0x42, 0x75, 0xFC, 0xB0, 0x00, 0xE6, 0xF4, 0xF4],

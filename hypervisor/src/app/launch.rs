@@ -102,7 +102,8 @@ impl WithBackend for &Launch<'_> {
 
 fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     sched::start(B::enable_on_this_cpu)?;
-    let vm = Vm::<B>::create(launch.id, launch.config, libos::time::now_ns).map_err(|e| format!("{e}"))?;
+    let vm = Vm::<B>::create(launch.id, launch.config, libos::time::now_ns, libos::time::unix_seconds_now())
+        .map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
     if let Some(ms) = launch.timeout_ms {
         vm.set_deadline(libos::time::now_ns() + ms * 1_000_000);

@@ -206,7 +206,12 @@ impl<B: Backend> ApiHandler for Manager<B> {
             )));
         }
         self.commit(config.memory_mib << 20)?;
-        let vm = Vm::<B>::create(self.next_vm_number, config, libos::time::now_ns)?;
+        let vm = Vm::<B>::create(
+            self.next_vm_number,
+            config,
+            libos::time::now_ns,
+            libos::time::unix_seconds_now(),
+        )?;
         self.next_vm_number += 1;
         let entry = Entry { vm, uploading: false };
         let info = Self::info_of(id.as_str(), &entry);

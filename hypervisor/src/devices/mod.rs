@@ -1,17 +1,20 @@
-//! The device model of one VM: its port-I/O bus, with a 16550 UART at 0x3F8 whose output
-//! goes to the VM's console ring, the exit port 0xF4, the debug port 0x80 that timestamps
-//! writes into the VM's event log, and all other ports reading as all-ones and counted.
-//! The ports are defined once, in `taproot_guest_abi::port`.
+//! The device model of one VM: its port-I/O bus. On the bus ([`PortBus::device_at`] says
+//! which port goes where):
+//! - a 16550 UART at 0x3F8 whose output goes to the VM's console ring, the exit port 0xF4,
+//!   and the debug port 0x80 that timestamps writes into the VM's event log (these ports
+//!   are defined once, in `taproot_guest_abi::port`);
+//! - the PC platform (issue 10): the 8259A pair with its ELCR ([`pic`]), the 8254 PIT and
+//!   port 0x61 ([`pit`]), the CMOS RTC with the RAM size in CMOS ([`rtc`]), the ACPI PM registers and the reset
+//!   register 0xCF9 ([`acpi_pm`]), the i8042 ([`i8042`]) and fw_cfg ([`fw_cfg`]);
+//! - every other port reads as all-ones and is counted.
+//!
+//! An access may ask the VM to end or reset ([`IoEffect`]). The interrupt outputs of the
+//! PIC, PIT, RTC and SCI are not delivered yet (nor are [`lapic`] and [`ioapic`] wired): each
+//! module's doc says how the VM is to drive them.
 //!
 //! The bus is plain data (`&mut self`); a VM keeps it behind one lock, which every port
 //! exit takes briefly. Nothing here blocks or allocates per access, except a new line in
-//! the event log.
-//!
-//! The PC platform's models (issue 10) live beside the bus, each plain data with
-//! `read`/`write` and, where it keeps time, `tick(now_ns)` and `next_deadline()`:
-//! [`lapic`] (one per vCPU), [`ioapic`], [`pic`] (the 8259A pair), [`pit`], [`rtc`], and
-//! [`irq`], the interrupt messages they exchange. They are host-tested but not yet on the
-//! bus or the vCPU entry path: each module's doc says how the VM is to drive it.
+//! the event log. Time (`now_ns`) is the VM's clock, a monotonic host nanosecond count.
 
 pub mod acpi_pm;
 pub mod console;
@@ -29,8 +32,14 @@ pub mod uart;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use acpi_pm::{AcpiPm, PmEffect};
 pub use console::{CONSOLE_RING_BYTES, ConsoleRead, ConsoleRing, LineSplitter};
 pub use events::{EVENT_LOG_LEN, Event, EventKind, EventLog};
+use fw_cfg::FwCfg;
+use i8042::I8042;
+use pic::Pic8259Pair;
+use pit::Pit;
+use rtc::Rtc;
 use taproot_guest_abi::port;
 pub use uart::Uart16550;
 
@@ -77,14 +86,116 @@ pub enum IoDirection {
     Out(u32),
 }
 
+/// What a port write asks of the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEffect {
+    /// The exit port: end the VM, state `exited` with this status.
+    Exit(u32),
+    /// ACPI S5 through PM1a_CNT: end the VM, state `exited` with status 0.
+    PowerOff,
+    /// The reset register 0xCF9 or the i8042's reset line: reset the platform.
+    Reset,
+}
+
 /// What a port access did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoResult {
     /// For IN: the value read (masked to the access size; the backend merges it into
     /// `rax`). For OUT: 0.
     pub value: u32,
-    /// The access ended the VM with this status (a write to the exit port).
-    pub exit_status: Option<u32>,
+    /// What the VM must do besides continuing the guest.
+    pub effect: Option<IoEffect>,
+}
+
+/// Which device answers a port (the bus's routing, one place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortDevice {
+    DebugExit,
+    DebugEvent,
+    Uart,
+    Pic,
+    Pit,
+    Rtc,
+    AcpiPm,
+    I8042,
+    FwCfg,
+    Unknown,
+}
+
+impl PortDevice {
+    /// Byte-wide devices: a wider access reaches consecutive ports, one byte each, as the
+    /// ISA bus splits it.
+    const fn is_byte_wide(self) -> bool {
+        matches!(self, Self::Uart | Self::Pic | Self::Pit | Self::Rtc)
+    }
+}
+
+/// What the platform devices are built from at VM creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlatformConfig {
+    /// fw_cfg's CPU count.
+    pub vcpus: u16,
+    /// fw_cfg's RAM size.
+    pub ram_bytes: u64,
+    /// The host's wall-clock time (Unix seconds, UTC) at `now_ns`: the RTC starts there.
+    pub unix_seconds: i64,
+    pub now_ns: u64,
+}
+
+/// The PC platform's port devices, reset together by a guest-requested reset.
+#[derive(Clone, Debug)]
+struct Platform {
+    pic: Pic8259Pair,
+    pit: Pit,
+    rtc: Rtc,
+    acpi_pm: AcpiPm,
+    i8042: I8042,
+    fw_cfg: FwCfg,
+}
+
+/// The RAM size in the CMOS bytes firmware leaves for the OS (QEMU `pc_cmos_init`): base
+/// memory in KiB (at most 640) at 0x15/0x16, memory above 1 MiB in KiB (at most 65535) at
+/// 0x17/0x18 and 0x30/0x31, memory from 16 MiB to 4 GiB in 64 KiB units at 0x34/0x35,
+/// and above 4 GiB in 64 KiB units at 0x5B-0x5D. Guest RAM is one range from 0.
+fn cmos_memory_bytes(ram_bytes: u64) -> [(u8, u8); 11] {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    let below_4g = ram_bytes.min(4096 * MIB);
+    let base = (below_4g / KIB).min(640);
+    let extended = (below_4g.saturating_sub(MIB) / KIB).min(0xFFFF);
+    let above_16m = (below_4g.saturating_sub(16 * MIB) / (64 * KIB)).min(0xFFFF);
+    let above_4g = (ram_bytes - below_4g) / (64 * KIB);
+    let byte = |v: u64, shift: u32| (v >> shift) as u8;
+    [
+        (0x15, byte(base, 0)),
+        (0x16, byte(base, 8)),
+        (0x17, byte(extended, 0)),
+        (0x18, byte(extended, 8)),
+        (0x30, byte(extended, 0)),
+        (0x31, byte(extended, 8)),
+        (0x34, byte(above_16m, 0)),
+        (0x35, byte(above_16m, 8)),
+        (0x5B, byte(above_4g, 0)),
+        (0x5C, byte(above_4g, 8)),
+        (0x5D, byte(above_4g, 16)),
+    ]
+}
+
+impl Platform {
+    fn new(config: &PlatformConfig) -> Self {
+        let mut rtc = Rtc::new(config.unix_seconds, config.now_ns);
+        for (index, value) in cmos_memory_bytes(config.ram_bytes) {
+            rtc.set_cmos_byte(index, value);
+        }
+        Self {
+            pic: Pic8259Pair::new(),
+            pit: Pit::new(),
+            rtc,
+            acpi_pm: AcpiPm::new(),
+            i8042: I8042::new(),
+            fw_cfg: FwCfg::new(config.vcpus, config.ram_bytes),
+        }
+    }
 }
 
 /// Reads and writes of one port.
@@ -149,29 +260,25 @@ impl UnknownPorts {
 #[derive(Clone, Debug)]
 pub struct PortBus {
     uart: Uart16550,
+    platform: Platform,
     console: ConsoleRing,
     lines: LineSplitter,
     events: EventLog,
     unknown: UnknownPorts,
 }
 
-impl Default for PortBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl PortBus {
     /// A bus with a [`CONSOLE_RING_BYTES`] console and an [`EVENT_LOG_LEN`] event log.
     #[must_use]
-    pub fn new() -> Self {
-        Self::with_capacity(CONSOLE_RING_BYTES, EVENT_LOG_LEN)
+    pub fn new(platform: &PlatformConfig) -> Self {
+        Self::with_capacity(platform, CONSOLE_RING_BYTES, EVENT_LOG_LEN)
     }
 
     #[must_use]
-    pub fn with_capacity(console_bytes: usize, events: usize) -> Self {
+    pub fn with_capacity(platform: &PlatformConfig, console_bytes: usize, events: usize) -> Self {
         Self {
             uart: Uart16550::new(),
+            platform: Platform::new(platform),
             console: ConsoleRing::new(console_bytes),
             lines: LineSplitter::new(),
             events: EventLog::new(events),
@@ -179,25 +286,70 @@ impl PortBus {
         }
     }
 
-    /// One port access. `now_ns` timestamps debug-port writes.
+    /// The device that answers `port`.
+    #[must_use]
+    pub const fn device_at(port: u16) -> PortDevice {
+        match port {
+            port::DEBUG_EXIT => PortDevice::DebugExit,
+            port::DEBUG_EVENT => PortDevice::DebugEvent,
+            p if port::is_com1(p) => PortDevice::Uart,
+            p if pic::port::is_pic(p) => PortDevice::Pic,
+            p if pit::port::is_pit(p) => PortDevice::Pit,
+            p if rtc::port::is_rtc(p) => PortDevice::Rtc,
+            p if acpi_pm::is_acpi_pm_port(p) => PortDevice::AcpiPm,
+            p if i8042::is_i8042_port(p) => PortDevice::I8042,
+            p if fw_cfg::is_fw_cfg_port(p) => PortDevice::FwCfg,
+            _ => PortDevice::Unknown,
+        }
+    }
+
+    /// One port access at the VM's time `now_ns`.
     pub fn io(&mut self, port: u16, size: IoSize, direction: IoDirection, now_ns: u64) -> IoResult {
         let mask = size.mask();
-        let mut result = IoResult { value: 0, exit_status: None };
-        match (port, direction) {
-            (port::DEBUG_EXIT, IoDirection::Out(value)) => result.exit_status = Some(value & mask),
-            (port::DEBUG_EVENT, IoDirection::Out(value)) => {
-                self.events.push(now_ns, EventKind::DebugPort { value: value & mask });
+        let direction = match direction {
+            IoDirection::Out(value) => IoDirection::Out(value & mask),
+            IoDirection::In => IoDirection::In,
+        };
+        let mut result = IoResult { value: 0, effect: None };
+        let device = Self::device_at(port);
+        if device.is_byte_wide() {
+            result.value = self.byte_access(port, size, direction, now_ns);
+            return result;
+        }
+        let p = &mut self.platform;
+        match (device, direction) {
+            (PortDevice::DebugExit, IoDirection::Out(value)) => result.effect = Some(IoEffect::Exit(value)),
+            (PortDevice::DebugEvent, IoDirection::Out(value)) => {
+                self.events.push(now_ns, EventKind::DebugPort { value });
             }
             // Reads of the two write-only ports float, as on a PC, and are not unknown.
-            (port::DEBUG_EXIT | port::DEBUG_EVENT, IoDirection::In) => result.value = mask,
-            (p, _) if port::is_com1(p) => result.value = self.uart_access(port, size, direction),
-            (p, IoDirection::In) => {
-                self.unknown.count(p, false);
+            (PortDevice::DebugExit | PortDevice::DebugEvent, IoDirection::In) => result.value = mask,
+            (PortDevice::AcpiPm, IoDirection::In) => result.value = p.acpi_pm.read(port, size, now_ns),
+            (PortDevice::AcpiPm, IoDirection::Out(v)) => {
+                result.effect = Self::pm_effect(p.acpi_pm.write(port, size, v, now_ns));
+            }
+            (PortDevice::I8042, IoDirection::In) => result.value = p.i8042.read(port, size),
+            (PortDevice::I8042, IoDirection::Out(v)) => {
+                result.effect = Self::pm_effect(p.i8042.write(port, size, v))
+            }
+            (PortDevice::FwCfg, IoDirection::In) => result.value = p.fw_cfg.read(port, size),
+            (PortDevice::FwCfg, IoDirection::Out(v)) => p.fw_cfg.write(port, size, v),
+            (_, IoDirection::In) => {
+                self.unknown.count(port, false);
                 result.value = mask;
             }
-            (p, IoDirection::Out(_)) => self.unknown.count(p, true),
+            (_, IoDirection::Out(_)) => self.unknown.count(port, true),
         }
+        result.value &= mask;
         result
+    }
+
+    const fn pm_effect(effect: PmEffect) -> Option<IoEffect> {
+        match effect {
+            PmEffect::None => None,
+            PmEffect::PowerOff => Some(IoEffect::PowerOff),
+            PmEffect::Reset => Some(IoEffect::Reset),
+        }
     }
 
     /// An IN of `size` bytes (1, 2 or 4; anything else is taken as 4).
@@ -210,29 +362,62 @@ impl PortBus {
         self.io(port, IoSize::from_bytes(size).unwrap_or(IoSize::Dword), IoDirection::Out(value), now_ns)
     }
 
-    /// The UART is an 8-bit device: a wider access reaches consecutive registers, one
-    /// byte each, as the ISA bus splits it (a byte that falls past the UART is unknown).
-    fn uart_access(&mut self, port: u16, size: IoSize, direction: IoDirection) -> u32 {
+    /// A guest-requested platform reset: the PIC, PIT, ACPI PM registers and i8042 return
+    /// to their power-on state; the RTC keeps its time and CMOS (battery-backed), fw_cfg
+    /// its items, and the console, event log and counters are the VM's, not the guest's.
+    pub fn reset_platform(&mut self) {
+        let p = &mut self.platform;
+        p.pic = Pic8259Pair::new();
+        p.pit = Pit::new();
+        p.acpi_pm = AcpiPm::new();
+        p.i8042 = I8042::new();
+    }
+
+    /// An access to the byte-wide devices, one byte per port from `port` up (a byte that
+    /// falls on a port no byte-wide device answers is unknown).
+    fn byte_access(&mut self, port: u16, size: IoSize, direction: IoDirection, now_ns: u64) -> u32 {
         let mut value = 0u32;
         for i in 0..u16::from(size.bytes()) {
             let Some(p) = port.checked_add(i) else { break };
             let shift = 8 * u32::from(i);
-            if !port::is_com1(p) {
+            let device = Self::device_at(p);
+            if !device.is_byte_wide() {
                 self.unknown.count(p, matches!(direction, IoDirection::Out(_)));
                 value |= 0xFF << shift;
                 continue;
             }
-            let offset = p - port::COM1_BASE;
             match direction {
-                IoDirection::In => value |= u32::from(self.uart.read(offset)) << shift,
-                IoDirection::Out(v) => {
-                    if let Some(byte) = self.uart.write(offset, (v >> shift) as u8) {
-                        self.console.push(&[byte]);
-                    }
-                }
+                IoDirection::In => value |= u32::from(self.byte_read(device, p, now_ns)) << shift,
+                IoDirection::Out(v) => self.byte_write(device, p, (v >> shift) as u8, now_ns),
             }
         }
         if matches!(direction, IoDirection::In) { value & size.mask() } else { 0 }
+    }
+
+    fn byte_read(&mut self, device: PortDevice, port: u16, now_ns: u64) -> u8 {
+        let p = &mut self.platform;
+        match device {
+            PortDevice::Uart => self.uart.read(port - port::COM1_BASE),
+            PortDevice::Pic => p.pic.read(port),
+            PortDevice::Pit => p.pit.read(port, now_ns),
+            PortDevice::Rtc => p.rtc.read(port, now_ns),
+            _ => 0xFF,
+        }
+    }
+
+    fn byte_write(&mut self, device: PortDevice, port: u16, byte: u8, now_ns: u64) {
+        let p = &mut self.platform;
+        match device {
+            PortDevice::Uart => {
+                if let Some(byte) = self.uart.write(port - port::COM1_BASE, byte) {
+                    self.console.push(&[byte]);
+                }
+            }
+            PortDevice::Pic => p.pic.write(port, byte),
+            PortDevice::Pit => p.pit.write(port, byte, now_ns),
+            PortDevice::Rtc => p.rtc.write(port, byte, now_ns),
+            _ => {}
+        }
     }
 
     #[must_use]
@@ -277,15 +462,22 @@ impl PortBus {
 mod tests {
     use super::*;
 
+    const CONFIG: PlatformConfig =
+        PlatformConfig { vcpus: 3, ram_bytes: 64 << 20, unix_seconds: 1_700_000_000, now_ns: 0 };
+
+    fn bus() -> PortBus {
+        PortBus::new(&CONFIG)
+    }
+
     fn out(bus: &mut PortBus, port: u16, value: u32) -> IoResult {
         bus.io(port, IoSize::Byte, IoDirection::Out(value), 0)
     }
 
     #[test]
     fn uart_output_reaches_the_console_lines() {
-        let mut bus = PortBus::new();
+        let mut bus = bus();
         for &b in b"hello from taproot guest\n" {
-            assert_eq!(out(&mut bus, 0x3F8, u32::from(b)), IoResult { value: 0, exit_status: None });
+            assert_eq!(out(&mut bus, 0x3F8, u32::from(b)), IoResult { value: 0, effect: None });
         }
         assert_eq!(bus.console().end_offset(), 25);
         assert_eq!(bus.next_console_line().as_deref(), Some("hello from taproot guest"));
@@ -298,16 +490,16 @@ mod tests {
 
     #[test]
     fn exit_port_ends_the_vm_with_the_written_value() {
-        let mut bus = PortBus::new();
-        assert_eq!(out(&mut bus, 0xF4, 0x1_03).exit_status, Some(3), "masked to the access size");
-        assert_eq!(bus.write(0xF4, 4, 0x1_03, 0).exit_status, Some(0x103));
-        assert_eq!(bus.read(0xF4, 1, 0), IoResult { value: 0xFF, exit_status: None });
+        let mut bus = bus();
+        assert_eq!(out(&mut bus, 0xF4, 0x1_03).effect, Some(IoEffect::Exit(3)), "masked to the access size");
+        assert_eq!(bus.write(0xF4, 4, 0x1_03, 0).effect, Some(IoEffect::Exit(0x103)));
+        assert_eq!(bus.read(0xF4, 1, 0), IoResult { value: 0xFF, effect: None });
         assert_eq!(bus.unknown_ports().total(), PortCount::default());
     }
 
     #[test]
     fn debug_port_writes_are_timestamped_events() {
-        let mut bus = PortBus::with_capacity(64, 2);
+        let mut bus = PortBus::with_capacity(&CONFIG, 64, 2);
         for (t, v) in [(10, 1), (20, 2), (30, 3)] {
             bus.io(0x80, IoSize::Byte, IoDirection::Out(v), t);
         }
@@ -318,26 +510,29 @@ mod tests {
 
     #[test]
     fn unknown_ports_read_all_ones_and_are_counted_in_bounded_memory() {
-        let mut bus = PortBus::new();
-        assert_eq!(bus.read(0x60, 1, 0).value, 0xFF);
-        assert_eq!(bus.read(0x60, 2, 0).value, 0xFFFF);
+        let mut bus = bus();
+        assert_eq!(bus.read(0x2F8, 1, 0).value, 0xFF);
+        assert_eq!(bus.read(0x2F8, 2, 0).value, 0xFFFF);
         assert_eq!(bus.read(0xCFC, 4, 0).value, 0xFFFF_FFFF);
-        bus.write(0x60, 1, 0, 0);
-        assert_eq!(bus.unknown_ports().ports()[0], (0x60, PortCount { reads: 2, writes: 1 }));
+        bus.write(0x2F8, 1, 0, 0);
+        assert_eq!(bus.unknown_ports().ports()[0], (0x2F8, PortCount { reads: 2, writes: 1 }));
         // Every port of the I/O space: memory stays bounded, nothing is lost from the
         // totals.
         for p in 0..=u16::MAX {
             bus.write(p, 1, 0, 0);
         }
         assert_eq!(bus.unknown_ports().ports().len(), MAX_TRACKED_PORTS);
-        let expected_writes = 1 + 65536 - 8 - 2; // not the UART's 8 ports, 0x80 and 0xF4
+        // Not the UART's 8 ports, 0x80 and 0xF4, nor the platform's: the 8259s with their
+        // ELCR (6), the PIT with 0x61 (5), the RTC (2), the ACPI PM block with 0xCF9 (13),
+        // the i8042 (2) and fw_cfg (2).
+        let expected_writes = 1 + 65536 - 8 - 2 - 6 - 5 - 2 - 13 - 2 - 2;
         assert_eq!(bus.unknown_ports().total(), PortCount { reads: 3, writes: expected_writes });
         assert!(bus.unknown_ports().other().writes > 0);
     }
 
     #[test]
     fn wide_uart_accesses_touch_consecutive_registers() {
-        let mut bus = PortBus::new();
+        let mut bus = bus();
         // outw 0x3FE: MSR (read-only) then SCR.
         bus.write(0x3FE, 2, 0xAB_00, 0);
         assert_eq!(bus.read(0x3FF, 1, 0).value, 0xAB);
@@ -348,5 +543,97 @@ mod tests {
         bus.write(0x3F8, 2, 0x0305, 0);
         assert_eq!(bus.take_partial_console_line().as_deref(), Some("\\x05"));
         assert_eq!(bus.read(0x3F9, 1, 0).value, 0x03);
+    }
+
+    #[test]
+    fn each_platform_port_goes_to_its_device() {
+        use PortDevice::*;
+        let table: &[(&[u16], PortDevice)] = &[
+            (&[0xF4], DebugExit),
+            (&[0x80], DebugEvent),
+            (&[0x3F8, 0x3F9, 0x3FA, 0x3FB, 0x3FC, 0x3FD, 0x3FE, 0x3FF], Uart),
+            (&[0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1], Pic),
+            (&[0x40, 0x41, 0x42, 0x43, 0x61], Pit),
+            (&[0x70, 0x71], Rtc),
+            (&[0x600, 0x601, 0x602, 0x603, 0x604, 0x605, 0x608, 0x609, 0x60A, 0x60B, 0xCF9], AcpiPm),
+            (&[0x60, 0x64], I8042),
+            (&[0x510, 0x511], FwCfg),
+            (&[0x22, 0x44, 0x62, 0x72, 0x2F8, 0x514, 0x60C, 0xCF8, 0xCFC], Unknown),
+        ];
+        for (ports, device) in table {
+            for &port in *ports {
+                assert_eq!(PortBus::device_at(port), *device, "port {port:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn platform_devices_answer_through_the_bus() {
+        let mut bus = bus();
+        // fw_cfg: signature "QEMU", then the CPU count (u16 LE) of the config.
+        bus.write(0x510, 2, u32::from(fw_cfg::FW_CFG_SIGNATURE), 0);
+        let signature: Vec<u8> = (0..4).map(|_| bus.read(0x511, 1, 0).value as u8).collect();
+        assert_eq!(signature, b"QEMU");
+        bus.write(0x510, 2, u32::from(fw_cfg::FW_CFG_NB_CPUS), 0);
+        assert_eq!(bus.read(0x511, 1, 0).value | bus.read(0x511, 1, 0).value << 8, 3);
+        // RTC: the config's time (2023-11-14 22:13:20 UTC) in BCD: year 0x23, month 0x11.
+        bus.write(0x70, 1, 0x09, 0);
+        assert_eq!(bus.read(0x71, 1, 0).value, 0x23);
+        bus.write(0x70, 1, 0x08, 0);
+        assert_eq!(bus.read(0x71, 1, 0).value, 0x11);
+        // PIC: ICW1-4 on the master, then the mask reads back (not all-ones).
+        for (port, value) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFB)] {
+            bus.write(port, 1, value, 0);
+        }
+        assert_eq!(bus.read(0x21, 1, 0).value, 0xFB);
+        // The i8042 status: nothing to read, ready for a command.
+        assert_eq!(bus.read(0x64, 1, 0).value & 0b11, 0);
+        // The PM timer counts from the VM's time.
+        assert_eq!(bus.read(0x608, 4, 1_000_000_000).value, acpi_pm::PM_TIMER_HZ as u32);
+        assert_eq!(bus.unknown_ports().total(), PortCount::default());
+    }
+
+    #[test]
+    fn power_off_and_reset_writes_are_effects() {
+        let mut bus = bus();
+        let s5 = u32::from(acpi_pm::S5_SLP_TYP) << 10 | 1 << 13;
+        assert_eq!(bus.write(0x604, 2, s5, 0).effect, Some(IoEffect::PowerOff));
+        assert_eq!(bus.write(0x604, 2, 0, 0).effect, None, "SLP_EN clear: no sleep");
+        assert_eq!(bus.write(0xCF9, 1, 0x06, 0).effect, Some(IoEffect::Reset));
+        assert_eq!(bus.write(0xCF9, 1, 0x02, 0).effect, None, "SYS_RST alone does not reset");
+        assert_eq!(bus.write(0x64, 1, 0xFE, 0).effect, Some(IoEffect::Reset));
+        assert_eq!(bus.write(0x64, 1, 0xFF, 0).effect, None, "a pulse that spares the reset line");
+        assert_eq!(bus.write(0xF4, 1, 9, 0).effect, Some(IoEffect::Exit(9)));
+    }
+
+    #[test]
+    fn a_platform_reset_clears_the_pic_and_keeps_the_clock_and_console() {
+        let mut bus = bus();
+        bus.write(0x21, 1, 0x5A, 0);
+        out(&mut bus, 0x3F8, u32::from(b'x'));
+        bus.write(0x70, 1, 0x09, 0);
+        let year = bus.read(0x71, 1, 0).value;
+        bus.reset_platform();
+        assert_eq!(bus.read(0x21, 1, 0).value, 0, "the mask is back to its power-on value");
+        bus.write(0x70, 1, 0x09, 0);
+        assert_eq!(bus.read(0x71, 1, 0).value, year);
+        assert_eq!(bus.console().end_offset(), 1);
+    }
+
+    #[test]
+    fn cmos_holds_the_ram_size_as_qemu_leaves_it() {
+        let mut bus = bus(); // 64 MiB
+        let mut cmos = |index: u32| {
+            bus.write(0x70, 1, index, 0);
+            bus.read(0x71, 1, 0).value
+        };
+        assert_eq!((cmos(0x15), cmos(0x16)), (0x80, 0x02), "640 KiB");
+        assert_eq!((cmos(0x30), cmos(0x31)), (0x00, 0xFC), "63 MiB above 1 MiB, in KiB");
+        assert_eq!((cmos(0x17), cmos(0x18)), (0x00, 0xFC));
+        assert_eq!((cmos(0x34), cmos(0x35)), (0x00, 0x03), "48 MiB above 16 MiB, in 64 KiB");
+        assert_eq!(cmos(0x5B), 0);
+        let big = cmos_memory_bytes(6 << 30);
+        assert_eq!(big[4..8], [(0x30, 0xFF), (0x31, 0xFF), (0x34, 0x00), (0x35, 0xFF)], "capped");
+        assert_eq!(big[8..], [(0x5B, 0x00), (0x5C, 0x80), (0x5D, 0x00)], "2 GiB above 4 GiB: 0x8000 units");
     }
 }

@@ -22,8 +22,8 @@
 //! How the VM drives it:
 //! - Create it with [`Rtc::new`] (the host's unix time and the host `now_ns` at that
 //!   moment); put the firmware-style bytes in with [`Rtc::set_cmos_byte`] (QEMU's layout:
-//!   memory above 1 MiB in 64 KiB units at 0x30/0x31 and 0x34/0x35 above 16 MiB, above
-//!   4 GiB at 0x5B-0x5D).
+//!   memory above 1 MiB in KiB at 0x30/0x31, above 16 MiB in 64 KiB units at 0x34/0x35,
+//!   above 4 GiB in 64 KiB units at 0x5B-0x5D; the port bus writes them at creation).
 //! - Port exits for 0x70/0x71 call [`Rtc::read`] / [`Rtc::write`] (byte accesses) with
 //!   the host time; [`Rtc::nmi_masked`] is the NMI mask bit the guest last wrote to 0x70.
 //! - The scheduler arms a host timer for [`Rtc::next_deadline`] and calls [`Rtc::tick`]

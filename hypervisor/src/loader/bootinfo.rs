@@ -39,7 +39,8 @@ const LEGACY_HOLE_START: u64 = 0xA_0000;
 const LEGACY_HOLE_END: u64 = 0x10_0000;
 
 /// The memory map every guest gets for `mem_size` bytes of memory: RAM below 640 KiB, the
-/// legacy hole reserved, RAM from 1 MiB to the end. Ranges beyond `mem_size` are left out.
+/// legacy hole reserved (it holds the VM's ACPI tables at 0xE0000, see `vm::platform`),
+/// RAM from 1 MiB to the end. Ranges beyond `mem_size` are left out.
 #[must_use]
 pub fn guest_memory_map(mem_size: u64) -> Vec<MemoryRange> {
     let mut map = Vec::with_capacity(3);
@@ -103,11 +104,13 @@ impl InfoWriter {
     }
 }
 
-/// The PVH start info at [`BOOT_INFO_GPA`], followed by its memory map and command line.
-pub fn pvh_start_info(mem_size: u64, cmdline: &str) -> Result<BootInfoPlan, LoadError> {
+/// The PVH start info at [`BOOT_INFO_GPA`], followed by its memory map and command line;
+/// `rsdp_paddr` is `rsdp` (0: none).
+pub fn pvh_start_info(mem_size: u64, cmdline: &str, rsdp: Option<Gpa>) -> Result<BootInfoPlan, LoadError> {
     let mut w = InfoWriter::with_zeroes(si::SIZE);
     w.put_u32(si::MAGIC, boot::HVM_START_MAGIC);
     w.put_u32(si::VERSION, 1);
+    w.put_u64(si::RSDP_PADDR, rsdp.map_or(0, Gpa::raw));
     let map = guest_memory_map(mem_size);
     let mut table = Vec::with_capacity(map.len() * si::MEMMAP_ENTRY_SIZE);
     for range in &map {

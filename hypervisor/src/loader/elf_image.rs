@@ -80,7 +80,7 @@ pub(super) fn plan(
         ElfProtocol::Pvh => {
             // `want` is Pvh or None here, and both paths above saw a note.
             let entry = pvh_entry.ok_or(LoadError::NoPvhNote)?;
-            (entry, bootinfo::pvh_start_info(config.mem_size, config.cmdline)?, 0)
+            (entry, bootinfo::pvh_start_info(config.mem_size, config.cmdline, config.rsdp)?, 0)
         }
         ElfProtocol::Multiboot1 => {
             check_multiboot_flags(find_multiboot_header(image)?.ok_or(LoadError::NoMultibootHeader)?)?;

@@ -77,6 +77,9 @@ pub struct GuestConfig<'a> {
     pub mem_size: u64,
     /// The guest's command line (PVH and multiboot; a flat binary gets none).
     pub cmdline: &'a str,
+    /// Where the VM put the ACPI RSDP, for `hvm_start_info.rsdp_paddr` (PVH only; the
+    /// memory map reports the BIOS area that holds it reserved).
+    pub rsdp: Option<Gpa>,
 }
 
 /// The boot protocol an image was planned for.

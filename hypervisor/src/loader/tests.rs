@@ -16,7 +16,7 @@ const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 
 fn config(mem_size: u64) -> GuestConfig<'static> {
-    GuestConfig { mem_size, cmdline: "mib=16 hello" }
+    GuestConfig { mem_size, cmdline: "mib=16 hello", rsdp: None }
 }
 
 /// One program header and the bytes it covers.
@@ -244,6 +244,15 @@ fn pvh_elf64_plans_segments_entry_and_start_info() {
     assert_eq!(entry(1), (0xA_0000, 0x6_0000, 2));
     assert_eq!(entry(2), (MIB, MEM_64M - MIB, 1));
     assert_eq!(cstr_at(info, u64_at(b, 24)), "mib=16 hello");
+    assert_eq!(u64_at(b, 32), 0, "no RSDP given: rsdp_paddr 0");
+}
+
+#[test]
+fn pvh_start_info_carries_the_rsdp() {
+    let cfg = GuestConfig { rsdp: Some(Gpa::new(0xE_0000)), ..config(MEM_64M) };
+    let image = pvh64().build();
+    let plan = plan(&image, ImageFormat::Elf, &cfg).unwrap();
+    assert_eq!(u64_at(&plan.boot_info.unwrap().bytes, 32), 0xE_0000);
 }
 
 #[test]
@@ -451,7 +460,7 @@ fn memory_and_command_line_limits() {
         Err(LoadError::MemoryTooSmallForBootInfo { mem_size: 0x2000, needed: 0x4000 })
     );
     let long = "x".repeat(CMDLINE_MAX_LEN + 1);
-    let cfg = GuestConfig { mem_size: MEM_64M, cmdline: &long };
+    let cfg = GuestConfig { mem_size: MEM_64M, cmdline: &long, rsdp: None };
     assert_eq!(
         plan(&image, ImageFormat::Elf, &cfg),
         Err(LoadError::CmdlineTooLong { len: CMDLINE_MAX_LEN + 1, max: CMDLINE_MAX_LEN })
@@ -459,10 +468,10 @@ fn memory_and_command_line_limits() {
     let longest = "x".repeat(CMDLINE_MAX_LEN);
     for format in [ImageFormat::Elf, ImageFormat::Multiboot1] {
         let image = if format == ImageFormat::Elf { pvh64().build() } else { multiboot32().build() };
-        let cfg = GuestConfig { mem_size: MEM_64M, cmdline: &longest };
+        let cfg = GuestConfig { mem_size: MEM_64M, cmdline: &longest, rsdp: None };
         assert!(plan(&image, format, &cfg).is_ok());
     }
-    let cfg = GuestConfig { mem_size: MEM_64M, cmdline: "a\0b" };
+    let cfg = GuestConfig { mem_size: MEM_64M, cmdline: "a\0b", rsdp: None };
     assert_eq!(plan(&image, ImageFormat::Elf, &cfg), Err(LoadError::CmdlineHasNul));
 }
 
@@ -548,7 +557,7 @@ proptest::proptest! {
     #[test]
     fn arbitrary_flat_placements_never_panic(len in 1usize..4096, load_gpa: u64, entry: Option<u64>, mem_size: u64) {
         let image = vec![0u8; len];
-        let cfg = GuestConfig { mem_size, cmdline: "" };
+        let cfg = GuestConfig { mem_size, cmdline: "", rsdp: None };
         let flat = ImageFormat::Flat { load_gpa: Gpa::new(load_gpa), entry_gpa: entry.map(Gpa::new) };
         if let Ok(plan) = plan(&image, flat, &cfg) {
             assert_plan_is_sound(&image, &plan, mem_size);
@@ -595,7 +604,8 @@ fn built_guest_images_are_valid_pvh_elfs() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("x86_64-unknown-none/release");
-    let names = ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails"];
+    let names =
+        ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails", "platform"];
     // Host tests run before xtask builds the guests: a tree built before a guest was added
     // has some of them, so skip unless all are there.
     if !names.iter().all(|name| dir.join(name).exists()) {
@@ -608,7 +618,7 @@ fn built_guest_images_are_valid_pvh_elfs() {
     }
     for name in names {
         let image = fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let cfg = GuestConfig { mem_size: MEM_64M, cmdline: "mib=16" };
+        let cfg = GuestConfig { mem_size: MEM_64M, cmdline: "mib=16", rsdp: None };
         let plan = plan(&image, ImageFormat::Pvh, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_plan_is_sound(&image, &plan, MEM_64M);
         assert!(plan.segments.iter().all(|s| s.gpa >= Gpa::new(MIB)), "{name} is linked at 1 MiB");

@@ -3,6 +3,7 @@
 //! triple faults. The same code serves SVM and VMX.
 
 use super::msr::{self, VcpuMsrs};
+use super::platform::{Outcome, outcome_of};
 use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
@@ -164,9 +165,17 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             if !io.is_in && io.port == taproot_guest_abi::port::COM1_BASE {
                 cx.vm.console_written();
             }
-            match result.exit_status {
-                Some(status) => Flow::Finish(VmState::Exited { status }),
-                None => Flow::Continue,
+            match outcome_of(result.effect) {
+                Outcome::Continue => Flow::Continue,
+                Outcome::End(state) => Flow::Finish(state),
+                Outcome::PowerOff => {
+                    cx.vm.log_event(format!("the guest powered off through ACPI (S5, port {:#x})", io.port));
+                    Flow::Finish(VmState::Exited { status: 0 })
+                }
+                Outcome::ResetPlatform => {
+                    cx.vm.reset_platform(io.port);
+                    Flow::Continue
+                }
             }
         }
         Exit::Msr { write } => {
@@ -226,6 +235,20 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
     }
 }
 
+/// As INIT: the vCPU drops its roots (the MMU keeps them, so the next load finds the same
+/// one) and restarts at its entry, in the normal address space.
+pub(crate) fn restart_at_entry<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
+    cx.mmu.unload();
+    cx.as_id = AsId::Normal;
+    match cx.vm.entry_for(cx.index) {
+        Some(entry) => {
+            cx.vcpu.reset(&entry);
+            Flow::Continue
+        }
+        None => crash(cx, "reset requested before an image was loaded".into()),
+    }
+}
+
 fn crash<B: Backend>(_cx: &VcpuContext<'_, B>, reason: String) -> Flow {
     Flow::Finish(VmState::Crashed { reason })
 }
@@ -236,17 +259,7 @@ fn hypercall<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
     let result = match Hypercall::from_number(regs.rax) {
         None => Err(HypercallError::UnknownHypercall),
         Some(Hypercall::Exit) => return Flow::Finish(VmState::Exited { status: regs.rdi as u32 }),
-        Some(Hypercall::ResetVcpu) => {
-            // As INIT: the vCPU drops its roots (the MMU keeps them, so the next load finds
-            // the same one) and restarts at its entry.
-            cx.mmu.unload();
-            cx.as_id = AsId::Normal;
-            match cx.vm.entry_for(cx.index) {
-                Some(entry) => cx.vcpu.reset(&entry),
-                None => return crash(cx, "reset requested before an image was loaded".into()),
-            }
-            return Flow::Continue;
-        }
+        Some(Hypercall::ResetVcpu) => return restart_at_entry(cx),
         Some(Hypercall::SwitchAddressSpace) => match regs.rdi {
             hypercall::ADDRESS_SPACE_NORMAL => {
                 cx.as_id = AsId::Normal;

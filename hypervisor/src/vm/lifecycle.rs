@@ -15,6 +15,10 @@
 //! port or called EXIT), `crashed` (triple fault, invalid state, a memory access no slot or
 //! device answers) or `stopped` (every vCPU halted, or its time limit passed); those are
 //! not actions but [`Vm::finish`](super::Vm::finish), where the first final state wins.
+//! ACPI S5 is such an end (`exited`, status 0). A platform reset the guest asks for (the
+//! reset register 0xCF9, the i8042) is no transition: the VM stays `running` while every
+//! vCPU restarts at the entry with memory kept, as `reset` then `start` would do (see
+//! `vm::platform`).
 //!
 //! The table is a `match` over every (state, action) pair without a wildcard arm: a new
 //! state or action does not compile until each of its pairs is decided.

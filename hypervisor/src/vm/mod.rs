@@ -7,12 +7,18 @@
 //! in one place, [`lifecycle::transition`]; every state change goes through [`Vm`]'s state
 //! lock, and the two flags the vCPU loop reads without it (`stop`, `paused`) are derived
 //! from the state there.
+//!
+//! The guest's platform (see [`platform`]): the port devices of `devices`, built at creation
+//! from the vCPU count, the RAM size and the host's wall-clock time; the ACPI tables in
+//! guest RAM at 0xE0000; ACPI power-off ends the VM `exited` with status 0, and a
+//! guest-requested reset restarts every vCPU at the image's entry.
 
 pub mod commit;
 mod exits;
 pub mod lifecycle;
 pub mod limits;
 pub mod msr;
+mod platform;
 mod run_queue;
 mod stats;
 mod vcpu;
@@ -27,8 +33,8 @@ use crate::addr::{Gpa, PAGE_SIZE};
 pub use crate::backend::BackendError;
 use crate::backend::{Backend, BackendVm, EntryMode, EntryState, GuestRegs};
 use crate::cpuid;
-use crate::devices::PortBus;
 use crate::devices::events::{Event, EventKind};
+use crate::devices::{PlatformConfig, PortBus};
 use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
 use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
 use crate::mmu::{Mmu, MmuConfig};
@@ -128,6 +134,11 @@ pub struct Vm<B: Backend> {
     /// When the VM started, and when its guest first wrote to the console (0: not yet).
     started_ns: AtomicU64,
     first_console_ns: AtomicU64,
+    /// Guest-requested platform resets so far: each vCPU restarts at its entry when it
+    /// sees the count change (see [`platform`]).
+    platform_resets: AtomicU64,
+    /// The RSDP's address when the ACPI tables are in guest RAM (for PVH's start info).
+    rsdp: Option<Gpa>,
 }
 
 /// The CPUID policy for `B` on this host.
@@ -142,9 +153,15 @@ fn cpuid_policy<B: Backend>() -> cpuid::Policy {
 }
 
 impl<B: Backend> Vm<B> {
-    /// Creates a VM with `config.memory_mib` of RAM from guest address 0. On error nothing
-    /// is left behind (the MMU and backend parts drop).
-    pub fn create(id: u32, config: VmConfig, clock: fn() -> u64) -> Result<Arc<Self>, VmError> {
+    /// Creates a VM with `config.memory_mib` of RAM from guest address 0, its platform
+    /// devices (the RTC showing `unix_seconds`, the host's wall-clock time now) and its
+    /// ACPI tables in RAM. On error nothing is left behind (the MMU and backend parts drop).
+    pub fn create(
+        id: u32,
+        config: VmConfig,
+        clock: fn() -> u64,
+        unix_seconds: i64,
+    ) -> Result<Arc<Self>, VmError> {
         config.validate()?;
         let backend = B::create_vm().map_err(VmError::Backend)?;
         let mmu_config = MmuConfig { max_page_size: B::caps().max_page_size, ..MmuConfig::default() };
@@ -157,12 +174,23 @@ impl<B: Backend> Vm<B> {
             flags: SlotFlags::default(),
         };
         mmu.add_slot(spec).map_err(|e| VmError::Memory(format!("{e:?}")))?;
+        let rsdp = platform::write_acpi_tables(&mmu, &config)?;
+        let platform = PlatformConfig {
+            vcpus: config.vcpus as u16,
+            ram_bytes: config.memory_mib << 20,
+            unix_seconds,
+            now_ns: clock(),
+        };
         Ok(Arc::new(Self {
             id,
             config,
             mmu,
             backend,
-            devices: Mutex::new(PortBus::with_capacity(config.console_bytes, crate::devices::EVENT_LOG_LEN)),
+            devices: Mutex::new(PortBus::with_capacity(
+                &platform,
+                config.console_bytes,
+                crate::devices::EVENT_LOG_LEN,
+            )),
             state: Mutex::new(VmState::Created),
             stop: AtomicBool::new(false),
             running_vcpus: AtomicUsize::new(0),
@@ -175,6 +203,8 @@ impl<B: Backend> Vm<B> {
             paused: AtomicBool::new(false),
             started_ns: AtomicU64::new(0),
             first_console_ns: AtomicU64::new(0),
+            platform_resets: AtomicU64::new(0),
+            rsdp,
         }))
     }
 
@@ -190,8 +220,13 @@ impl<B: Backend> Vm<B> {
     /// changes nothing (it is checked completely before the first byte is written).
     pub fn load_image(&self, image: &[u8], format: ImageFormat, cmdline: &str) -> Result<LoadPlan, VmError> {
         lifecycle::check_image_load(&self.state.lock())?;
-        let config = GuestConfig { mem_size: self.memory_bytes(), cmdline };
-        let plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
+        let config = GuestConfig { mem_size: self.memory_bytes(), cmdline, rsdp: self.rsdp };
+        let mut plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
+        if self.rsdp.is_some() && platform::overlaps_acpi_tables(&plan) {
+            // The image replaces the tables: point no guest at what is left of them.
+            let config = GuestConfig { rsdp: None, ..config };
+            plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
+        }
         let write = |gpa: Gpa, bytes: &[u8]| {
             self.mmu.write_guest(AsId::Normal, gpa, bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
         };
@@ -310,7 +345,8 @@ impl<B: Backend> Vm<B> {
 
     /// `reset`, once the VM has ended and its vCPUs have left their loops (a running or
     /// paused VM is stopped first, with [`Vm::stop`]): back to `Created`, keeping memory,
-    /// slots and the loaded image, so it can be started again or given a new image.
+    /// slots and the loaded image, so it can be started again or given a new image; the
+    /// platform's devices return to their power-on state (`PortBus::reset_platform`).
     pub fn reset_to_created(&self) -> Result<(), VmError> {
         if self.running_vcpus() != 0 {
             return Err(VmError::WrongState { action: "reset", state: "still stopping" });
@@ -322,8 +358,24 @@ impl<B: Backend> Vm<B> {
         }
         let next = lifecycle::transition(&state, Action::Reset, self.has_image())?;
         self.enter(&mut state, next);
+        // The platform's devices power on again, as for a reset the guest asks for.
+        self.devices.lock().reset_platform();
         self.first_console_ns.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A platform reset the guest asked for by writing `port` (see [`platform`]): the
+    /// devices reset now, every vCPU restarts at its entry at the top of its loop.
+    pub(crate) fn reset_platform(&self, port: u16) {
+        self.devices.lock().reset_platform();
+        self.log_event(format!("the guest reset the platform (port {port:#x})"));
+        self.platform_resets.fetch_add(1, Ordering::SeqCst);
+        self.kick_all();
+    }
+
+    /// How many platform resets the guest has asked for.
+    pub(crate) fn platform_resets(&self) -> u64 {
+        self.platform_resets.load(Ordering::SeqCst)
     }
 
     /// Whether an image has been loaded (the VM can start).

@@ -1,5 +1,6 @@
 //! The vCPU loop: load the root for the vCPU's role, run, report quiescence, handle the
-//! exit; until the VM reaches a final state or the vCPU halts. A [`VcpuRunner`] runs in
+//! exit; until the VM reaches a final state or the vCPU halts. A platform reset the guest
+//! asked for restarts the vCPU at its entry at the top of the loop. A [`VcpuRunner`] runs in
 //! slices, so several vCPUs can share a host CPU (time-sliced by the host timer, whose
 //! interrupts make the guest exit).
 
@@ -40,12 +41,23 @@ pub struct VcpuRunner<B: Backend> {
     mmu: VcpuMmu<B::Platform>,
     as_id: AsId,
     msrs: VcpuMsrs,
+    /// The VM's platform-reset count this vCPU has restarted for.
+    resets_seen: u64,
 }
 
 impl<B: Backend> VcpuRunner<B> {
     pub fn new(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> Self {
         let mmu = vm.mmu.create_vcpu();
-        Self { vm: vm.clone(), index, vcpu, mmu, as_id: AsId::Normal, msrs: VcpuMsrs::new(index) }
+        let resets_seen = vm.platform_resets();
+        Self {
+            vm: vm.clone(),
+            index,
+            vcpu,
+            mmu,
+            as_id: AsId::Normal,
+            msrs: VcpuMsrs::new(index),
+            resets_seen,
+        }
     }
 
     pub fn index(&self) -> u32 {
@@ -75,6 +87,15 @@ impl<B: Backend> VcpuRunner<B> {
                 self.as_id = cx.as_id;
                 self.mmu.report_offline();
                 return Slice::Paused;
+            }
+            let resets = cx.vm.platform_resets();
+            if resets != self.resets_seen {
+                // The guest reset the platform (`vm::platform`): start again at the entry.
+                self.resets_seen = resets;
+                if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
+                    cx.vm.finish(state);
+                    break VcpuEnd::VmFinished;
+                }
             }
             // A reload request only asks for what `load` checks anyway: whether the current
             // root is still valid. Clearing it first means a request that arrives after this

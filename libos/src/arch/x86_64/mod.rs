@@ -1,5 +1,5 @@
 //! x86-64: boot, descriptor tables, interrupts, the local APIC, SMP bring-up, timers,
-//! paging and CPU feature detection.
+//! paging, CPU feature detection and the boot-time read of the CMOS clock.
 
 pub mod acpi;
 pub mod apic;
@@ -11,6 +11,7 @@ pub mod paging;
 pub mod percpu;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod stack_guard;
 mod start;
 pub mod trampoline;
