@@ -320,9 +320,9 @@ fn reflect_exception(v: &Current, debug: &mut DebugRegs, events: &mut EventQueue
 /// information, its error code, and for software interrupts and exceptions the
 /// instruction length. Nothing to inject writes nothing: every VM exit clears the valid
 /// bit (SDM Vol. 3C §28.2 "Recording VM-Exit Information and Updating VM-Entry Control
-/// Fields"), so an earlier injection never repeats. Re-injecting an NMI whose delivery the exit
-/// interrupted clears blocking by NMI first, as KVM's `__vmx_complete_interrupts` does
-/// (the exit during delivery left it set; Taproot itself injects no NMIs).
+/// Fields"), so an earlier injection never repeats. Re-injecting an NMI whose delivery the
+/// exit interrupted clears blocking by NMI first, as KVM's `__vmx_complete_interrupts`
+/// does (the exit during delivery left it set; Taproot itself injects no NMIs).
 fn write_event_injection(v: &Current, event: Option<Event>) -> Result<(), BackendError> {
     use consts::intr_info::*;
     let Some(event) = event else { return Ok(()) };
