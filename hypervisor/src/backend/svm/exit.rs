@@ -5,6 +5,7 @@
 
 use super::vmcb::{self, Vmcb, control, exit_code};
 use crate::addr::Gpa;
+use crate::backend::events::{self, Event};
 use crate::backend::{Exit, IoExit};
 use crate::mmu::Access;
 
@@ -50,4 +51,18 @@ pub fn decode(vmcb: &Vmcb) -> Exit {
         }
         code => Exit::Unhandled { code },
     }
+}
+
+/// The event whose delivery the exit interrupted (EXITINTINFO, APM Vol. 2 §15.7.2), to be
+/// injected again; `None` if there is none, or if it is a software interrupt or exception
+/// (INT n, INT3, INTO): the saved RIP still points at the instruction, which raises it
+/// again when the guest resumes (KVM's `svm_complete_interrupts` does the same).
+pub fn in_flight(vmcb: &Vmcb) -> Option<Event> {
+    const BP: u8 = 3;
+    const OF: u8 = 4;
+    let raw = vmcb.read64(control::EXIT_INT_INFO);
+    let event = Event::from_info(raw as u32, (raw >> vmcb::EVENT_ERROR_CODE_SHIFT) as u32, 0)?;
+    let software = event.kind() == events::TYPE_SOFTWARE_INTERRUPT
+        || (event.kind() == events::TYPE_EXCEPTION && matches!(event.vector(), BP | OF));
+    (!software).then_some(event)
 }

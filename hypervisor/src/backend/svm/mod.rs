@@ -21,6 +21,7 @@ mod world_switch;
 
 use super::choice::{self, Choice};
 use super::debug_regs::DebugRegs;
+use super::events::{Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
@@ -211,6 +212,8 @@ pub struct SvmVcpu {
     debug: DebugRegs,
     sync: Arc<VcpuSync>,
     tag: VcpuTag,
+    /// The event in flight at the last exit and those requested since (`backend::events`).
+    events: EventQueue,
 }
 
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
@@ -227,6 +230,7 @@ impl SvmVcpu {
             debug: DebugRegs::default(),
             sync,
             tag: VcpuTag::default(),
+            events: EventQueue::default(),
         };
         vcpu.init_controls();
         vcpu.reset(entry);
@@ -334,12 +338,18 @@ impl SvmVcpu {
     /// (the VMCB's DR6 already holds its status bits, which KVM's `db_interception` relies
     /// on too).
     fn reflect_exception(&mut self, code: u64) {
-        let vector = code - exit_code::EXCEPTION_BASE;
-        let error_code = if code == exit_code::AC { vmcb::EVENT_ERROR_CODE_VALID } else { 0 };
-        self.vmcb.write64(
-            control::EVENT_INJECTION,
-            vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | error_code | vector,
-        );
+        let vector = (code - exit_code::EXCEPTION_BASE) as u8;
+        let error_code = (code == exit_code::AC).then_some(0);
+        self.events.request(Event::exception(vector, error_code));
+    }
+
+    /// EVENTINJ for the next VMRUN: the event `backend::events` picks, or none. Written
+    /// before every VMRUN, so an EVENTINJ left from an earlier entry never injects twice.
+    fn write_event_injection(&mut self) {
+        let eventinj = self.events.next_entry().map_or(0, |event| {
+            (event.info as u64) | ((event.error_code as u64) << vmcb::EVENT_ERROR_CODE_SHIFT)
+        });
+        self.vmcb.write64(control::EVENT_INJECTION, eventinj);
     }
 }
 
@@ -383,6 +393,7 @@ impl BackendVcpu for SvmVcpu {
         v.write64(save::G_PAT, vmcb::DEFAULT_PAT);
         v.write64(control::EVENT_INJECTION, 0);
         v.write64(control::INTERRUPT_SHADOW, 0);
+        self.events.clear();
         self.regs = entry.regs;
         self.xstate.reset();
         self.debug = DebugRegs::default();
@@ -422,17 +433,9 @@ impl BackendVcpu for SvmVcpu {
     }
 
     fn inject_general_protection(&mut self) {
-        const GP_VECTOR: u64 = 13;
-        // The error code (bits 63:32) is 0.
-        let error_code = if crate::backend::exception_error_code_valid(self.vmcb.read64(save::CR0)) {
-            vmcb::EVENT_ERROR_CODE_VALID
-        } else {
-            0
-        };
-        self.vmcb.write64(
-            control::EVENT_INJECTION,
-            vmcb::EVENT_VALID | vmcb::EVENT_TYPE_EXCEPTION | error_code | GP_VECTOR,
-        );
+        const GP_VECTOR: u8 = 13;
+        let error_code = crate::backend::exception_error_code_valid(self.vmcb.read64(save::CR0)).then_some(0);
+        self.events.request(Event::exception(GP_VECTOR, error_code));
     }
 
     fn run(&mut self, root_pointer: u64) -> Exit {
@@ -448,6 +451,7 @@ impl BackendVcpu for SvmVcpu {
             let tlb = self.choose_asid(cpu);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
+            self.write_event_injection();
             x86_64::instructions::interrupts::disable();
             fpu::load_guest(&mut self.xstate);
             self.debug.load(false);
@@ -461,6 +465,7 @@ impl BackendVcpu for SvmVcpu {
             self.debug.save(false);
             self.sync.exited();
             self.regs.rax = self.vmcb.read64(save::RAX);
+            self.events.in_flight(exit::in_flight(&self.vmcb));
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.
             x86_64::instructions::interrupts::enable();
             let exit = exit::decode(&self.vmcb);

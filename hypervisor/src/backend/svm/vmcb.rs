@@ -93,11 +93,9 @@ pub const V_INTR_MASKING: u64 = 1 << 24;
 pub const TLB_CONTROL_NOTHING: u8 = 0;
 pub const TLB_CONTROL_FLUSH_ALL: u8 = 1;
 pub const TLB_CONTROL_FLUSH_ASID: u8 = 3;
-/// EVENTINJ: valid bit, type "exception" (3) in bits 10:8, error code valid bit 11 (APM
-/// Vol. 2 §15.20).
-pub const EVENT_VALID: u64 = 1 << 31;
-pub const EVENT_TYPE_EXCEPTION: u64 = 3 << 8;
-pub const EVENT_ERROR_CODE_VALID: u64 = 1 << 11;
+/// EVENTINJ and EXITINTINFO (APM Vol. 2 §15.20, §15.7.2): the interruption information of
+/// `backend::events` in bits 31:0, the error code in bits 63:32.
+pub const EVENT_ERROR_CODE_SHIFT: u64 = 32;
 /// EFER.SVME, which must be set in the guest's EFER too (APM Vol. 2 §15.5.1).
 pub const EFER_SVME: u64 = 1 << 12;
 /// The power-on PAT (APM Vol. 2 §7.8.2).

@@ -101,6 +101,8 @@ pub mod intr_info {
     pub const TYPE_SOFTWARE: u64 = 6;
     pub const ERROR_CODE: u64 = 1 << 11;
     pub const VECTOR_MASK: u64 = 0xFF;
+    /// Guest interruptibility state bit 3: blocking by NMI (SDM Vol. 3C §25.4.2).
+    pub const INTERRUPTIBILITY_BLOCKING_BY_NMI: u64 = 1 << 3;
 }
 /// IA32_KERNEL_GS_BASE, which SWAPGS exchanges with GS.base without an exit.
 pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;

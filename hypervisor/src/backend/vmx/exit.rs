@@ -6,6 +6,7 @@
 use super::consts::*;
 use super::vmcs::Current;
 use crate::addr::Gpa;
+use crate::backend::events::Event;
 use crate::backend::{Exit, IoExit};
 use crate::mmu::Access;
 use x86::vmx::vmcs::{guest, ro};
@@ -75,4 +76,16 @@ pub fn is_exception(full: u32) -> bool {
 /// Whether the exit of reason `full` is XSETBV (emulated by the backend).
 pub fn is_xsetbv(full: u32) -> bool {
     full & exit_reason::ENTRY_FAILURE == 0 && full as u16 == exit_reason::XSETBV
+}
+
+/// The event whose delivery the exit interrupted (IDT-vectoring information, SDM Vol. 3C
+/// §28.2.4), to be injected again with its error code and, for software interrupts and
+/// exceptions, the length of the instruction that raised it (which VM exits during their
+/// delivery report; the saved RIP still points at that instruction).
+pub fn in_flight(v: &Current) -> Option<Event> {
+    Event::from_info(
+        v.read(ro::IDT_VECTORING_INFO) as u32,
+        v.read(ro::IDT_VECTORING_ERR_CODE) as u32,
+        v.read(ro::VMEXIT_INSTRUCTION_LEN) as u32,
+    )
 }

@@ -26,6 +26,7 @@ mod vmcs;
 mod world_switch;
 
 use super::debug_regs::{DR6_STATUS, DebugRegs};
+use super::events::{self, Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
@@ -151,6 +152,8 @@ pub struct VmxVcpu {
     tag: VcpuTag,
     vpid: u32,
     last_exit_reason: u32,
+    /// The event in flight at the last exit and those requested since (`backend::events`).
+    events: EventQueue,
 }
 
 impl VmxVcpu {
@@ -175,6 +178,7 @@ impl VmxVcpu {
             tag: VcpuTag::default(),
             vpid: 0,
             last_exit_reason: 0,
+            events: EventQueue::default(),
         })
     }
 
@@ -219,6 +223,7 @@ impl VmxVcpu {
                     cpu::invept(INVEPT_SINGLE_CONTEXT, eptp);
                 }
             }
+            write_event_injection(&v, self.events.next_entry())?;
             x86_64::instructions::interrupts::disable();
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
@@ -242,11 +247,12 @@ impl VmxVcpu {
             self.launched = true;
             let (reason, exit) = exit::decode(&v);
             self.last_exit_reason = reason;
+            self.events.in_flight(exit::in_flight(&v));
             if exit::is_xsetbv(reason) {
-                emulate_xsetbv(&v, &mut self.xstate, &self.regs);
+                emulate_xsetbv(&v, &mut self.xstate, &self.regs, &mut self.events);
                 continue;
             }
-            if exit::is_exception(reason) && reflect_exception(&v, &mut self.debug) {
+            if exit::is_exception(reason) && reflect_exception(&v, &mut self.debug, &mut self.events) {
                 continue;
             }
             if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs)) {
@@ -278,20 +284,20 @@ fn choose_vpid(v: &Current, cpu: usize, tag: &mut VcpuTag, vpid: &mut u32) -> Re
 
 /// XSETBV (which always exits on VMX): a valid value becomes the vCPU's XCR0, anything
 /// else injects #GP(0). The CPL is SS.DPL (SDM Vol. 3A §5.5).
-fn emulate_xsetbv(v: &Current, xstate: &mut GuestXstate, regs: &GuestRegs) {
+fn emulate_xsetbv(v: &Current, xstate: &mut GuestXstate, regs: &GuestRegs, events: &mut EventQueue) {
     let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
     let cpl = ((v.read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
     match fpu::xsetbv(xstate, cpl, regs.rcx as u32, value) {
         Ok(()) => skip_instruction(v),
-        Err(_) => inject_general_protection(v),
+        Err(_) => events.request(general_protection(v)),
     }
 }
 
 /// Reflects an intercepted #DB or #AC into the guest (the exception bitmap's only
-/// exceptions, `REFLECTED_EXCEPTIONS`): the same event injected again, #AC with its error
+/// exceptions, `REFLECTED_EXCEPTIONS`): the same event requested again, #AC with its error
 /// code 0, #DB after setting the DR6 status bits the exit qualification reports (VM exit
 /// leaves DR6 alone: SDM Vol. 3C §27.1). Returns `false` for an NMI (the host's).
-fn reflect_exception(v: &Current, debug: &mut DebugRegs) -> bool {
+fn reflect_exception(v: &Current, debug: &mut DebugRegs, events: &mut EventQueue) -> bool {
     use consts::intr_info::*;
     let info = v.read(ro::VMEXIT_INTERRUPTION_INFO);
     let kind = (info >> TYPE_SHIFT) & TYPE_MASK;
@@ -303,16 +309,42 @@ fn reflect_exception(v: &Current, debug: &mut DebugRegs) -> bool {
         let qual = v.read(ro::EXIT_QUALIFICATION);
         debug.dr6 = (debug.dr6 & !DR6_STATUS) | (qual & DR6_STATUS);
     }
-    let mut event = VALID | (kind << TYPE_SHIFT) | vector as u64;
-    if vector == AC_VECTOR {
-        event |= ERROR_CODE;
-        let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
-    }
-    if kind == TYPE_PRIV_SOFTWARE || kind == TYPE_SOFTWARE {
-        let _ = v.write(control::VMENTRY_INSTRUCTION_LEN, v.read(ro::VMEXIT_INSTRUCTION_LEN));
-    }
-    let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, event);
+    let info =
+        VALID | (kind << TYPE_SHIFT) | vector as u64 | if vector == AC_VECTOR { ERROR_CODE } else { 0 };
+    let instruction_len = if is_software(kind) { v.read(ro::VMEXIT_INSTRUCTION_LEN) as u32 } else { 0 };
+    events.request(Event { info: info as u32, error_code: 0, instruction_len });
     true
+}
+
+/// Writes the VM-entry event injection for `event` (SDM Vol. 3C §25.8.3): interruption
+/// information, its error code, and for software interrupts and exceptions the
+/// instruction length. Nothing to inject writes nothing: every VM exit clears the valid
+/// bit (SDM Vol. 3C §28.2 "Recording VM-Exit Information and Updating VM-Entry Control
+/// Fields"), so an earlier injection never repeats. Re-injecting an NMI whose delivery the
+/// exit interrupted clears blocking by NMI first, as KVM's `__vmx_complete_interrupts`
+/// does (the exit during delivery left it set; Taproot itself injects no NMIs).
+fn write_event_injection(v: &Current, event: Option<Event>) -> Result<(), BackendError> {
+    use consts::intr_info::*;
+    let Some(event) = event else { return Ok(()) };
+    let kind = event.kind() as u64;
+    if event.has_error_code() {
+        v.write(control::VMENTRY_EXCEPTION_ERR_CODE, event.error_code as u64)?;
+    }
+    if is_software(kind) || kind == events::TYPE_SOFTWARE_INTERRUPT as u64 {
+        v.write(control::VMENTRY_INSTRUCTION_LEN, event.instruction_len as u64)?;
+    }
+    if kind == TYPE_NMI {
+        let state = v.read(guest::INTERRUPTIBILITY_STATE);
+        v.write(guest::INTERRUPTIBILITY_STATE, state & !INTERRUPTIBILITY_BLOCKING_BY_NMI)?;
+    }
+    v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, event.info as u64)
+}
+
+/// Whether an interruption type is a (privileged) software exception, which VM entry
+/// injects with an instruction length.
+fn is_software(kind: u64) -> bool {
+    use consts::intr_info::*;
+    kind == TYPE_PRIV_SOFTWARE || kind == TYPE_SOFTWARE
 }
 
 /// Advances the guest's RIP past the instruction that caused the last exit (VMX reports its
@@ -322,17 +354,11 @@ fn skip_instruction(v: &Current) {
     let _ = v.write(guest::RIP, v.read(guest::RIP).wrapping_add(len));
 }
 
-/// Injects #GP(0) at the next entry: valid, type hardware exception (3), deliver error
-/// code, vector 13 (SDM §25.8.3).
-fn inject_general_protection(v: &Current) {
-    // Valid, type hardware exception (3), vector 13; deliver error code (bit 11) only in
-    // protected mode (SDM §25.8.3, §27.2.1.3).
-    const GP_EVENT: u64 = (1 << 31) | (3 << 8) | 13;
-    const DELIVER_ERROR_CODE: u64 = 1 << 11;
-    let error_code =
-        if crate::backend::exception_error_code_valid(v.read(guest::CR0)) { DELIVER_ERROR_CODE } else { 0 };
-    let _ = v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, GP_EVENT | error_code);
-    let _ = v.write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+/// #GP(0) for the guest: a hardware exception, vector 13, whose error code is delivered
+/// only in protected mode (SDM §25.8.3, §27.2.1.3).
+fn general_protection(v: &Current) -> Event {
+    const GP_VECTOR: u8 = 13;
+    Event::exception(GP_VECTOR, crate::backend::exception_error_code_valid(v.read(guest::CR0)).then_some(0))
 }
 
 impl Drop for VmxVcpu {
@@ -349,6 +375,7 @@ impl BackendVcpu for VmxVcpu {
         self.debug = DebugRegs::default();
         self.kernel_gs_base = 0;
         self.cr.cr8 = 0;
+        self.events.clear();
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
@@ -390,7 +417,7 @@ impl BackendVcpu for VmxVcpu {
 
     fn inject_general_protection(&mut self) {
         if let Ok(v) = self.vmcs.current() {
-            inject_general_protection(&v);
+            self.events.request(general_protection(&v));
         }
     }
 
