@@ -241,6 +241,39 @@ mod tests {
         assert_eq!(without_sse.size, LEGACY_SIZE + HEADER_SIZE);
     }
 
+    /// One source of truth: what the guest's CPUID leaf 0Dh shows (`cpuid::Policy`) is what
+    /// the backends switch and what XSETBV accepts, both from `cpuid::offered_xcr0`.
+    #[test]
+    fn the_cpuid_leaf_shows_exactly_the_offer_and_xsetbv_accepts_exactly_it() {
+        use crate::cpuid::{HostFacts, Policy, Vendor, offered_xcr0};
+        let host = |leaf: u32, subleaf: u32| match leaf {
+            0 => [0xD, 0, 0, 0],
+            1 => [0, 0, 1 << 26, 0],
+            0xD => Skylake.subleaf(subleaf),
+            _ => [0; 4],
+        };
+        let facts = HostFacts { vendor: Vendor::Intel, gib_pages: false, tsc_hz: 1, lapic_bus_hz: 1 };
+        let policy = Policy::new(facts, host);
+        let offer = Offer::from_cpuid(&Skylake, offered_xcr0());
+        let [eax, ebx, ecx, edx] = policy.guest_view(0xD, 0, host(0xD, 0), 0);
+        if !crate::cpuid::XSAVE_VIRTUALIZED {
+            assert_eq!([eax, ebx, ecx, edx], [0; 4]);
+            assert_eq!(offer.mask, X87 | SSE);
+            return;
+        }
+        let shown = (u64::from(edx) << 32) | u64::from(eax);
+        assert_eq!(shown, offer.mask, "leaf 0Dh shows what is switched");
+        assert_eq!(offer.mask, X87 | SSE | AVX);
+        assert_eq!((ebx as usize, ecx as usize), (offer.size, offer.size), "the area sizes agree");
+        let [len, offset, _, _] = policy.guest_view(0xD, 2, host(0xD, 2), 0);
+        assert_eq!(offset as usize + len as usize, offer.size, "AVX ends the area");
+        for bit in 0..64 {
+            let value = X87 | SSE | 1 << bit;
+            let accepted = check_xsetbv(0, 0, value, &offer).is_ok();
+            assert_eq!(accepted, value & !shown == 0, "XCR0 bit {bit}");
+        }
+    }
+
     #[test]
     fn the_reset_image_has_finit_control_words_and_an_empty_header() {
         let mut state = GuestXstate::new(&Offer::from_cpuid(&Skylake, u64::MAX));

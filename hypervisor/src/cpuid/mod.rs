@@ -13,7 +13,12 @@
 //!   x2APIC ID (EDX) is the vCPU index; leaf 8000_001Eh on AMD: the extended APIC ID
 //!   (EAX) is the vCPU index;
 //! - leaf 7: subleaf 0 only (EAX, the highest subleaf, is 0);
-//! - leaf 0Dh: zeroes unless [`XSAVE_VIRTUALIZED`]; then x87, SSE and AVX state only;
+//! - leaf 0Dh: zeroes unless [`XSAVE_VIRTUALIZED`]; then the components of
+//!   [`offered_xcr0`] the host has (x87, SSE, AVX), which are exactly what the backends
+//!   switch and what XSETBV accepts (`backend::xstate::Offer::from_cpuid` is given the same
+//!   mask, and a host test there checks the two agree), an area size that holds them, the
+//!   XSAVE extensions the table passes (XSAVEOPT, XSAVEC, XGETBV1; not XSAVES) and the AVX
+//!   component's layout;
 //! - data leaves passed as the host has them: cache descriptors and parameters (2, 4),
 //!   the TSC and processor frequencies (15h, 16h: the guest TSC runs at the host's rate),
 //!   the brand string and cache/TLB leaves (8000_0002h-8000_0006h), address sizes
@@ -73,7 +78,13 @@ const LEAF1_EBX_APIC_ID_SHIFT: u32 = 24;
 const XCR0_OFFERED: u32 = 0b111;
 /// XSAVE area of the legacy region and header (x87, SSE): SDM Vol. 1 §13.4.
 const XSAVE_LEGACY_BYTES: u32 = 576;
+/// CPUID.01h:ECX bit 26: XSAVE.
+const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+const XCR0_SSE: u32 = 1 << 1;
 const XCR0_AVX: u32 = 1 << 2;
+/// CPUID.(0Dh,1):EAX bits 1 and 3: XSAVEC and XSAVES, the compacted-format instructions,
+/// with which subleaf 1 EBX gives the compacted area size.
+const XSAVE_COMPACTED: u32 = (1 << 1) | (1 << 3);
 
 /// What the policy knows of the host and the backend, fixed for a VM's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +99,10 @@ pub struct HostFacts {
 }
 
 /// The XCR0 components a guest may enable and the backends switch: x87, SSE and AVX with
-/// [`XSAVE_VIRTUALIZED`] (what leaf 0Dh then shows), x87 and SSE without it.
+/// [`XSAVE_VIRTUALIZED`], x87 and SSE without it. The one source of both: leaf 0Dh shows
+/// these components of the host's (`Policy`), and `backend::fpu` gives this mask to
+/// `backend::xstate::Offer::from_cpuid`, which sets the host XCR0 the world switch uses and
+/// bounds what XSETBV accepts.
 #[must_use]
 pub const fn offered_xcr0() -> u64 {
     if XSAVE_VIRTUALIZED { XCR0_OFFERED as u64 } else { 0b11 }
@@ -102,7 +116,11 @@ pub struct Policy {
     max_extended: u32,
     /// Per [`FEATURE_REGS`] entry: the host bits that pass, the bits that are set.
     masks: [(u32, u32); FEATURE_REGS.len()],
-    /// XSAVE area bytes for the offered components (leaf 0Dh EBX/ECX).
+    /// The XCR0 components the guest may enable and leaf 0Dh shows: [`offered_xcr0`] of
+    /// what the host supports (x87 always; AVX only with SSE, as the backends' offer); 0
+    /// on a host without XSAVE, whose leaf 0Dh the guest sees as zeroes.
+    xcr0: u32,
+    /// XSAVE area bytes for those components (leaf 0Dh EBX/ECX).
     xsave_bytes: u32,
 }
 
@@ -124,14 +142,15 @@ impl Policy {
         let (pass, set) = table_mask(1, 0, Reg::Edx, facts.gib_pages);
         masks[ext1_edx].0 |= pass & EXT1_EDX_LEAF1_COPIES;
         masks[ext1_edx].1 |= set & EXT1_EDX_LEAF1_COPIES;
-        let avx = host_cpuid(0xD, 0)[0] & XCR0_AVX != 0 && max_basic >= 0xD;
-        let xsave_bytes = if avx {
+        let host_xsave = host_cpuid(1, 0)[2] & LEAF1_ECX_XSAVE != 0 && max_basic >= 0xD;
+        let xcr0 = if host_xsave { offered_components(host_cpuid(0xD, 0)[0]) } else { 0 };
+        let xsave_bytes = if xcr0 & XCR0_AVX != 0 {
             let [size, offset, _, _] = host_cpuid(0xD, 2);
-            offset + size
+            offset.saturating_add(size)
         } else {
             XSAVE_LEGACY_BYTES
         };
-        Self { facts, max_basic, max_extended, masks, xsave_bytes }
+        Self { facts, max_basic, max_extended, masks, xcr0, xsave_bytes }
     }
 
     /// What the guest sees in the feature register `reg` of `leaf`/`subleaf` when the
@@ -172,7 +191,7 @@ impl Policy {
             0x2 | 0x4 => host,
             0x7 if subleaf == 0 => [0, feat(Reg::Ebx), feat(Reg::Ecx), feat(Reg::Edx)],
             0xB | 0x1F => [eax, ebx, ecx, vcpu_index],
-            0xD if XSAVE_VIRTUALIZED => self.xsave_leaf(subleaf, host),
+            0xD if XSAVE_VIRTUALIZED && self.xcr0 != 0 => self.xsave_leaf(subleaf, host),
             // TSC/crystal ratio and processor frequencies: the guest TSC is the host's.
             0x15 | 0x16 => host,
             abi::SIGNATURE_LEAF => {
@@ -199,17 +218,32 @@ impl Policy {
         }
     }
 
-    /// Leaf 0Dh with XSAVE offered: the offered components, an area size that holds them
-    /// all (also for EBX, whatever the guest's XCR0: larger than needed is safe), the
-    /// extensions the table passes, and the AVX component's layout.
+    /// Leaf 0Dh with XSAVE offered: the offered components (EDX, the upper half of XCR0,
+    /// is 0), an area size that holds them all (also for EBX, whatever the guest's XCR0:
+    /// larger than needed is safe), the extensions the table passes, and the AVX
+    /// component's layout when AVX is offered. Subleaf 1 EBX, the compacted area size for
+    /// XCR0 | IA32_XSS, is the same size when XSAVEC shows (no XSS components are offered,
+    /// and AVX follows the header directly in both formats); ECX/EDX (XSS bits) are 0.
     fn xsave_leaf(&self, subleaf: u32, host: [u32; 4]) -> [u32; 4] {
         match subleaf {
-            0 => [host[0] & XCR0_OFFERED, self.xsave_bytes, self.xsave_bytes, 0],
-            1 => [self.features(0xD, 1, Reg::Eax, host[0]), 0, 0, 0],
-            2 => host,
+            0 => [self.xcr0, self.xsave_bytes, self.xsave_bytes, 0],
+            1 => {
+                let eax = self.features(0xD, 1, Reg::Eax, host[0]);
+                let ebx = if eax & XSAVE_COMPACTED != 0 { self.xsave_bytes } else { 0 };
+                [eax, ebx, 0, 0]
+            }
+            2 if self.xcr0 & XCR0_AVX != 0 => host,
             _ => [0; 4],
         }
     }
+}
+
+/// The components of [`offered_xcr0`] in the host's supported XCR0 bits `host_xcr0`
+/// (CPUID.(0Dh,0):EAX), closed under the XCR0 rules the backends apply: x87 always, AVX
+/// only with SSE.
+fn offered_components(host_xcr0: u32) -> u32 {
+    let mask = (host_xcr0 & offered_xcr0() as u32) | 1;
+    if mask & XCR0_SSE == 0 { mask & !XCR0_AVX } else { mask }
 }
 
 /// `hz` in kHz, saturated to 32 bits.

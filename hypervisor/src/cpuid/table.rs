@@ -49,18 +49,22 @@ pub struct Feature {
 }
 
 /// THE XSAVE SWITCH. XSAVE, AVX and everything that needs YMM state (AVX2, FMA, F16C, XOP,
-/// FMA4) and leaf 0Dh are offered only when this is true: it needs XSETBV exits emulated
-/// (reserved XCR0 values -> #GP) and the guest's XCR0 and extended state switched on
-/// every entry and exit in both backends (issue 9, "Guest state that must not leak").
-/// Until then a guest that enables XSAVE would run with the host's XCR0 and share YMM
-/// state with other VMs. Flip it in the commit that adds the switching.
-pub const XSAVE_VIRTUALIZED: bool = false;
+/// FMA4), the XSAVE extensions XSAVEOPT, XSAVEC and XGETBV1, and leaf 0Dh are offered only
+/// when this is true. It is: both backends emulate XSETBV (reserved or unoffered XCR0
+/// values -> #GP, `backend::xstate::check_xsetbv`) and switch the guest's XCR0 and x87/SSE/
+/// AVX state on every entry and exit (`backend::fpu`, issue 9 "Guest state that must not
+/// leak"); the components switched are `cpuid::offered_xcr0`, the ones leaf 0Dh shows.
+/// Turning it off hides all of that again and the backends then switch x87 and SSE only.
+pub const XSAVE_VIRTUALIZED: bool = true;
 
 const fn xsave() -> Rule {
     if XSAVE_VIRTUALIZED { Rule::Pass } else { Rule::Hide }
 }
 
-const XSAVE_REASON: &str = "needs XSETBV emulation and XCR0/extended-state switching (XSAVE_VIRTUALIZED)";
+const XSAVE_REASON: &str = "YMM state and XCR0 are switched per vCPU and XSETBV is emulated in both backends \
+                            (XSAVE_VIRTUALIZED)";
+const XSAVE_INSN: &str = "runs natively on the guest's own memory and XCR0, no state beyond the switched \
+                          components (XSAVE_VIRTUALIZED)";
 const ISA: &str = "plain instructions and CR4 bits the hardware runs for the guest, no exits or state";
 const NO_PMU: &str = "no PMU is virtualized: counter MSRs raise #GP";
 const NO_LAPIC: &str = "the local APIC model is not wired into the exit path yet (devices::lapic)";
@@ -116,8 +120,8 @@ pub static FEATURES: &[Feature] = &[
         27,
         "osxsave",
         Hide,
-        "mirrors the guest's CR4.OSXSAVE, not the host's: with XSAVE_VIRTUALIZED the exit handler \
-         must set it from the guest's CR4",
+        "mirrors the guest's CR4.OSXSAVE, not the host's: the CPUID exit handler sets it from the \
+         guest's CR4 (backend::xstate::leaf1_ecx_osxsave)",
     ),
     f(1, Ecx, 28, "avx", xsave(), XSAVE_REASON),
     f(1, Ecx, 29, "f16c", xsave(), XSAVE_REASON),
@@ -168,7 +172,7 @@ pub static FEATURES: &[Feature] = &[
     f(7, Ebx, 12, "cqm", Hide, NO_MSR),
     f(7, Ebx, 14, "mpx", Hide, "MPX state is not switched"),
     f(7, Ebx, 15, "rdt_a", Hide, NO_MSR),
-    f(7, Ebx, 16, "avx512f", Hide, XSAVE_REASON),
+    f(7, Ebx, 16, "avx512f", Hide, "AVX-512 state is not in cpuid::offered_xcr0, so not shown or enabled"),
     f(7, Ebx, 18, "rdseed", Pass, ISA),
     f(7, Ebx, 19, "adx", Pass, ISA),
     f(7, Ebx, 20, "smap", Pass, ISA),
@@ -188,9 +192,31 @@ pub static FEATURES: &[Feature] = &[
     f(7, Edx, 29, "arch_capabilities", Hide, "IA32_ARCH_CAPABILITIES is not emulated (#GP)"),
     f(7, Edx, 31, "spec_ctrl_ssbd", Hide, NO_SPEC_CTRL),
     // Leaf 0Dh subleaf 1 EAX (XSAVE extensions).
-    Feature { subleaf: 1, ..f(0xD, Eax, 0, "xsaveopt", xsave(), XSAVE_REASON) },
-    Feature { subleaf: 1, ..f(0xD, Eax, 1, "xsavec", xsave(), XSAVE_REASON) },
-    Feature { subleaf: 1, ..f(0xD, Eax, 2, "xgetbv1", xsave(), XSAVE_REASON) },
+    Feature { subleaf: 1, ..f(0xD, Eax, 0, "xsaveopt", xsave(), XSAVE_INSN) },
+    Feature {
+        subleaf: 1,
+        ..f(
+            0xD,
+            Eax,
+            1,
+            "xsavec",
+            xsave(),
+            "compacted XSAVE of the guest's XCR0 components only (no IA32_XSS); subleaf 1 EBX gives \
+             its size (XSAVE_VIRTUALIZED)",
+        )
+    },
+    Feature {
+        subleaf: 1,
+        ..f(
+            0xD,
+            Eax,
+            2,
+            "xgetbv1",
+            xsave(),
+            "XGETBV ECX=1 reads the guest's XCR0 AND its own XINUSE, which XRSTOR of its area sets \
+             (XSAVE_VIRTUALIZED)",
+        )
+    },
     Feature {
         subleaf: 1,
         ..f(0xD, Eax, 3, "xsaves", Hide, "IA32_XSS and supervisor state are not switched")

@@ -111,10 +111,13 @@ fn what_the_issue_hides_is_hidden_and_the_basic_isa_passes() {
         assert!(feature(name).is_some(), "{name} has an entry, with its reason");
         assert!(!may_offer(name), "{name}");
     }
-    if !XSAVE_VIRTUALIZED {
-        for name in ["xsave", "osxsave", "avx", "avx2", "fma", "f16c", "xop", "fma4", "xsaveopt"] {
-            assert!(!may_offer(name), "{name} waits for the XSAVE switch");
-        }
+    let xsave_family =
+        ["xsave", "avx", "avx2", "fma", "f16c", "xop", "fma4", "xsaveopt", "xsavec", "xgetbv1"];
+    for name in xsave_family {
+        assert_eq!(may_offer(name), XSAVE_VIRTUALIZED, "{name} follows the XSAVE switch");
+    }
+    for name in ["osxsave", "avx512f"] {
+        assert!(!may_offer(name), "{name}: the exit handler's (OSXSAVE) or not switched (AVX-512)");
     }
     let passed = [
         "fpu",
@@ -191,9 +194,49 @@ fn pmu_svm_monitor_and_unnamed_leaves_are_zero() {
     }
     assert_eq!(view(&p, 7, 1), [0; 4], "leaf 7 has subleaf 0 only");
     assert_eq!(view(&p, 7, 0)[0], 0);
+}
+
+#[test]
+fn leaf_0d_shows_the_offered_components_and_their_layout() {
+    // A host with x87, SSE, AVX, MPX, AVX-512 and PKRU (Skylake-SP's leaf 0Dh).
+    let skylake = |leaf: u32, subleaf: u32| match (leaf, subleaf) {
+        (0, _) => [0xD, 0, 0, 0],
+        (1, _) => [0, 0, 1 << 26, 0],
+        (0xD, 0) => [0x2FF, 0xA88, 0xA88, 0],
+        (0xD, 1) => [0xF, 0xA88, 0x100, 0],
+        (0xD, 2) => [256, 576, 0, 0],
+        (0xD, _) => [64, 960, 0, 0],
+        _ => [0; 4],
+    };
+    let p = Policy::new(facts(Vendor::Intel, false), skylake);
+    let seen = |subleaf| p.guest_view(0xD, subleaf, skylake(0xD, subleaf), 0);
     if !XSAVE_VIRTUALIZED {
-        assert_eq!(view(&p, 0xD, 0), [0; 4]);
+        assert_eq!(seen(0), [0; 4]);
+        return;
     }
+    assert_eq!(offered_xcr0(), 0b111);
+    assert_eq!(seen(0), [0b111, 832, 832, 0], "x87, SSE, AVX: 576 + 256 bytes");
+    assert_eq!(seen(1), [0b111, 832, 0, 0], "no XSAVES, no XSS; compacted size as standard");
+    assert_eq!(seen(2), [256, 576, 0, 0], "AVX's layout");
+    for subleaf in [3, 5, 9, 63] {
+        assert_eq!(seen(subleaf), [0; 4], "subleaf {subleaf}: not offered");
+    }
+    // Without AVX (or without SSE, which AVX needs) the legacy area only.
+    let sse = |leaf: u32, subleaf: u32| {
+        if (leaf, subleaf) == (0xD, 0) { [0b11, 576, 576, 0] } else { skylake(leaf, subleaf) }
+    };
+    let p = Policy::new(facts(Vendor::Intel, false), sse);
+    assert_eq!(p.guest_view(0xD, 0, sse(0xD, 0), 0), [0b11, 576, 576, 0]);
+    assert_eq!(p.guest_view(0xD, 2, sse(0xD, 2), 0), [0; 4]);
+    let no_sse = |leaf: u32, subleaf: u32| {
+        if (leaf, subleaf) == (0xD, 0) { [0b101, 832, 832, 0] } else { skylake(leaf, subleaf) }
+    };
+    let p = Policy::new(facts(Vendor::Intel, false), no_sse);
+    assert_eq!(p.guest_view(0xD, 0, no_sse(0xD, 0), 0)[..2], [0b1, 576]);
+    // A host without XSAVE: leaf 0Dh is zeroes.
+    let none = |leaf: u32, subleaf: u32| if leaf == 1 { [0; 4] } else { skylake(leaf, subleaf) };
+    let p = Policy::new(facts(Vendor::Intel, false), none);
+    assert_eq!(p.guest_view(0xD, 0, none(0xD, 0), 0), [0; 4]);
 }
 
 #[test]
@@ -272,18 +315,29 @@ const XEON_UNDER_KVM: &[(u32, u32, [u32; 4])] = &[
 /// on that host, in the same order.
 const XEON_GUEST_VIEW: &[[u32; 4]] = &[
     [0x0000001f, 0x756e6547, 0x6c65746e, 0x49656e69], // clamped to 1Fh, GenuineIntel
-    [0x000a0671, 0x01020800, 0xc2d82203, 0x1f8bb97f], // APIC ID 1; no MCE, APIC, MCA; hypervisor
+    // APIC ID 1; no MCE, APIC, MCA; hypervisor. With XSAVE_VIRTUALIZED ECX also keeps the
+    // host's FMA (12), XSAVE (26), AVX (28) and F16C (29): 0xc2d82203 became 0xf6d83203.
+    // OSXSAVE (27) stays clear here: the exit handler sets it from the guest's CR4.
+    [0x000a0671, 0x01020800, 0xf6d83203, 0x1f8bb97f],
     [0x00feff01, 0x000000f0, 0x00000000, 0x00000000],
     [0x04000121, 0x02c0003f, 0x0000003f, 0x00000000],
     [0x00000000, 0x00000000, 0x00000000, 0x00000000], // thermal
-    [0x00000000, 0x219c0389, 0x00000000, 0x00000000], // no TSX, AVX2, INVPCID, AVX-512, PKU, ...
+    // No TSX, INVPCID, AVX-512, PKU, ...; AVX2 (EBX bit 5) now passes: 0x219c0389 became
+    // 0x219c03a9.
+    [0x00000000, 0x219c03a9, 0x00000000, 0x00000000],
     [0x00000000, 0x00000000, 0x00000000, 0x00000000],
     [0x00000000, 0x00000000, 0x00000000, 0x00000000], // PMU
     [0x00000000, 0x00000001, 0x00000100, 0x00000001],
     [0x00000005, 0x00000002, 0x00000201, 0x00000001],
-    [0x00000000, 0x00000000, 0x00000000, 0x00000000], // XSAVE
-    [0x00000000, 0x00000000, 0x00000000, 0x00000000],
-    [0x00000000, 0x00000000, 0x00000000, 0x00000000],
+    // Leaf 0Dh, zeroes before XSAVE_VIRTUALIZED. Subleaf 0: of the host's 0x600e7 (x87,
+    // SSE, AVX, AVX-512, AMX) only x87|SSE|AVX (7); the area 576 + 256 = 832 (0x340) bytes
+    // in EBX and ECX, not the host's 0x2b00; EDX 0.
+    [0x00000007, 0x00000340, 0x00000340, 0x00000000],
+    // Subleaf 1: of the host's 0x1f, XSAVEOPT, XSAVEC, XGETBV1 (7), not XSAVES or XFD;
+    // EBX the compacted size of x87|SSE|AVX, 0x340 (not the host's 0x29c0 with AVX-512/AMX).
+    [0x00000007, 0x00000340, 0x00000000, 0x00000000],
+    // Subleaf 2: AVX's size 0x100 at offset 0x240, the host's.
+    [0x00000100, 0x00000240, 0x00000000, 0x00000000],
     [0x00000000, 0x00000000, 0x00000000, 0x00000000], // the host's (KVM gives zeroes)
     [0x00000000, 0x00000000, 0x00000000, 0x00000000],
     [0x00000000, 0x00000001, 0x00000100, 0x00000001],
