@@ -12,6 +12,7 @@ use hypervisor::mmu::testfmt::TestFormat;
 use hypervisor::mmu::{Access, Fault, MmuConfig, NoClock, Role};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 /// Slot `i` lives in one of two 8 MiB windows: [i * 16 MiB, +8 MiB) or [+8 MiB, +16 MiB).
@@ -74,10 +75,32 @@ fn run(threads: usize, rounds: u32, max_page_size: PageSize, seed: u64) {
         })
         .collect();
 
+    // The churn must race with running vCPUs, and on a loaded 2-core host (CI runs the
+    // three tests at once: 14 vCPU threads and 3 churners) a thread may not have run at all
+    // by the time `rounds` rounds are over. So: start once the vCPUs have faulted `threads`
+    // times, and keep churning past `rounds` until they have faulted `threads` more times
+    // during the churn. A minute of extra churn without that is a liveness failure, not
+    // scheduling.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while faults.load(Ordering::Relaxed) < threads as u64 {
+        assert!(Instant::now() < deadline, "vCPU threads made no fault in 60 s before the churn");
+        std::thread::yield_now();
+    }
+    let before_churn = faults.load(Ordering::Relaxed);
     let mut rng = Rng::new(seed);
     let mut moved = [false; SLOTS as usize];
     let mut present = [true; SLOTS as usize];
-    for round in 0..rounds {
+    let mut round = 0;
+    let mut overtime = None;
+    while round < rounds || faults.load(Ordering::Relaxed) < before_churn + threads as u64 {
+        if round >= rounds {
+            let since = *overtime.get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "vCPU threads made {} faults against the churn, and none more in 60 s of it",
+                faults.load(Ordering::Relaxed) - before_churn
+            );
+        }
         let i = rng.below(u64::from(SLOTS)) as u32;
         let s = i as usize;
         match rng.below(6) {
@@ -128,13 +151,13 @@ fn run(threads: usize, rounds: u32, max_page_size: PageSize, seed: u64) {
         if round % 16 == 0 {
             check_translations(&vm.mmu);
         }
+        round += 1;
         std::thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);
     for t in vcpus {
         t.join().unwrap();
     }
-    assert!(faults.load(Ordering::Relaxed) > 0);
     check_translations(&vm.mmu);
     let stats = vm.mmu.stats();
     assert!(stats.faults > 0 && stats.zaps > 0);
