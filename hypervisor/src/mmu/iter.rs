@@ -56,6 +56,9 @@ pub(crate) struct TdpIter<'a, F: TdpFormat, P: PageSource> {
     pages: &'a P,
     /// `path[l - 1]`: the table the cursor is in at level `l`, for `level..=top`.
     path: [Hpa; MAX_LEVELS],
+    /// The same tables, resolved once through the page source when the cursor enters
+    /// them (every entry access would otherwise map the address again).
+    tables: [&'a [AtomicU64; crate::pages::ENTRIES]; MAX_LEVELS],
     top: u8,
     level: u8,
     /// Where the walk is heading: the gfn it was started at or last stepped sideways to.
@@ -88,8 +91,18 @@ impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
             return None;
         }
         let path = [table; MAX_LEVELS];
-        let mut iter =
-            Self { pages, path, top: level, level, target: start, end, old: Spte::NONE, format: PhantomData };
+        let tables = [pages.table(table); MAX_LEVELS];
+        let mut iter = Self {
+            pages,
+            path,
+            tables,
+            top: level,
+            level,
+            target: start,
+            end,
+            old: Spte::NONE,
+            format: PhantomData,
+        };
         iter.refresh();
         Some(iter)
     }
@@ -147,8 +160,7 @@ impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
     }
 
     fn entry(&self) -> &'a AtomicU64 {
-        let (table, index) = self.position();
-        &self.pages.table(table)[index]
+        &self.tables[usize::from(self.level) - 1][index(self.target, self.level)]
     }
 
     /// Reads the current entry again.
@@ -188,7 +200,9 @@ impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
             return false;
         }
         self.level -= 1;
-        self.path[usize::from(self.level) - 1] = self.old.table_address();
+        let table = self.old.table_address();
+        self.path[usize::from(self.level) - 1] = table;
+        self.tables[usize::from(self.level) - 1] = self.pages.table(table);
         self.refresh();
         true
     }
