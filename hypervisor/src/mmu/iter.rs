@@ -85,7 +85,8 @@ impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
     ) -> Option<Self> {
         assert!((1..=MAX_LEVELS as u8).contains(&level), "tables have 1 to {MAX_LEVELS} levels");
         let spanned = span(level) * ENTRIES;
-        let table_end = start.raw() / spanned * spanned + spanned;
+        // `spanned` is a power of two: a mask, not a division, on every fault's path.
+        let table_end = (start.raw() & !(spanned - 1)) + spanned;
         let end = Gfn::new(end.raw().min(table_end));
         if start >= end {
             return None;
