@@ -606,8 +606,8 @@ fn built_guest_images_are_valid_pvh_elfs() {
     let dir = target.join("x86_64-unknown-none/release");
     let names =
         ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails", "platform"];
-    // Host tests run before xtask builds the guests: a tree built before a guest was added
-    // has some of them, so skip unless all are there.
+    // `cargo xtask test` builds the guests before the host tests; a plain `cargo test` on
+    // a tree built before a guest was added has only some of them, so skip unless all are.
     if !names.iter().all(|name| dir.join(name).exists()) {
         eprintln!(
             "skipped: not every guest image is in {} (build them with `cargo build -p guest-images --target \
