@@ -14,6 +14,7 @@ use crate::backend::host::Frames;
 use crate::backend::{BackendError, Caps};
 use alloc::format;
 use alloc::string::ToString;
+use core::sync::atomic::{AtomicU64, Ordering};
 use libos::smp::MAX_CPUS;
 use spin::Once;
 use x86::msr;
@@ -35,13 +36,32 @@ pub fn rdmsr(index: u32) -> u64 {
     unsafe { Msr::new(index).read() }
 }
 
-/// Writes IA32_KERNEL_GS_BASE, the only MSR the vCPU switches by hand.
-pub fn write_kernel_gs_base(value: u64) {
+/// What each CPU's IA32_KERNEL_GS_BASE holds, as last written or read here; starts as a
+/// non-canonical value no MSR can hold ("unknown"). WRMSR is among the costliest steps of
+/// an entry, and with one vCPU per CPU the value is already there.
+static KERNEL_GS_BASE_HELD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(UNKNOWN_MSR) }; MAX_CPUS];
+const UNKNOWN_MSR: u64 = 1 << 63;
+
+/// Makes `cpu`'s (the calling CPU's) IA32_KERNEL_GS_BASE `value`, the only MSR the vCPU
+/// switches by hand; no WRMSR when it already holds it.
+pub fn load_kernel_gs_base(cpu: usize, value: u64) {
+    if KERNEL_GS_BASE_HELD[cpu].load(Ordering::Relaxed) == value {
+        return;
+    }
     // SAFETY: the MSR exists on every x86-64 CPU; the host never executes SWAPGS, so its
     // value (the guest's, here) means nothing to the host. A non-canonical value would #GP,
     // but it was read from the MSR after a guest ran (the CPU only holds canonical values)
     // or is the reset value 0.
     unsafe { Msr::new(super::consts::MSR_KERNEL_GS_BASE).write(value) }
+    KERNEL_GS_BASE_HELD[cpu].store(value, Ordering::Relaxed);
+}
+
+/// `cpu`'s (the calling CPU's) IA32_KERNEL_GS_BASE after a guest ran (SWAPGS and WRMSR in
+/// the guest change it without an exit).
+pub fn save_kernel_gs_base(cpu: usize) -> u64 {
+    let value = rdmsr(super::consts::MSR_KERNEL_GS_BASE);
+    KERNEL_GS_BASE_HELD[cpu].store(value, Ordering::Relaxed);
+    value
 }
 
 /// What the boot CPU's VMX offers, as libos detected it.

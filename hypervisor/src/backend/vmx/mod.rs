@@ -227,7 +227,7 @@ impl VmxVcpu {
             x86_64::instructions::interrupts::disable();
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
-            cpu::write_kernel_gs_base(self.kernel_gs_base);
+            cpu::load_kernel_gs_base(cpu, self.kernel_gs_base);
             // SAFETY: VMX is on for this CPU and our VMCS is current (`v`) and fully set
             // up (host state with this CPU's values, HOST_RIP the world switch's exit
             // label); `launched` says whether it was launched; `regs` is this vCPU's
@@ -235,7 +235,7 @@ impl VmxVcpu {
             let failed = unsafe { world_switch::run(&mut self.regs, self.launched) };
             fpu::save_guest(&mut self.xstate);
             self.debug.save(true);
-            self.kernel_gs_base = cpu::rdmsr(MSR_KERNEL_GS_BASE);
+            self.kernel_gs_base = cpu::save_kernel_gs_base(cpu);
             self.sync.exited();
             x86_64::instructions::interrupts::enable();
             if failed {
