@@ -23,6 +23,7 @@ pub mod fw_cfg;
 pub mod i8042;
 pub mod ioapic;
 pub mod irq;
+pub mod irqchip;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
@@ -37,6 +38,8 @@ pub use console::{CONSOLE_RING_BYTES, ConsoleRead, ConsoleRing, LineSplitter};
 pub use events::{EVENT_LOG_LEN, Event, EventKind, EventLog};
 use fw_cfg::FwCfg;
 use i8042::I8042;
+use irqchip::Irqchip;
+use lapic::LapicConfig;
 use pic::Pic8259Pair;
 use pit::Pit;
 use rtc::Rtc;
@@ -140,6 +143,8 @@ pub struct PlatformConfig {
     /// The host's wall-clock time (Unix seconds, UTC) at `now_ns`: the RTC starts there.
     pub unix_seconds: i64,
     pub now_ns: u64,
+    /// The local APICs' clock and features (`irqchip`).
+    pub lapic: LapicConfig,
 }
 
 /// The PC platform's port devices, reset together by a guest-requested reset.
@@ -261,6 +266,7 @@ impl UnknownPorts {
 pub struct PortBus {
     uart: Uart16550,
     platform: Platform,
+    irqchip: Irqchip,
     console: ConsoleRing,
     lines: LineSplitter,
     events: EventLog,
@@ -279,6 +285,7 @@ impl PortBus {
         Self {
             uart: Uart16550::new(),
             platform: Platform::new(platform),
+            irqchip: Irqchip::new(u32::from(platform.vcpus), platform.lapic),
             console: ConsoleRing::new(console_bytes),
             lines: LineSplitter::new(),
             events: EventLog::new(events),
@@ -371,6 +378,17 @@ impl PortBus {
         p.pit = Pit::new();
         p.acpi_pm = AcpiPm::new();
         p.i8042 = I8042::new();
+        self.irqchip.reset();
+    }
+
+    /// The local APICs and the I/O APIC.
+    #[must_use]
+    pub fn irqchip(&self) -> &Irqchip {
+        &self.irqchip
+    }
+
+    pub fn irqchip_mut(&mut self) -> &mut Irqchip {
+        &mut self.irqchip
     }
 
     /// An access to the byte-wide devices, one byte per port from `port` up (a byte that
@@ -462,8 +480,18 @@ impl PortBus {
 mod tests {
     use super::*;
 
-    const CONFIG: PlatformConfig =
-        PlatformConfig { vcpus: 3, ram_bytes: 64 << 20, unix_seconds: 1_700_000_000, now_ns: 0 };
+    const CONFIG: PlatformConfig = PlatformConfig {
+        vcpus: 3,
+        ram_bytes: 64 << 20,
+        unix_seconds: 1_700_000_000,
+        now_ns: 0,
+        lapic: LapicConfig {
+            bus_hz: 1_000_000_000,
+            tsc_hz: 1_000_000_000,
+            tsc_origin_ns: 0,
+            has_x2apic: true,
+        },
+    };
 
     fn bus() -> PortBus {
         PortBus::new(&CONFIG)

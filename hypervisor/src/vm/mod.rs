@@ -34,6 +34,7 @@ pub use crate::backend::BackendError;
 use crate::backend::{Backend, BackendVm, EntryMode, EntryState, GuestRegs};
 use crate::cpuid;
 use crate::devices::events::{Event, EventKind};
+use crate::devices::lapic::LapicConfig;
 use crate::devices::{PlatformConfig, PortBus};
 use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
 use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
@@ -175,11 +176,20 @@ impl<B: Backend> Vm<B> {
         };
         mmu.add_slot(spec).map_err(|e| VmError::Memory(format!("{e:?}")))?;
         let rsdp = platform::write_acpi_tables(&mmu, &config)?;
+        let now_ns = clock();
         let platform = PlatformConfig {
             vcpus: config.vcpus as u16,
             ram_bytes: config.memory_mib << 20,
             unix_seconds,
-            now_ns: clock(),
+            now_ns,
+            // The guest TSC counts from the VM's creation (its TSC offset, set by the
+            // backend, must say the same). x2APIC stays off until CPUID offers it.
+            lapic: LapicConfig {
+                bus_hz: LAPIC_BUS_HZ,
+                tsc_hz: B::tsc_hz(),
+                tsc_origin_ns: now_ns,
+                has_x2apic: false,
+            },
         };
         Ok(Arc::new(Self {
             id,
