@@ -287,6 +287,23 @@ impl Irqchip {
         events
     }
 
+    /// An INIT for `vcpu` was pending (and is taken): the VM puts the vCPU in its INIT
+    /// state (the BSP restarts at its entry, an AP waits for a SIPI) and the LAPIC resets.
+    pub fn take_init(&mut self, vcpu: u32) -> bool {
+        let lapic = &mut self.lapics[vcpu as usize];
+        let init = lapic.take_init();
+        if init {
+            lapic.reset();
+        }
+        init
+    }
+
+    /// The vector of a start-up IPI pending for `vcpu` (taken): an AP waiting for SIPI
+    /// starts in real mode at `vector << 12`; in any other state the caller discards it.
+    pub fn take_sipi(&mut self, vcpu: u32) -> Option<u8> {
+        self.lapics[vcpu as usize].take_sipi()
+    }
+
     /// Whether `vcpu`, halted, wakes now: an NMI, INIT or SIPI is pending, or an interrupt
     /// the guest would take (`interrupts_enabled`: its RFLAGS.IF).
     #[must_use]
