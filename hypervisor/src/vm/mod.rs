@@ -383,6 +383,15 @@ impl<B: Backend> Vm<B> {
         self.kick_all();
     }
 
+    /// Wakes (if halted) or kicks (if in the guest) each vCPU in `mask`, so that an
+    /// interrupt an access just made pending is taken now rather than at the next host
+    /// tick. Call it after dropping the device lock.
+    // TODO(issue 10, entry path): park/wake and kicks; until then the vCPU sees the
+    // interrupt at its next exit.
+    pub(crate) fn wake_vcpus(&self, mask: crate::devices::irqchip::VcpuMask) {
+        let _ = mask;
+    }
+
     /// How many platform resets the guest has asked for.
     pub(crate) fn platform_resets(&self) -> u64 {
         self.platform_resets.load(Ordering::SeqCst)
