@@ -388,6 +388,7 @@ impl<B: Backend> Vm<B> {
     /// tick. Call it after dropping the device lock.
     // TODO(issue 10, entry path): park/wake and kicks; until then the vCPU sees the
     // interrupt at its next exit.
+    #[allow(dead_code, reason = "called by the MMIO and entry paths being written")]
     pub(crate) fn wake_vcpus(&self, mask: crate::devices::irqchip::VcpuMask) {
         let _ = mask;
     }
