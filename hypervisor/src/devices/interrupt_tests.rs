@@ -3,6 +3,7 @@
 //! injects. Time is passed in, never read: the tests step the VM's clock to the deadlines
 //! the bus names, as a halted vCPU's sleep would.
 
+use super::irq::InterruptMessage;
 use super::irqchip::{EntryEvents, Injection, Openings, VcpuMask};
 use super::lapic::LapicConfig;
 use super::{PlatformConfig, PortBus, acpi_pm};
@@ -372,4 +373,17 @@ fn lapic_timers_tick_through_the_bus_and_each_source_is_counted() {
     assert_eq!(chip.lapic_mmio_write(0, LAPIC_ICR_LOW, 0x50, MS), VcpuMask::one(1));
     let stats = bus.irqchip().snapshot();
     assert_eq!((stats.lapic_timer, stats.lapic_timer_expiries, stats.ipi, stats.ioapic), (1, 1, 1, 0));
+}
+
+#[test]
+fn an_extint_is_injected_before_lapic_vectors() {
+    let mut bus = bus();
+    enable_lapics(&mut bus);
+    init_pic(&mut bus, ICW4_8086, 0xFE);
+    let _ = bus.irqchip_mut().deliver(&InterruptMessage::fixed(0xF0, 0), None);
+    start_pit(&mut bus, 0);
+    let now = bus.next_deadline(0).unwrap();
+    bus.tick(now);
+    assert_eq!(inject(&mut bus, 0), Some(Injection::Interrupt(0x20)), "as KVM's kvm_cpu_get_interrupt");
+    assert_eq!(inject(&mut bus, 0), Some(Injection::Interrupt(0xF0)));
 }
