@@ -478,7 +478,7 @@ impl PortBus {
         p.i8042 = I8042::new();
         self.irqchip.reset();
         self.irq_lines = IrqLines::default();
-        // Nothing can be pending for a vCPU yet: every LAPIC is software-disabled.
+        // No wake set: the VM restarts and kicks every vCPU after a reset anyway.
         let _ = self.update_uart_line().union(self.update_rtc_line());
         let _ = self.update_sci(self.sci_evaluated_ns);
     }

@@ -24,8 +24,9 @@
 //! - **Interrupt messages** from the I/O APIC or an MSI: the same routing with
 //!   `Shorthand::None` and `is_self = false`. The 8259's INTR line arrives through
 //!   [`Lapic::local_interrupt`]`(Lvt::Lint0)` (call it whenever the 8259 has an
-//!   unacknowledged request, also after an acknowledge that leaves one), the NMI pin
-//!   through `Lvt::Lint1`.
+//!   unacknowledged request, also after an acknowledge that leaves one; while
+//!   [`Lapic::accepts_pic_interrupts`] the pending ExtINT should follow INTR, which is
+//!   what the irqchip does), the NMI pin through `Lvt::Lint1`.
 //! - **Entry path**: [`Lapic::take_init`] -> INIT the vCPU and call [`Lapic::reset`] (the
 //!   vCPU waits for SIPI unless it is the BSP); in wait-for-SIPI, [`Lapic::take_sipi`]
 //!   starts it at the vector (discard SIPIs taken in any other state). When NMIs are
