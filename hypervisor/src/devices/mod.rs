@@ -8,9 +8,27 @@
 //!   register 0xCF9 ([`acpi_pm`]), the i8042 ([`i8042`]) and fw_cfg ([`fw_cfg`]);
 //! - every other port reads as all-ones and is counted.
 //!
-//! An access may ask the VM to end or reset ([`IoEffect`]). The interrupt outputs of the
-//! PIC, PIT, RTC and SCI are not delivered yet (nor are [`lapic`] and [`ioapic`] wired): each
-//! module's doc says how the VM is to drive them.
+//! An access may ask the VM to end or reset ([`IoEffect`]), and may make an interrupt
+//! pending ([`IoResult::wake`]).
+//!
+//! # Interrupts and time
+//! The bus owns the VM's [`Irqchip`] (local APICs, I/O APIC, 8259 pair; the 8259's ports
+//! go to it). The device lines reach it as on a PC (`irq_lines`): the PIT's channel 0 on
+//! IRQ 0, COM1 on IRQ 4, the RTC on IRQ 8, the ACPI SCI on IRQ 9. A line is re-evaluated
+//! after every access to its device and at every [`PortBus::tick`]; only changes go on.
+//!
+//! What the VM calls, besides the port exits:
+//! - [`PortBus::tick`] when a deadline has passed (or whenever convenient): the LAPIC
+//!   timers, the PIT, the RTC and the PM timer's SCI catch up with `now_ns`.
+//! - [`PortBus::next_deadline`] for the host timer (or a halted vCPU's sleep) of each
+//!   vCPU: its LAPIC timer, and for vCPU 0 also the platform devices' deadlines. vCPU 0 is
+//!   the one whose sleep covers the platform timers (it always exists); the tick it runs
+//!   delivers to whichever vCPUs the routing names, and returns them to wake.
+//! - [`PortBus::console_input`] for bytes typed at the VM's console (COM1's receiver).
+//!
+//! Every call that can make an interrupt pending returns the vCPUs to wake (if halted)
+//! or kick (if in the guest), as a [`VcpuMask`]; the caller does that after dropping the
+//! device lock.
 //!
 //! The bus is plain data (`&mut self`); a VM keeps it behind one lock, which every port
 //! exit takes briefly. Nothing here blocks or allocates per access, except a new line in
@@ -21,8 +39,11 @@ pub mod console;
 pub mod events;
 pub mod fw_cfg;
 pub mod i8042;
+#[cfg(test)]
+mod interrupt_tests;
 pub mod ioapic;
 pub mod irq;
+pub mod irq_lines;
 pub mod irqchip;
 pub mod lapic;
 pub mod pic;
@@ -38,9 +59,9 @@ pub use console::{CONSOLE_RING_BYTES, ConsoleRead, ConsoleRing, LineSplitter};
 pub use events::{EVENT_LOG_LEN, Event, EventKind, EventLog};
 use fw_cfg::FwCfg;
 use i8042::I8042;
-use irqchip::Irqchip;
+use irq_lines::{IrqLines, IsaLine};
+use irqchip::{Irqchip, VcpuMask};
 use lapic::LapicConfig;
-use pic::Pic8259Pair;
 use pit::Pit;
 use rtc::Rtc;
 use taproot_guest_abi::port;
@@ -108,6 +129,18 @@ pub struct IoResult {
     pub value: u32,
     /// What the VM must do besides continuing the guest.
     pub effect: Option<IoEffect>,
+    /// The vCPUs the access made an interrupt pending for (an 8259 unmask with a request
+    /// latched, an RTC register write that raises IRQ 8, ...): wake or kick them.
+    pub wake: VcpuMask,
+}
+
+/// What console input did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleInput {
+    /// Bytes COM1's receiver took (the caller keeps the rest for later).
+    pub taken: usize,
+    /// The vCPUs to wake or kick (the receive interrupt).
+    pub wake: VcpuMask,
 }
 
 /// Which device answers a port (the bus's routing, one place).
@@ -147,10 +180,10 @@ pub struct PlatformConfig {
     pub lapic: LapicConfig,
 }
 
-/// The PC platform's port devices, reset together by a guest-requested reset.
+/// The PC platform's port devices, reset together by a guest-requested reset (the 8259
+/// pair is in the irqchip).
 #[derive(Clone, Debug)]
 struct Platform {
-    pic: Pic8259Pair,
     pit: Pit,
     rtc: Rtc,
     acpi_pm: AcpiPm,
@@ -193,7 +226,6 @@ impl Platform {
             rtc.set_cmos_byte(index, value);
         }
         Self {
-            pic: Pic8259Pair::new(),
             pit: Pit::new(),
             rtc,
             acpi_pm: AcpiPm::new(),
@@ -267,6 +299,9 @@ pub struct PortBus {
     uart: Uart16550,
     platform: Platform,
     irqchip: Irqchip,
+    irq_lines: IrqLines,
+    /// When the SCI was last evaluated (the PM timer's deadline is relative to it).
+    sci_evaluated_ns: u64,
     console: ConsoleRing,
     lines: LineSplitter,
     events: EventLog,
@@ -286,6 +321,8 @@ impl PortBus {
             uart: Uart16550::new(),
             platform: Platform::new(platform),
             irqchip: Irqchip::new(u32::from(platform.vcpus), platform.lapic),
+            irq_lines: IrqLines::default(),
+            sci_evaluated_ns: platform.now_ns,
             console: ConsoleRing::new(console_bytes),
             lines: LineSplitter::new(),
             events: EventLog::new(events),
@@ -317,10 +354,10 @@ impl PortBus {
             IoDirection::Out(value) => IoDirection::Out(value & mask),
             IoDirection::In => IoDirection::In,
         };
-        let mut result = IoResult { value: 0, effect: None };
+        let mut result = IoResult { value: 0, effect: None, wake: VcpuMask::EMPTY };
         let device = Self::device_at(port);
         if device.is_byte_wide() {
-            result.value = self.byte_access(port, size, direction, now_ns);
+            (result.value, result.wake) = self.byte_access(port, size, direction, now_ns);
             return result;
         }
         let p = &mut self.platform;
@@ -347,8 +384,68 @@ impl PortBus {
             }
             (_, IoDirection::Out(_)) => self.unknown.count(port, true),
         }
+        if device == PortDevice::AcpiPm {
+            result.wake = self.update_sci(now_ns);
+        }
         result.value &= mask;
         result
+    }
+
+    /// Passes the SCI's level at `now_ns` on.
+    fn update_sci(&mut self, now_ns: u64) -> VcpuMask {
+        self.sci_evaluated_ns = now_ns;
+        let level = self.platform.acpi_pm.sci_level(now_ns);
+        self.irq_lines.set(&mut self.irqchip, IsaLine::Sci, level)
+    }
+
+    fn update_uart_line(&mut self) -> VcpuMask {
+        self.irq_lines.set(&mut self.irqchip, IsaLine::Uart, self.uart.irq_line())
+    }
+
+    fn update_rtc_line(&mut self) -> VcpuMask {
+        self.irq_lines.set(&mut self.irqchip, IsaLine::Rtc, self.platform.rtc.irq_line())
+    }
+
+    /// Passes the PIT channel 0's edges up to `now_ns` on (ISA IRQ 0).
+    fn update_pit(&mut self, now_ns: u64) -> VcpuMask {
+        let edges = self.platform.pit.tick(now_ns);
+        self.irqchip.pit_expired(edges)
+    }
+
+    /// Brings every timer up to `now_ns` (the LAPIC timers, the PIT, the RTC, the PM
+    /// timer's SCI) and delivers what expired; returns the vCPUs to wake or kick.
+    pub fn tick(&mut self, now_ns: u64) -> VcpuMask {
+        let mut wake = self.irqchip.tick(now_ns);
+        wake = wake.union(self.update_pit(now_ns));
+        self.platform.rtc.tick(now_ns);
+        wake = wake.union(self.update_rtc_line());
+        wake.union(self.update_sci(now_ns))
+    }
+
+    /// The earliest host time at which [`PortBus::tick`] has something for `vcpu`: its
+    /// LAPIC timer and, for vCPU 0 only, the PIT, the RTC and the PM timer (see the module
+    /// doc: vCPU 0's sleep covers the platform timers).
+    #[must_use]
+    pub fn next_deadline(&self, vcpu: u32) -> Option<u64> {
+        let lapic = self.irqchip.next_deadline(vcpu);
+        if vcpu != 0 {
+            return lapic;
+        }
+        let p = &self.platform;
+        // While the SCI is high it cannot rise again until the guest clears its status.
+        let sci = if self.irq_lines.is_high(IsaLine::Sci) {
+            None
+        } else {
+            p.acpi_pm.next_deadline(self.sci_evaluated_ns)
+        };
+        [lapic, p.pit.next_deadline(), p.rtc.next_deadline(), sci].into_iter().flatten().min()
+    }
+
+    /// Bytes typed at the VM's console, for COM1's receiver: it takes what fits (16 bytes
+    /// with its FIFOs on, 1 without; none in loopback mode) and may raise IRQ 4.
+    pub fn console_input(&mut self, bytes: &[u8]) -> ConsoleInput {
+        let taken = self.uart.receive(bytes);
+        ConsoleInput { taken, wake: self.update_uart_line() }
     }
 
     const fn pm_effect(effect: PmEffect) -> Option<IoEffect> {
@@ -369,16 +466,21 @@ impl PortBus {
         self.io(port, IoSize::from_bytes(size).unwrap_or(IoSize::Dword), IoDirection::Out(value), now_ns)
     }
 
-    /// A guest-requested platform reset: the PIC, PIT, ACPI PM registers and i8042 return
-    /// to their power-on state; the RTC keeps its time and CMOS (battery-backed), fw_cfg
-    /// its items, and the console, event log and counters are the VM's, not the guest's.
+    /// A guest-requested platform reset: the interrupt controllers (LAPICs, I/O APIC,
+    /// 8259 pair), PIT, ACPI PM registers and i8042 return to their power-on state; the
+    /// RTC keeps its time and CMOS (battery-backed), fw_cfg its items, and the console,
+    /// event log and counters are the VM's, not the guest's. The lines of the devices that
+    /// keep their state (the UART, the RTC) are passed to the new controllers as they are.
     pub fn reset_platform(&mut self) {
         let p = &mut self.platform;
-        p.pic = Pic8259Pair::new();
         p.pit = Pit::new();
         p.acpi_pm = AcpiPm::new();
         p.i8042 = I8042::new();
         self.irqchip.reset();
+        self.irq_lines = IrqLines::default();
+        // No wake set: the VM restarts and kicks every vCPU after a reset anyway.
+        let _ = self.update_uart_line().union(self.update_rtc_line());
+        let _ = self.update_sci(self.sci_evaluated_ns);
     }
 
     /// The local APICs and the I/O APIC.
@@ -392,9 +494,17 @@ impl PortBus {
     }
 
     /// An access to the byte-wide devices, one byte per port from `port` up (a byte that
-    /// falls on a port no byte-wide device answers is unknown).
-    fn byte_access(&mut self, port: u16, size: IoSize, direction: IoDirection, now_ns: u64) -> u32 {
+    /// falls on a port no byte-wide device answers is unknown). Returns the value read
+    /// and the vCPUs to wake.
+    fn byte_access(
+        &mut self,
+        port: u16,
+        size: IoSize,
+        direction: IoDirection,
+        now_ns: u64,
+    ) -> (u32, VcpuMask) {
         let mut value = 0u32;
+        let mut wake = VcpuMask::EMPTY;
         for i in 0..u16::from(size.bytes()) {
             let Some(p) = port.checked_add(i) else { break };
             let shift = 8 * u32::from(i);
@@ -404,37 +514,58 @@ impl PortBus {
                 value |= 0xFF << shift;
                 continue;
             }
-            match direction {
-                IoDirection::In => value |= u32::from(self.byte_read(device, p, now_ns)) << shift,
+            let byte_wake = match direction {
+                IoDirection::In => {
+                    let (byte, byte_wake) = self.byte_read(device, p, now_ns);
+                    value |= u32::from(byte) << shift;
+                    byte_wake
+                }
                 IoDirection::Out(v) => self.byte_write(device, p, (v >> shift) as u8, now_ns),
-            }
+            };
+            wake = wake.union(byte_wake);
         }
-        if matches!(direction, IoDirection::In) { value & size.mask() } else { 0 }
+        (if matches!(direction, IoDirection::In) { value & size.mask() } else { 0 }, wake)
     }
 
-    fn byte_read(&mut self, device: PortDevice, port: u16, now_ns: u64) -> u8 {
+    fn byte_read(&mut self, device: PortDevice, port: u16, now_ns: u64) -> (u8, VcpuMask) {
         let p = &mut self.platform;
         match device {
-            PortDevice::Uart => self.uart.read(port - port::COM1_BASE),
-            PortDevice::Pic => p.pic.read(port),
-            PortDevice::Pit => p.pit.read(port, now_ns),
-            PortDevice::Rtc => p.rtc.read(port, now_ns),
-            _ => 0xFF,
+            PortDevice::Uart => {
+                let byte = self.uart.read(port - port::COM1_BASE);
+                (byte, self.update_uart_line())
+            }
+            PortDevice::Pic => self.irqchip.pic_read(port),
+            PortDevice::Pit => {
+                let byte = p.pit.read(port, now_ns);
+                (byte, self.update_pit(now_ns))
+            }
+            PortDevice::Rtc => {
+                let byte = p.rtc.read(port, now_ns);
+                (byte, self.update_rtc_line())
+            }
+            _ => (0xFF, VcpuMask::EMPTY),
         }
     }
 
-    fn byte_write(&mut self, device: PortDevice, port: u16, byte: u8, now_ns: u64) {
+    fn byte_write(&mut self, device: PortDevice, port: u16, byte: u8, now_ns: u64) -> VcpuMask {
         let p = &mut self.platform;
         match device {
             PortDevice::Uart => {
                 if let Some(byte) = self.uart.write(port - port::COM1_BASE, byte) {
                     self.console.push(&[byte]);
                 }
+                self.update_uart_line()
             }
-            PortDevice::Pic => p.pic.write(port, byte),
-            PortDevice::Pit => p.pit.write(port, byte, now_ns),
-            PortDevice::Rtc => p.rtc.write(port, byte, now_ns),
-            _ => {}
+            PortDevice::Pic => self.irqchip.pic_write(port, byte),
+            PortDevice::Pit => {
+                p.pit.write(port, byte, now_ns);
+                self.update_pit(now_ns)
+            }
+            PortDevice::Rtc => {
+                p.rtc.write(port, byte, now_ns);
+                self.update_rtc_line()
+            }
+            _ => VcpuMask::EMPTY,
         }
     }
 
@@ -505,7 +636,10 @@ mod tests {
     fn uart_output_reaches_the_console_lines() {
         let mut bus = bus();
         for &b in b"hello from taproot guest\n" {
-            assert_eq!(out(&mut bus, 0x3F8, u32::from(b)), IoResult { value: 0, effect: None });
+            assert_eq!(
+                out(&mut bus, 0x3F8, u32::from(b)),
+                IoResult { value: 0, effect: None, wake: VcpuMask::EMPTY }
+            );
         }
         assert_eq!(bus.console().end_offset(), 25);
         assert_eq!(bus.next_console_line().as_deref(), Some("hello from taproot guest"));
@@ -521,7 +655,7 @@ mod tests {
         let mut bus = bus();
         assert_eq!(out(&mut bus, 0xF4, 0x1_03).effect, Some(IoEffect::Exit(3)), "masked to the access size");
         assert_eq!(bus.write(0xF4, 4, 0x1_03, 0).effect, Some(IoEffect::Exit(0x103)));
-        assert_eq!(bus.read(0xF4, 1, 0), IoResult { value: 0xFF, effect: None });
+        assert_eq!(bus.read(0xF4, 1, 0), IoResult { value: 0xFF, effect: None, wake: VcpuMask::EMPTY });
         assert_eq!(bus.unknown_ports().total(), PortCount::default());
     }
 

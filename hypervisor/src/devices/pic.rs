@@ -11,16 +11,16 @@
 //! (master only), spurious IRQ 7/15. Not modelled: single mode (ICW1 SNGL is accepted
 //! and the slave stays cascaded), 8080/8085 mode, buffered mode (ICW4 bits are ignored).
 //!
-//! How the VM drives it:
+//! How it is driven (the irqchip, `irqchip.rs`, owns the pair and does all of this):
 //! - Port exits for 0x20, 0x21, 0xA0, 0xA1, 0x4D0 and 0x4D1 call [`Pic8259Pair::read`] /
 //!   [`Pic8259Pair::write`] (byte accesses).
-//! - Device models call [`Pic8259Pair::set_irq`] with their ISA line level (IRQ 2 is the
+//! - Device lines reach [`Pic8259Pair::set_irq`] with their ISA line level (IRQ 2 is the
 //!   cascade and cannot be raised from outside: on a PC, ISA IRQ 2 is wired to IRQ 9).
 //! - [`Pic8259Pair::output`] is the INTR line, wired to the boot vCPU's LINT0 (an ExtINT
 //!   source when LINT0's LVT says so, or the CPU's INTR pin when its local APIC is
-//!   disabled). After each access or `set_irq`, the VM checks it; when the vCPU can take
-//!   an external interrupt, the entry path calls [`Pic8259Pair::acknowledge`] (the INTA
-//!   cycle) and injects the vector it returns.
+//!   disabled), checked after each access or `set_irq`; when the vCPU can take an
+//!   external interrupt, the entry path runs the INTA cycle ([`Pic8259Pair::inta`]) and
+//!   injects the vector it returns.
 
 /// The ports of the pair (8259A data sheet, A0 = port bit 0; PIIX4 data sheet 3.2.4 for
 /// the ELCR).
@@ -311,6 +311,14 @@ impl Pic {
     }
 }
 
+/// What an INTA cycle answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inta {
+    pub vector: u8,
+    /// Nothing was requesting: the vector is the chip's IRQ 7 and nothing went in service.
+    pub is_spurious: bool,
+}
+
 /// The master and slave 8259A with their ELCRs.
 #[derive(Clone, Debug)]
 pub struct Pic8259Pair {
@@ -382,23 +390,30 @@ impl Pic8259Pair {
     /// fell before the cycle) it answers the spurious IRQ 7 vector without touching ISR;
     /// a slave with nothing answers IRQ 15's vector, with the master's IR2 in service.
     pub fn acknowledge(&mut self) -> u8 {
-        let vector = match self.master.pending() {
+        self.inta().vector
+    }
+
+    /// [`Pic8259Pair::acknowledge`], also saying whether the answer was a spurious IRQ 7 or
+    /// 15 (for statistics: a guest sees such a vector with nothing in service on that
+    /// chip).
+    pub fn inta(&mut self) -> Inta {
+        let (vector, is_spurious) = match self.master.pending() {
             Some(CASCADE_IRQ) => {
                 let slave_irq = self.slave.pending();
                 if let Some(irq) = slave_irq {
                     self.slave.acknowledge(irq);
                 }
                 self.master.acknowledge(CASCADE_IRQ);
-                self.slave.vector_base | slave_irq.unwrap_or(SPURIOUS_IRQ)
+                (self.slave.vector_base | slave_irq.unwrap_or(SPURIOUS_IRQ), slave_irq.is_none())
             }
             Some(irq) => {
                 self.master.acknowledge(irq);
-                self.master.vector_base | irq
+                (self.master.vector_base | irq, false)
             }
-            None => self.master.vector_base | SPURIOUS_IRQ,
+            None => (self.master.vector_base | SPURIOUS_IRQ, true),
         };
         self.update_cascade();
-        vector
+        Inta { vector, is_spurious }
     }
 
     /// The slave's INT output drives the master's IR2 (an edge-triggered input).
@@ -584,7 +599,7 @@ mod tests {
         // The slave's request disappears, but the master already latched its IR2 edge.
         pic.set_irq(9, false);
         assert!(pic.output());
-        assert_eq!(pic.acknowledge(), 0x77);
+        assert_eq!(pic.inta(), Inta { vector: 0x77, is_spurious: true });
         assert_eq!(read_isr(&mut pic, port::SLAVE_COMMAND), 0);
         assert_eq!(read_isr(&mut pic, port::MASTER_COMMAND), 0x04);
     }

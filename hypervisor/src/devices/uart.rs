@@ -1,11 +1,28 @@
 //! A 16550A UART register file, enough for Linux's 8250 driver (including its loopback
-//! probe) and for simple polled drivers. Transmission is instant: the transmitter is
-//! always empty, so LSR always reports THRE and TEMT, and every byte written to THR goes
-//! straight to the caller (the VM's console ring). No interrupt line is wired yet; the
-//! interrupt identification register still behaves as on hardware.
+//! probe) and for simple polled or interrupt-driven drivers. Transmission is instant: the
+//! transmitter is always empty, so LSR always reports THRE and TEMT, and every byte written
+//! to THR goes straight to the caller (the VM's console ring). Reception: a 16-byte
+//! receive FIFO (one byte, the RBR, while the FIFOs are disabled, as on a 16450) fed by the
+//! control plane through [`Uart16550::receive`], or by THR writes in loopback mode.
 //!
 //! Register map: National Semiconductor PC16550D data sheet, Table II "Summary of
-//! Registers" (offsets from the base port, DLAB = LCR bit 7).
+//! Registers" (offsets from the base port, DLAB = LCR bit 7), Table IV "Interrupt Control
+//! Functions" (the IIR priorities), "FIFO Interrupt Mode Operation".
+//!
+//! Interrupts, highest priority first (IIR): receiver line status (an overrun, IER bit 2;
+//! cleared by reading LSR), received data available (IER bit 0; the FIFO at or above its
+//! trigger level, or any data with the FIFOs off; cleared by reading RBR below it), the
+//! character timeout (IER bit 0; data below the trigger level: there are no character
+//! times here, so it is reported at once, which drivers treat like data available), THR
+//! empty (IER bit 1; cleared by reading IIR while it is reported, or by writing THR).
+//! Modem status interrupts never happen (the modem lines never change).
+//!
+//! # How the VM drives it
+//! Port exits call [`Uart16550::read`] / [`Uart16550::write`]; console input goes to
+//! [`Uart16550::receive`]. After each of these, ISA IRQ 4 is set to
+//! [`Uart16550::irq_line`]: the interrupt gated by OUT2 (MCR bit 3), as a PC wires the
+//! 16550's INTR pin through a buffer OUT2 enables (in loopback mode OUT2 is forced
+//! inactive, so the line stays low).
 
 /// Register offsets from the base port.
 mod reg {
@@ -22,15 +39,27 @@ mod reg {
     pub const SCR: u16 = 7;
 }
 
-/// IER bits 0-3 exist; bit 1 enables the THR-empty interrupt.
+/// IER bits 0-3 exist: received data available, THR empty, receiver line status.
 const IER_MASK: u8 = 0x0F;
+const IER_RDI: u8 = 1 << 0;
 const IER_THRI: u8 = 1 << 1;
-/// IIR: bit 0 set = no interrupt pending; 0x02 = THR empty; bits 6-7 = FIFOs enabled.
+const IER_RLSI: u8 = 1 << 2;
+/// IIR: bit 0 set = no interrupt pending; the interrupt IDs of Table IV; bits 6-7 =
+/// FIFOs enabled.
 const IIR_NO_INTERRUPT: u8 = 0x01;
+const IIR_RLSI: u8 = 0x06;
+const IIR_RDI: u8 = 0x04;
+const IIR_RX_TIMEOUT: u8 = 0x0C;
 const IIR_THRI: u8 = 0x02;
 const IIR_FIFO_ENABLED: u8 = 0xC0;
-/// FCR bit 0 enables the FIFOs; bits 1-2 clear them (self-clearing).
+/// FCR bit 0 enables the FIFOs; bits 1-2 clear them (self-clearing); bits 6-7 select the
+/// receiver trigger level (1, 4, 8 or 14 bytes).
 const FCR_ENABLE: u8 = 1 << 0;
+const FCR_CLEAR_RX: u8 = 1 << 1;
+const FCR_TRIGGER_SHIFT: u8 = 6;
+const RX_TRIGGER_LEVELS: [u8; 4] = [1, 4, 8, 14];
+/// The receive FIFO's depth (16550A).
+pub const RX_FIFO_BYTES: usize = 16;
 /// LCR bit 7: divisor latch access.
 const LCR_DLAB: u8 = 1 << 7;
 /// MCR bits 0-4 exist: DTR, RTS, OUT1, OUT2, LOOP.
@@ -40,8 +69,9 @@ const MCR_RTS: u8 = 1 << 1;
 const MCR_OUT1: u8 = 1 << 2;
 const MCR_OUT2: u8 = 1 << 3;
 const MCR_LOOP: u8 = 1 << 4;
-/// LSR: data ready, THR empty, transmitter empty.
+/// LSR: data ready, overrun error, THR empty, transmitter empty.
 const LSR_DR: u8 = 1 << 0;
+const LSR_OE: u8 = 1 << 1;
 const LSR_THRE: u8 = 1 << 5;
 const LSR_TEMT: u8 = 1 << 6;
 /// MSR status bits: CTS, DSR, RI, DCD.
@@ -49,6 +79,35 @@ const MSR_CTS: u8 = 1 << 4;
 const MSR_DSR: u8 = 1 << 5;
 const MSR_RI: u8 = 1 << 6;
 const MSR_DCD: u8 = 1 << 7;
+
+/// The receiver: a FIFO of [`RX_FIFO_BYTES`] (a ring), of which only the first byte is
+/// used while the FIFOs are off.
+#[derive(Clone, Debug)]
+struct RxFifo {
+    bytes: [u8; RX_FIFO_BYTES],
+    head: usize,
+    len: usize,
+}
+
+impl RxFifo {
+    const fn new() -> Self {
+        Self { bytes: [0; RX_FIFO_BYTES], head: 0, len: 0 }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.bytes[(self.head + self.len) % RX_FIFO_BYTES] = byte;
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<u8> {
+        (self.len > 0).then(|| {
+            let byte = self.bytes[self.head];
+            self.head = (self.head + 1) % RX_FIFO_BYTES;
+            self.len -= 1;
+            byte
+        })
+    }
+}
 
 /// The UART's state.
 #[derive(Clone, Debug)]
@@ -59,11 +118,14 @@ pub struct Uart16550 {
     scr: u8,
     divisor: u16,
     fifo_enabled: bool,
+    rx_trigger: u8,
     /// A THR-empty interrupt is pending (set when THR empties, cleared by reading IIR
     /// while it is the reported source, or by writing THR).
     thr_interrupt: bool,
-    /// The byte received in loopback mode, if not read yet.
-    rbr: Option<u8>,
+    rx: RxFifo,
+    /// LSR OE: a byte arrived with the receiver full (cleared by reading LSR).
+    overrun: bool,
+    overruns: u64,
 }
 
 impl Default for Uart16550 {
@@ -83,8 +145,11 @@ impl Uart16550 {
             scr: 0,
             divisor: 12,
             fifo_enabled: false,
+            rx_trigger: 1,
             thr_interrupt: false,
-            rbr: None,
+            rx: RxFifo::new(),
+            overrun: false,
+            overruns: 0,
         }
     }
 
@@ -108,32 +173,105 @@ impl Uart16550 {
         self.lcr
     }
 
-    /// Whether the UART would raise its interrupt line (nothing is wired to it yet).
+    /// The receiver's capacity: the FIFO, or the single RBR while the FIFOs are off.
+    fn rx_capacity(&self) -> usize {
+        if self.fifo_enabled { RX_FIFO_BYTES } else { 1 }
+    }
+
+    /// Bytes received and not read yet.
+    #[must_use]
+    pub fn rx_len(&self) -> usize {
+        self.rx.len
+    }
+
+    /// Bytes lost because the receiver was full (loopback transmissions; console input
+    /// never overruns, see [`Uart16550::receive`]).
+    #[must_use]
+    pub fn overruns(&self) -> u64 {
+        self.overruns
+    }
+
+    /// Console input: takes as many of `bytes` as the receiver has room for (none in
+    /// loopback mode, where the serial input is disconnected) and returns how many; the
+    /// caller keeps the rest for later, so input from the control plane is never lost.
+    pub fn receive(&mut self, bytes: &[u8]) -> usize {
+        if self.loopback() {
+            return 0;
+        }
+        let taken = bytes.len().min(self.rx_capacity() - self.rx.len);
+        for &byte in &bytes[..taken] {
+            self.rx.push(byte);
+        }
+        taken
+    }
+
+    /// A byte arriving at the receiver from the line (loopback): a full receiver overruns
+    /// (the FIFO keeps its bytes and loses this one; without FIFOs it replaces the RBR).
+    fn receive_from_line(&mut self, byte: u8) {
+        if self.rx.len < self.rx_capacity() {
+            self.rx.push(byte);
+            return;
+        }
+        self.overrun = true;
+        self.overruns += 1;
+        if !self.fifo_enabled {
+            self.rx = RxFifo::new();
+            self.rx.push(byte);
+        }
+    }
+
+    /// The highest-priority pending interrupt's IIR identification (Table IV), if any.
+    fn interrupt_id(&self) -> Option<u8> {
+        if self.ier & IER_RLSI != 0 && self.overrun {
+            Some(IIR_RLSI)
+        } else if self.ier & IER_RDI != 0 && self.rx.len > 0 {
+            let below_trigger = self.fifo_enabled && self.rx.len < usize::from(self.rx_trigger);
+            Some(if below_trigger { IIR_RX_TIMEOUT } else { IIR_RDI })
+        } else if self.ier & IER_THRI != 0 && self.thr_interrupt {
+            Some(IIR_THRI)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the UART's INTR output is active (an enabled interrupt is pending).
     #[must_use]
     pub fn is_interrupt_pending(&self) -> bool {
-        self.thr_interrupt && self.ier & IER_THRI != 0
+        self.interrupt_id().is_some()
+    }
+
+    /// ISA IRQ 4's level on a PC: INTR, gated by OUT2 (forced inactive in loopback mode).
+    #[must_use]
+    pub fn irq_line(&self) -> bool {
+        self.is_interrupt_pending() && self.mcr & MCR_OUT2 != 0 && !self.loopback()
     }
 
     /// A read of register `offset` (0-7).
     pub fn read(&mut self, offset: u16) -> u8 {
         match offset {
             reg::DATA if self.dlab() => self.divisor as u8,
-            reg::DATA => self.rbr.take().unwrap_or(0),
+            reg::DATA => self.rx.pop().unwrap_or(0),
             reg::IER if self.dlab() => (self.divisor >> 8) as u8,
             reg::IER => self.ier,
             reg::IIR_FCR => {
                 let fifo = if self.fifo_enabled { IIR_FIFO_ENABLED } else { 0 };
-                if self.is_interrupt_pending() {
-                    // Reading IIR while it reports THR empty acknowledges that interrupt.
-                    self.thr_interrupt = false;
-                    fifo | IIR_THRI
-                } else {
-                    fifo | IIR_NO_INTERRUPT
+                match self.interrupt_id() {
+                    Some(IIR_THRI) => {
+                        // Reading IIR while it reports THR empty acknowledges that interrupt.
+                        self.thr_interrupt = false;
+                        fifo | IIR_THRI
+                    }
+                    Some(id) => fifo | id,
+                    None => fifo | IIR_NO_INTERRUPT,
                 }
             }
             reg::LCR => self.lcr,
             reg::MCR => self.mcr,
-            reg::LSR => LSR_THRE | LSR_TEMT | if self.rbr.is_some() { LSR_DR } else { 0 },
+            reg::LSR => {
+                let data_ready = if self.rx.len > 0 { LSR_DR } else { 0 };
+                let overrun = if core::mem::take(&mut self.overrun) { LSR_OE } else { 0 };
+                LSR_THRE | LSR_TEMT | data_ready | overrun
+            }
             reg::MSR => {
                 if self.loopback() {
                     // Loopback wires RTS->CTS, DTR->DSR, OUT1->RI, OUT2->DCD (Linux's
@@ -161,7 +299,7 @@ impl Uart16550 {
                 // Transmission is instant, so THR is empty again at once.
                 self.thr_interrupt = true;
                 if self.loopback() {
-                    self.rbr = Some(value);
+                    self.receive_from_line(value);
                 } else {
                     return Some(value);
                 }
@@ -175,7 +313,7 @@ impl Uart16550 {
                     self.thr_interrupt = true;
                 }
             }
-            reg::IIR_FCR => self.fifo_enabled = value & FCR_ENABLE != 0,
+            reg::IIR_FCR => self.write_fcr(value),
             reg::LCR => self.lcr = value,
             reg::MCR => self.mcr = value & MCR_MASK,
             reg::SCR => self.scr = value,
@@ -183,6 +321,19 @@ impl Uart16550 {
             _ => {}
         }
         None
+    }
+
+    /// FCR: changing the enable bit clears the FIFOs (data sheet, FCR bit 0), as does
+    /// bit 1 for the receiver; the trigger level applies from now on.
+    fn write_fcr(&mut self, value: u8) {
+        let enable = value & FCR_ENABLE != 0;
+        if enable != self.fifo_enabled || value & FCR_CLEAR_RX != 0 {
+            self.rx = RxFifo::new();
+        }
+        self.fifo_enabled = enable;
+        if enable {
+            self.rx_trigger = RX_TRIGGER_LEVELS[usize::from(value >> FCR_TRIGGER_SHIFT)];
+        }
     }
 }
 
@@ -247,5 +398,75 @@ mod tests {
         assert_eq!(uart.read(reg::LSR) & LSR_DR, 0);
         uart.write(reg::MCR, 0x0B);
         assert_eq!(uart.read(reg::MSR) & 0xF0, MSR_DCD | MSR_DSR | MSR_CTS);
+    }
+
+    #[test]
+    fn received_bytes_fill_the_fifo_in_order_and_the_rest_stays_with_the_caller() {
+        let mut uart = Uart16550::new();
+        assert_eq!(uart.receive(b"ab"), 1, "FIFOs off: the RBR holds one byte");
+        uart.write(reg::IIR_FCR, FCR_ENABLE);
+        assert_eq!(uart.rx_len(), 0, "enabling the FIFOs clears them");
+        let input: [u8; 20] = core::array::from_fn(|i| i as u8);
+        assert_eq!(uart.receive(&input), RX_FIFO_BYTES);
+        assert_eq!(uart.receive(&input), 0, "full");
+        assert_eq!(uart.overruns(), 0, "console input never overruns");
+        for expected in 0..RX_FIFO_BYTES as u8 {
+            assert_eq!(uart.read(reg::LSR) & LSR_DR, LSR_DR);
+            assert_eq!(uart.read(reg::DATA), expected);
+        }
+        assert_eq!(uart.read(reg::LSR) & LSR_DR, 0);
+        assert_eq!(uart.receive(&input[16..]), 4, "room again");
+        assert_eq!(uart.read(reg::DATA), 16);
+        uart.write(reg::IIR_FCR, FCR_ENABLE | FCR_CLEAR_RX);
+        assert_eq!(uart.read(reg::LSR) & LSR_DR, 0, "FCR bit 1 cleared the receiver");
+    }
+
+    #[test]
+    fn received_data_interrupts_by_trigger_level_and_out2_gates_the_line() {
+        let mut uart = Uart16550::new();
+        // FIFOs with a trigger level of 4 bytes, the receive interrupt enabled.
+        uart.write(reg::IIR_FCR, FCR_ENABLE | 1 << FCR_TRIGGER_SHIFT);
+        uart.write(reg::IER, IER_RDI);
+        assert!(!uart.is_interrupt_pending());
+        uart.receive(b"xy");
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_FIFO_ENABLED | IIR_RX_TIMEOUT, "below the trigger level");
+        assert!(uart.is_interrupt_pending());
+        assert!(!uart.irq_line(), "OUT2 clear: the PC's IRQ buffer is off");
+        uart.write(reg::MCR, MCR_OUT2);
+        assert!(uart.irq_line());
+        uart.receive(b"zw");
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_FIFO_ENABLED | IIR_RDI, "at the trigger level");
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_FIFO_ENABLED | IIR_RDI, "reading IIR does not clear it");
+        for _ in 0..4 {
+            uart.read(reg::DATA);
+        }
+        assert!(!uart.irq_line(), "reading the data cleared it");
+        // The THR interrupt ranks below received data.
+        uart.write(reg::IER, IER_RDI | IER_THRI);
+        uart.receive(b"q");
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_FIFO_ENABLED | IIR_RX_TIMEOUT);
+        uart.read(reg::DATA);
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_FIFO_ENABLED | IIR_THRI);
+        assert!(!uart.irq_line());
+        uart.write(reg::IER, 0);
+        uart.receive(b"r");
+        assert!(!uart.irq_line(), "IER bit 0 clear");
+    }
+
+    #[test]
+    fn loopback_overrun_sets_oe_and_the_line_status_interrupt() {
+        let mut uart = Uart16550::new();
+        uart.write(reg::MCR, MCR_LOOP | MCR_OUT2);
+        uart.write(reg::IER, IER_RLSI);
+        assert_eq!(uart.receive(b"a"), 0, "loopback disconnects the serial input");
+        uart.write(reg::DATA, 1);
+        uart.write(reg::DATA, 2);
+        assert_eq!(uart.overruns(), 1);
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_RLSI);
+        assert!(!uart.irq_line(), "loopback forces OUT2 inactive");
+        assert_eq!(uart.read(reg::LSR) & (LSR_OE | LSR_DR), LSR_OE | LSR_DR);
+        assert_eq!(uart.read(reg::LSR) & LSR_OE, 0, "reading LSR cleared OE");
+        assert_eq!(uart.read(reg::IIR_FCR), IIR_NO_INTERRUPT);
+        assert_eq!(uart.read(reg::DATA), 2, "without FIFOs the newer byte replaced the RBR");
     }
 }

@@ -24,8 +24,9 @@
 //! - **Interrupt messages** from the I/O APIC or an MSI: the same routing with
 //!   `Shorthand::None` and `is_self = false`. The 8259's INTR line arrives through
 //!   [`Lapic::local_interrupt`]`(Lvt::Lint0)` (call it whenever the 8259 has an
-//!   unacknowledged request, also after an acknowledge that leaves one), the NMI pin
-//!   through `Lvt::Lint1`.
+//!   unacknowledged request, also after an acknowledge that leaves one; while
+//!   [`Lapic::accepts_pic_interrupts`] the pending ExtINT should follow INTR, which is
+//!   what the irqchip does), the NMI pin through `Lvt::Lint1`.
 //! - **Entry path**: [`Lapic::take_init`] -> INIT the vCPU and call [`Lapic::reset`] (the
 //!   vCPU waits for SIPI unless it is the BSP); in wait-for-SIPI, [`Lapic::take_sipi`]
 //!   starts it at the vector (discard SIPIs taken in any other state). When NMIs are
@@ -166,6 +167,10 @@ pub struct Lapic {
     lvt: [u32; LVT_COUNT],
     timer: Timer,
     timer_expiries: u64,
+    /// Interrupts the LVT delivered, for statistics: the timer's, and LINT0/LINT1/error
+    /// (not ExtINT, which the 8259's acknowledge delivers).
+    timer_interrupts: u64,
+    lint_error_interrupts: u64,
     events: PendingEvents,
 }
 
@@ -198,6 +203,8 @@ impl Lapic {
             lvt: [0; LVT_COUNT],
             timer: Timer::new(),
             timer_expiries: 0,
+            timer_interrupts: 0,
+            lint_error_interrupts: 0,
             events: PendingEvents::default(),
         };
         lapic.reset_registers();
@@ -431,7 +438,10 @@ impl Lapic {
         if !self.is_enabled() {
             match source {
                 Lvt::Lint0 => self.events.ext_int = true,
-                Lvt::Lint1 => self.events.nmi = true,
+                Lvt::Lint1 => {
+                    self.events.nmi = true;
+                    self.lint_error_interrupts += 1;
+                }
                 _ => {}
             }
             return;
@@ -446,7 +456,41 @@ impl Lapic {
             if entry & source.writable() & LVT_LEVEL_TRIGGERED != 0 { Trigger::Level } else { Trigger::Edge };
         if let Some(delivery) = delivery {
             self.deliver(delivery, entry as u8, trigger);
+            match (source, delivery) {
+                (_, DeliveryMode::ExtInt) => {}
+                (Lvt::Timer, _) => self.timer_interrupts += 1,
+                _ => self.lint_error_interrupts += 1,
+            }
         }
+    }
+
+    /// Whether the 8259's INTR reaches this LAPIC as an ExtINT (KVM's
+    /// `kvm_apic_accept_pic_intr`): the LAPIC globally disabled (LINT0 is the CPU's INTR
+    /// pin), or LINT0 unmasked in ExtINT mode. ExtINT is level-sensitive (SDM vol. 3A
+    /// 11.5.1: its trigger mode is always level), so while this holds the pending ExtINT
+    /// follows INTR.
+    #[must_use]
+    pub fn accepts_pic_interrupts(&self) -> bool {
+        let lint0 = self.lvt[Lvt::Lint0.index()];
+        !self.is_enabled()
+            || (lint0 & LVT_MASKED == 0
+                && DeliveryMode::from_bits(((lint0 & DELIVERY_MODE_MASK) >> 8) as u8)
+                    == Some(DeliveryMode::ExtInt))
+    }
+
+    /// Programs LINT0 as PC firmware leaves the boot processor's LAPIC: ExtINT, unmasked
+    /// ("virtual wire mode", MP specification 1.4 section 3.6.2.2), so that the 8259 reaches
+    /// a guest that never touches its LAPIC. QEMU (`apic_reset_common`) and KVM
+    /// (`KVM_X86_QUIRK_LINT0_REENABLED`) do the same at reset of the BSP.
+    pub fn set_virtual_wire(&mut self) {
+        self.lvt[Lvt::Lint0.index()] =
+            u32::from(DeliveryMode::ExtInt.bits()) << DELIVERY_MODE_MASK.trailing_zeros();
+    }
+
+    /// The timer's and LINT0/LINT1/error interrupts this LAPIC delivered (for statistics).
+    #[must_use]
+    pub fn local_interrupt_counts(&self) -> (u64, u64) {
+        (self.timer_interrupts, self.lint_error_interrupts)
     }
 
     /// An error (SDM vol. 3A 11.5.3): kept for the next ESR write; a new one raises the

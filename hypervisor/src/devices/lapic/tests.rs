@@ -720,3 +720,21 @@ fn every_register_offset_and_value_is_handled_without_panic() {
         lapic.reset();
     }
 }
+
+#[test]
+fn pic_interrupts_reach_lint0_only_as_extint_or_with_the_lapic_disabled() {
+    let mut lapic = enabled(0, BUS_1GHZ);
+    assert!(!lapic.accepts_pic_interrupts(), "LINT0 masked at power-on");
+    lapic.set_virtual_wire();
+    assert_eq!(lapic.read_mmio(LVT_LINT0, 0), 0x700, "ExtINT, unmasked");
+    assert!(lapic.accepts_pic_interrupts());
+    lapic.local_interrupt(Lvt::Lint0);
+    assert!(lapic.take_ext_int());
+    assert_eq!(lapic.local_interrupt_counts(), (0, 0), "an ExtINT is counted at its INTA, not here");
+    set(&mut lapic, LVT_LINT0, 0x31, 0);
+    assert!(!lapic.accepts_pic_interrupts(), "fixed mode");
+    lapic.local_interrupt(Lvt::Lint0);
+    assert_eq!(lapic.local_interrupt_counts(), (0, 1));
+    assert_eq!(lapic.set_apic_base(0), Ok(()));
+    assert!(lapic.accepts_pic_interrupts(), "globally disabled: LINT0 is INTR");
+}
