@@ -1,5 +1,9 @@
 //! Host benchmark of the TDP MMU core. Prints one flat JSON object on stdout (progress on
 //! stderr). Ratios are the portable results; absolute times depend on the machine.
+//!
+//! Arguments, if any, name the benchmarks to run (`fault_4k`, `fault_scaling`,
+//! `root_reload`, `zap_1gib`, `fault_p99_during_zap`); none runs them all. One alone is
+//! what an instruction count under callgrind wants.
 
 use hypervisor::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE, PageSize};
 use hypervisor::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
@@ -250,27 +254,58 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The benchmarks named on the command line, or all of them.
+struct Selection(Vec<String>);
+
+impl Selection {
+    fn from_args() -> Self {
+        Self(std::env::args().skip(1).collect())
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|arg| arg == name)
+    }
+}
+
 fn main() {
+    let selection = Selection::from_args();
     let mut out: Vec<(&str, f64)> = Vec::new();
-    eprintln!("mmu-bench: zeroing a page");
-    let zero = zero_page_ns();
-    eprintln!("mmu-bench: first-touch faults");
-    let fault = fault_4k();
-    out.push(("mmu.fault_4k_ns", fault));
-    out.push(("mmu.zero_page_ns", zero));
-    out.push(("mmu.fault_4k_vs_zero_page", fault / zero));
-    eprintln!("mmu-bench: fault scaling");
-    out.push(("mmu.fault_scaling_2t", fault_scaling()));
-    eprintln!("mmu-bench: root reload");
-    let (reload_ns, allocations) = root_reload();
-    out.push(("mmu.root_reload_ns", reload_ns));
-    out.push(("mmu.root_reload_allocations", allocations as f64));
-    eprintln!("mmu-bench: 1 GiB zaps");
-    out.push(("mmu.zap_1gib_4k_ms", zap_1gib(PageSize::Size4K)));
-    out.push(("mmu.zap_1gib_2m_ms", zap_1gib(PageSize::Size2M)));
-    // Rule 9's open question, settled by these numbers (MmuConfig::DEFAULT_ZAP_YIELD). One
-    // run of each is noise on a small machine: the two variants alternate, ZAP_ROUNDS times,
-    // and the medians are reported.
+    if selection.runs("fault_4k") {
+        eprintln!("mmu-bench: zeroing a page");
+        let zero = zero_page_ns();
+        eprintln!("mmu-bench: first-touch faults");
+        let fault = fault_4k();
+        out.push(("mmu.fault_4k_ns", fault));
+        out.push(("mmu.zero_page_ns", zero));
+        out.push(("mmu.fault_4k_vs_zero_page", fault / zero));
+    }
+    if selection.runs("fault_scaling") {
+        eprintln!("mmu-bench: fault scaling");
+        out.push(("mmu.fault_scaling_2t", fault_scaling()));
+    }
+    if selection.runs("root_reload") {
+        eprintln!("mmu-bench: root reload");
+        let (reload_ns, allocations) = root_reload();
+        out.push(("mmu.root_reload_ns", reload_ns));
+        out.push(("mmu.root_reload_allocations", allocations as f64));
+    }
+    if selection.runs("zap_1gib") {
+        eprintln!("mmu-bench: 1 GiB zaps");
+        out.push(("mmu.zap_1gib_4k_ms", zap_1gib(PageSize::Size4K)));
+        out.push(("mmu.zap_1gib_2m_ms", zap_1gib(PageSize::Size2M)));
+    }
+    if selection.runs("fault_p99_during_zap") {
+        fault_p99_during_zap_rounds(&mut out);
+    }
+    let body: Vec<String> =
+        out.iter().map(|(k, v)| format!("\"{k}\":{}", (v * 1000.0).round() / 1000.0)).collect();
+    println!("{{{}}}", body.join(","));
+}
+
+/// Rule 9's open question, settled by these numbers (MmuConfig::DEFAULT_ZAP_YIELD). One run
+/// of each is noise on a small machine: the two variants alternate, ZAP_ROUNDS times, and
+/// the medians are reported.
+fn fault_p99_during_zap_rounds(out: &mut Vec<(&str, f64)>) {
     eprintln!("mmu-bench: fault latency during a 1 GiB zap, {ZAP_ROUNDS} rounds with and without yielding");
     let (mut yield_p99, mut yield_ms, mut noyield_p99, mut noyield_ms) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ZAP_ROUNDS {
@@ -288,7 +323,4 @@ fn main() {
     out.push(("mmu.fault_p99_during_zap_noyield_us", without));
     out.push(("mmu.zap_1gib_with_faults_yield_ms", median(yield_ms)));
     out.push(("mmu.zap_1gib_with_faults_noyield_ms", median(noyield_ms)));
-    let body: Vec<String> =
-        out.iter().map(|(k, v)| format!("\"{k}\":{}", (v * 1000.0).round() / 1000.0)).collect();
-    println!("{{{}}}", body.join(","));
 }
