@@ -646,10 +646,11 @@ fn vmx_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
 }
 
 /// `mmio` (64-bit: the LAPIC through many instruction forms, the I/O APIC, REP OUTSB to
-/// the UART, REP INSB of fw_cfg's signature) and then `mmio32` (32-bit protected mode,
+/// the UART, REP INSB of fw_cfg's signature, a #PF from an emulated MOVSD with its CR2 and
+/// error code) and then `mmio32` (32-bit protected mode,
 /// paging off): every device access emulated with the right values, and counted.
 fn check_mmio(transcript: &str) {
-    assert!(transcript.contains("[vm 1] mmio: 18 checks, first failure 0"), "{transcript}");
+    assert!(transcript.contains("[vm 1] mmio: 23 checks, first failure 0"), "{transcript}");
     assert!(transcript.contains("[vm 1] mmio: rep outsb reached the uart"), "{transcript}");
     let (status, state, stats) = vm_end(transcript, 1);
     assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");

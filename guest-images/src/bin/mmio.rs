@@ -5,7 +5,9 @@
 //!   `test` against memory; its TPR (0xFEE00080) written with `mov [mem], imm`,
 //!   `mov [mem], reg`, `or`, `and`, `add`, `sub`, `xor` with an immediate, `stosd` and
 //!   `movsd` from RAM, each read back; the I/O APIC's ID and version through IOREGSEL and
-//!   IOWIN; then `rep outsb` of a line to the UART and `rep insb` of fw_cfg's signature.
+//!   IOWIN; `movsd` from the APIC page to an unmapped page, which must raise #PF (CR2,
+//!   error code) without touching the device; then `rep outsb` of a line to the UART and
+//!   `rep insb` of fw_cfg's signature.
 //!   Each value prints as `mmio: <check> <value> ok` (or `FAILED`, expected value); the VM
 //!   ends with status 0, or the number of the first check that failed;
 //! - `unsupported`: prints `mmio: xchg on the TPR next` and executes
@@ -18,7 +20,8 @@ guest_images::guest_main!(guest::guest);
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::arch::asm;
+    use core::arch::{asm, naked_asm};
+    use core::sync::atomic::{AtomicU64, Ordering};
     use guest_images::logic::cmdline_value;
     use guest_images::{println, rt};
 
@@ -31,6 +34,17 @@ mod guest {
     const COM1: u16 = 0x3F8;
     const FW_CFG_SELECTOR: u16 = 0x510;
     const FW_CFG_DATA: u16 = 0x511;
+    const PF_VECTOR: usize = 14;
+    /// A linear address the runtime leaves unmapped (PML4 entry 1).
+    const UNMAPPED: u64 = 0x80_0000_0000;
+    /// #PF error code: a write to a page that is not present, at CPL 0 (SDM Vol. 3A §4.7).
+    const PF_WRITE_NOT_PRESENT: u64 = 0b010;
+
+    static PF_CR2: AtomicU64 = AtomicU64::new(0);
+    static PF_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
+    static PF_COUNT: AtomicU64 = AtomicU64::new(0);
+    /// 32 gates of 16 bytes: the exceptions (SDM Vol. 3A §7.14.1).
+    static IDT: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 
     /// The checks so far and the first that failed.
     struct Checks {
@@ -63,6 +77,7 @@ mod guest {
                 lapic_reads(&mut checks);
                 tpr_writes(&mut checks);
                 ioapic(&mut checks);
+                page_fault(&mut checks);
                 string_io(&mut checks);
                 println!("mmio: {} checks, first failure {}", checks.count, checks.first_failure);
                 checks.first_failure
@@ -177,6 +192,67 @@ mod guest {
         };
         checks.check("ioapic id", read(0), 0);
         checks.check("ioapic version", read(1), IOAPIC_VERSION.into());
+    }
+
+    /// `movsd` from the APIC page to an unmapped page: the device read exits, and the
+    /// emulator finds the store would fault first, as the CPU would: #PF with the store's
+    /// address in CR2 and a write error code, the device untouched.
+    fn page_fault(checks: &mut Checks) {
+        install_pf_handler();
+        let (rsi, rdi): (u64, u64);
+        // SAFETY: MOVSD faults on the store (the handler resumes after it); RSI and RDI
+        // are read back.
+        unsafe {
+            asm!(
+                "cld",
+                "movsd",
+                inout("rsi") LAPIC + 0x30 => rsi,
+                inout("rdi") UNMAPPED => rdi,
+                options(nostack),
+            );
+        }
+        checks.check("#PF count after movsd to an unmapped page", PF_COUNT.load(Ordering::Relaxed), 1);
+        checks.check("#PF cr2", PF_CR2.load(Ordering::Relaxed), UNMAPPED);
+        checks.check("#PF error code", PF_ERROR.load(Ordering::Relaxed), PF_WRITE_NOT_PRESENT);
+        checks.check("#PF left rsi", rsi, LAPIC + 0x30);
+        checks.check("#PF left rdi", rdi, UNMAPPED);
+    }
+
+    fn install_pf_handler() {
+        let cs: u16;
+        // SAFETY: reading CS has no side effects.
+        unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+        let offset = pf_handler as *const () as u64;
+        // Offset 15:0, selector, present 64-bit interrupt gate (0x8E), offset 31:16; then
+        // offset 63:32.
+        let low = (offset & 0xFFFF) | u64::from(cs) << 16 | 0x8E << 40 | ((offset >> 16) & 0xFFFF) << 48;
+        IDT[PF_VECTOR * 2].store(low, Ordering::Relaxed);
+        IDT[PF_VECTOR * 2 + 1].store(offset >> 32, Ordering::Relaxed);
+        let mut pointer = [0u8; 10];
+        pointer[..2].copy_from_slice(&((IDT.len() * 8 - 1) as u16).to_le_bytes());
+        pointer[2..].copy_from_slice(&(IDT.as_ptr() as u64).to_le_bytes());
+        // SAFETY: the IDT is static and its one gate points at this image's handler.
+        unsafe { asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(readonly, nostack, preserves_flags)) };
+    }
+
+    /// #PF: records CR2 and the error code, skips the 1-byte MOVSD that raised it.
+    #[unsafe(naked)]
+    extern "C" fn pf_handler() {
+        naked_asm!(
+            "push rax",
+            "mov rax, [rsp + 8]",
+            "mov [rip + {error}], rax",
+            "mov rax, cr2",
+            "mov [rip + {cr2}], rax",
+            "lock inc qword ptr [rip + {count}]",
+            "add qword ptr [rsp + 16], 1",
+            "pop rax",
+            "add rsp, 8",
+            "iretq",
+            error = sym PF_ERROR,
+            cr2 = sym PF_CR2,
+            count = sym PF_COUNT,
+        );
     }
 
     fn string_io(checks: &mut Checks) {
