@@ -43,7 +43,7 @@ use crate::emulate::{self, Emulated, EmulationError, Mmio, Regs};
 use crate::mmu::Access;
 use alloc::format;
 use alloc::string::String;
-use core::fmt::Write;
+use core::fmt::{self, Write};
 use spin::{Mutex, MutexGuard};
 
 /// Bytes in a device page; offsets within it address the registers.
@@ -153,6 +153,22 @@ impl Mmio for DeviceAccess<'_> {
     }
 }
 
+/// What the emulated instruction was doing, for crash reasons (formatted only then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Mmio { device: Device, gpa: u64 },
+    StringIo { port: u16 },
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Mmio { device, gpa } => write!(f, "accessing {} at {gpa:#x}", device.name()),
+            Self::StringIo { port } => write!(f, "doing string I/O on port {port:#x}"),
+        }
+    }
+}
+
 /// What the VM does with an emulation's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Resolution {
@@ -171,8 +187,8 @@ pub(crate) enum Resolution {
     Crash(String),
 }
 
-/// Maps an emulation's result to what the VM does (`what`: the access, for the reason).
-pub(crate) fn resolve(result: Result<Emulated, EmulationError>, rip: u64, what: &str) -> Resolution {
+/// Maps an emulation's result to what the VM does.
+pub(crate) fn resolve(result: Result<Emulated, EmulationError>, rip: u64, what: Operation) -> Resolution {
     match result {
         Ok(_) => Resolution::Resume,
         Err(EmulationError::PageFault { error_code, linear }) => {
@@ -275,7 +291,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, gpa: Gpa, access: 
             format!("{access:?} at guest address {:#x}, outside every memory slot and device", gpa.raw());
         return Flow::Finish(VmState::Crashed { reason });
     };
-    let what = format!("accessing {} at {:#x}", device.name(), gpa.raw());
+    let what = Operation::Mmio { device, gpa: gpa.raw() };
     if cx.vcpu.is_delivering_event() {
         let reason = format!("the delivery of an interrupt or exception on vcpu {} ended {what}", cx.index);
         return Flow::Finish(VmState::Crashed { reason });
@@ -291,7 +307,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, gpa: Gpa, access: 
         vm.exits.add(ExitReason::MmioEmulated);
     }
     write_back(cx.vcpu, &before, &regs);
-    apply(cx, resolve(result, before.rip, &what))
+    apply(cx, resolve(result, before.rip, what))
 }
 
 #[cfg(test)]
@@ -374,7 +390,7 @@ mod tests {
 
     #[test]
     fn every_emulation_error_has_its_outcome() {
-        let what = "accessing the local APIC at 0xfee00030";
+        let what = Operation::Mmio { device: Device::Lapic, gpa: LAPIC + 0x30 };
         assert_eq!(resolve(Ok(Emulated::Completed), 0, what), Resolution::Resume);
         assert_eq!(resolve(Ok(Emulated::IterationDone), 0, what), Resolution::Resume);
         assert_eq!(
@@ -397,11 +413,13 @@ mod tests {
                     .into()
             )
         );
+        let what = Operation::StringIo { port: 0x3F8 };
         let Resolution::Crash(reason) = resolve(Err(EmulationError::NotRam { gpa: 0xFED0_0000 }), 0, what)
         else {
             panic!("not RAM ends the VM");
         };
         assert!(reason.contains("0xfed00000") && reason.contains("not RAM"), "{reason}");
+        assert!(reason.contains("doing string I/O on port 0x3f8"), "{reason}");
         assert_eq!(hex_bytes(&[]), "no bytes");
     }
 

@@ -15,12 +15,11 @@
 
 use super::exits::{self, Flow, VcpuContext};
 use super::guest_ram::GuestRam;
-use super::mmio::{self, Resolution};
+use super::mmio::{self, Operation, Resolution};
 use crate::backend::{Backend, BackendVcpu, IoExit};
 use crate::devices::{IoEffect, PortBus};
 use crate::emulate::Segment;
 use crate::emulate::string_io::{self, Direction, Ports, StringIo};
-use alloc::format;
 use spin::Mutex;
 use taproot_guest_abi::port::COM1_BASE;
 
@@ -59,14 +58,14 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, io: IoExit) -> Flo
     let before = mmio::regs_of(&*cx.vcpu);
     let mut regs = before;
     let mut ram = GuestRam::new(&cx.vm.mmu, cx.as_id);
-    let what = format!("doing string I/O on port {:#x}", io.port);
+    let what = Operation::StringIo { port: io.port };
     let direction = if io.is_in { Direction::In } else { Direction::Out };
     let (address_size, segment) = match (io.string.address_size, io.string.segment, direction) {
         (Some(size), Some(segment), _) => (size, segment),
         (Some(size), None, Direction::In) => (size, Segment::Es),
         _ => match string_io::decode_operands(&cpu, &regs, &ram) {
             Ok(operands) => operands,
-            Err(error) => return mmio::apply(cx, mmio::resolve(Err(error), before.rip, &what)),
+            Err(error) => return mmio::apply(cx, mmio::resolve(Err(error), before.rip, what)),
         },
     };
     let string = StringIo {
@@ -86,7 +85,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, io: IoExit) -> Flo
     if ports.wrote_console {
         cx.vm.console_written();
     }
-    match mmio::resolve(result, before.rip, &what) {
+    match mmio::resolve(result, before.rip, what) {
         Resolution::Resume => match ports.effect {
             Some((port, effect)) => exits::port_outcome(cx, port, Some(effect)),
             None => Flow::Continue,
