@@ -647,8 +647,9 @@ fn vmx_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
 
 /// `mmio` (64-bit: the LAPIC through many instruction forms, the I/O APIC, REP OUTSB to
 /// the UART, REP INSB of fw_cfg's signature, a #PF from an emulated MOVSD with its CR2 and
-/// error code) and then `mmio32` (32-bit protected mode,
-/// paging off): every device access emulated with the right values, and counted.
+/// error code), then `mmio32` (32-bit protected mode, paging off) and `outs16` (REP
+/// INSB/OUTSB in real mode, 16-bit addresses): every device access emulated with the right
+/// values, and counted.
 fn check_mmio(transcript: &str) {
     assert!(transcript.contains("[vm 1] mmio: 23 checks, first failure 0"), "{transcript}");
     assert!(transcript.contains("[vm 1] mmio: rep outsb reached the uart"), "{transcript}");
@@ -664,16 +665,22 @@ fn check_mmio(transcript: &str) {
     let (status, state, stats) = vm_end(transcript, 2);
     assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
     assert_eq!(stat(&stats, "mmio_emulated"), 4, "{stats}");
+    assert!(
+        transcript.contains("[vm 3] outs16: rep insb read QEMU from fw_cfg, rep outsb wrote this line"),
+        "{transcript}"
+    );
+    let (status, state, _) = vm_end(transcript, 3);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
 }
 
 #[test]
 fn svm_device_pages_and_string_io_go_through_the_instruction_emulator() {
-    check_mmio(&run_svm("exit=1 guest=mmio,mmio32 mem=16", 2));
+    check_mmio(&run_svm("exit=1 guest=mmio,mmio32,outs16 mem=16", 3));
 }
 
 #[test]
 fn vmx_device_pages_and_string_io_go_through_the_instruction_emulator() {
-    check_mmio(&run_vmx("bochs-vmx-mmio", "exit=1 guest=mmio,mmio32 mem=16", 2));
+    check_mmio(&run_vmx("bochs-vmx-mmio", "exit=1 guest=mmio,mmio32,outs16 mem=16", 3));
 }
 
 /// `mmio test=unsupported`: an `xchg` on the APIC page ends its VM `crashed` with the

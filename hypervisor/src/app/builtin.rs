@@ -78,6 +78,16 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
           mmio32: lapic version 0x50014 and tpr 0x42 in 32-bit protected mode\n\0",
         "enters 32-bit protected mode (paging off) and reads and writes the local APIC page, exits 0",
     ),
+    (
+        "outs16",
+        // xor ax, ax; mov ds, ax; mov es, ax; cld; mov dx, 0x510; out dx, ax (fw_cfg key 0);
+        // mov dx, 0x511; mov di, sig; mov cx, 4; rep insb; mov dx, 0x3f8; mov si, msg;
+        // mov cx, 66; rep outsb; mov al, 0; out 0xf4, al; hlt; msg, with sig its 23rd byte
+        b"\x31\xC0\x8E\xD8\x8E\xC0\xFC\xBA\x10\x05\xEF\xBA\x11\x05\xBF\x3C\x7C\xB9\x04\x00\xF3\x6C\xBA\xF8\
+          \x03\xBE\x26\x7C\xB9\x42\x00\xF3\x6E\xB0\x00\xE6\xF4\xF4\
+          outs16: rep insb read ???? from fw_cfg, rep outsb wrote this line\n",
+        "reads fw_cfg's signature with REP INSB and prints a line with REP OUTSB (16-bit addresses), exits 0",
+    ),
 ];
 
 pub fn find(name: &str) -> Option<&'static [u8]> {
