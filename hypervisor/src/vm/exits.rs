@@ -1,6 +1,7 @@
 //! What the vCPU loop does with each exit, above the backend: CPUID (the VM's
-//! `cpuid::Policy`), port I/O, MSRs (`vm::msr`), hypercalls, nested page faults, HLT,
-//! triple faults. The same code serves SVM and VMX.
+//! `cpuid::Policy`), port I/O (INS/OUTS in `vm::string_io`), MSRs (`vm::msr`), hypercalls,
+//! nested page faults (outside every slot: device pages in `vm::mmio`), HLT, triple
+//! faults. The same code serves SVM and VMX.
 
 use super::msr::{self, VcpuMsrs};
 use super::platform::{Outcome, outcome_of};
