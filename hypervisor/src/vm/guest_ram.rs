@@ -66,7 +66,49 @@ impl<P: Platform> GuestMemory for GuestRam<'_, P> {
 
 #[cfg(test)]
 mod tests {
-    use super::covered;
+    use super::*;
+    use crate::memslot::{SlotFlags, SlotId, SlotSpec};
+    use crate::mmu::MmuConfig;
+    use crate::mmu::ept::Ept;
+    use crate::mmu::host::{HostPages, HostPagesConfig, HostPlatform, RecordingFlush};
+    use alloc::sync::Arc;
+
+    type Host = HostPlatform<Ept>;
+
+    /// RAM at [0, 64 KiB), ROM at [64 KiB, 128 KiB).
+    fn mmu() -> Mmu<Host> {
+        let pages = HostPages::new(HostPagesConfig { tables: 64, frames_4k: 64, frames_2m: 0, frames_1g: 0 });
+        let mmu = Mmu::new(
+            MmuConfig::default(),
+            Arc::new(pages),
+            Arc::new(RecordingFlush::new()),
+            Default::default(),
+        );
+        for (id, base, read_only) in [(0, 0, false), (1, 0x1_0000, true)] {
+            let flags = SlotFlags { read_only, ..SlotFlags::default() };
+            let spec =
+                SlotSpec { id: SlotId(id), as_id: AsId::Normal, base: Gpa::new(base), size: 0x1_0000, flags };
+            mmu.add_slot(spec).unwrap();
+        }
+        mmu
+    }
+
+    #[test]
+    fn guest_writes_respect_read_only_slots_and_fail_whole() {
+        let mmu = mmu();
+        mmu.write_guest(AsId::Normal, Gpa::new(0x1_0000), b"rom!").unwrap();
+        let mut ram = GuestRam::new(&mmu, AsId::Normal);
+        ram.write(0x100, b"ram").unwrap();
+        let mut buf = [0u8; 3];
+        ram.read(0x100, &mut buf).unwrap();
+        assert_eq!(&buf, b"ram");
+        assert_eq!(ram.write(0x1_0000, b"xx"), Err(NotRam), "ROM");
+        assert_eq!(ram.write(0xFFFE, b"abcd"), Err(NotRam), "runs into ROM");
+        let mut buf = [0u8; 6];
+        ram.read(0xFFFE, &mut buf).unwrap();
+        assert_eq!(&buf, b"\0\0rom!", "nothing of the refused writes landed");
+        assert_eq!(ram.read(0x2_0000, &mut [0u8; 1]), Err(NotRam), "no slot");
+    }
 
     #[test]
     fn a_write_must_lie_in_writable_slots_all_along() {
