@@ -644,3 +644,66 @@ fn svm_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
 fn vmx_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
     check_reset(&run_vmx("bochs-vmx-reset", RESET_CMDLINE, 2));
 }
+
+/// `mmio` (64-bit: the LAPIC through many instruction forms, the I/O APIC, REP OUTSB to
+/// the UART, REP INSB of fw_cfg's signature, a #PF from an emulated MOVSD with its CR2 and
+/// error code), then `mmio32` (32-bit protected mode, paging off) and `outs16` (REP
+/// INSB/OUTSB in real mode, 16-bit addresses): every device access emulated with the right
+/// values, and counted.
+fn check_mmio(transcript: &str) {
+    assert!(transcript.contains("[vm 1] mmio: 23 checks, first failure 0"), "{transcript}");
+    assert!(transcript.contains("[vm 1] mmio: rep outsb reached the uart"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    // 6 LAPIC reads, 9 TPR writes each read back and one reset, 2 I/O APIC selects and reads.
+    assert_eq!(stat(&stats, "mmio_emulated"), 29, "{stats}");
+    assert_eq!(stat(&stats, "emulation_failed"), 0, "{stats}");
+    assert!(
+        transcript.contains("[vm 2] mmio32: lapic version 0x50014 and tpr 0x42 in 32-bit protected mode"),
+        "{transcript}"
+    );
+    let (status, state, stats) = vm_end(transcript, 2);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert_eq!(stat(&stats, "mmio_emulated"), 4, "{stats}");
+    assert!(
+        transcript.contains("[vm 3] outs16: rep insb read QEMU from fw_cfg, rep outsb wrote this line"),
+        "{transcript}"
+    );
+    let (status, state, _) = vm_end(transcript, 3);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+#[test]
+fn svm_device_pages_and_string_io_go_through_the_instruction_emulator() {
+    check_mmio(&run_svm("exit=1 guest=mmio,mmio32,outs16 mem=16", 3));
+}
+
+#[test]
+fn vmx_device_pages_and_string_io_go_through_the_instruction_emulator() {
+    check_mmio(&run_vmx("bochs-vmx-mmio", "exit=1 guest=mmio,mmio32,outs16 mem=16", 3));
+}
+
+/// `mmio test=unsupported`: an `xchg` on the APIC page ends its VM `crashed` with the
+/// instruction's bytes, and the next guest runs.
+fn check_unsupported_instruction(transcript: &str) {
+    assert!(transcript.contains("[vm 1] mmio: xchg on the TPR next"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (-1, "crashed"), "{transcript}");
+    assert_eq!(stat(&stats, "emulation_failed"), 1, "{stats}");
+    let reason = "(41 87 80 80 00 00 00) accessing the local APIC at 0xfee00080 cannot be emulated";
+    assert!(events_of(transcript, 1).iter().any(|e| e.contains(reason)), "{transcript}");
+    assert!(!transcript.contains("[vm 1] mmio: FAILED"), "{transcript}");
+    let (status, state, _) = vm_end(transcript, 2);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+#[test]
+fn svm_instruction_the_emulator_lacks_ends_only_its_vm() {
+    check_unsupported_instruction(&run_svm("exit=1 guest=mmio,hello guest.test=unsupported mem=16", 2));
+}
+
+#[test]
+fn vmx_instruction_the_emulator_lacks_ends_only_its_vm() {
+    let cmdline = "exit=1 guest=mmio,hello guest.test=unsupported mem=16";
+    check_unsupported_instruction(&run_vmx("bochs-vmx-mmio-unsupported", cmdline, 2));
+}

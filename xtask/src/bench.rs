@@ -140,6 +140,15 @@ fn boot(report: &mut Report) -> Result<(), String> {
         "exit round trips (guest exit + Taproot's handling + re-entry): CPUID {:.0} instructions under SVM (QEMU -icount), {:.0} ticks under VMX (Bochs), ratio {:.2}; hypercall {:.0} / {:.0}; port read {:.0} / {:.0}",
         svm.cpuid, vmx.cpuid, vmx.cpuid / svm.cpuid, svm.hypercall, vmx.hypercall, svm.pio, vmx.pio
     ));
+    report.add("irq.eoi_xapic_mmio_svm_instructions", svm.eoi_xapic_mmio);
+    report.add("irq.eoi_xapic_mmio_vmx_ticks", vmx.eoi_xapic_mmio);
+    report.line(format!(
+        "LAPIC EOI through the xAPIC page (nested page fault, fetch, decode, emulate, re-entry): {:.0} instructions under SVM (QEMU -icount), {:.0} ticks under VMX (Bochs); {:.2} and {:.2} port reads",
+        svm.eoi_xapic_mmio,
+        vmx.eoi_xapic_mmio,
+        svm.eoi_xapic_mmio / svm.pio,
+        vmx.eoi_xapic_mmio / vmx.pio
+    ));
     report.add("guest.hello_start_to_console_svm_instructions", svm.hello_to_console);
     report.add("guest.hello_start_to_console_vmx_ticks", vmx.hello_to_console);
     report.line(format!(
@@ -158,6 +167,7 @@ struct GuestNumbers {
     cpuid: f64,
     hypercall: f64,
     pio: f64,
+    eoi_xapic_mmio: f64,
 }
 
 fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, String> {
@@ -172,12 +182,13 @@ fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, Strin
             .ok_or_else(|| format!("no tsc_per_exit in {line:?}"))
     };
     let (cpuid, hypercall, pio) = (per_exit("cpuid")?, per_exit("hypercall")?, per_exit("pio_in")?);
+    let eoi_xapic_mmio = per_exit("eoi_xapic_mmio")?;
     let hello_to_console = hello
         .split("\"start_to_first_console_ns\":")
         .nth(1)
         .and_then(|rest| rest.trim_end_matches('}').parse::<f64>().ok())
         .ok_or_else(|| format!("no start_to_first_console_ns in {hello:?}"))?;
-    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio })
+    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio, eoi_xapic_mmio })
 }
 
 /// The control plane under QEMU TCG: image upload throughput and request latency, seen

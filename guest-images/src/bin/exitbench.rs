@@ -1,5 +1,7 @@
 //! `exitbench`: loops of exits of each kind — CPUID (always intercepted), a hypercall
-//! (VCPU_COUNT) and a port read (the UART scratch register) — `iters=N` times each
+//! (VCPU_COUNT), a port read (the UART scratch register) and an EOI written to the xAPIC
+//! page (`eoi_xapic_mmio`: a nested page fault, the instruction fetched, decoded and
+//! emulated against the local APIC) — `iters=N` times each
 //! (default 10,000), printing the count and, where the TSC is invariant, TSC cycles per
 //! exit. Inside an emulator the cycle counts mean little: count instructions there
 //! (QEMU `-icount`, Bochs log timestamps). vCPU 0 runs it; other vCPUs halt.
@@ -17,6 +19,8 @@ mod guest {
     const DEFAULT_ITERS: u64 = 10_000;
     /// The 16550 scratch register: a device register without side effects.
     const SCRATCH_PORT: u16 = port::COM1_BASE + 7;
+    /// The local APIC's EOI register on the xAPIC page (SDM Vol. 3A Table 11-1).
+    const XAPIC_EOI: u64 = 0xFEE0_00B0;
 
     pub fn guest(boot: &rt::Boot) -> u32 {
         if boot.vcpu_index != 0 {
@@ -41,6 +45,13 @@ mod guest {
         }
         report("pio_in", iters, tsc, || {
             core::hint::black_box(rt::inb(SCRATCH_PORT));
+        });
+        report("eoi_xapic_mmio", iters, tsc, || {
+            // SAFETY: a store of 0 to the EOI register of the identity-mapped xAPIC page
+            // (nothing in service: it changes nothing).
+            unsafe {
+                core::arch::asm!("mov dword ptr [{eoi}], 0", eoi = in(reg) XAPIC_EOI, options(nostack));
+            }
         });
         status::OK
     }

@@ -60,6 +60,34 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
           msr16: APIC base 0xfee00900, #GP without an error code\n\0",
         "reads IA32_APIC_BASE, then an unknown MSR: #GP through its IVT without an error code, exits 0",
     ),
+    (
+        "mmio32",
+        // cli; xor ax, ax; mov ds, ax; lgdt [gdtr]; mov eax, cr0; or al, 1; mov cr0, eax;
+        // jmp 0x08:pm32 | pm32 (32-bit, flat, paging off): mov ax, 0x10; mov ds/es/ss, ax;
+        // mov eax, [0xFEE00030]; cmp eax, 0x50014; jne fail; mov dword [0xFEE00080], 0x42;
+        // mov ebx, 0xFEE00000; mov ecx, [ebx + 0x80]; cmp ecx, 0x42; jne fail;
+        // mov dword [ebx + 0x80], 0; print msg; mov al, 0; out 0xf4, al; hlt;
+        // fail: mov al, 1; out 0xf4, al; hlt; gdt: null, code 0x00CF9A000000FFFF,
+        // data 0x00CF92000000FFFF; gdtr: 23, gdt; msg (GNU as --32, ld -Ttext 0x7C00)
+        b"\xFA\x31\xC0\x8E\xD8\x66\x0F\x01\x16\x88\x7C\x0F\x20\xC0\x0C\x01\x0F\x22\xC0\xEA\x18\x7C\x08\x00\
+          \x66\xB8\x10\x00\x8E\xD8\x8E\xC0\x8E\xD0\xA1\x30\x00\xE0\xFE\x3D\x14\x00\x05\x00\x75\x3A\xC7\x05\
+          \x80\x00\xE0\xFE\x42\x00\x00\x00\xBB\x00\x00\xE0\xFE\x8B\x8B\x80\x00\x00\x00\x83\xF9\x42\x75\x20\
+          \xC7\x83\x80\x00\x00\x00\x00\x00\x00\x00\xBE\x8E\x7C\x00\x00\x66\xBA\xF8\x03\xAC\x84\xC0\x74\x03\
+          \xEE\xEB\xF8\xB0\x00\xE6\xF4\xF4\xB0\x01\xE6\xF4\xF4\x8D\x76\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+          \xFF\xFF\x00\x00\x00\x9A\xCF\x00\xFF\xFF\x00\x00\x00\x92\xCF\x00\x17\x00\x70\x7C\x00\x00\
+          mmio32: lapic version 0x50014 and tpr 0x42 in 32-bit protected mode\n\0",
+        "enters 32-bit protected mode (paging off) and reads and writes the local APIC page, exits 0",
+    ),
+    (
+        "outs16",
+        // xor ax, ax; mov ds, ax; mov es, ax; cld; mov dx, 0x510; out dx, ax (fw_cfg key 0);
+        // mov dx, 0x511; mov di, sig; mov cx, 4; rep insb; mov dx, 0x3f8; mov si, msg;
+        // mov cx, 66; rep outsb; mov al, 0; out 0xf4, al; hlt; msg, with sig its 23rd byte
+        b"\x31\xC0\x8E\xD8\x8E\xC0\xFC\xBA\x10\x05\xEF\xBA\x11\x05\xBF\x3C\x7C\xB9\x04\x00\xF3\x6C\xBA\xF8\
+          \x03\xBE\x26\x7C\xB9\x42\x00\xF3\x6E\xB0\x00\xE6\xF4\xF4\
+          outs16: rep insb read ???? from fw_cfg, rep outsb wrote this line\n",
+        "reads fw_cfg's signature with REP INSB and prints a line with REP OUTSB (16-bit addresses), exits 0",
+    ),
 ];
 
 pub fn find(name: &str) -> Option<&'static [u8]> {

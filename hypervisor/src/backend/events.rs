@@ -125,6 +125,13 @@ impl EventQueue {
     pub fn clear(&mut self) {
         *self = Self::default();
     }
+
+    /// Whether the last exit interrupted an event's delivery (which the next entry
+    /// re-injects): the exit then reports the delivery's access, not the instruction's.
+    #[must_use]
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
 }
 
 #[cfg(test)]

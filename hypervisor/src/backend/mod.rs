@@ -87,10 +87,25 @@ pub struct IoExit {
     /// 1, 2 or 4 bytes.
     pub size: u8,
     pub is_in: bool,
-    /// INS/OUTS (with or without REP): not supported by the device model yet.
+    /// INS/OUTS (with or without REP): see `string`.
     pub is_string: bool,
     /// RIP of the next instruction.
     pub next_rip: u64,
+    /// For INS/OUTS, what the backend decoded of the instruction (meaningless otherwise).
+    pub string: StringIoExit,
+}
+
+/// What an INS/OUTS exit says beyond the port, size and direction: REP always; the address
+/// size and the segment OUTS reads from only where the hardware reports them (SVM IOIO
+/// EXITINFO1 gives the address size on real CPUs but not under QEMU TCG, and the segment
+/// only with decode assists; VMX gives both in the VM-exit instruction information when
+/// IA32_VMX_BASIC[54] says so). `None`: the VM layer reads it from the instruction bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StringIoExit {
+    pub is_rep: bool,
+    /// 2, 4 or 8 bytes.
+    pub address_size: Option<u8>,
+    pub segment: Option<crate::emulate::Segment>,
 }
 
 /// Why the guest stopped running, decoded.
@@ -152,7 +167,27 @@ pub trait BackendVcpu: Send {
     fn run(&mut self, root_pointer: u64) -> Exit;
     /// One line of guest state for crash reports.
     fn describe(&self) -> alloc::string::String;
+    /// What the instruction emulator reads of the vCPU and never changes (`emulate`'s
+    /// module doc): CR0, CR3, CR4, EFER, CPL (SS.DPL), the six segment bases, the code size
+    /// from EFER.LMA, CS.L and CS.D.
+    fn emulation_cpu(&self) -> crate::emulate::CpuState;
+    /// RSP, RFLAGS: kept in the VMCB/VMCS, not in [`GuestRegs`].
+    fn rsp(&self) -> u64;
+    fn set_rsp(&mut self, rsp: u64);
+    fn rflags(&self) -> u64;
+    fn set_rflags(&mut self, rflags: u64);
+    /// Injects #PF at the next entry with `error_code` and CR2 = `linear`.
+    fn inject_page_fault(&mut self, error_code: u32, linear: u64);
+    /// Injects #UD at the next entry.
+    fn inject_undefined_opcode(&mut self);
+    /// Whether the last exit interrupted an event's delivery (`events`): its access is the
+    /// delivery's (a stack push, an IDT read), not the instruction's at RIP.
+    fn is_delivering_event(&self) -> bool;
 }
+
+/// Vectors of the exceptions the VM layer injects (SDM Vol. 3A §6.3.1, Table 6-1).
+pub const UD_VECTOR: u8 = 6;
+pub const PF_VECTOR: u8 = 14;
 
 /// A VM's hardware side, shared by its vCPUs. It is also the MMU's TLB flush hook
 /// (`Platform::Flush`), so VM-wide operations and TLB flushes reach the same vCPU set.

@@ -87,6 +87,27 @@ pub fn emulate_string_io(
     Ok(Emulated::Completed)
 }
 
+/// The address size and the segment OUTS reads from, read from the INS/OUTS at CS:RIP:
+/// for backends whose exit does not report them (SVM without decode assists, which QEMU
+/// TCG is; VMX without IA32_VMX_BASIC[54]). Anything but INS/OUTS there (the guest changed
+/// its code since the exit) is [`EmulationError::Unsupported`].
+pub fn decode_operands(
+    cpu: &CpuState,
+    regs: &Regs,
+    mem: &impl paging::GuestMemory,
+) -> Result<(u8, Segment), EmulationError> {
+    let fetched = super::fetch(cpu, regs, mem)?;
+    let instruction = fetched.decode(cpu, regs.rip)?;
+    use iced_x86::Mnemonic::{Insb, Insd, Insw, Outsb, Outsd, Outsw};
+    let segment = match instruction.mnemonic() {
+        Insb | Insw | Insd => Segment::Es,
+        Outsb | Outsw | Outsd => Segment::from_iced(instruction.memory_segment()).unwrap_or(Segment::Ds),
+        _ => return Err(fetched.unsupported(instruction.len())),
+    };
+    let address_size = cpu.code_size.address_size(super::has_address_size_prefix(&fetched, cpu.code_size));
+    Ok((address_size, segment))
+}
+
 /// Move one element and step RSI or RDI. On a fault nothing moved and `regs` is unchanged.
 fn move_element(
     cpu: &CpuState,
@@ -291,6 +312,27 @@ mod tests {
         assert_eq!(h.regs.rip, 0x1_0000);
         assert_eq!(run(&mut h, &io(Direction::In, 1), &mut ports), Ok(Emulated::Completed));
         assert_eq!(h.regs.gpr[Regs::RDI], DATA + MAX_ELEMENTS_PER_EXIT + 3);
+    }
+
+    #[test]
+    fn operands_come_from_the_prefixes_when_the_exit_lacks_them() {
+        // rep outsb %fs:(%rsi),(%dx): FS override, 64-bit addresses.
+        let h = Harness::long64(&[0x64, 0xF3, 0x6E]);
+        assert_eq!(decode_operands(&h.cpu, &h.regs, &h.mem), Ok((8, Segment::Fs)));
+        // addr32 rep insw (%dx),%es:(%edi)
+        let h = Harness::long64(&[0x67, 0xF3, 0x66, 0x6D]);
+        assert_eq!(decode_operands(&h.cpu, &h.regs, &h.mem), Ok((4, Segment::Es)));
+        // Real mode: outsb, DS and 16-bit addresses; with 0x67, 32-bit ones.
+        let h = Harness::real16(0x1000, &[0x6E]);
+        assert_eq!(decode_operands(&h.cpu, &h.regs, &h.mem), Ok((2, Segment::Ds)));
+        let h = Harness::real16(0x1000, &[0x67, 0x26, 0x6E]);
+        assert_eq!(decode_operands(&h.cpu, &h.regs, &h.mem), Ok((4, Segment::Es)));
+        // Not a string I/O instruction any more: nothing to emulate.
+        let h = Harness::long64(&[0x90]);
+        assert!(matches!(
+            decode_operands(&h.cpu, &h.regs, &h.mem),
+            Err(EmulationError::Unsupported { len: 1, .. })
+        ));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! What the vCPU loop does with each exit, above the backend: CPUID (the VM's
-//! `cpuid::Policy`), port I/O, MSRs (`vm::msr`), hypercalls, nested page faults, HLT,
-//! triple faults. The same code serves SVM and VMX.
+//! `cpuid::Policy`), port I/O (INS/OUTS in `vm::string_io`), MSRs (`vm::msr`), hypercalls,
+//! nested page faults (outside every slot: device pages in `vm::mmio`), HLT, triple
+//! faults. The same code serves SVM and VMX.
 
 use super::msr::{self, VcpuMsrs};
 use super::platform::{Outcome, outcome_of};
 use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
+use crate::devices::IoEffect;
 use crate::devices::events::EventKind;
 use crate::memslot::AsId;
 use crate::mmu::{Fault, MmuError, VcpuMmu};
@@ -38,6 +40,9 @@ pub enum ExitReason {
     Mmio,
     Hlt,
     Shutdown,
+    /// Not exits: device accesses emulated, and instructions that could not be.
+    MmioEmulated,
+    EmulationFailed,
     Other,
 }
 
@@ -73,6 +78,8 @@ impl ExitCounts {
             mmio: self.count(ExitReason::Mmio),
             hlt: self.count(ExitReason::Hlt),
             shutdown: self.count(ExitReason::Shutdown),
+            mmio_emulated: self.count(ExitReason::MmioEmulated),
+            emulation_failed: self.count(ExitReason::EmulationFailed),
             other: self.count(ExitReason::Other),
         }
     }
@@ -89,10 +96,16 @@ pub struct ExitStats {
     pub hypercall: u64,
     #[serde(rename = "npf")]
     pub nested_page_fault: u64,
-    /// Accesses outside every slot and device (also counted as `npf`).
+    /// Nested page faults outside every memory slot (device pages or nothing; also
+    /// counted as `npf`).
     pub mmio: u64,
     pub hlt: u64,
     pub shutdown: u64,
+    /// Instructions emulated on a device page (LAPIC, I/O APIC): one per REP iteration.
+    pub mmio_emulated: u64,
+    /// Instructions on a device page or string port I/O that could not be emulated (each
+    /// ends its VM).
+    pub emulation_failed: u64,
     /// Invalid guest state and exits the loop does not handle.
     pub other: u64,
 }
@@ -141,10 +154,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
         }
         Exit::Io(io) => {
             if io.is_string {
-                return crash(
-                    cx,
-                    format!("string port I/O (INS/OUTS) on port {:#x} is not supported", io.port),
-                );
+                return super::string_io::handle(cx, io);
             }
             let mask = match io.size {
                 1 => 0xFF,
@@ -165,18 +175,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             if !io.is_in && io.port == taproot_guest_abi::port::COM1_BASE {
                 cx.vm.console_written();
             }
-            match outcome_of(result.effect) {
-                Outcome::Continue => Flow::Continue,
-                Outcome::End(state) => Flow::Finish(state),
-                Outcome::PowerOff => {
-                    cx.vm.log_event(format!("the guest powered off through ACPI (S5, port {:#x})", io.port));
-                    Flow::Finish(VmState::Exited { status: 0 })
-                }
-                Outcome::ResetPlatform => {
-                    cx.vm.reset_platform(io.port);
-                    Flow::Continue
-                }
-            }
+            port_outcome(cx, io.port, result.effect)
         }
         Exit::Msr { write } => {
             let regs = *cx.vcpu.regs();
@@ -201,13 +200,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             Ok(Fault::Installed | Fault::Retry) => Flow::Continue,
             Ok(Fault::NotInSlot) => {
                 cx.vm.exits.add(ExitReason::Mmio);
-                crash(
-                    cx,
-                    format!(
-                        "{access:?} at guest address {:#x}, outside every memory slot and device",
-                        gpa.raw()
-                    ),
-                )
+                super::mmio::handle(cx, gpa, access)
             }
             Ok(Fault::WriteToReadOnly) => crash(cx, format!("write to read-only memory at {:#x}", gpa.raw())),
             Err(MmuError::OutOfMemory) => crash(
@@ -231,6 +224,26 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
         }
         Exit::Unhandled { code } => {
             crash(cx, format!("unhandled exit {code:#x} on vcpu {}: {}", cx.index, cx.vcpu.describe()))
+        }
+    }
+}
+
+/// What a port access at `port` with `effect` leaves the VM to do (IN, OUT, INS, OUTS).
+pub(crate) fn port_outcome<B: Backend>(
+    cx: &mut VcpuContext<'_, B>,
+    port: u16,
+    effect: Option<IoEffect>,
+) -> Flow {
+    match outcome_of(effect) {
+        Outcome::Continue => Flow::Continue,
+        Outcome::End(state) => Flow::Finish(state),
+        Outcome::PowerOff => {
+            cx.vm.log_event(format!("the guest powered off through ACPI (S5, port {port:#x})"));
+            Flow::Finish(VmState::Exited { status: 0 })
+        }
+        Outcome::ResetPlatform => {
+            cx.vm.reset_platform(port);
+            Flow::Continue
         }
     }
 }

@@ -15,12 +15,15 @@
 
 pub mod commit;
 mod exits;
+mod guest_ram;
 pub mod lifecycle;
 pub mod limits;
+mod mmio;
 pub mod msr;
 mod platform;
 mod run_queue;
 mod stats;
+mod string_io;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason, ExitStats};

@@ -6,7 +6,7 @@
 use super::vmcb::{self, Vmcb, control, exit_code};
 use crate::addr::Gpa;
 use crate::backend::events::{self, Event};
-use crate::backend::{Exit, IoExit};
+use crate::backend::{Exit, IoExit, StringIoExit};
 use crate::mmu::Access;
 
 /// The exit the VMCB describes, after a VMRUN returned.
@@ -36,6 +36,7 @@ pub fn decode(vmcb: &Vmcb) -> Exit {
                 is_in: info1 & ioio::TYPE_IN != 0,
                 is_string: info1 & ioio::STRING != 0,
                 next_rip: info2,
+                string: string_io(info1),
             })
         }
         exit_code::MSR => Exit::Msr { write: info1 & 1 != 0 },
@@ -51,6 +52,23 @@ pub fn decode(vmcb: &Vmcb) -> Exit {
         }
         code => Exit::Unhandled { code },
     }
+}
+
+/// What EXITINFO1 says of an INS/OUTS (APM Vol. 2 §15.10.2): REP, and the address size
+/// when any of its bits is set. The segment field (bits 12:10) is a decode assist, which
+/// Taproot does not rely on: the VM layer reads the segment from the instruction.
+fn string_io(info1: u64) -> StringIoExit {
+    use vmcb::ioio;
+    let address_size = if info1 & ioio::ADDR64 != 0 {
+        Some(8)
+    } else if info1 & ioio::ADDR32 != 0 {
+        Some(4)
+    } else if info1 & ioio::ADDR16 != 0 {
+        Some(2)
+    } else {
+        None
+    };
+    StringIoExit { is_rep: info1 & ioio::REP != 0, address_size, segment: None }
 }
 
 /// The event whose delivery the exit interrupted (EXITINTINFO, APM Vol. 2 §15.7.2), to be

@@ -15,6 +15,7 @@
 //! and every clean bit is left zero.
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
+mod emulation;
 mod exit;
 pub mod vmcb;
 mod world_switch;
@@ -498,6 +499,38 @@ impl BackendVcpu for SvmVcpu {
             v.read64(control::EXIT_INFO2),
             v.read64(control::EXIT_INT_INFO),
         )
+    }
+
+    fn emulation_cpu(&self) -> crate::emulate::CpuState {
+        emulation::cpu_state(&self.vmcb)
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcb.read64(save::RSP)
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        self.vmcb.write64(save::RSP, rsp);
+    }
+
+    fn rflags(&self) -> u64 {
+        self.vmcb.read64(save::RFLAGS)
+    }
+
+    fn set_rflags(&mut self, rflags: u64) {
+        self.vmcb.write64(save::RFLAGS, rflags);
+    }
+
+    fn inject_page_fault(&mut self, error_code: u32, linear: u64) {
+        emulation::inject_page_fault(&mut self.vmcb, &mut self.events, error_code, linear);
+    }
+
+    fn inject_undefined_opcode(&mut self) {
+        emulation::inject_undefined_opcode(&mut self.events);
+    }
+
+    fn is_delivering_event(&self) -> bool {
+        self.events.has_in_flight()
     }
 }
 

@@ -128,9 +128,14 @@ pub mod exit_code {
 pub mod ioio {
     pub const TYPE_IN: u64 = 1 << 0;
     pub const STRING: u64 = 1 << 2;
+    pub const REP: u64 = 1 << 3;
     pub const SIZE8: u64 = 1 << 4;
     pub const SIZE16: u64 = 1 << 5;
     pub const SIZE32: u64 = 1 << 6;
+    /// The address size, one-hot (A16, A32, A64); QEMU TCG leaves all three clear.
+    pub const ADDR16: u64 = 1 << 7;
+    pub const ADDR32: u64 = 1 << 8;
+    pub const ADDR64: u64 = 1 << 9;
     pub const PORT_SHIFT: u64 = 16;
 }
 

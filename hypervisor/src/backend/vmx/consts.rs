@@ -29,8 +29,22 @@ pub mod io_qual {
     pub const SIZE_MASK: u64 = 0b111;
     pub const IN: u64 = 1 << 3;
     pub const STRING: u64 = 1 << 4;
+    /// INS/OUTS with a REP prefix.
+    pub const REP: u64 = 1 << 5;
     pub const PORT_SHIFT: u64 = 16;
 }
+
+/// VM-exit instruction information for INS/OUTS (SDM Vol. 3C §28.2.5, Table 28-8):
+/// address size in bits 9:7 (0: 16-bit, 1: 32-bit, 2: 64-bit), the segment register of
+/// OUTS in bits 17:15 (ES, CS, SS, DS, FS, GS; undefined for INS). Reported only where
+/// IA32_VMX_BASIC[54] is set (SDM Vol. 3D §A.1).
+pub mod io_instr_info {
+    pub const ADDRESS_SIZE_SHIFT: u64 = 7;
+    pub const SEGMENT_SHIFT: u64 = 15;
+    pub const FIELD_MASK: u64 = 0b111;
+}
+/// IA32_VMX_BASIC bit 54: INS/OUTS exits report the VM-exit instruction information.
+pub const VMX_BASIC_INS_OUTS_INFO: u64 = 1 << 54;
 
 /// EPT violation exit qualification (SDM Vol. 3C Table 28-7).
 pub mod ept_qual {
@@ -63,6 +77,10 @@ pub mod access_rights {
     pub const FLAT32_DATA: u32 = 0xC093;
     pub const BUSY_TSS32: u32 = 0x008B;
     pub const UNUSABLE: u32 = 1 << 16;
+    /// DPL in bits 6:5, and CS.L (bit 13) and CS.D (bit 14).
+    pub const DPL_SHIFT: u64 = 5;
+    pub const L: u64 = 1 << 13;
+    pub const D: u64 = 1 << 14;
 }
 
 /// IA32_FEATURE_CONTROL (SDM Vol. 3C §24.7).

@@ -112,6 +112,8 @@ pub struct VmxHost {
     pub entry_controls: u64,
     /// The VMX-preemption timer counts at the TSC rate divided by 2^this.
     pub preemption_timer_shift: u32,
+    /// INS/OUTS exits report address size and segment (IA32_VMX_BASIC[54]).
+    pub has_ins_outs_info: bool,
 }
 
 /// The capability MSRs. Only after [`enable_on_this_cpu`] succeeded once (reading them
@@ -133,6 +135,7 @@ pub fn host() -> &'static VmxHost {
             exit_controls: true_or(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
             entry_controls: true_or(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
             preemption_timer_shift: (rdmsr(msr::IA32_VMX_MISC) & 0x1F) as u32,
+            has_ins_outs_info: basic & VMX_BASIC_INS_OUTS_INFO != 0,
         }
     })
 }

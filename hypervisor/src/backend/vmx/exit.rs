@@ -41,6 +41,7 @@ pub fn decode(v: &Current) -> (u32, Exit) {
                 is_in: qual & io_qual::IN != 0,
                 is_string: qual & io_qual::STRING != 0,
                 next_rip: v.read(guest::RIP) + len,
+                string: super::emulation::string_io(v, qual, super::cpu::host().has_ins_outs_info),
             })
         }
         exit_reason::EPT_VIOLATION => {

@@ -20,6 +20,7 @@
 mod consts;
 mod cpu;
 mod cr;
+mod emulation;
 mod exit;
 mod setup;
 mod vmcs;
@@ -154,6 +155,8 @@ pub struct VmxVcpu {
     last_exit_reason: u32,
     /// The event in flight at the last exit and those requested since (`backend::events`).
     events: EventQueue,
+    /// The CR2 of an injected #PF, loaded just before the entry (`emulation`).
+    pending_cr2: emulation::PendingCr2,
 }
 
 impl VmxVcpu {
@@ -179,6 +182,7 @@ impl VmxVcpu {
             vpid: 0,
             last_exit_reason: 0,
             events: EventQueue::default(),
+            pending_cr2: emulation::PendingCr2::default(),
         })
     }
 
@@ -228,6 +232,7 @@ impl VmxVcpu {
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
             cpu::load_kernel_gs_base(cpu, self.kernel_gs_base);
+            self.pending_cr2.load();
             // SAFETY: VMX is on for this CPU and our VMCS is current (`v`) and fully set
             // up (host state with this CPU's values, HOST_RIP the world switch's exit
             // label); `launched` says whether it was launched; `regs` is this vCPU's
@@ -376,6 +381,7 @@ impl BackendVcpu for VmxVcpu {
         self.kernel_gs_base = 0;
         self.cr.cr8 = 0;
         self.events.clear();
+        self.pending_cr2.clear();
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
@@ -452,6 +458,53 @@ impl BackendVcpu for VmxVcpu {
             v.read(ro::EXIT_QUALIFICATION),
             v.instruction_error(),
         )
+    }
+
+    fn emulation_cpu(&self) -> crate::emulate::CpuState {
+        match self.vmcs.current() {
+            Ok(v) => emulation::cpu_state(&v),
+            // Never after an exit (the VMCS was current for it); a real-mode view at 0
+            // makes any emulation fail on the fetch rather than panic.
+            Err(_) => crate::emulate::CpuState {
+                control: crate::emulate::ControlRegs::default(),
+                segments: crate::emulate::SegmentBases::default(),
+                code_size: crate::emulate::CodeSize::Bits16,
+            },
+        }
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcs.current().map_or(0, |v| v.read(guest::RSP))
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        if let Ok(v) = self.vmcs.current() {
+            let _ = v.write(guest::RSP, rsp);
+        }
+    }
+
+    fn rflags(&self) -> u64 {
+        self.vmcs.current().map_or(0x2, |v| v.read(guest::RFLAGS))
+    }
+
+    fn set_rflags(&mut self, rflags: u64) {
+        if let Ok(v) = self.vmcs.current() {
+            let _ = v.write(guest::RFLAGS, rflags);
+        }
+    }
+
+    fn inject_page_fault(&mut self, error_code: u32, linear: u64) {
+        if let Ok(v) = self.vmcs.current() {
+            emulation::inject_page_fault(&v, &mut self.events, &mut self.pending_cr2, error_code, linear);
+        }
+    }
+
+    fn inject_undefined_opcode(&mut self) {
+        emulation::inject_undefined_opcode(&mut self.events);
+    }
+
+    fn is_delivering_event(&self) -> bool {
+        self.events.has_in_flight()
     }
 }
 
