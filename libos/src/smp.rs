@@ -90,6 +90,12 @@ pub(crate) fn start_aps(apic_ids: &[u32]) {
             log::warn!("smp: more than {MAX_CPUS} CPUs; the rest stay off");
             break;
         }
+        if !apic::is_addressable(apic_id) {
+            log::warn!(
+                "smp: cpu with APIC ID {apic_id} needs x2APIC mode, which this machine lacks; it stays off"
+            );
+            continue;
+        }
         let Some(stack) = frame::alloc(AP_STACK_FRAMES) else {
             log::warn!("smp: no memory for a stack; cpu with APIC ID {apic_id} stays off");
             break;

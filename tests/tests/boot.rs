@@ -153,3 +153,49 @@ fn bochs_svm_iso_boots_two_cpus_with_svm_and_npt() {
     assert!(features.contains(&"npt"), "{banner}");
     console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
 }
+
+/// The local APIC mode the image chose (`apic: mode=...` in its boot log).
+fn apic_mode(transcript: &str) -> &str {
+    let line = transcript
+        .lines()
+        .find(|l| l.contains("apic: mode="))
+        .unwrap_or_else(|| panic!("no apic line:\n{transcript}"));
+    field(line, "mode").unwrap_or("")
+}
+
+/// memtouch on two vCPUs: vCPU 1 runs on the AP, which the boot CPU reached with IPIs (the
+/// enable request, the kick for the queued vCPU) in the APIC mode under test.
+const GUEST_ON_THE_AP: &str = "exit=1 guest=memtouch vcpus=2 mem=32 guest.mib=8";
+
+/// Both CPUs came up, took timer ticks, and ran memtouch's two vCPUs to the end.
+fn assert_guest_ran_on_both_cpus(transcript: &str) {
+    assert!(transcript.contains("taproot: ready cpus=2"), "{transcript}");
+    assert_timer_ticks_on_every_cpu(transcript, 2);
+    assert!(transcript.contains("[vm 1] memtouch: 2 vcpus"), "{transcript}");
+    assert!(transcript.contains("[vm 1] memtouch: verified 8 MiB"), "{transcript}");
+    assert!(transcript.contains("taproot: vm 1 exited status=0 state=exited"), "{transcript}");
+}
+
+#[test]
+fn qemu_tcg_xapic_boots_two_cpus_and_runs_a_guest_on_the_ap() {
+    let mut qemu = Qemu::kernel(&elf(Profile::Release), GUEST_ON_THE_AP);
+    qemu.tcg_cpu = Some("max,-x2apic".into());
+    let mut console = qemu.spawn().unwrap();
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(guest_status(status), Some(0), "{}", console.transcript());
+    assert_eq!(apic_mode(console.transcript()), "xapic", "{}", console.transcript());
+    assert_guest_ran_on_both_cpus(console.transcript());
+}
+
+#[test]
+fn bochs_vmx_x2apic_boots_two_cpus_and_runs_a_guest_on_the_ap() {
+    // QEMU 7.2's TCG has no x2APIC (`-cpu max` drops it); Bochs' Haswell offers it, so the
+    // image switches to it: INIT-SIPI, kicks, EOIs and the timer go through the MSRs.
+    let iso = paths::scratch_dir("bochs-x2apic-iso").unwrap().join("taproot.iso");
+    taproot_testbed::iso::make(&elf(Profile::Release), GUEST_ON_THE_AP, &iso).unwrap();
+    let mut console = Bochs::new(&iso).spawn("bochs-x2apic").unwrap();
+    console.wait_for("taproot: vm 1 exited", BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    console.wait_exit(BOCHS_TIMEOUT).unwrap_or_else(|e| panic!("Bochs did not power off: {e}"));
+    assert_eq!(apic_mode(console.transcript()), "x2apic", "{}", console.transcript());
+    assert_guest_ran_on_both_cpus(console.transcript());
+}
