@@ -199,3 +199,44 @@ fn bochs_vmx_x2apic_boots_two_cpus_and_runs_a_guest_on_the_ap() {
     assert_eq!(apic_mode(console.transcript()), "x2apic", "{}", console.transcript());
     assert_guest_ran_on_both_cpus(console.transcript());
 }
+
+/// Sends QEMU's `inject-nmi` (an NMI to every CPU) through the QMP socket at `socket`.
+fn inject_nmi(socket: &std::path::Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket).unwrap_or_else(|e| panic!("QMP: {e}"));
+    stream.set_read_timeout(Some(QEMU_TIMEOUT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("QMP"), "QMP greeting: {line}");
+    for command in [r#"{"execute":"qmp_capabilities"}"#, r#"{"execute":"inject-nmi"}"#] {
+        writeln!(writer, "{command}").unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains("\"return\""), "QMP {command}: {line}");
+    }
+}
+
+#[test]
+fn qemu_tcg_host_nmi_while_a_guest_runs_is_survived() {
+    // QEMU's `inject-nmi` raises LINT1 on every CPU, which only the boot CPU has unmasked
+    // (the firmware's virtual-wire setup, as Linux keeps it). `spin` loops on that CPU
+    // until its time limit, so the NMI arrives in the guest: SVM holds it over the
+    // #VMEXIT and delivers it to the host IDT after STGI. Then hello16 runs.
+    let socket = paths::scratch_dir("qemu-nmi").unwrap().join("qmp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let cmdline = "exit=1 guest=spin,hello16 mem=1 timeout_ms=3000";
+    let mut qemu = Qemu::kernel(&elf(Profile::Release), cmdline);
+    qemu.extra = vec!["-qmp".into(), format!("unix:{},server=on,wait=off", socket.display())];
+    let mut console = qemu.spawn().unwrap();
+    console.wait_for("taproot: ready", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    inject_nmi(&socket);
+    console.wait_for("taproot: nmi on cpu 0 (count 1)", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let transcript = console.transcript();
+    assert!(!transcript.contains("taproot: exception"), "{transcript}");
+    assert!(transcript.contains("taproot: vm 1 exited status=-1 state=stopped"), "{transcript}");
+    assert!(transcript.contains("[vm 2] hello from a real-mode guest"), "{transcript}");
+    assert_eq!(guest_status(status), Some(0), "{transcript}");
+}

@@ -21,6 +21,7 @@ mod consts;
 mod cpu;
 mod cr;
 mod exit;
+mod nmi;
 mod setup;
 mod vmcs;
 mod world_switch;
@@ -237,6 +238,9 @@ impl VmxVcpu {
             self.debug.save(true);
             self.kernel_gs_base = cpu::save_kernel_gs_base(cpu);
             self.sync.exited();
+            if !failed {
+                nmi::handle_host_nmi(&v);
+            }
             x86_64::instructions::interrupts::enable();
             if failed {
                 return Err(BackendError::VmEntryFailed {
