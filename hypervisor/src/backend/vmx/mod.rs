@@ -30,6 +30,7 @@ use super::debug_regs::{DR6_STATUS, DebugRegs};
 use super::events::{self, Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
+use super::ibpb::{self, VmIdentity};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
@@ -65,6 +66,8 @@ pub struct VmxVm {
     io_bitmaps: Frames,
     msr_bitmap: Frames,
     vcpus: VcpuSet,
+    /// Who this VM is for the barrier between VMs (`backend::ibpb`).
+    identity: VmIdentity,
 }
 
 const IO_BITMAP_FRAMES: usize = 2;
@@ -90,7 +93,7 @@ impl VmxVm {
                 map[offset + bit / 8] &= !(1 << (bit % 8));
             }
         }
-        Ok(Arc::new(Self { io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
+        Ok(Arc::new(Self { io_bitmaps, msr_bitmap, vcpus: VcpuSet::default(), identity: VmIdentity::new() }))
     }
 
     fn resources(&self) -> VmResources {
@@ -226,6 +229,7 @@ impl VmxVcpu {
             }
             write_event_injection(&v, self.events.next_entry())?;
             x86_64::instructions::interrupts::disable();
+            ibpb::before_entry(cpu, self.vm.identity);
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
             cpu::load_kernel_gs_base(cpu, self.kernel_gs_base);
