@@ -61,13 +61,14 @@ impl<const CPUS: usize> Default for LastVm<CPUS> {
 }
 
 #[cfg(target_os = "none")]
-pub use hardware::{before_entry, report_once};
+pub use hardware::{before_entry, enable_on_this_cpu};
 
 #[cfg(target_os = "none")]
 #[allow(unsafe_code, reason = "WRMSR of IA32_PRED_CMD")]
 mod hardware {
     use super::{LastVm, VmIdentity};
     use crate::backend::host::cpuid;
+    use core::sync::atomic::{AtomicBool, Ordering};
     use libos::smp::MAX_CPUS;
     use spin::Once;
     use x86_64::registers::model_specific::Msr;
@@ -85,16 +86,16 @@ mod hardware {
     const TIMED_BARRIERS: u64 = 64;
 
     static LAST_VM: LastVm<MAX_CPUS> = LastVm::new();
-    static OFFERED: Once<bool> = Once::new();
+    /// Whether the CPUs offer IBPB: set by the first [`enable_on_this_cpu`], which every backend
+    /// calls while turning virtualization on, before any entry; read at every entry.
+    static OFFERED: AtomicBool = AtomicBool::new(false);
 
-    /// Whether this machine's CPUs offer IBPB (the boot CPU's CPUID speaks for all).
-    fn offered() -> bool {
-        *OFFERED.call_once(|| {
-            let intel = cpuid(0, 0)[0] >= 7 && cpuid(7, 0)[3] & CPUID_7_EDX_IBRS_IBPB != 0;
-            let amd = cpuid(EXTENDED_LEAF_BASE, 0)[0] >= EXTENDED_LEAF_IBPB
-                && cpuid(EXTENDED_LEAF_IBPB, 0)[1] & CPUID_8000_0008_EBX_IBPB != 0;
-            intel || amd
-        })
+    /// Whether this CPU offers IBPB (the first CPU's answer speaks for all).
+    fn cpu_offers_ibpb() -> bool {
+        let intel = cpuid(0, 0)[0] >= 7 && cpuid(7, 0)[3] & CPUID_7_EDX_IBRS_IBPB != 0;
+        let amd = cpuid(EXTENDED_LEAF_BASE, 0)[0] >= EXTENDED_LEAF_IBPB
+            && cpuid(EXTENDED_LEAF_IBPB, 0)[1] & CPUID_8000_0008_EBX_IBPB != 0;
+        intel || amd
     }
 
     fn barrier() {
@@ -105,18 +106,22 @@ mod hardware {
 
     /// Just before entering a vCPU of `vm` on `cpu` (interrupts off): the barrier, if
     /// this CPU last ran another VM and offers it.
+    #[inline]
     pub fn before_entry(cpu: usize, vm: VmIdentity) {
-        if offered() && LAST_VM.switch_to(cpu, vm) {
+        if OFFERED.load(Ordering::Relaxed) && LAST_VM.switch_to(cpu, vm) {
             barrier();
         }
     }
 
-    /// Logs, once, whether the CPU offers IBPB and what one costs in TSC ticks (the mean
-    /// of a timed run; `cargo xtask bench` reads the line).
-    pub fn report_once() {
+    /// Turning virtualization on (each CPU, before its first entry): the first call finds out whether the CPUs offer IBPB
+    /// and logs it with what one costs in TSC ticks (the mean of a timed run; `cargo xtask
+    /// bench` reads the line).
+    pub fn enable_on_this_cpu() {
         static REPORTED: Once<()> = Once::new();
         REPORTED.call_once(|| {
-            if !offered() {
+            let offered = cpu_offers_ibpb();
+            OFFERED.store(offered, Ordering::Relaxed);
+            if !offered {
                 log::info!(
                     "isolation: ibpb offered=no (CPUID.7.0:EDX[26] and CPUID.80000008H:EBX[12] clear): no barrier between VMs"
                 );

@@ -144,7 +144,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
     }
     HOST_AREAS[cpu].call_once(|| (hsave, host_vmsave));
     fpu::enable_on_this_cpu();
-    ibpb::report_once();
+    ibpb::enable_on_this_cpu();
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use x86::vmx::vmcs::ro;
 
 /// Right after a VM exit (interrupts off, VM entry succeeded): if the exit was a host NMI,
 /// runs libos's NMI handler, which the NMI never reached.
+#[inline]
 pub fn handle_host_nmi(v: &Current) {
     let reason = v.read(ro::EXIT_REASON) as u32;
     if !exit::is_exception(reason) {
