@@ -40,11 +40,6 @@ pub fn timer_ticks(index: usize) -> u64 {
     percpu::cpu(index).map_or(0, |c| c.timer_ticks.load(Ordering::Relaxed))
 }
 
-/// NMIs CPU `index` has taken.
-pub fn nmis(index: usize) -> u64 {
-    percpu::cpu(index).map_or(0, |c| c.nmis.load(Ordering::Relaxed))
-}
-
 /// Runs the host's NMI handling on this CPU for an NMI that a VM exit consumed (VMX's
 /// NMI exit): see `arch::x86_64::interrupts`. Call it with interrupts off, right after
 /// the exit.
