@@ -1,28 +1,18 @@
 //! The local APIC: enable, EOI, IPIs (INIT, SIPI, fixed) and the timer (Intel SDM Vol. 3A
 //! chapter 11 "Advanced Programmable Interrupt Controller"), in x2APIC or xAPIC mode.
 //!
-//! Protocol: the boot CPU's first [`init_cpu`] picks the mode for the whole machine, before
-//! any AP starts: x2APIC when the firmware handed the APIC over in that mode
-//! (IA32_APIC_BASE.EXTD set: it cannot go back without a disable) or the CPU offers it
-//! (CPUID.01H:ECX[21]), xAPIC otherwise. Every AP's [`init_cpu`] then puts its own APIC
-//! into that mode. The registers are the same in both modes (Table 11-6 maps each MMIO
-//! offset to an MSR); only [`Access`], the one register accessor, differs: MMIO at the
-//! APIC base with 8-bit IDs, or MSRs 0x800+ with 32-bit IDs (SDM §11.12).
+//! Protocol: the boot CPU's first [`init_cpu`] picks the mode for the whole machine
+//! ([`ApicMode::choose`]), before any AP starts; every AP's [`init_cpu`] then puts its own
+//! APIC into that mode. The registers are the same in both modes (Table 11-6 maps each
+//! MMIO offset to an MSR); only the accessor differs, one `impl` on [`ApicMode`]: MMIO at
+//! the APIC base with 8-bit IDs, or MSRs 0x800+ with 32-bit IDs (SDM §11.12).
 
 use super::vectors;
+use crate::apic_mode::{ApicMode, IA32_APIC_BASE};
 use crate::time;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 use x86_64::registers::model_specific::Msr;
-
-/// IA32_APIC_BASE (SDM Vol. 3A §11.4.4, §11.12.1): bit 10 x2APIC enable (EXTD), bit 11
-/// global enable, bits 12+ the xAPIC MMIO base.
-const IA32_APIC_BASE: u32 = 0x1B;
-const APIC_BASE_EXTD: u64 = 1 << 10;
-const APIC_BASE_ENABLE: u64 = 1 << 11;
-const APIC_BASE_MASK: u64 = 0x000F_FFFF_FFFF_F000;
-/// CPUID.01H:ECX[21]: the CPU supports x2APIC mode (SDM §11.12.1).
-const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
 /// x2APIC registers are MSRs 0x800 + (xAPIC offset >> 4) (SDM §11.12.1.2, Table 11-6).
 const X2APIC_MSR_BASE: u32 = 0x800;
 
@@ -56,59 +46,53 @@ const TIMER_DIVIDE_BY_16: u32 = 0b0011;
 /// Host timer ticks per second (time slicing for child guests builds on this).
 pub const TIMER_HZ: u64 = 100;
 
-static ACCESS: Once<Access> = Once::new();
+static MODE: Once<ApicMode> = Once::new();
 static TIMER_COUNTS_PER_SEC: AtomicU64 = AtomicU64::new(0);
 
-/// How the local APIC's registers are reached (the machine-wide mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// xAPIC: 32-bit MMIO registers in the page at `base` (identity mapped).
-    Mmio { base: u64 },
-    /// x2APIC: RDMSR/WRMSR of 0x800 + offset / 16.
-    Msr,
-}
-
-impl Access {
+/// The register accessor of each mode.
+impl ApicMode {
     fn read(self, offset: usize) -> u32 {
         match self {
             // SAFETY: `base` is this machine's local APIC page (identity mapped) and
             // `offset` one of the architectural registers above.
-            Access::Mmio { base } => unsafe { ((base as usize + offset) as *const u32).read_volatile() },
+            ApicMode::XApic { base } => unsafe { ((base as usize + offset) as *const u32).read_volatile() },
             // SAFETY: in x2APIC mode (set by `init_cpu` before any access) the MSR of an
             // architectural register exists; reads have no side effects.
-            Access::Msr => unsafe { Msr::new(x2apic_msr(offset)).read() as u32 },
+            ApicMode::X2Apic => unsafe { Msr::new(x2apic_msr(offset)).read() as u32 },
         }
     }
 
     fn write(self, offset: usize, value: u32) {
         match self {
             // SAFETY: as in `read`.
-            Access::Mmio { base } => unsafe { ((base as usize + offset) as *mut u32).write_volatile(value) },
+            ApicMode::XApic { base } => unsafe {
+                ((base as usize + offset) as *mut u32).write_volatile(value)
+            },
             // SAFETY: as in `read`; the callers write only architecturally valid values
             // (EOI 0, reserved bits clear).
-            Access::Msr => unsafe { Msr::new(x2apic_msr(offset)).write(value as u64) },
+            ApicMode::X2Apic => unsafe { Msr::new(x2apic_msr(offset)).write(value as u64) },
         }
     }
 
     /// This CPU's APIC ID: 8 bits in xAPIC mode, 32 in x2APIC mode.
     fn id(self) -> u32 {
         match self {
-            Access::Mmio { .. } => self.read(REG_ID) >> XAPIC_ID_SHIFT,
-            Access::Msr => self.read(REG_ID),
+            ApicMode::XApic { .. } => self.read(REG_ID) >> XAPIC_ID_SHIFT,
+            ApicMode::X2Apic => self.read(REG_ID),
         }
     }
 
     /// Sends the IPI `low` (vector, delivery mode, level) to `apic_id`.
     fn send_icr(self, apic_id: u32, low: u32) {
         match self {
-            Access::Mmio { .. } => {
+            ApicMode::XApic { .. } => {
                 self.write(REG_ICR_HIGH, apic_id << XAPIC_ID_SHIFT);
                 self.write(REG_ICR_LOW, low);
                 while self.read(REG_ICR_LOW) & ICR_SEND_PENDING != 0 {
                     core::hint::spin_loop();
                 }
             }
-            Access::Msr => {
+            ApicMode::X2Apic => {
                 let icr = (apic_id as u64) << 32 | low as u64;
                 // SAFETY: the x2APIC ICR is one 64-bit MSR, written once (SDM §11.12.9).
                 // A WRMSR to an x2APIC register is not serializing: MFENCE; LFENCE first
@@ -128,46 +112,33 @@ const fn x2apic_msr(offset: usize) -> u32 {
     X2APIC_MSR_BASE + (offset >> 4) as u32
 }
 
-/// The mode the machine uses: x2APIC when the firmware left it on (`apic_base` has EXTD)
-/// or the CPU offers it (`cpuid_1_ecx`), xAPIC at the base in `apic_base` otherwise.
-fn choose(apic_base: u64, cpuid_1_ecx: u32) -> Access {
-    if apic_base & APIC_BASE_EXTD != 0 || cpuid_1_ecx & CPUID_1_ECX_X2APIC != 0 {
-        Access::Msr
-    } else {
-        Access::Mmio { base: apic_base & APIC_BASE_MASK }
-    }
-}
-
-fn access() -> Access {
-    *ACCESS.get().expect("apic::init_cpu runs on the boot CPU before any APIC access")
+fn access() -> ApicMode {
+    *MODE.get().expect("apic::init_cpu runs on the boot CPU before any APIC access")
 }
 
 /// Whether the machine drives its local APICs in x2APIC mode.
 pub fn is_x2apic() -> bool {
-    access() == Access::Msr
+    access() == ApicMode::X2Apic
 }
 
 /// The mode's name for the boot log: `x2apic` or `xapic`.
 pub fn mode_name() -> &'static str {
-    if is_x2apic() { "x2apic" } else { "xapic" }
+    access().name()
 }
 
 /// Enables this CPU's local APIC in the machine's mode (chosen by the first call, on the
 /// boot CPU) with the spurious vector set.
 pub fn init_cpu() {
     let mut msr = Msr::new(IA32_APIC_BASE);
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU. xAPIC: only the enable bit is
-    // set, the firmware's base kept. x2APIC: enabled in xAPIC mode first, then EXTD,
-    // the order SDM §11.12.5 (Figure 11-28) allows; a CPU already in x2APIC mode stays.
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; `enable_writes` keeps the
+    // firmware's base and takes only transitions SDM §11.12.5 allows (x2APIC only where
+    // CPUID offers it or the firmware already set it).
     unsafe {
         let value = msr.read();
         let cpuid_1_ecx = core::arch::x86_64::__cpuid(1).ecx;
-        let mode = *ACCESS.call_once(|| choose(value, cpuid_1_ecx));
-        if value & APIC_BASE_ENABLE == 0 {
-            msr.write(value | APIC_BASE_ENABLE);
-        }
-        if mode == Access::Msr && value & APIC_BASE_EXTD == 0 {
-            msr.write(value | APIC_BASE_ENABLE | APIC_BASE_EXTD);
+        let mode = *MODE.call_once(|| ApicMode::choose(value, cpuid_1_ecx));
+        for write in mode.enable_writes(value) {
+            msr.write(write);
         }
     }
     access().write(REG_SVR, SVR_ENABLE | vectors::APIC_SPURIOUS as u32);
