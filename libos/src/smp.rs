@@ -74,6 +74,16 @@ pub fn kick(index: usize) {
     }
 }
 
+/// Sends an NMI to CPU `index` (other than the caller's): the host's NMI handling there
+/// runs, in a guest or not (the `nmi_ms=` test option).
+pub fn send_nmi(index: usize) {
+    if let Some(cpu) = percpu::cpu(index)
+        && index < cpu_count()
+    {
+        apic::send_nmi(cpu.apic_id.load(Ordering::Relaxed));
+    }
+}
+
 /// Queues `work` on CPU `index`'s idle loop and wakes it.
 pub fn run_on(index: usize, work: impl FnOnce() + Send + 'static) -> Result<(), RunOnError> {
     if index == 0 {

@@ -32,6 +32,7 @@ const SVR_ENABLE: u32 = 1 << 8;
 const ICR_DELIVERY_FIXED: u32 = 0 << 8;
 const ICR_DELIVERY_INIT: u32 = 5 << 8;
 const ICR_DELIVERY_STARTUP: u32 = 6 << 8;
+const ICR_DELIVERY_NMI: u32 = 4 << 8;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 /// Delivery status (xAPIC only: the x2APIC ICR has no such bit, SDM §11.12.9).
 const ICR_SEND_PENDING: u32 = 1 << 12;
@@ -171,6 +172,11 @@ pub fn send_startup(apic_id: u32, page: u8) {
 /// A fixed interrupt to one CPU.
 pub fn send_ipi(apic_id: u32, vector: u8) {
     access().send_icr(apic_id, ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | vector as u32);
+}
+
+/// An NMI to one CPU (the vector field is ignored).
+pub fn send_nmi(apic_id: u32) {
+    access().send_icr(apic_id, ICR_DELIVERY_NMI | ICR_LEVEL_ASSERT);
 }
 
 /// Measures the APIC timer against the TSC (boot CPU, once).

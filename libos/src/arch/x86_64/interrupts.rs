@@ -18,8 +18,8 @@
 
 use super::vectors::{APIC_SPURIOUS, DOUBLE_FAULT, PAGE_FAULT, PIC1_SPURIOUS, PIC2_SPURIOUS, TIMER, WAKE};
 use super::{apic, gdt, percpu, stack_guard};
-use crate::drivers::serial::EmergencyWriter;
-use crate::power;
+use crate::drivers::serial::{self, EmergencyWriter};
+use crate::{power, time};
 use core::arch::naked_asm;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
@@ -37,6 +37,11 @@ const NMI: u8 = 2;
 const NMI_STATUS_PORT: u16 = 0x61;
 const NMI_REASON_SERR: u8 = 1 << 7;
 const NMI_REASON_IOCHK: u8 = 1 << 6;
+/// How long an NMI report waits for the console lock: longer than the longest console
+/// line holds it (a few hundred bytes at 115200 baud); and at most this many tries, for
+/// an NMI before the clock is calibrated (it reads 0 until then).
+const NMI_REPORT_WAIT_NS: u64 = 100_000_000;
+const NMI_REPORT_MAX_TRIES: u32 = 10_000_000;
 
 /// The registers saved on entry, lowest address first.
 #[repr(C)]
@@ -226,8 +231,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 }
 
 /// The host's NMI handling (see the module docs): counted, reported, survived. Reported
-/// at the 1st, 2nd, 4th, 8th... NMI of a CPU: a line on the serial console takes
-/// milliseconds, and an NMI storm must not turn into a printing storm.
+/// at the 1st, 2nd, 4th, 8th... NMI of a CPU (a line on the serial console takes
+/// milliseconds: an NMI storm must not turn into a printing storm), whole under the
+/// console lock when it comes free soon, and not at all when it does not (the NMI may
+/// have interrupted its holder on this CPU; the count still grows).
 fn nmi() {
     let cpu = percpu::current();
     let count = cpu.nmis.fetch_add(1, Ordering::Relaxed) + 1;
@@ -242,11 +249,14 @@ fn nmi() {
         (false, true) => "i/o channel check",
         (false, false) => "unknown (lint1, a bmc or an nmi button)",
     };
-    let _ = writeln!(
-        EmergencyWriter,
-        "taproot: nmi on cpu {} (count {count}), reason {reason}; carrying on",
-        cpu.index()
-    );
+    let report =
+        format_args!("taproot: nmi on cpu {} (count {count}), reason {reason}; carrying on\n", cpu.index());
+    let give_up = time::now_ns() + NMI_REPORT_WAIT_NS;
+    let mut tries = 0;
+    serial::try_print(report, || {
+        tries += 1;
+        tries <= NMI_REPORT_MAX_TRIES && time::now_ns() < give_up
+    });
 }
 
 /// Runs the NMI handler as if an NMI had just arrived: for an NMI that a VM exit consumed
