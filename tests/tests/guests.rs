@@ -517,6 +517,8 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_guardrail(&run("exit=1 guest=guardrails guest.test=xsetbv mem=16", 1), "xsetbv");
     check_guardrail(&run("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1), "breakpoint");
     check_cr8(&run("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
+    // A host NMI while a guest runs: on Intel runners, a real VMX NMI exit.
+    check_nmi_in_a_guest(&run(NMI_IN_A_GUEST, 2));
 }
 
 /// Twenty `hello` VMs, then `tlbprobe` with three vCPUs, with one tag per CPU
