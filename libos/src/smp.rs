@@ -40,6 +40,13 @@ pub fn timer_ticks(index: usize) -> u64 {
     percpu::cpu(index).map_or(0, |c| c.timer_ticks.load(Ordering::Relaxed))
 }
 
+/// Runs the host's NMI handling on this CPU for an NMI that a VM exit consumed (VMX's
+/// NMI exit): see `arch::x86_64::interrupts`. Call it with interrupts off, right after
+/// the exit.
+pub fn run_nmi_handler() {
+    interrupts::run_nmi_handler();
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOnError {
     /// No such CPU, or it stopped.
@@ -67,6 +74,16 @@ pub fn kick(index: usize) {
     }
 }
 
+/// Sends an NMI to CPU `index` (other than the caller's): the host's NMI handling there
+/// runs, in a guest or not (the `nmi_ms=` test option).
+pub fn send_nmi(index: usize) {
+    if let Some(cpu) = percpu::cpu(index)
+        && index < cpu_count()
+    {
+        apic::send_nmi(cpu.apic_id.load(Ordering::Relaxed));
+    }
+}
+
 /// Queues `work` on CPU `index`'s idle loop and wakes it.
 pub fn run_on(index: usize, work: impl FnOnce() + Send + 'static) -> Result<(), RunOnError> {
     if index == 0 {
@@ -89,6 +106,12 @@ pub(crate) fn start_aps(apic_ids: &[u32]) {
         if next >= MAX_CPUS {
             log::warn!("smp: more than {MAX_CPUS} CPUs; the rest stay off");
             break;
+        }
+        if !apic::is_addressable(apic_id) {
+            log::warn!(
+                "smp: cpu with APIC ID {apic_id} needs x2APIC mode, which this machine lacks; it stays off"
+            );
+            continue;
         }
         let Some(stack) = frame::alloc(AP_STACK_FRAMES) else {
             log::warn!("smp: no memory for a stack; cpu with APIC ID {apic_id} stays off");

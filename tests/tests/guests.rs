@@ -517,6 +517,8 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_guardrail(&run("exit=1 guest=guardrails guest.test=xsetbv mem=16", 1), "xsetbv");
     check_guardrail(&run("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1), "breakpoint");
     check_cr8(&run("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
+    // A host NMI while a guest runs: on Intel runners, a real VMX NMI exit.
+    check_nmi_in_a_guest(&run(NMI_IN_A_GUEST, 2));
 }
 
 /// Twenty `hello` VMs, then `tlbprobe` with three vCPUs, with one tag per CPU
@@ -706,4 +708,36 @@ fn svm_instruction_the_emulator_lacks_ends_only_its_vm() {
 fn vmx_instruction_the_emulator_lacks_ends_only_its_vm() {
     let cmdline = "exit=1 guest=mmio,hello guest.test=unsupported mem=16";
     check_unsupported_instruction(&run_vmx("bochs-vmx-mmio-unsupported", cmdline, 2));
+}
+
+/// `spin` loops on CPU 1 (`nmi_ms` puts the vCPUs on the APs) when the boot CPU sends it
+/// an NMI: SVM holds it over the #VMEXIT and delivers it to the host IDT after STGI; VMX's
+/// NMI exit consumes it and the backend runs the host's handler. The handler reports it,
+/// the guest runs on to its time limit, and hello16 runs next (and gets its own NMI,
+/// probably in the host: it ends at once).
+fn check_nmi_in_a_guest(transcript: &str) {
+    let reported = transcript.find("taproot: nmi on cpu 1 (count 1)");
+    let spin_ended = transcript.find("taproot: vm 1 exited");
+    assert!(
+        matches!((reported, spin_ended), (Some(r), Some(e)) if r < e),
+        "the NMI sent while spin ran was handled while it ran: {transcript}"
+    );
+    assert!(!transcript.contains("taproot: exception"), "{transcript}");
+    assert!(events_of(transcript, 1).iter().any(|e| e.contains("host sent an NMI")), "{transcript}");
+    let (status, state, _) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (-1, "stopped"), "{transcript}");
+    assert!(transcript.contains("[vm 2] hello from a real-mode guest"), "{transcript}");
+    assert_eq!(vm_end(transcript, 2).0, 0, "{transcript}");
+}
+
+const NMI_IN_A_GUEST: &str = "exit=1 guest=spin,hello16 mem=1 timeout_ms=1500 nmi_ms=500";
+
+#[test]
+fn svm_host_nmi_in_a_guest_reaches_the_host_handler() {
+    check_nmi_in_a_guest(&run_svm(NMI_IN_A_GUEST, 2));
+}
+
+#[test]
+fn vmx_host_nmi_exit_runs_the_host_handler() {
+    check_nmi_in_a_guest(&run_vmx("bochs-vmx-nmi", NMI_IN_A_GUEST, 2));
 }

@@ -149,6 +149,21 @@ fn boot(report: &mut Report) -> Result<(), String> {
         svm.eoi_xapic_mmio / svm.pio,
         vmx.eoi_xapic_mmio / vmx.pio
     ));
+    for (backend, unit, numbers) in [("svm", "instructions", &svm), ("vmx", "ticks", &vmx)] {
+        report.add(&format!("isolation.ibpb_offered_{backend}"), numbers.ibpb.is_some() as u8 as f64);
+        if let Some(cost) = numbers.ibpb {
+            report.add(&format!("isolation.ibpb_{backend}_{unit}"), cost);
+        }
+    }
+    let describe = |cost: Option<f64>, unit: &str| match cost {
+        Some(cost) => format!("{cost:.0} {unit} per barrier"),
+        None => "not offered by the emulated CPU, so never issued".to_string(),
+    };
+    report.line(format!(
+        "IBPB between VMs on one CPU: SVM (QEMU -icount) {}; VMX (Bochs) {}",
+        describe(svm.ibpb, "instructions"),
+        describe(vmx.ibpb, "ticks")
+    ));
     report.add("guest.hello_start_to_console_svm_instructions", svm.hello_to_console);
     report.add("guest.hello_start_to_console_vmx_ticks", vmx.hello_to_console);
     report.line(format!(
@@ -168,6 +183,9 @@ struct GuestNumbers {
     hypercall: f64,
     pio: f64,
     eoi_xapic_mmio: f64,
+    /// TSC ticks per IBPB, as the image timed it at start-up; `None` where the CPU does not
+    /// offer IBPB (the image then issues none).
+    ibpb: Option<f64>,
 }
 
 fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, String> {
@@ -188,7 +206,13 @@ fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, Strin
         .nth(1)
         .and_then(|rest| rest.trim_end_matches('}').parse::<f64>().ok())
         .ok_or_else(|| format!("no start_to_first_console_ns in {hello:?}"))?;
-    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio, eoi_xapic_mmio })
+    let ibpb = console
+        .transcript()
+        .lines()
+        .find(|l| l.contains("isolation: ibpb offered="))
+        .ok_or("no `isolation: ibpb` line once virtualization was on")?;
+    let ibpb = field(ibpb, "tsc_per_barrier").and_then(|v| v.parse().ok());
+    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio, eoi_xapic_mmio, ibpb })
 }
 
 /// The control plane under QEMU TCG: image upload throughput and request latency, seen

@@ -32,14 +32,9 @@ const DEFAULT_MEMORY_MIB: u64 = 64;
 pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let vcpus = parse_or(line, "vcpus", DEFAULT_VCPUS)?;
     let memory_mib = parse_or(line, "mem", DEFAULT_MEMORY_MIB)?;
-    let delete_slot_ms: Option<u64> = cmdline::value(line, "delete_slot_ms")
-        .map(|v| v.parse())
-        .transpose()
-        .map_err(|_| "delete_slot_ms must be a number of milliseconds")?;
-    let timeout_ms: Option<u64> = cmdline::value(line, "timeout_ms")
-        .map(|v| v.parse())
-        .transpose()
-        .map_err(|_| "timeout_ms must be a number of milliseconds")?;
+    let delete_slot_ms = parse_ms(line, "delete_slot_ms")?;
+    let nmi_ms = parse_ms(line, "nmi_ms")?;
+    let timeout_ms = parse_ms(line, "timeout_ms")?;
     let format_name = cmdline::value(line, "format").unwrap_or("elf");
     let elf_format = ImageFormat::elf_by_name(format_name)
         .ok_or_else(|| format!("format={format_name} is not one of elf, pvh, multiboot"))?;
@@ -63,8 +58,17 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         guest_cmdline: guest_cmdline.join(" "),
         timeout_ms,
         delete_slot_ms,
+        nmi_ms,
     };
     choice::choose().dispatch(&launch)
+}
+
+/// The optional `key=MS` of the command line, in milliseconds.
+fn parse_ms(line: &str, key: &str) -> Result<Option<u64>, String> {
+    cmdline::value(line, key)
+        .map(|v| v.parse())
+        .transpose()
+        .map_err(|_| format!("{key} must be a number of milliseconds"))
 }
 
 fn unknown_guest(name: &str) -> String {
@@ -89,6 +93,9 @@ struct Launch<'a> {
     guest_cmdline: String,
     timeout_ms: Option<u64>,
     delete_slot_ms: Option<u64>,
+    /// Send every CPU running the guest's vCPUs an NMI after this long (tests the host's
+    /// NMI handling while a guest runs).
+    nmi_ms: Option<u64>,
 }
 
 impl WithBackend for &Launch<'_> {
@@ -124,12 +131,19 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     }
     // vCPU i runs on CPU i % cpus (this one, the boot CPU, included); CPUs with several
     // vCPUs share them by host-timer slices. With host work to do while the guest runs (a
-    // slot to delete), the vCPUs go to the other CPUs.
+    // slot to delete, NMIs to send), the vCPUs go to the other CPUs.
     let cpus = libos::smp::cpu_count();
-    let vcpu_cpus = if delete_slot_ms.is_some() { sched::vcpu_cpus() } else { 0..cpus };
+    let host_work = delete_slot_ms.is_some() || launch.nmi_ms.is_some();
+    let vcpu_cpus = if host_work { sched::vcpu_cpus() } else { 0..cpus };
     for (index, vcpu) in vcpus.drain(..).enumerate() {
         let cpu = vcpu_cpus.start + index % vcpu_cpus.len();
         sched::submit(cpu, Box::new(VcpuRunner::new(&vm, index as u32, vcpu)));
+    }
+    if let Some(ms) = launch.nmi_ms {
+        crate::sys::sleep_us(ms * 1000);
+        let targets = vcpu_cpus.clone().filter(|cpu| *cpu != libos::smp::current_cpu());
+        targets.for_each(libos::smp::send_nmi);
+        vm.log_event(format!("host sent an NMI to cpus {vcpu_cpus:?} while the guest ran"));
     }
     if let Some(ms) = delete_slot_ms {
         crate::sys::sleep_us(ms * 1000);

@@ -10,12 +10,16 @@
 //! `vcpu_set` holds the flush protocol, also shared; `xstate` (host-tested) and `fpu` (its
 //! instructions) switch each vCPU's x87/SSE/AVX state and XCR0 around guest execution,
 //! `debug_regs` the debug registers the hardware does not switch; `events` (host-tested)
-//! decides which event each entry injects, the one in flight at the last exit first. Only the backends (and libos) contain `unsafe` code; everything
+//! decides which event each entry injects, the one in flight at the last exit first; `nmi`
+//! (host-tested) says how a host NMI that arrived in a guest reaches the host; `ibpb`
+//! (host-tested decision) puts a branch-prediction barrier between two VMs on one CPU. Only the backends (and libos) contain `unsafe` code; everything
 //! above this module is ordinary Rust.
 
 mod caps;
 mod error;
 pub mod events;
+pub mod ibpb;
+pub mod nmi;
 pub mod xstate;
 
 #[cfg(target_os = "none")]

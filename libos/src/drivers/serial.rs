@@ -102,6 +102,22 @@ pub fn print(args: fmt::Arguments) {
     }
 }
 
+/// Like [`print`] for a context that must not wait on the lock for long (an NMI handler,
+/// which may have interrupted the lock's holder on its own CPU): tries while `keep_trying`
+/// says so, and returns whether it printed.
+pub fn try_print(args: fmt::Arguments, mut keep_trying: impl FnMut() -> bool) -> bool {
+    while keep_trying() {
+        if let Some(mut guard) = CONSOLE.try_lock() {
+            if let Some(uart) = guard.as_mut() {
+                let _ = fmt::write(&mut LockedWriter(uart), args);
+            }
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
 struct LockedWriter<'a>(&'a mut Uart16550<PioBackend>);
 
 impl fmt::Write for LockedWriter<'_> {

@@ -25,6 +25,7 @@ use super::debug_regs::DebugRegs;
 use super::events::{Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
+use super::ibpb::{self, VmIdentity};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
@@ -144,6 +145,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
     }
     HOST_AREAS[cpu].call_once(|| (hsave, host_vmsave));
     fpu::enable_on_this_cpu();
+    ibpb::enable_on_this_cpu();
     Ok(())
 }
 
@@ -159,6 +161,8 @@ pub struct SvmVm {
     iopm: Frames,
     msrpm: Frames,
     vcpus: VcpuSet,
+    /// Who this VM is for the barrier between VMs (`backend::ibpb`).
+    identity: VmIdentity,
 }
 
 impl SvmVm {
@@ -175,7 +179,7 @@ impl SvmVm {
             let bit = offset * 8 + (msr - base) as usize * 2;
             map[bit / 8] &= !(0b11 << (bit % 8));
         }
-        Ok(Arc::new(Self { iopm, msrpm, vcpus: VcpuSet::default() }))
+        Ok(Arc::new(Self { iopm, msrpm, vcpus: VcpuSet::default(), identity: VmIdentity::new() }))
     }
 }
 
@@ -454,6 +458,7 @@ impl BackendVcpu for SvmVcpu {
             self.vmcb.write64(save::RAX, self.regs.rax);
             self.write_event_injection();
             x86_64::instructions::interrupts::disable();
+            ibpb::before_entry(cpu, self.vm.identity);
             fpu::load_guest(&mut self.xstate);
             self.debug.load(false);
             // SAFETY: SVM is enabled on this CPU (checked above: its areas exist), the VMCB

@@ -114,7 +114,7 @@ pub mod intr_info {
     pub const VALID: u64 = 1 << 31;
     pub const TYPE_SHIFT: u64 = 8;
     pub const TYPE_MASK: u64 = 0x7;
-    pub const TYPE_NMI: u64 = 2;
+    pub const TYPE_NMI: u64 = crate::backend::nmi::TYPE_NMI as u64;
     pub const TYPE_PRIV_SOFTWARE: u64 = 5;
     pub const TYPE_SOFTWARE: u64 = 6;
     pub const ERROR_CODE: u64 = 1 << 11;

@@ -191,6 +191,7 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
     }
     VMXON_REGIONS[cpu].call_once(|| region);
     crate::backend::fpu::enable_on_this_cpu();
+    crate::backend::ibpb::enable_on_this_cpu();
     Ok(())
 }
 

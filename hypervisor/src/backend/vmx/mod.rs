@@ -22,6 +22,7 @@ mod cpu;
 mod cr;
 mod emulation;
 mod exit;
+mod nmi;
 mod setup;
 mod vmcs;
 mod world_switch;
@@ -30,6 +31,7 @@ use super::debug_regs::{DR6_STATUS, DebugRegs};
 use super::events::{self, Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
+use super::ibpb::{self, VmIdentity};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
@@ -65,6 +67,8 @@ pub struct VmxVm {
     io_bitmaps: Frames,
     msr_bitmap: Frames,
     vcpus: VcpuSet,
+    /// Who this VM is for the barrier between VMs (`backend::ibpb`).
+    identity: VmIdentity,
 }
 
 const IO_BITMAP_FRAMES: usize = 2;
@@ -90,7 +94,7 @@ impl VmxVm {
                 map[offset + bit / 8] &= !(1 << (bit % 8));
             }
         }
-        Ok(Arc::new(Self { io_bitmaps, msr_bitmap, vcpus: VcpuSet::default() }))
+        Ok(Arc::new(Self { io_bitmaps, msr_bitmap, vcpus: VcpuSet::default(), identity: VmIdentity::new() }))
     }
 
     fn resources(&self) -> VmResources {
@@ -229,6 +233,7 @@ impl VmxVcpu {
             }
             write_event_injection(&v, self.events.next_entry())?;
             x86_64::instructions::interrupts::disable();
+            ibpb::before_entry(cpu, self.vm.identity);
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
             cpu::load_kernel_gs_base(cpu, self.kernel_gs_base);
@@ -242,6 +247,9 @@ impl VmxVcpu {
             self.debug.save(true);
             self.kernel_gs_base = cpu::save_kernel_gs_base(cpu);
             self.sync.exited();
+            if !failed {
+                nmi::handle_host_nmi(&v);
+            }
             x86_64::instructions::interrupts::enable();
             if failed {
                 return Err(BackendError::VmEntryFailed {

@@ -61,6 +61,7 @@ pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
     time::init();
     apic::init_cpu();
     percpu::current().apic_id.store(apic::id(), Ordering::Relaxed);
+    log::info!("apic: mode={} id={}", apic::mode_name(), apic::id());
     apic::calibrate_timer();
     apic::start_periodic_timer();
     log::info!("time: TSC {} MHz, APIC timer {} kHz", time::tsc_hz() / 1_000_000, apic::timer_hz() / 1000);

@@ -4,20 +4,44 @@
 //! CPU pushes none) and the vector number, then jumps to one common path that saves the
 //! general registers and calls [`trap_dispatch`] with a [`TrapFrame`]. Exceptions print a
 //! diagnosis and stop the CPU that took them; the other CPUs carry on.
+//!
+//! NMIs are not exceptions: they do not end anything. libos raises none itself (no
+//! watchdog, no panic broadcast: a panic or an exception stops only its own CPU), so every
+//! NMI is the platform's (LINT1: an NMI button, a BMC, a PCI SERR or I/O check reported in
+//! port 0x61). [`nmi`] counts it on its CPU, reports it with the reason bits of port 0x61,
+//! and returns; its IRETQ unblocks NMIs again (SDM Vol. 3A §6.7.1). An NMI that arrives
+//! while a guest runs reaches the same handler: on SVM the CPU holds it while GIF=0 and
+//! delivers it through this IDT after STGI; on VMX the NMI exit consumed it, and the
+//! backend runs this handler through [`run_nmi_handler`]. A future NMI sender (watchdog,
+//! panic broadcast) must publish its own request before sending, for [`nmi`] to check
+//! first.
 
 use super::vectors::{APIC_SPURIOUS, DOUBLE_FAULT, PAGE_FAULT, PIC1_SPURIOUS, PIC2_SPURIOUS, TIMER, WAKE};
 use super::{apic, gdt, percpu, stack_guard};
-use crate::drivers::serial::EmergencyWriter;
-use crate::power;
+use crate::drivers::serial::{self, EmergencyWriter};
+use crate::{power, time};
 use core::arch::naked_asm;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use spin::Once;
 use x86_64::VirtAddr;
+use x86_64::instructions::port::PortReadOnly;
 use x86_64::structures::idt::InterruptDescriptorTable;
 
 /// Exit status when `exit=1` ends the machine after an exception.
 const EXCEPTION_EXIT_STATUS: i32 = 3;
+/// The NMI vector (SDM Vol. 3A Table 6-1).
+const NMI: u8 = 2;
+/// NMI status and control port, and its reason bits: 7 PCI SERR#, 6 I/O channel check
+/// (IBM PC/AT; Intel PCH datasheets, "NMI Status and Control Register").
+const NMI_STATUS_PORT: u16 = 0x61;
+const NMI_REASON_SERR: u8 = 1 << 7;
+const NMI_REASON_IOCHK: u8 = 1 << 6;
+/// How long an NMI report waits for the console lock: longer than the longest console
+/// line holds it (a few hundred bytes at 115200 baud); and at most this many tries, for
+/// an NMI before the clock is calibrated (it reads 0 until then).
+const NMI_REPORT_WAIT_NS: u64 = 100_000_000;
+const NMI_REPORT_MAX_TRIES: u32 = 10_000_000;
 
 /// The registers saved on entry, lowest address first.
 #[repr(C)]
@@ -187,6 +211,7 @@ const EXCEPTION_NAMES: [&str; 32] = [
 
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
+        NMI => nmi(),
         v if v < 32 => exception(frame),
         TIMER => {
             let cpu = percpu::current();
@@ -203,6 +228,46 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         APIC_SPURIOUS | PIC1_SPURIOUS | PIC2_SPURIOUS => {}
         _ => apic::eoi(),
     }
+}
+
+/// The host's NMI handling (see the module docs): counted, reported, survived. Reported
+/// at the 1st, 2nd, 4th, 8th... NMI of a CPU (a line on the serial console takes
+/// milliseconds: an NMI storm must not turn into a printing storm), whole under the
+/// console lock when it comes free soon, and not at all when it does not (the NMI may
+/// have interrupted its holder on this CPU; the count still grows).
+fn nmi() {
+    let cpu = percpu::current();
+    let count = cpu.nmis.fetch_add(1, Ordering::Relaxed) + 1;
+    if !count.is_power_of_two() {
+        return;
+    }
+    // SAFETY: reading port 0x61 has no side effects on any PC.
+    let status = unsafe { PortReadOnly::<u8>::new(NMI_STATUS_PORT).read() };
+    let reason = match (status & NMI_REASON_SERR != 0, status & NMI_REASON_IOCHK != 0) {
+        (true, true) => "pci serr and i/o channel check",
+        (true, false) => "pci serr",
+        (false, true) => "i/o channel check",
+        (false, false) => "unknown (lint1, a bmc or an nmi button)",
+    };
+    let report =
+        format_args!("taproot: nmi on cpu {} (count {count}), reason {reason}; carrying on\n", cpu.index());
+    let give_up = time::now_ns() + NMI_REPORT_WAIT_NS;
+    let mut tries = 0;
+    serial::try_print(report, || {
+        tries += 1;
+        tries <= NMI_REPORT_MAX_TRIES && time::now_ns() < give_up
+    });
+}
+
+/// Runs the NMI handler as if an NMI had just arrived: for an NMI that a VM exit consumed
+/// (VMX with "NMI exiting"). Through `INT 2`, so that the handler's IRETQ ends the
+/// blocking of NMIs that such an exit leaves in effect (KVM's `vmx_do_nmi_irqoff` calls
+/// its handler through an IRET frame for the same reason); IRET unblocks NMIs whatever
+/// the way in (SDM Vol. 3A §6.7.1).
+pub fn run_nmi_handler() {
+    // SAFETY: vector 2 has a stub in this IDT that saves every register and returns
+    // with IRETQ; INT 2 from CPL 0 passes the gate's DPL check.
+    unsafe { core::arch::asm!("int 2") };
 }
 
 /// Prints the diagnosis and stops this CPU. Never returns: the interrupted context may

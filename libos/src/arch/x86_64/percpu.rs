@@ -21,6 +21,8 @@ pub struct PerCpu {
     pub apic_id: AtomicU32,
     pub online: AtomicBool,
     pub timer_ticks: AtomicU64,
+    /// NMIs this CPU has taken (the host's, including those that arrived in a guest).
+    pub nmis: AtomicU64,
     /// Lowest address of this CPU's stack, where `stack_guard` keeps its canary (0: none).
     pub stack_bottom: AtomicU64,
     pub virt: Once<VirtCaps>,
@@ -34,6 +36,7 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             timer_ticks: AtomicU64::new(0),
+            nmis: AtomicU64::new(0),
             stack_bottom: AtomicU64::new(0),
             virt: Once::new(),
             work: Mutex::new(VecDeque::new()),
