@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod console;
 mod ctl;
 mod linux;
 mod run;
