@@ -227,7 +227,11 @@ mod tests {
         let gz = with_size(gz.finish().unwrap(), data.len());
         assert_eq!(decompress(&gz).unwrap(), (Compression::Gzip, data.clone()));
 
-        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        // As the kernel's scripts/xz_wrap.sh: the x86 BCJ filter before LZMA2, CRC32.
+        let mut filters = xz2::stream::Filters::new();
+        filters.x86().lzma2(&xz2::stream::LzmaOptions::new_preset(6).unwrap());
+        let stream = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32).unwrap();
+        let mut xz = xz2::write::XzEncoder::new_stream(Vec::new(), stream);
         xz.write_all(&data).unwrap();
         let xz = with_size(xz.finish().unwrap(), data.len());
         assert_eq!(decompress(&xz).unwrap(), (Compression::Xz, data.clone()));
@@ -268,6 +272,12 @@ mod tests {
         image[PAYLOAD_LENGTH..PAYLOAD_LENGTH + 4].copy_from_slice(&5u32.to_le_bytes());
         image[3 * SECTOR + 10..3 * SECTOR + 15].copy_from_slice(b"\x1f\x8bxyz");
         assert_eq!(payload(&image).unwrap(), b"\x1f\x8bxyz");
+        // setup_sects 0 means 4.
+        let mut old = image.clone();
+        old[SETUP_SECTS] = 0;
+        old.resize(5 * SECTOR + 100, 0);
+        old[5 * SECTOR + 10..5 * SECTOR + 15].copy_from_slice(b"BZh91");
+        assert_eq!(payload(&old).unwrap(), b"BZh91");
         // Past the end, an old protocol, no header: clear errors.
         image[PAYLOAD_LENGTH..PAYLOAD_LENGTH + 4].copy_from_slice(&500u32.to_le_bytes());
         assert!(payload(&image).unwrap_err().contains("outside"));
