@@ -9,6 +9,7 @@ pub mod api;
 pub mod bochs;
 pub mod console;
 pub mod iso;
+pub mod linux;
 pub mod paths;
 pub mod qemu;
 pub mod tools;

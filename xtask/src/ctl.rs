@@ -75,11 +75,14 @@ enum Command {
     Reset {
         id: String,
     },
-    /// Print the console (with --follow, until the VM ends).
+    /// Print the console (with --follow, until the VM ends); with --interactive, attach
+    /// this terminal to it (keys go to the guest, Ctrl-] detaches).
     Console {
         id: String,
         #[arg(long)]
         follow: bool,
+        #[arg(long, short, conflicts_with = "follow")]
+        interactive: bool,
     },
     Stats {
         id: String,
@@ -169,7 +172,8 @@ pub fn run(args: Args) -> Result<(), String> {
         Command::Reset { id } => action(&id, "reset").map(drop),
         Command::Stats { id } => show(client.get(&format!("/v1/vms/{id}/stats"))).map(drop),
         Command::Destroy { id } => show(client.delete(&format!("/v1/vms/{id}"))).map(drop),
-        Command::Console { id, follow } => {
+        Command::Console { id, interactive: true, .. } => crate::console::attach(&client, &id),
+        Command::Console { id, follow, .. } => {
             let mut offset = 0u64;
             loop {
                 let wait = if follow { "&wait_ms=5000" } else { "" };

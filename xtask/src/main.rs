@@ -5,7 +5,9 @@
 
 mod bench;
 mod build;
+mod console;
 mod ctl;
+mod linux;
 mod run;
 mod setup;
 mod test;
@@ -72,6 +74,9 @@ enum Cmd {
     Bench,
     /// Install what the other commands need, and nothing else.
     Setup,
+    /// Debian's current cloud kernel (bzImage and vmlinux) and a busybox initramfs, in
+    /// target/linux/ (cached by version; on a host without apt, a notice and nothing).
+    LinuxAssets,
     /// cargo fmt --check and clippy -D warnings, for the host and the bare-metal target.
     Lint,
 }
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Cmd::Test { full, host_only } => test::run(test::Options { full, host_only }),
         Cmd::Bench => bench::run(),
         Cmd::Setup => setup::ensure_target().and_then(|()| setup::ensure_packages(setup::Need::All)),
+        Cmd::LinuxAssets => linux::run(),
         Cmd::Lint => setup::ensure_target().and_then(|()| test::lint()),
     };
     match result {
