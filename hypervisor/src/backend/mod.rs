@@ -7,7 +7,8 @@
 //! Layout: `choice` picks the backend the CPUs offer (the only place that names SVM or
 //! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
 //! frames and the direct map); `tags` (host-tested) hands out hardware tags per CPU and
-//! `vcpu_set` holds the flush protocol, also shared; `xstate` (host-tested) and `fpu` (its
+//! `vcpu_set` holds the flush protocol, also shared, and `tlb` (host-tested) decides
+//! what each entry flushes of the nested translations; `xstate` (host-tested) and `fpu` (its
 //! instructions) switch each vCPU's x87/SSE/AVX state and XCR0 around guest execution,
 //! `debug_regs` the debug registers the hardware does not switch; `events` (host-tested)
 //! decides which event each entry injects, the one in flight at the last exit first. Only the backends (and libos) contain `unsafe` code; everything
@@ -29,12 +30,13 @@ pub mod host;
 #[cfg(target_os = "none")]
 pub mod svm;
 pub mod tags;
+pub mod tlb;
 #[cfg(target_os = "none")]
 pub mod vcpu_set;
 #[cfg(target_os = "none")]
 pub mod vmx;
 
-pub use caps::Caps;
+pub use caps::{Caps, largest_leaf};
 pub use error::BackendError;
 
 use crate::addr::Gpa;

@@ -9,10 +9,10 @@
 //!
 //! Works without NRIP save, decode assists, flush-by-ASID and VMCB clean bits (QEMU TCG
 //! has none of them): instruction lengths of the intercepted instructions are fixed, I/O
-//! exits carry the next RIP in EXITINFO2 regardless, a flush the MMU asks for is a new
-//! ASID for the vCPU unless flush-by-ASID exists (ASIDs tag guest and nested translations
-//! alike, so a new one reaches none of the old: KVM's `svm_flush_tlb_asid` does the same),
-//! and every clean bit is left zero.
+//! exits carry the next RIP in EXITINFO2 regardless, a flush (the MMU's, or an nCR3
+//! change: `backend::tlb`) is a new ASID for the vCPU unless flush-by-ASID exists (ASIDs
+//! tag guest and nested translations alike, so a new one reaches none of the old: KVM's
+//! `svm_flush_tlb_asid` does the same), and every clean bit is left zero.
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
 mod exit;
@@ -24,7 +24,8 @@ use super::debug_regs::DebugRegs;
 use super::events::{Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
-use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
+use super::tags::{self, Rollover, TagConfig, TagSpace, VcpuTag};
+use super::tlb::{self, RootTracker, TdpFlush};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
@@ -212,6 +213,8 @@ pub struct SvmVcpu {
     debug: DebugRegs,
     sync: Arc<VcpuSync>,
     tag: VcpuTag,
+    /// The nCR3 of the last entry, and where (`backend::tlb`).
+    roots: RootTracker,
     /// The event in flight at the last exit and those requested since (`backend::events`).
     events: EventQueue,
 }
@@ -230,6 +233,7 @@ impl SvmVcpu {
             debug: DebugRegs::default(),
             sync,
             tag: VcpuTag::default(),
+            roots: RootTracker::default(),
             events: EventQueue::default(),
         };
         vcpu.init_controls();
@@ -274,23 +278,30 @@ impl SvmVcpu {
         v.write32(control::CLEAN_BITS, 0);
     }
 
-    /// Just before VMRUN on `cpu`: marks the vCPU in the guest, sets its ASID for this CPU
-    /// and returns the TLB_CONTROL the entry needs. A flush the MMU asked for is a
-    /// flush-by-ASID where the CPU has it, else a new ASID.
-    fn choose_asid(&mut self, cpu: usize) -> u8 {
-        let flush_by_asid = Svm::caps().flush_one_vm;
-        let flush_requested = self.sync.entering(cpu);
-        if flush_requested && !flush_by_asid {
-            self.tag.forget();
-        }
-        let decision = ASIDS.on_entry(cpu, &mut self.tag);
-        self.vmcb.write32(control::GUEST_ASID, decision.tag);
-        match decision.flush {
-            TagFlush::All => vmcb::TLB_CONTROL_FLUSH_ALL,
-            TagFlush::ThisTag if !flush_by_asid => vmcb::TLB_CONTROL_FLUSH_ALL,
-            TagFlush::ThisTag => vmcb::TLB_CONTROL_FLUSH_ASID,
-            TagFlush::None if flush_requested && flush_by_asid => vmcb::TLB_CONTROL_FLUSH_ASID,
-            TagFlush::None => vmcb::TLB_CONTROL_NOTHING,
+    /// Just before VMRUN on `cpu` with `ncr3`: marks the vCPU in the guest, sets its ASID
+    /// for this CPU and returns the TLB_CONTROL the entry needs (`backend::tlb`). The
+    /// vCPU's ASID tags every translation it caches, nested ones included, whatever nCR3
+    /// they came from: so a flush the MMU asked for, or an nCR3 other than the last
+    /// entry's on this CPU, is a flush-by-ASID where the CPU has it, else a new ASID
+    /// (under which nothing is cached); a fresh ASID needs neither.
+    fn choose_asid(&mut self, cpu: usize, ncr3: u64) -> u8 {
+        let caps = Svm::caps();
+        let requested = self.sync.entering(cpu);
+        let stale = self.roots.on_entry(cpu, ncr3, requested);
+        let tag = &mut self.tag;
+        let flush = tlb::entry_flush(stale, caps.tdp_flush_offer(true), |drop_tag| {
+            if drop_tag {
+                tag.forget();
+            }
+            let before = *tag;
+            let decision = ASIDS.on_entry(cpu, tag);
+            (decision, tag.is_fresh_since(&before))
+        });
+        self.vmcb.write32(control::GUEST_ASID, flush.tag.tag);
+        match tlb::combined(flush.tdp, flush.tag.flush) {
+            TdpFlush::None => vmcb::TLB_CONTROL_NOTHING,
+            TdpFlush::Root if caps.flush_one_vm => vmcb::TLB_CONTROL_FLUSH_ASID,
+            TdpFlush::Root | TdpFlush::All => vmcb::TLB_CONTROL_FLUSH_ALL,
         }
     }
 
@@ -448,7 +459,7 @@ impl BackendVcpu for SvmVcpu {
                 return Exit::InvalidState;
             };
             self.vmcb.write64(control::NESTED_CR3, root_pointer);
-            let tlb = self.choose_asid(cpu);
+            let tlb = self.choose_asid(cpu, root_pointer);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
             self.write_event_injection();

@@ -49,11 +49,6 @@ pub mod cr_qual {
     pub const REG_MASK: u64 = 0xF;
 }
 
-/// EPTP fields (SDM Vol. 3C §25.6.11): memory type WB, page-walk length - 1, A/D enable.
-pub const EPTP_MEMORY_TYPE_WB: u64 = 6;
-pub const EPTP_WALK_LENGTH_4: u64 = 3 << 3;
-pub const EPTP_ACCESSED_DIRTY: u64 = 1 << 6;
-
 /// Segment access rights in the VMCS format (SDM Vol. 3C §25.4.1, Table 25-2): type, S,
 /// DPL, P in bits 7:0, AVL/L/D/G in bits 15:12, bit 16 "unusable".
 pub mod access_rights {
