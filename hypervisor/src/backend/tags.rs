@@ -231,4 +231,4 @@ impl TagSpace {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::backend::tags::tests::Rng;
 use crate::backend::tags::{CpuTags, Rollover, VcpuTag};
 use std::collections::HashMap;
 use std::vec::Vec;
@@ -82,17 +83,6 @@ fn one_tlb_control_value_carries_the_larger_flush() {
     assert_eq!(combined(TdpFlush::None, TagFlush::ThisTag), TdpFlush::Root);
     assert_eq!(combined(TdpFlush::Root, TagFlush::All), TdpFlush::All);
     assert_eq!(combined(TdpFlush::All, TagFlush::None), TdpFlush::All);
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
-    }
 }
 
 /// A model of the nested TLBs of a few CPUs under the decision above. Root tables come

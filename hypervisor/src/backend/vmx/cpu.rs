@@ -211,45 +211,38 @@ fn outcome(below_or_equal: u8) -> Result<(), VmFail> {
     }
 }
 
+/// Runs `$instruction` (INVEPT or INVVPID) of type `$kind` with a 16-byte descriptor
+/// whose first quadword is `$first`, and returns its outcome from CF and ZF.
+macro_rules! invalidate {
+    ($instruction:literal, $kind:expr, $first:expr) => {{
+        let descriptor: [u64; 2] = [$first, 0];
+        let (cf, zf): (u8, u8);
+        // SAFETY: VMX is on (we are about to enter a guest on this CPU); the descriptor is
+        // a valid 16-byte operand that lives across the instruction; the instruction only
+        // invalidates cached translations and reports failure in CF/ZF, read at once.
+        unsafe {
+            core::arch::asm!(
+                concat!($instruction, " {kind}, [{desc}]"),
+                "setc {cf}",
+                "setz {zf}",
+                kind = in(reg) $kind,
+                desc = in(reg) descriptor.as_ptr(),
+                cf = out(reg_byte) cf,
+                zf = out(reg_byte) zf,
+                options(nostack),
+            );
+        }
+        outcome(cf | (zf << 1))
+    }};
+}
+
 /// INVEPT of `kind` (single-context with `eptp`, or all-context): the caller checked the
 /// type against the CPU's capabilities (`Caps::flush_one_vm`, `Caps::flush_all`).
 pub fn invept(kind: u64, eptp: u64) -> Result<(), VmFail> {
-    let descriptor: [u64; 2] = [eptp, 0];
-    let (cf, zf): (u8, u8);
-    // SAFETY: VMX is on (we are about to enter a guest on this CPU); the descriptor is a
-    // valid 16-byte operand that lives across the instruction; INVEPT only invalidates
-    // cached translations and reports failure in CF/ZF, which we read at once.
-    unsafe {
-        core::arch::asm!(
-            "invept {kind}, [{desc}]",
-            "setc {cf}",
-            "setz {zf}",
-            kind = in(reg) kind,
-            desc = in(reg) descriptor.as_ptr(),
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            options(nostack),
-        );
-    }
-    outcome(cf | (zf << 1))
+    invalidate!("invept", kind, eptp)
 }
 
 /// INVVPID of `kind` (single-context with `vpid`, or all-context), checked as [`invept`].
 pub fn invvpid(kind: u64, vpid: u16) -> Result<(), VmFail> {
-    let descriptor: [u64; 2] = [vpid as u64, 0];
-    let (cf, zf): (u8, u8);
-    // SAFETY: as for `invept`.
-    unsafe {
-        core::arch::asm!(
-            "invvpid {kind}, [{desc}]",
-            "setc {cf}",
-            "setz {zf}",
-            kind = in(reg) kind,
-            desc = in(reg) descriptor.as_ptr(),
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            options(nostack),
-        );
-    }
-    outcome(cf | (zf << 1))
+    invalidate!("invvpid", kind, vpid as u64)
 }
