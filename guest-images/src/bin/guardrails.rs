@@ -9,6 +9,9 @@
 //!   reads it back and halts; vCPU 0 ends the VM. Were the physical TPR the guest's, host
 //!   CPU 1 would take no interrupt again (no timer, no wake-up IPI), and the next VM's
 //!   vCPU 1 there would never run.
+//! - `cr4`: a MOV to CR4 that sets VMXE (no guest is offered VMX; VMX keeps the bit
+//!   host-owned, so the host carries the MOV out) or a reserved bit raises #GP(0) and
+//!   leaves CR4 alone, as on a CPU.
 //!
 //! Prints `guardrails: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -62,6 +65,7 @@ mod guest {
             ("xsetbv", false) => xsetbv(),
             ("breakpoint", false) => breakpoint(boot.vcpu_count),
             ("cr8", false) => outlive_a_high_tpr(),
+            ("cr4", false) => reserved_cr4_bits(),
             _ => {
                 println!("guardrails: FAILED: unknown test {test:?}");
                 false
@@ -98,7 +102,8 @@ mod guest {
         unsafe { asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(readonly, nostack, preserves_flags)) };
     }
 
-    /// #GP: records the error code, skips the 3-byte XSETBV that raised it.
+    /// #GP: records the error code, skips the 3-byte XSETBV or `mov cr4, rax` (0F 22 E0)
+    /// that raised it.
     #[unsafe(naked)]
     extern "C" fn gp_handler() {
         naked_asm!(
@@ -184,6 +189,29 @@ mod guest {
             }
         }
         println!("guardrails: xsetbv valid={valid:x?} invalid={}", invalid.len());
+        true
+    }
+
+    /// CR4.VMXE and CR4 bit 31 (reserved) each raise #GP(0), and CR4 keeps its value.
+    fn reserved_cr4_bits() -> bool {
+        const CR4_VMXE: u64 = 1 << 13;
+        const CR4_RESERVED_31: u64 = 1 << 31;
+        let before = rt::read_cr4();
+        for (n, bits) in [CR4_VMXE, CR4_RESERVED_31, CR4_VMXE | CR4_RESERVED_31].into_iter().enumerate() {
+            // SAFETY: the value keeps PAE; its extra bit faults (`gp_handler` skips the
+            // 3-byte `mov cr4, rax`) or, on a broken host, turns on a mode this guest never
+            // uses.
+            unsafe { asm!("mov cr4, rax", in("rax") before | bits, options(nostack, preserves_flags)) };
+            let (count, error, cr4) =
+                (GP_COUNT.load(Ordering::Relaxed), GP_ERROR.load(Ordering::Relaxed), rt::read_cr4());
+            if count != n as u64 + 1 || error != 0 || cr4 != before {
+                println!(
+                    "guardrails: FAILED: CR4 {before:#x} | {bits:#x}: #GP count {count}, error code {error:#x}, CR4 {cr4:#x}"
+                );
+                return false;
+            }
+        }
+        println!("guardrails: CR4.VMXE and a reserved CR4 bit raise #GP");
         true
     }
 

@@ -15,6 +15,7 @@
 //! above this module is ordinary Rust.
 
 mod caps;
+pub mod control_regs;
 mod error;
 pub mod events;
 pub mod xstate;
@@ -119,6 +120,12 @@ pub enum Exit {
     /// An exit the backend does not handle, with its raw code.
     Unhandled {
         code: u64,
+    },
+    /// The CPU refused a nested page table entry on the walk to `gpa` (VMX EPT
+    /// misconfiguration; SVM nested page fault with the reserved-bit flag): an MMU bug,
+    /// which retrying would only repeat.
+    TdpMisconfig {
+        gpa: Gpa,
     },
 }
 

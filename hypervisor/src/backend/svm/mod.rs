@@ -13,6 +13,14 @@
 //! change: `backend::tlb`) is a new ASID for the vCPU unless flush-by-ASID exists (ASIDs
 //! tag guest and nested translations alike, so a new one reaches none of the old: KVM's
 //! `svm_flush_tlb_asid` does the same), and every clean bit is left zero.
+//!
+//! CR0/CR3/CR4 writes are not intercepted (decided, not forgotten): the guest's own MOVs
+//! are checked by the CPU as they execute (reserved bits, PG without PE, LME+PG without
+//! PAE, CR4 bits the CPU lacks all #GP in the guest), so VMRUN's consistency checks (APM
+//! Vol. 2 §15.5.1) never see a bad CR0/CR3/CR4 of the guest's making; intercepting them
+//! would need decode assists, which QEMU TCG lacks. The one register the backend writes
+//! for the guest is EFER (its WRMSR exits, to keep SVME set and hidden), and that write
+//! goes through the same checks (`backend::control_regs::wrmsr_efer`).
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
 mod exit;
@@ -20,6 +28,7 @@ pub mod vmcb;
 mod world_switch;
 
 use super::choice::{self, Choice};
+use super::control_regs::{self, ControlRegs};
 use super::debug_regs::DebugRegs;
 use super::events::{Event, EventQueue};
 use super::fpu;
@@ -332,8 +341,21 @@ impl SvmVcpu {
             return false;
         }
         if write {
+            // Checked as the CPU would (`backend::control_regs`): VMRUN refuses an EFER with
+            // reserved bits (APM Vol. 2 §15.5.1), so a bad value is the guest's #GP.
             let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
-            self.vmcb.write64(save::EFER, value | vmcb::EFER_SVME);
+            let now = ControlRegs {
+                cr0: self.vmcb.read64(save::CR0),
+                efer: self.vmcb.read64(save::EFER) & !vmcb::EFER_SVME,
+                ..ControlRegs::default()
+            };
+            match control_regs::wrmsr_efer(&now, value) {
+                Ok(efer) => self.vmcb.write64(save::EFER, efer | vmcb::EFER_SVME),
+                Err(control_regs::Gp) => {
+                    self.inject_general_protection();
+                    return true;
+                }
+            }
         } else {
             let value = self.vmcb.read64(save::EFER) & !vmcb::EFER_SVME;
             self.regs.rax = value & 0xFFFF_FFFF;

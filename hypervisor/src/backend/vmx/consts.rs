@@ -65,13 +65,8 @@ pub const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
 pub const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
 /// IA32_VMX_BASIC bit 55: the TRUE control MSRs exist (SDM Vol. 3D §A.1).
 pub const VMX_BASIC_TRUE_CTLS: u64 = 1 << 55;
-/// CR4.VMXE (SDM Vol. 3A §2.5).
-pub const CR4_VMXE: u64 = 1 << 13;
-/// CR0.NE, CR0.PE, CR0.PG, CR0.ET.
-pub const CR0_PE: u64 = 1 << 0;
-pub const CR0_ET: u64 = 1 << 4;
-pub const CR0_NE: u64 = 1 << 5;
-pub const CR0_PG: u64 = 1 << 31;
+/// Control-register bits, defined once for both backends.
+pub use crate::backend::control_regs::{CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_VMXE};
 /// INVEPT / INVVPID types (SDM Vol. 3C §30.3).
 pub const INVEPT_SINGLE_CONTEXT: u64 = 1;
 pub const INVEPT_ALL_CONTEXT: u64 = 2;

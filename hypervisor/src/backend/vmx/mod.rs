@@ -21,6 +21,7 @@ mod consts;
 mod cpu;
 mod cr;
 mod exit;
+mod pdpte;
 mod setup;
 mod vmcs;
 mod world_switch;
@@ -34,12 +35,12 @@ use super::tlb::{self, RootTracker, TdpFlush};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryState, Exit, GuestRegs};
-use crate::mmu::{FlushScope, TlbFlush};
+use crate::mmu::{Access, FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use consts::*;
-use cr::CrShadows;
+use cr::{CrExit, CrShadows};
 use setup::VmResources;
 use vmcs::{Current, Vmcs};
 use x86::vmx::vmcs::{control, guest, ro};
@@ -252,10 +253,15 @@ impl VmxVcpu {
             if exit::is_exception(reason) && reflect_exception(&v, &mut self.debug, &mut self.events) {
                 continue;
             }
-            if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs)) {
+            if !exit::is_cr_access(reason) {
                 return Ok(exit);
             }
-            skip_instruction(&v);
+            match cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs, self.eptp) {
+                CrExit::Emulated => skip_instruction(&v),
+                CrExit::Fault => self.events.request(general_protection(&v)),
+                CrExit::NeedsPage(gpa) => return Ok(Exit::NestedPageFault { gpa, access: Access::Read }),
+                CrExit::NotHandled => return Ok(exit),
+            }
         }
     }
 }
