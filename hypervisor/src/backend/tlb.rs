@@ -19,6 +19,18 @@
 //! own on this CPU (`backend::tags`), so "this root" is "this ASID", and a fresh ASID has
 //! nothing cached at all.
 //!
+//! VM destroy. When a VM goes, its vCPUs are gone first, so the MMU's final flush
+//! (`Mmu`'s drop: zap, flush the VM, then free frames and tables) reaches no vCPU of it;
+//! what they cached stays in the TLBs of the CPUs they ran on. It is unreachable before
+//! any of those frames or tables can serve a guest again: on VMX it is tagged with the
+//! VM's EPTPs, and any later entry with such an EPTP (a root table reused by any VM)
+//! flushes it first, by point 2 (KVM relies on the same flush-on-load to skip the flush
+//! when it frees a root); on SVM it is tagged with ASIDs the CPU hands to no other vCPU
+//! until its generation rolls over with a flush of every ASID (`backend::tags`). The
+//! host's own accesses never use guest-tagged translations. The model test
+//! (`no_entry_reaches_translations_of_an_older_or_other_root`) destroys vCPUs and reuses
+//! their root tables for new ones.
+//!
 //! How it is encoded ([`FlushOffer`], from the CPU's capabilities): one root's
 //! translations with INVEPT single-context of the new EPTP or SVM flush-by-ASID; where
 //! that does not exist, a fresh tag where the tag covers nested translations (SVM: a new

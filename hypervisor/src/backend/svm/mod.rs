@@ -38,7 +38,6 @@ use super::tlb::{self, RootTracker, TdpFlush};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
-use crate::addr::PageSize;
 use crate::mmu::{FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -97,7 +96,8 @@ fn read_caps() -> Caps {
     let huge = libos::arch::x86_64::cpu::has_1g_pages();
     Caps {
         nested_paging: svm.npt,
-        max_page_size: if huge { PageSize::Size1G } else { PageSize::Size2M },
+        // Nested tables use the host's paging: 2 MiB leaves always, 1 GiB with Page1GB.
+        max_page_size: super::largest_leaf(true, huge),
         tags: svm.asids,
         flush_one_vm: svm.flush_by_asid,
         flush_all: true,
