@@ -626,6 +626,30 @@ fn a_walk_reports_each_entry_from_the_top_level_down_to_the_leaf() {
 }
 
 #[test]
+fn an_unlocked_translation_agrees_with_the_mmus_at_every_leaf_size() {
+    let vm = vm_with::<Ept>(MmuConfig::default(), small_pages());
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0x1000, MIB)).unwrap();
+    vm.mmu.add_slot(spec(1, AsId::Normal, 2 * MIB, 2 * MIB)).unwrap();
+    vm.mmu.add_slot(spec(2, AsId::Normal, GIB, GIB)).unwrap();
+    let mut vcpu = vm.mmu.create_vcpu();
+    vcpu.load(Role::new(AsId::Normal)).unwrap();
+    let root = vcpu.root().unwrap().clone();
+    let unlocked = |gpa: Gpa| {
+        hypervisor::mmu::translate_unlocked::<Ept, _>(&*vm.pages, root.table(), root.role().levels, gpa)
+    };
+    assert_eq!(unlocked(Gpa::new(0x1000)), None, "nothing mapped yet");
+    let mut sizes = Vec::new();
+    for gpa in [Gpa::new(0x1008), Gpa::new(2 * MIB + 0x3010), Gpa::new(GIB + 5 * MIB + 0x20)] {
+        vcpu.handle_fault(gpa, Access::Read).unwrap();
+        let (frame, size) = unlocked(gpa).expect("mapped");
+        let (hpa, _) = vm.mmu.translate(&root, gpa).unwrap();
+        assert_eq!(frame.add(gpa.raw() & (size.bytes() - 1)), hpa);
+        sizes.push(size);
+    }
+    assert_eq!(sizes, [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G]);
+}
+
+#[test]
 fn faults_outside_slots_and_out_of_memory_are_typed() {
     let vm = vm_with::<TestFormat>(
         MmuConfig::default(),

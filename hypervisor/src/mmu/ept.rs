@@ -113,6 +113,14 @@ impl TdpFormat for Ept {
     }
 }
 
+impl Ept {
+    /// The root table and walk length an EPTP names: the inverse of
+    /// [`TdpFormat::root_pointer`].
+    pub const fn root_of(eptp: u64) -> (Hpa, u8) {
+        (Hpa::new(eptp & ADDRESS_MASK), ((eptp >> EPTP_WALK_LENGTH_SHIFT) & 7) as u8 + 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +132,7 @@ mod tests {
         assert_eq!(Ept::root_pointer(root, 5), 0x1234_5000 | 6 | (4 << 3));
         assert_eq!(Ept::root_pointer(root, 4) & EPTP_ACCESSED_DIRTY, 0);
         assert_eq!(Ept::root_pointer(root, 4) & 0xF80, 0, "bits 11:7 are reserved");
+        assert_eq!(Ept::root_of(Ept::root_pointer(root, 4)), (root, 4));
+        assert_eq!(Ept::root_of(Ept::root_pointer(root, 5)), (root, 5));
     }
 }

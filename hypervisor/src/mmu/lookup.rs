@@ -5,7 +5,7 @@
 use super::format::Spte;
 use super::iter::TdpIter;
 use super::root::Root;
-use super::{Core, Mmu, Platform};
+use super::{Core, Mmu, Platform, TdpFormat};
 use crate::addr::{Gfn, Gpa, Hpa, PAGE_SIZE, PageSize};
 use crate::pages::PageSource;
 use crate::sync::Ordering;
@@ -26,6 +26,35 @@ pub struct Leaf {
     pub hpa: Hpa,
     pub size: PageSize,
     pub writable: bool,
+}
+
+/// What the table tree under `table` (`levels` deep, entries in format `F`) maps `gpa`
+/// to: the frame of the leaf and its size, walking as the hardware does. It takes no MMU
+/// lock, so only a caller that no table it can reach may be freed under can use it: a
+/// vCPU between a VM exit and its next quiescence report (the grace period of
+/// `mmu::flush` waits for that report), reading through its own root, like the hardware
+/// walker a moment before.
+pub fn translate_unlocked<F: TdpFormat, S: PageSource>(
+    pages: &S,
+    table: Hpa,
+    levels: u8,
+    gpa: Gpa,
+) -> Option<(Hpa, PageSize)> {
+    let gfn = gpa.gfn();
+    let mut table = table;
+    for level in (1..=levels).rev() {
+        let spte =
+            Spte::<F>::from_raw(pages.table(table)[super::iter::index(gfn, level)].load(Ordering::Acquire));
+        if spte.is_leaf(level) {
+            let size = PageSize::from_level(level)?;
+            return Some((spte.leaf_address(size), size));
+        }
+        if !spte.is_table(level) {
+            return None;
+        }
+        table = spte.table_address();
+    }
+    None
 }
 
 impl<P: Platform> Mmu<P> {

@@ -48,7 +48,7 @@ pub use flush::{FlushScope, TlbFlush, ZapBatch};
 pub use format::TdpFormat;
 pub use guest_memory::GuestMemoryError;
 pub use invalidate::Invalidation;
-pub use lookup::{Leaf, WalkStep};
+pub use lookup::{Leaf, WalkStep, translate_unlocked};
 pub use root::{Role, Root, VcpuMmu};
 pub use stats::{Clock, NoClock, Stats};
 

@@ -3,23 +3,20 @@
 //! (SDM Vol. 3C §28.3.1.6), and the CPU reads them from memory only when the guest itself
 //! executes the MOV; so a write the backend emulates that turns PAE paging on (or changes
 //! a bit that reloads them) must read them and put them in the VMCS, as KVM's
-//! `load_pdptrs` does. They are read through the vCPU's current EPT root.
-//!
-//! Why the walk is safe without the MMU lock: the vCPU is between an exit and its report
-//! of quiescence (`mmu::flush`, the grace period), so no table it can reach from its root
-//! is freed under it, exactly as for the hardware walker a moment ago. A frame freed
-//! concurrently (a slot deleted while the guest ran) can only give the guest stale bytes,
-//! as a racing write would on a real machine.
+//! `load_pdptrs` does. They are read through the vCPU's current EPT root, without the MMU
+//! lock (`mmu::translate_unlocked`: the vCPU is between an exit and its report of
+//! quiescence, so no table it can reach is freed under it). A frame freed concurrently (a
+//! slot deleted while the guest ran) can only give the guest stale bytes, as a racing
+//! write would on a real machine.
 
 #![deny(unsafe_code)]
 
-use crate::addr::{Gpa, Hpa, PageSize};
+use crate::addr::Gpa;
 use crate::backend::control_regs::{pdpt_address, pdpte_valid};
 use crate::backend::host::DirectMap;
 use crate::mmu::ept::Ept;
-use crate::mmu::format::{ADDRESS_MASK, Spte};
+use crate::mmu::translate_unlocked;
 use crate::pages::PageSource;
-use crate::sync::Ordering;
 
 /// What reading the PDPTEs gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +32,10 @@ pub enum Pdptes {
 /// The PDPTEs of CR3 `cr3`, read through the EPT root of `eptp`.
 pub fn read(eptp: u64, cr3: u64, phys_bits: u8) -> Pdptes {
     let gpa = Gpa::new(pdpt_address(cr3));
-    let Some((frame, size)) = translate(eptp, gpa) else { return Pdptes::NotMapped(gpa) };
+    let (root, levels) = Ept::root_of(eptp);
+    let Some((frame, size)) = translate_unlocked::<Ept, _>(&DirectMap, root, levels, gpa) else {
+        return Pdptes::NotMapped(gpa);
+    };
     let mut bytes = [0u8; 32];
     DirectMap.read_frame(frame, size, gpa.raw() & (size.bytes() - 1), &mut bytes);
     let mut pdptes = [0u64; 4];
@@ -47,26 +47,4 @@ pub fn read(eptp: u64, cr3: u64, phys_bits: u8) -> Pdptes {
     } else {
         Pdptes::Invalid
     }
-}
-
-/// The frame (and its size) the EPT root of `eptp` maps `gpa` into, walking as the CPU
-/// does (the walk length is in EPTP bits 5:3, `Ept::root_pointer`).
-fn translate(eptp: u64, gpa: Gpa) -> Option<(Hpa, PageSize)> {
-    const INDEX_BITS: u32 = 9;
-    let levels = ((eptp >> crate::mmu::ept::EPTP_WALK_LENGTH_SHIFT) & 7) as u8 + 1;
-    let gfn = gpa.gfn().raw();
-    let mut table = Hpa::new(eptp & ADDRESS_MASK);
-    for level in (1..=levels).rev() {
-        let index = ((gfn >> (INDEX_BITS * (level as u32 - 1))) & 0x1FF) as usize;
-        let spte = Spte::<Ept>::from_raw(DirectMap.table(table)[index].load(Ordering::Acquire));
-        if !spte.is_present() {
-            return None;
-        }
-        if spte.is_leaf(level) {
-            let size = PageSize::from_level(level)?;
-            return Some((spte.leaf_address(size), size));
-        }
-        table = spte.table_address();
-    }
-    None
 }
