@@ -420,6 +420,18 @@ fn vmx_cr4_vmxe_and_reserved_bits_raise_gp() {
 }
 
 #[test]
+fn svm_guest_goes_from_long_mode_to_pae_paging_and_back() {
+    check_guardrail(&run_svm("exit=1 guest=guardrails guest.test=pae mem=16", 1), "pae");
+}
+
+#[test]
+fn vmx_guest_goes_from_long_mode_to_pae_paging_and_back() {
+    // The MOVs that turn paging on toggle NE, so they exit: the host loads the PDPTEs into
+    // the VMCS on the way down and activates long mode on the way up.
+    check_guardrail(&run_vmx("bochs-vmx-pae", "exit=1 guest=guardrails guest.test=pae mem=16", 1), "pae");
+}
+
+#[test]
 fn vmx_guest_enters_long_mode_by_a_mov_to_cr0_that_exits() {
     // Every guest's runtime (`rt`) turns on paging with LME and NE in one MOV from 32-bit
     // PAE code, as Linux does; NE is host-owned on VMX, so the host activates long mode
@@ -537,6 +549,7 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_guardrail(&run("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1), "breakpoint");
     check_cr8(&run("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
     check_guardrail(&run("exit=1 guest=guardrails guest.test=cr4 mem=16", 1), "cr4");
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=pae mem=16", 1), "pae");
 }
 
 /// Twenty `hello` VMs, then `tlbprobe` with three vCPUs, with one tag per CPU
