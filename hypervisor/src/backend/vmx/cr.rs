@@ -1,13 +1,16 @@
 //! CR0 and CR4 as the guest sees them. VMX fixes some bits of both to one while a guest
-//! runs (NE, VMXE: SDM Vol. 3C §24.8); the guest/host masks make exactly those bits
-//! host-owned, the read shadows show the guest its own values for them, and a MOV to CR0
-//! or CR4 that would change one of them exits here, where the guest's value is kept in the
-//! shadow and the fixed bits are added back. Every other bit, CR0.WP, CR0.PG and CR4.PGE
-//! among them, is the guest's own (no exits: the CPU itself checks those MOVs, activates
-//! long mode and loads PDPTEs). A MOV that exits does everything the CPU would have done,
+//! runs (NE, VMXE: SDM Vol. 3C §24.8); the guest/host masks make those bits host-owned,
+//! the read shadows show the guest its own values for them, and a MOV to CR0 or CR4 that
+//! would change one of them exits here, where the guest's value is kept in the shadow and
+//! the fixed bits are added back. CR0.PG is host-owned too ([`CR0_HOST_OWNED`]), as in
+//! KVM: every paging switch exits here, so long mode comes and goes (EFER.LMA and the
+//! "IA-32e mode guest" entry control, which VM entry checks against each other: SDM Vol.
+//! 3C §27.3.1.1) and PAE paging gets its PDPTEs in the VMCS (`pdpte`) only by the host's
+//! hand, never by the CPU changing LMA behind an entry control that no longer matches.
+//! Every other bit, CR0.WP and CR4.PGE among them, is the guest's own (no exits: the CPU
+//! checks those MOVs itself). A MOV that exits does everything the CPU would have done,
 //! checks included (`backend::control_regs`): a bad value is the guest's #GP, never a VM
-//! entry that fails; setting PG with EFER.LME activates long mode; PAE paging loads the
-//! PDPTEs into the VMCS (`pdpte`).
+//! entry that fails.
 //!
 //! CR8 (the TPR) exits both ways (CR8-load and CR8-store exiting), so a guest's `mov cr8`
 //! never reaches the physical local APIC, whose TPR stays the host's 0: the guest's value
@@ -24,6 +27,11 @@ use crate::backend::control_regs::{self, ControlRegs};
 use crate::backend::{BackendError, GuestRegs};
 use x86::vmx::vmcs::control::EntryControls;
 use x86::vmx::vmcs::{control, guest, ro};
+
+/// The CR0 bits the host owns (the guest/host mask): NE, which VMX fixes, and PG.
+pub const CR0_HOST_OWNED: u64 = CR0_NE | CR0_PG;
+/// The CR4 bits the host owns: VMXE, which VMX fixes.
+pub const CR4_HOST_OWNED: u64 = CR4_VMXE;
 
 /// The guest-visible values of CR0 and CR4 (the read shadows).
 #[derive(Clone, Copy, Debug, Default)]
@@ -116,13 +124,13 @@ pub fn emulate(
 }
 
 /// The guest's control registers now: the bits it owns from the VMCS (it changes them
-/// without exits), the host-owned ones (CR0.NE, CR4.VMXE) from the shadows.
+/// without exits), the host-owned ones from the shadows.
 fn control_regs(v: &Current, shadows: &CrShadows) -> ControlRegs {
     const CS_L: u64 = 1 << 13;
     ControlRegs {
-        cr0: (v.read(guest::CR0) & !CR0_NE) | (shadows.cr0 & CR0_NE),
+        cr0: (v.read(guest::CR0) & !CR0_HOST_OWNED) | (shadows.cr0 & CR0_HOST_OWNED),
         cr3: v.read(guest::CR3),
-        cr4: (v.read(guest::CR4) & !CR4_VMXE) | (shadows.cr4 & CR4_VMXE),
+        cr4: (v.read(guest::CR4) & !CR4_HOST_OWNED) | (shadows.cr4 & CR4_HOST_OWNED),
         efer: v.read(guest::IA32_EFER_FULL),
         cs_long: v.read(guest::CS_ACCESS_RIGHTS) & CS_L != 0,
     }

@@ -9,12 +9,14 @@
 //! written into its VMCS when it changes). A flush the MMU asks for stays an INVEPT: VPIDs
 //! do not tag guest-physical (EPT-only) translations, so a new VPID would not reach them
 //! (SDM Vol. 3C §29.4.1). Without VPIDs the guest runs untagged, and every VM entry and
-//! exit flushes its linear translations (SDM Vol. 3C §29.4.3.3). Each exit is decoded by `exit`; MOVs to CR0/CR4 that touch a bit VMX fixes are
-//! emulated by `cr` without leaving the backend.
+//! exit flushes its linear translations (SDM Vol. 3C §29.4.3.3). Each exit is decoded by
+//! `exit`; MOVs to CR0/CR4 that touch a host-owned bit are emulated by `cr` without
+//! leaving the backend.
 //!
 //! Guests start in real mode or 32-bit protected mode with paging off, which needs the
 //! "unrestricted guest" control; CR0.WP and CR4.PGE are guest-owned (no exits), and so is
-//! every CR0/CR4 bit except those VMX fixes (NE, VMXE), which the read shadows hide.
+//! every CR0/CR4 bit except those VMX fixes (NE, VMXE), which the read shadows hide, and
+//! CR0.PG, whose changes switch long mode and PAE paging (`cr`).
 #![allow(unsafe_code, reason = "the world switch")]
 
 mod consts;
@@ -449,7 +451,9 @@ impl BackendVcpu for VmxVcpu {
     fn guest_cr4(&self) -> u64 {
         // The guest owns every bit but VMXE (`cr`): those from CR4 itself, VMXE from the
         // shadow.
-        self.vmcs.current().map_or(0, |v| (v.read(guest::CR4) & !CR4_VMXE) | (self.cr.cr4 & CR4_VMXE))
+        self.vmcs
+            .current()
+            .map_or(0, |v| (v.read(guest::CR4) & !cr::CR4_HOST_OWNED) | (self.cr.cr4 & cr::CR4_HOST_OWNED))
     }
 
     fn inject_general_protection(&mut self) {
