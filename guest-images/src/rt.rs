@@ -28,8 +28,9 @@ const LCR_DLAB: u8 = 0x80;
 /// LSR bit 5: transmitter holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 
-/// CR0.PE, CR0.WP, CR0.PG (SDM Vol. 3A §2.5).
+/// CR0.PE, CR0.NE, CR0.WP, CR0.PG (SDM Vol. 3A §2.5).
 const CR0_PE: u64 = 1 << 0;
+const CR0_NE: u64 = 1 << 5;
 pub const CR0_WP: u64 = 1 << 16;
 const CR0_PG: u64 = 1 << 31;
 /// CR4.PAE, CR4.PGE (SDM Vol. 3A §2.5).
@@ -164,6 +165,9 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
         "rdmsr",
         "or eax, {efer_lme}",
         "wrmsr",
+        // Paging on with LME set: long mode. NE goes on in the same MOV, as Linux does
+        // (`CR0_STATE`): VMX keeps NE host-owned, so this MOV exits and the host must do
+        // what the CPU does (EFER.LMA, the IA-32e mode entry control).
         "mov eax, cr0",
         "or eax, {cr0_bits}",
         "mov cr0, eax",
@@ -216,7 +220,7 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
         cr4_pae = const CR4_PAE,
         msr_efer = const MSR_EFER,
         efer_lme = const EFER_LME,
-        cr0_bits = const CR0_PG | CR0_WP | CR0_PE,
+        cr0_bits = const CR0_PG | CR0_WP | CR0_NE | CR0_PE,
         code64 = const SELECTOR_CODE64,
         data = const SELECTOR_DATA,
         exit_port = const port::DEBUG_EXIT,

@@ -580,6 +580,76 @@ fn destroy_returns_every_table_page_and_frame() {
 }
 
 #[test]
+fn destroy_flushes_the_whole_vm_before_it_frees_any_frame_or_table() {
+    let vm = vm();
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0, 4 * MIB)).unwrap();
+    let mut vcpu = vm.mmu.create_vcpu();
+    vcpu.load(Role::new(AsId::Normal)).unwrap();
+    for gfn in 0..64 {
+        vcpu.handle_fault(gpa(gfn * 5), Access::Write).unwrap();
+    }
+    vcpu.report_offline();
+    vm.log.clear();
+    let log = vm.log.clone();
+    drop(vm.mmu);
+    drop(vcpu);
+    let events = log.events();
+    let vm_flush = events
+        .iter()
+        .position(|e| *e == Event::Flush(hypervisor::mmu::FlushScope::Vm))
+        .unwrap_or_else(|| panic!("destroy did not flush the VM: {events:?}"));
+    let first_free = events
+        .iter()
+        .position(|e| matches!(e, Event::FrameFreed(_) | Event::TableFreed(_)))
+        .expect("nothing freed");
+    assert!(vm_flush < first_free, "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::FrameFreed(_))), "{events:?}");
+}
+
+#[test]
+fn a_walk_reports_each_entry_from_the_top_level_down_to_the_leaf() {
+    let vm = vm_with::<Ept>(MmuConfig::default(), small_pages());
+    // Aligned to 4 KiB only: 4 KiB leaves, four levels.
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0x1000, MIB)).unwrap();
+    let mut vcpu = vm.mmu.create_vcpu();
+    assert!(vcpu.walk(gpa(1)).is_empty(), "no root, no walk");
+    vcpu.load(Role::new(AsId::Normal)).unwrap();
+    let untouched = vcpu.walk(gpa(1));
+    assert_eq!(untouched.len(), 1, "an empty root stops at its first entry: {untouched:?}");
+    assert_eq!(untouched[0].entry, 0);
+    vcpu.handle_fault(gpa(1), Access::Write).unwrap();
+    let steps = vcpu.walk(gpa(1));
+    assert_eq!(steps.iter().map(|s| s.level).collect::<Vec<_>>(), [4, 3, 2, 1]);
+    let (hpa, _) = vm.mmu.translate(vcpu.root().unwrap(), gpa(1)).unwrap();
+    assert_eq!(steps[3].entry & hypervisor::mmu::format::ADDRESS_MASK, hpa.raw());
+    assert!(steps[..3].iter().all(|s| s.entry & hypervisor::mmu::ept::LARGE_PAGE == 0));
+}
+
+#[test]
+fn an_unlocked_translation_agrees_with_the_mmus_at_every_leaf_size() {
+    let vm = vm_with::<Ept>(MmuConfig::default(), small_pages());
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0x1000, MIB)).unwrap();
+    vm.mmu.add_slot(spec(1, AsId::Normal, 2 * MIB, 2 * MIB)).unwrap();
+    vm.mmu.add_slot(spec(2, AsId::Normal, GIB, GIB)).unwrap();
+    let mut vcpu = vm.mmu.create_vcpu();
+    vcpu.load(Role::new(AsId::Normal)).unwrap();
+    let root = vcpu.root().unwrap().clone();
+    let unlocked = |gpa: Gpa| {
+        hypervisor::mmu::translate_unlocked::<Ept, _>(&*vm.pages, root.table(), root.role().levels, gpa)
+    };
+    assert_eq!(unlocked(Gpa::new(0x1000)), None, "nothing mapped yet");
+    let mut sizes = Vec::new();
+    for gpa in [Gpa::new(0x1008), Gpa::new(2 * MIB + 0x3010), Gpa::new(GIB + 5 * MIB + 0x20)] {
+        vcpu.handle_fault(gpa, Access::Read).unwrap();
+        let (frame, size) = unlocked(gpa).expect("mapped");
+        let (hpa, _) = vm.mmu.translate(&root, gpa).unwrap();
+        assert_eq!(frame.add(gpa.raw() & (size.bytes() - 1)), hpa);
+        sizes.push(size);
+    }
+    assert_eq!(sizes, [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G]);
+}
+
+#[test]
 fn faults_outside_slots_and_out_of_memory_are_typed() {
     let vm = vm_with::<TestFormat>(
         MmuConfig::default(),

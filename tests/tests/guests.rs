@@ -410,6 +410,37 @@ fn vmx_guest_tpr_stays_virtual() {
     check_cr8(&run_vmx("bochs-vmx-cr8", cmdline, 2));
 }
 
+#[test]
+fn vmx_cr4_vmxe_and_reserved_bits_raise_gp() {
+    // VMXE is host-owned on VMX: the MOV exits and the host must refuse it as a CPU would.
+    // (SVM does not intercept CR4 and real AMD CPUs refuse VMXE themselves; QEMU TCG lets
+    // the MOV set it and then fails VMRUN, which ends the VM `crashed` with the state: no
+    // TCG test of this.)
+    check_guardrail(&run_vmx("bochs-vmx-cr4", "exit=1 guest=guardrails guest.test=cr4 mem=16", 1), "cr4");
+}
+
+#[test]
+fn svm_guest_goes_from_long_mode_to_pae_paging_and_back() {
+    check_guardrail(&run_svm("exit=1 guest=guardrails guest.test=pae mem=16", 1), "pae");
+}
+
+#[test]
+fn vmx_guest_goes_from_long_mode_to_pae_paging_and_back() {
+    // The MOVs that turn paging on toggle NE, so they exit: the host loads the PDPTEs into
+    // the VMCS on the way down and activates long mode on the way up.
+    check_guardrail(&run_vmx("bochs-vmx-pae", "exit=1 guest=guardrails guest.test=pae mem=16", 1), "pae");
+}
+
+#[test]
+fn vmx_guest_enters_long_mode_by_a_mov_to_cr0_that_exits() {
+    // Every guest's runtime (`rt`) turns on paging with LME and NE in one MOV from 32-bit
+    // PAE code, as Linux does; NE is host-owned on VMX, so the host activates long mode
+    // (EFER.LMA, the IA-32e mode entry control) before the guest prints from 64-bit code.
+    let transcript = run_vmx("bochs-vmx-longmode", "exit=1 guest=hello mem=16", 1);
+    assert!(transcript.contains("[vm 1] hello from taproot guest"), "{transcript}");
+    assert_eq!(vm_end(&transcript, 1).0, 0, "{transcript}");
+}
+
 /// A slot deleted while memtouch runs: every root is invalidated and zapped once, the
 /// guest keeps running on a new root (it faults again after the delete), and what it wrote
 /// before the delete, in the slot that stays, is intact (it verifies every pass).
@@ -517,6 +548,8 @@ fn kvm_runs_the_guests_on_the_hosts_virtualization() {
     check_guardrail(&run("exit=1 guest=guardrails guest.test=xsetbv mem=16", 1), "xsetbv");
     check_guardrail(&run("exit=1 guest=guardrails guest.test=breakpoint vcpus=3 mem=16", 1), "breakpoint");
     check_cr8(&run("exit=1 guest=guardrails,hello guest.test=cr8 vcpus=2 mem=16", 2));
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=cr4 mem=16", 1), "cr4");
+    check_guardrail(&run("exit=1 guest=guardrails guest.test=pae mem=16", 1), "pae");
     // A host NMI while a guest runs: on Intel runners, a real VMX NMI exit.
     check_nmi_in_a_guest(&run(NMI_IN_A_GUEST, 2));
 }

@@ -9,6 +9,14 @@
 //!   reads it back and halts; vCPU 0 ends the VM. Were the physical TPR the guest's, host
 //!   CPU 1 would take no interrupt again (no timer, no wake-up IPI), and the next VM's
 //!   vCPU 1 there would never run.
+//! - `cr4`: a MOV to CR4 that sets VMXE (no guest is offered VMX; VMX keeps the bit
+//!   host-owned, so the host carries the MOV out) or a reserved bit raises #GP(0) and
+//!   leaves CR4 alone, as on a CPU.
+//! - `pae`: from long mode down to 32-bit PAE paging and back, as a boot loader or a
+//!   32-bit kernel's kexec does: compatibility mode, paging off (long mode ends), LME
+//!   off, CR3 = a PAE PDPT, then paging on with CR0.NE toggled in the same MOV (on VMX
+//!   that MOV exits, and the host must load the PDPTEs into the VMCS, as the CPU would
+//!   from memory), a read through PAE paging, and back to long mode the same way.
 //!
 //! Prints `guardrails: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -62,6 +70,8 @@ mod guest {
             ("xsetbv", false) => xsetbv(),
             ("breakpoint", false) => breakpoint(boot.vcpu_count),
             ("cr8", false) => outlive_a_high_tpr(),
+            ("cr4", false) => reserved_cr4_bits(),
+            ("pae", false) => pae_paging_round_trip(),
             _ => {
                 println!("guardrails: FAILED: unknown test {test:?}");
                 false
@@ -98,7 +108,8 @@ mod guest {
         unsafe { asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(readonly, nostack, preserves_flags)) };
     }
 
-    /// #GP: records the error code, skips the 3-byte XSETBV that raised it.
+    /// #GP: records the error code, skips the 3-byte XSETBV or `mov cr4, rax` (0F 22 E0)
+    /// that raised it.
     #[unsafe(naked)]
     extern "C" fn gp_handler() {
         naked_asm!(
@@ -184,6 +195,147 @@ mod guest {
             }
         }
         println!("guardrails: xsetbv valid={valid:x?} invalid={}", invalid.len());
+        true
+    }
+
+    /// CR4.VMXE and CR4 bit 31 (reserved) each raise #GP(0), and CR4 keeps its value.
+    fn reserved_cr4_bits() -> bool {
+        const CR4_VMXE: u64 = 1 << 13;
+        const CR4_RESERVED_31: u64 = 1 << 31;
+        let before = rt::read_cr4();
+        for (n, bits) in [CR4_VMXE, CR4_RESERVED_31, CR4_VMXE | CR4_RESERVED_31].into_iter().enumerate() {
+            // SAFETY: the value keeps PAE; its extra bit faults (`gp_handler` skips the
+            // 3-byte `mov cr4, rax`) or, on a broken host, turns on a mode this guest never
+            // uses.
+            unsafe { asm!("mov cr4, rax", in("rax") before | bits, options(nostack, preserves_flags)) };
+            let (count, error, cr4) =
+                (GP_COUNT.load(Ordering::Relaxed), GP_ERROR.load(Ordering::Relaxed), rt::read_cr4());
+            if count != n as u64 + 1 || error != 0 || cr4 != before {
+                println!(
+                    "guardrails: FAILED: CR4 {before:#x} | {bits:#x}: #GP count {count}, error code {error:#x}, CR4 {cr4:#x}"
+                );
+                return false;
+            }
+        }
+        println!("guardrails: CR4.VMXE and a reserved CR4 bit raise #GP");
+        true
+    }
+
+    /// The PAE page-directory-pointer table: rt's four page directories (which map
+    /// [0, 4 GiB) with 2 MiB pages, an entry format PAE shares), present, no other bit
+    /// (bits 2:1 and 8:5 are reserved in a PDPTE: SDM Vol. 3A §4.4.1).
+    #[repr(C, align(32))]
+    struct Pdpt([AtomicU64; 4]);
+    static PAE_PDPT: Pdpt = Pdpt([const { AtomicU64::new(0) }; 4]);
+    /// Read through PAE paging.
+    static PAE_MARKER: AtomicU64 = AtomicU64::new(0x7061_6520_6f6b);
+    /// rt's PML4, for the way back (32-bit code reaches it by absolute address).
+    static PAE_PML4: AtomicU64 = AtomicU64::new(0);
+    /// Null; 64-bit code 0x08; data 0x10; 32-bit code 0x18 (SDM Vol. 3A §3.4.5).
+    static PAE_GDT: [u64; 4] = [0, 0x00209A0000000000, 0x00CF92000000FFFF, 0x00CF9A000000FFFF];
+
+    fn pae_paging_round_trip() -> bool {
+        unsafe extern "C" {
+            static guest_pml4: u8;
+        }
+        // rt lays out its tables as PML4, PDPT, then the four page directories.
+        let pds = &raw const guest_pml4 as u64 + 0x2000;
+        for (i, entry) in PAE_PDPT.0.iter().enumerate() {
+            entry.store((pds + i as u64 * 0x1000) | 1, Ordering::Relaxed);
+        }
+        PAE_PML4.store(&raw const guest_pml4 as u64, Ordering::Relaxed);
+        let mut gdt_ptr = [0u8; 10];
+        gdt_ptr[..2].copy_from_slice(&((PAE_GDT.len() * 8 - 1) as u16).to_le_bytes());
+        gdt_ptr[2..].copy_from_slice(&(PAE_GDT.as_ptr() as u64).to_le_bytes());
+        let mut saved_gdt = [0u8; 10];
+        let seen: u64;
+        let cr0_before = rt::read_cr0();
+        // SAFETY: every address used in 32-bit mode is below 4 GiB and identity mapped by
+        // both rt's tables and the PAE PDPT built above; no interrupt or exception is
+        // expected between leaving and re-entering long mode (IF is clear); every register
+        // the sequence changes is restored (GDT, CR3, EFER.LME, CR0) or declared.
+        unsafe {
+            asm!(
+                "sgdt [{saved}]",
+                "lgdt [{gdt}]",
+                "push 0x18",
+                "lea rax, [rip + 2f]",
+                "push rax",
+                "retfq",
+                ".code32",
+                "2:",
+                // Flat data segments: rt's data descriptor has limit 0, which only 64-bit
+                // mode ignores.
+                "mov ecx, 0x10",
+                "mov ds, ecx",
+                "mov es, ecx",
+                "mov ss, ecx",
+                // Paging off in compatibility mode ends long mode; then LME off.
+                "mov eax, cr0",
+                "and eax, 0x7FFFFFFF",
+                "mov cr0, eax",
+                "mov ecx, 0xC0000080",
+                "rdmsr",
+                "and eax, 0xFFFFFEFF",
+                "wrmsr",
+                "mov cr3, esi",
+                // PAE paging on, NE toggled in the same MOV.
+                "mov eax, cr0",
+                "or eax, 0x80000000",
+                "xor eax, 0x20",
+                "mov cr0, eax",
+                "mov eax, dword ptr [{marker}]",
+                "mov edx, dword ptr [{marker} + 4]",
+                // Back: paging off, CR3 = rt's PML4, LME on, paging on with NE restored.
+                "mov ecx, cr0",
+                "and ecx, 0x7FFFFFFF",
+                "mov cr0, ecx",
+                "mov ecx, dword ptr [{pml4}]",
+                "mov cr3, ecx",
+                "push eax",
+                "push edx",
+                "mov ecx, 0xC0000080",
+                "rdmsr",
+                "or eax, 0x100",
+                "wrmsr",
+                "pop edx",
+                "pop eax",
+                "mov ecx, cr0",
+                "or ecx, 0x80000000",
+                "xor ecx, 0x20",
+                "mov cr0, ecx",
+                // ljmp 0x08:3f (JMP ptr16:32).
+                ".byte 0xEA",
+                ".long 3f",
+                ".short 0x08",
+                ".code64",
+                "3:",
+                "lgdt [{saved}]",
+                "mov ecx, 0x10",
+                "mov ds, ecx",
+                "mov es, ecx",
+                "mov ss, ecx",
+                "shl rdx, 32",
+                "or rax, rdx",
+                saved = in(reg) saved_gdt.as_mut_ptr(),
+                gdt = in(reg) gdt_ptr.as_ptr(),
+                marker = sym PAE_MARKER,
+                pml4 = sym PAE_PML4,
+                in("rsi") PAE_PDPT.0.as_ptr() as u64,
+                out("rax") seen,
+                out("rcx") _,
+                out("rdx") _,
+            );
+        }
+        let cr0_after = rt::read_cr0();
+        let expected = PAE_MARKER.load(Ordering::Relaxed);
+        if seen != expected || cr0_after != cr0_before {
+            println!(
+                "guardrails: FAILED: read {seen:#x} through PAE paging (expected {expected:#x}); CR0 {cr0_before:#x} -> {cr0_after:#x}"
+            );
+            return false;
+        }
+        println!("guardrails: PAE paging round trip read {seen:#x}");
         true
     }
 

@@ -42,7 +42,24 @@ pub struct Caps {
     pub features: String,
 }
 
+/// The largest leaf a nested walk may take when it offers 2 MiB leaves if `two_mb` and
+/// 1 GiB leaves if `one_gb`: 1 GiB only together with 2 MiB, since the MMU uses every size
+/// up to its largest (a CPU with 1 GiB EPT leaves but no 2 MiB ones would take each 2 MiB
+/// leaf as a misconfiguration).
+pub const fn largest_leaf(two_mb: bool, one_gb: bool) -> PageSize {
+    match (two_mb, one_gb) {
+        (true, true) => PageSize::Size1G,
+        (true, false) => PageSize::Size2M,
+        (false, _) => PageSize::Size4K,
+    }
+}
+
 impl Caps {
+    /// What the CPU offers for flushing nested translations (`backend::tlb`).
+    pub const fn tdp_flush_offer(&self, tag_covers_tdp: bool) -> super::tlb::FlushOffer {
+        super::tlb::FlushOffer { root: self.flush_one_vm, all: self.flush_all, tag_covers_tdp }
+    }
+
     /// No hardware virtualization at all.
     pub fn none() -> Self {
         Self {
@@ -60,5 +77,18 @@ impl Caps {
             disabled_by_firmware: false,
             features: "-".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_leaf_is_1g_only_with_2m_leaves_too() {
+        assert_eq!(largest_leaf(true, true), PageSize::Size1G);
+        assert_eq!(largest_leaf(true, false), PageSize::Size2M);
+        assert_eq!(largest_leaf(false, true), PageSize::Size4K);
+        assert_eq!(largest_leaf(false, false), PageSize::Size4K);
     }
 }

@@ -7,7 +7,8 @@
 //! Layout: `choice` picks the backend the CPUs offer (the only place that names SVM or
 //! VMX); `host/` holds the bare-metal helpers both backends share (clock, host CPUID,
 //! frames and the direct map); `tags` (host-tested) hands out hardware tags per CPU and
-//! `vcpu_set` holds the flush protocol, also shared; `xstate` (host-tested) and `fpu` (its
+//! `vcpu_set` holds the flush protocol, also shared, and `tlb` (host-tested) decides
+//! what each entry flushes of the nested translations; `xstate` (host-tested) and `fpu` (its
 //! instructions) switch each vCPU's x87/SSE/AVX state and XCR0 around guest execution,
 //! `debug_regs` the debug registers the hardware does not switch; `events` (host-tested)
 //! decides which event each entry injects, the one in flight at the last exit first; `nmi`
@@ -16,6 +17,7 @@
 //! above this module is ordinary Rust.
 
 mod caps;
+pub mod control_regs;
 mod error;
 pub mod events;
 pub mod ibpb;
@@ -33,12 +35,13 @@ pub mod host;
 #[cfg(target_os = "none")]
 pub mod svm;
 pub mod tags;
+pub mod tlb;
 #[cfg(target_os = "none")]
 pub mod vcpu_set;
 #[cfg(target_os = "none")]
 pub mod vmx;
 
-pub use caps::Caps;
+pub use caps::{Caps, largest_leaf};
 pub use error::BackendError;
 
 use crate::addr::Gpa;
@@ -136,6 +139,12 @@ pub enum Exit {
     /// An exit the backend does not handle, with its raw code.
     Unhandled {
         code: u64,
+    },
+    /// The CPU refused a nested page table entry on the walk to `gpa` (VMX EPT
+    /// misconfiguration; SVM nested page fault with the reserved-bit flag): an MMU bug,
+    /// which retrying would only repeat.
+    TdpMisconfig {
+        gpa: Gpa,
     },
 }
 

@@ -80,6 +80,13 @@ impl VcpuTag {
     pub fn tag(&self) -> u32 {
         self.tag
     }
+
+    /// Whether this tag was handed out after `before` was taken (a number nothing is
+    /// cached under on this CPU, the rules above): the entry took a new number rather than
+    /// keeping its own. Tag 0, the untagged host's, is never fresh.
+    pub fn is_fresh_since(&self, before: &VcpuTag) -> bool {
+        self != before && self.tag != 0
+    }
 }
 
 /// One CPU's tag numbering.
@@ -224,4 +231,4 @@ impl TagSpace {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,9 @@
 //! before it checks for a pending flush and enters; the flusher marks the flush pending
 //! before it looks whether the vCPU is in the guest (both sequentially consistent). So
 //! either the vCPU sees the request and flushes on this very entry (SVM: TLB_CONTROL
-//! flush-by-ASID, or without it a new ASID, see `backend::tags`; VMX: INVEPT), or the flusher sees it in the guest, kicks its CPU with an IPI (external
+//! flush-by-ASID, or without it a new ASID, see `backend::tags`; VMX: INVEPT; which one
+//! is `backend::tlb`'s decision), or the flusher sees it in the guest, kicks its CPU with
+//! an IPI (external
 //! interrupts exit the guest; on VMX the preemption timer bounds the wait too) and waits
 //! until its exit count moves; its next entry flushes. Either way, when `flush` returns no
 //! vCPU can use a translation from before the call.

@@ -55,9 +55,10 @@ use alloc::vec::Vec;
 
 /// Which cached translations a flush must remove, at least: flushing more is always
 /// correct, and today both backends flush everything cached for the VM whatever the scope
-/// (on VMX each vCPU runs INVEPT before its next entry, all-context where the CPU offers it,
-/// else single-context with the EPTP it enters with; on SVM a TLB_CONTROL flush of the
-/// vCPU's ASID, or without flush-by-ASID a new ASID: see the module doc).
+/// (each vCPU flushes the root it enters with next, and every other root before it enters
+/// with that one, `backend::tlb`: on VMX INVEPT single-context of that EPTP where the CPU
+/// offers it, else all-context; on SVM a TLB_CONTROL flush of the vCPU's ASID, or without
+/// flush-by-ASID a new ASID: see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushScope {
     /// Everything cached for this VM.

@@ -48,7 +48,7 @@ pub use flush::{FlushScope, TlbFlush, ZapBatch};
 pub use format::TdpFormat;
 pub use guest_memory::GuestMemoryError;
 pub use invalidate::Invalidation;
-pub use lookup::Leaf;
+pub use lookup::{Leaf, WalkStep, translate_unlocked};
 pub use root::{Role, Root, VcpuMmu};
 pub use stats::{Clock, NoClock, Stats};
 
@@ -356,6 +356,13 @@ impl<P: Platform> Mmu<P> {
     }
 }
 
+/// Destroy, in this order: (1) mark the MMU destroyed, take every slot and invalidate
+/// every root (exclusive lock: no fault installs anything after it); (2) zap each root
+/// (each zap flushes what it removed); (3) one more flush of the whole VM through the hook,
+/// whatever the zaps found, so every CPU that ran the VM has dropped its translations (or,
+/// for backends that flush at the next entry, can no longer reach them: `backend::tlb`)
+/// before (4) the slots' frames go back to the page source, and (5) table pages after
+/// their grace period. `mmu_rules` checks the order with a recording hook.
 impl<P: Platform> Drop for Mmu<P> {
     fn drop(&mut self) {
         let core = &*self.core;
@@ -367,6 +374,8 @@ impl<P: Platform> Drop for Mmu<P> {
             (slots, core.invalidate_roots(&mut exclusive))
         };
         core.zap_invalidated(scheduled);
+        core.hook.flush(FlushScope::Vm);
+        Counters::add(&core.counters.tlb_flushes, 1);
         for slot in slots {
             core.release_backing(&slot);
         }

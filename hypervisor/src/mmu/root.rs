@@ -304,6 +304,13 @@ impl<P: Platform> VcpuMmu<P> {
         self.current.as_ref().map(|r| r.pointer())
     }
 
+    /// The entries the walk of the current root to `gpa` reads (none without a root): what
+    /// a report of an entry the hardware refused (EPT misconfiguration, NPF with the
+    /// reserved-bit flag) shows.
+    pub fn walk(&self, gpa: Gpa) -> Vec<super::lookup::WalkStep> {
+        self.current.as_ref().map_or_else(Vec::new, |root| self.core.walk(root, gpa))
+    }
+
     /// Checks and clears the reload request. Call before every VM entry, and after it
     /// returned `true` call [`VcpuMmu::load`] with the current role before entering. The
     /// order (clear, then pick a root, then enter) is what makes a concurrent invalidation

@@ -120,7 +120,7 @@ fn reason_of(exit: &Exit) -> ExitReason {
         Exit::NestedPageFault { .. } => ExitReason::NestedPageFault,
         Exit::Hlt => ExitReason::Hlt,
         Exit::Shutdown => ExitReason::Shutdown,
-        Exit::InvalidState | Exit::Unhandled { .. } => ExitReason::Other,
+        Exit::InvalidState | Exit::Unhandled { .. } | Exit::TdpMisconfig { .. } => ExitReason::Other,
     }
 }
 
@@ -225,6 +225,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
         Exit::Unhandled { code } => {
             crash(cx, format!("unhandled exit {code:#x} on vcpu {}: {}", cx.index, cx.vcpu.describe()))
         }
+        Exit::TdpMisconfig { gpa } => crash(cx, misconfig_report(gpa, &cx.mmu.walk(gpa))),
     }
 }
 
@@ -246,6 +247,20 @@ pub(crate) fn port_outcome<B: Backend>(
             Flow::Continue
         }
     }
+}
+
+/// The crash reason for a nested page table entry the CPU refused: an MMU bug, reported
+/// with every entry the walk to `gpa` reads.
+fn misconfig_report(gpa: crate::addr::Gpa, walk: &[crate::mmu::WalkStep]) -> String {
+    let mut report = format!(
+        "MMU bug: the CPU refused a nested page table entry (reserved bits or a misconfiguration) \
+         on the walk to guest address {:#x}; entries:",
+        gpa.raw()
+    );
+    for step in walk {
+        report.push_str(&format!(" level {} = {:#x};", step.level, step.entry));
+    }
+    report
 }
 
 /// As INIT: the vCPU drops its roots (the MMU keeps them, so the next load finds the same
@@ -306,4 +321,21 @@ fn hypercall<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
     };
     cx.vcpu.regs_mut().rax = hypercall::encode_result(result);
     Flow::Continue
+}
+
+#[cfg(test)]
+mod misconfig_tests {
+    use super::misconfig_report;
+    use crate::addr::Gpa;
+    use crate::mmu::WalkStep;
+
+    #[test]
+    fn a_refused_entry_is_reported_with_every_entry_of_the_walk() {
+        let walk =
+            [WalkStep { level: 4, entry: 0x5007 }, WalkStep { level: 3, entry: 0x8000_0000_0000_6007 }];
+        let report = misconfig_report(Gpa::new(0x40_1000), &walk);
+        assert!(report.starts_with("MMU bug:"), "{report}");
+        assert!(report.contains("guest address 0x401000"), "{report}");
+        assert!(report.contains("level 4 = 0x5007; level 3 = 0x8000000000006007;"), "{report}");
+    }
 }

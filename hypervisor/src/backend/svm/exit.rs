@@ -20,7 +20,8 @@ pub fn decode(vmcb: &Vmcb) -> Exit {
         exit_code::HLT => Exit::Hlt,
         exit_code::VMMCALL => Exit::Hypercall,
         exit_code::SHUTDOWN => Exit::Shutdown,
-        exit_code::INVALID => Exit::InvalidState,
+        // VMEXIT_INVALID is -1 in the 64-bit field; QEMU TCG writes it 32 bits wide.
+        exit_code::INVALID | exit_code::INVALID_32 => Exit::InvalidState,
         exit_code::IOIO => {
             use vmcb::ioio;
             let size = if info1 & ioio::SIZE32 != 0 {
@@ -40,6 +41,7 @@ pub fn decode(vmcb: &Vmcb) -> Exit {
             })
         }
         exit_code::MSR => Exit::Msr { write: info1 & 1 != 0 },
+        exit_code::NPF if info1 & vmcb::npf::RESERVED != 0 => Exit::TdpMisconfig { gpa: Gpa::new(info2) },
         exit_code::NPF => {
             let access = if info1 & vmcb::npf::WRITE != 0 {
                 Access::Write

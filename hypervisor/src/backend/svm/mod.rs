@@ -9,10 +9,18 @@
 //!
 //! Works without NRIP save, decode assists, flush-by-ASID and VMCB clean bits (QEMU TCG
 //! has none of them): instruction lengths of the intercepted instructions are fixed, I/O
-//! exits carry the next RIP in EXITINFO2 regardless, a flush the MMU asks for is a new
-//! ASID for the vCPU unless flush-by-ASID exists (ASIDs tag guest and nested translations
-//! alike, so a new one reaches none of the old: KVM's `svm_flush_tlb_asid` does the same),
-//! and every clean bit is left zero.
+//! exits carry the next RIP in EXITINFO2 regardless, a flush (the MMU's, or an nCR3
+//! change: `backend::tlb`) is a new ASID for the vCPU unless flush-by-ASID exists (ASIDs
+//! tag guest and nested translations alike, so a new one reaches none of the old: KVM's
+//! `svm_flush_tlb_asid` does the same), and every clean bit is left zero.
+//!
+//! CR0/CR3/CR4 writes are not intercepted (decided, not forgotten): the guest's own MOVs
+//! are checked by the CPU as they execute (reserved bits, PG without PE, LME+PG without
+//! PAE, CR4 bits the CPU lacks all #GP in the guest), so VMRUN's consistency checks (APM
+//! Vol. 2 §15.5.1) never see a bad CR0/CR3/CR4 of the guest's making; intercepting them
+//! would need decode assists, which QEMU TCG lacks. The one register the backend writes
+//! for the guest is EFER (its WRMSR exits, to keep SVME set and hidden), and that write
+//! goes through the same checks (`backend::control_regs::wrmsr_efer`).
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
 mod emulation;
@@ -21,16 +29,17 @@ pub mod vmcb;
 mod world_switch;
 
 use super::choice::{self, Choice};
+use super::control_regs::{self, ControlRegs};
 use super::debug_regs::DebugRegs;
 use super::events::{Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::ibpb::{self, VmIdentity};
-use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
+use super::tags::{self, Rollover, TagConfig, TagSpace, VcpuTag};
+use super::tlb::{self, RootTracker, TdpFlush};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
-use crate::addr::PageSize;
 use crate::mmu::{FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -89,7 +98,8 @@ fn read_caps() -> Caps {
     let huge = libos::arch::x86_64::cpu::has_1g_pages();
     Caps {
         nested_paging: svm.npt,
-        max_page_size: if huge { PageSize::Size1G } else { PageSize::Size2M },
+        // Nested tables use the host's paging: 2 MiB leaves always, 1 GiB with Page1GB.
+        max_page_size: super::largest_leaf(true, huge),
         tags: svm.asids,
         flush_one_vm: svm.flush_by_asid,
         flush_all: true,
@@ -217,6 +227,8 @@ pub struct SvmVcpu {
     debug: DebugRegs,
     sync: Arc<VcpuSync>,
     tag: VcpuTag,
+    /// The nCR3 of the last entry, and where (`backend::tlb`).
+    roots: RootTracker,
     /// The event in flight at the last exit and those requested since (`backend::events`).
     events: EventQueue,
 }
@@ -235,6 +247,7 @@ impl SvmVcpu {
             debug: DebugRegs::default(),
             sync,
             tag: VcpuTag::default(),
+            roots: RootTracker::default(),
             events: EventQueue::default(),
         };
         vcpu.init_controls();
@@ -279,23 +292,30 @@ impl SvmVcpu {
         v.write32(control::CLEAN_BITS, 0);
     }
 
-    /// Just before VMRUN on `cpu`: marks the vCPU in the guest, sets its ASID for this CPU
-    /// and returns the TLB_CONTROL the entry needs. A flush the MMU asked for is a
-    /// flush-by-ASID where the CPU has it, else a new ASID.
-    fn choose_asid(&mut self, cpu: usize) -> u8 {
-        let flush_by_asid = Svm::caps().flush_one_vm;
-        let flush_requested = self.sync.entering(cpu);
-        if flush_requested && !flush_by_asid {
-            self.tag.forget();
-        }
-        let decision = ASIDS.on_entry(cpu, &mut self.tag);
-        self.vmcb.write32(control::GUEST_ASID, decision.tag);
-        match decision.flush {
-            TagFlush::All => vmcb::TLB_CONTROL_FLUSH_ALL,
-            TagFlush::ThisTag if !flush_by_asid => vmcb::TLB_CONTROL_FLUSH_ALL,
-            TagFlush::ThisTag => vmcb::TLB_CONTROL_FLUSH_ASID,
-            TagFlush::None if flush_requested && flush_by_asid => vmcb::TLB_CONTROL_FLUSH_ASID,
-            TagFlush::None => vmcb::TLB_CONTROL_NOTHING,
+    /// Just before VMRUN on `cpu` with `ncr3`: marks the vCPU in the guest, sets its ASID
+    /// for this CPU and returns the TLB_CONTROL the entry needs (`backend::tlb`). The
+    /// vCPU's ASID tags every translation it caches, nested ones included, whatever nCR3
+    /// they came from: so a flush the MMU asked for, or an nCR3 other than the last
+    /// entry's on this CPU, is a flush-by-ASID where the CPU has it, else a new ASID
+    /// (under which nothing is cached); a fresh ASID needs neither.
+    fn choose_asid(&mut self, cpu: usize, ncr3: u64) -> u8 {
+        let caps = Svm::caps();
+        let requested = self.sync.entering(cpu);
+        let stale = self.roots.on_entry(cpu, ncr3, requested);
+        let tag = &mut self.tag;
+        let flush = tlb::entry_flush(stale, caps.tdp_flush_offer(true), |drop_tag| {
+            if drop_tag {
+                tag.forget();
+            }
+            let before = *tag;
+            let decision = ASIDS.on_entry(cpu, tag);
+            (decision, tag.is_fresh_since(&before))
+        });
+        self.vmcb.write32(control::GUEST_ASID, flush.tag.tag);
+        match tlb::combined(flush.tdp, flush.tag.flush) {
+            TdpFlush::None => vmcb::TLB_CONTROL_NOTHING,
+            TdpFlush::Root if caps.flush_one_vm => vmcb::TLB_CONTROL_FLUSH_ASID,
+            TdpFlush::Root | TdpFlush::All => vmcb::TLB_CONTROL_FLUSH_ALL,
         }
     }
 
@@ -326,8 +346,21 @@ impl SvmVcpu {
             return false;
         }
         if write {
+            // Checked as the CPU would (`backend::control_regs`): VMRUN refuses an EFER with
+            // reserved bits (APM Vol. 2 §15.5.1), so a bad value is the guest's #GP.
             let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
-            self.vmcb.write64(save::EFER, value | vmcb::EFER_SVME);
+            let now = ControlRegs {
+                cr0: self.vmcb.read64(save::CR0),
+                efer: self.vmcb.read64(save::EFER) & !vmcb::EFER_SVME,
+                ..ControlRegs::default()
+            };
+            match control_regs::wrmsr_efer(&now, value) {
+                Ok(efer) => self.vmcb.write64(save::EFER, efer | vmcb::EFER_SVME),
+                Err(control_regs::Gp) => {
+                    self.inject_general_protection();
+                    return true;
+                }
+            }
         } else {
             let value = self.vmcb.read64(save::EFER) & !vmcb::EFER_SVME;
             self.regs.rax = value & 0xFFFF_FFFF;
@@ -453,7 +486,7 @@ impl BackendVcpu for SvmVcpu {
                 return Exit::InvalidState;
             };
             self.vmcb.write64(control::NESTED_CR3, root_pointer);
-            let tlb = self.choose_asid(cpu);
+            let tlb = self.choose_asid(cpu, root_pointer);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
             self.write_event_injection();

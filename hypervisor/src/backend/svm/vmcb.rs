@@ -122,6 +122,8 @@ pub mod exit_code {
     pub const NPF: u64 = 0x400;
     /// VMEXIT_INVALID: the guest state failed VMRUN's consistency checks.
     pub const INVALID: u64 = u64::MAX;
+    /// The same, as QEMU TCG stores it (zero-extended from 32 bits).
+    pub const INVALID_32: u64 = u32::MAX as u64;
 }
 
 /// IOIO exit information 1 (APM Vol. 2 §15.10.2, Figure 15-2).
@@ -142,6 +144,8 @@ pub mod ioio {
 /// Nested page fault exit information 1: the #PF-style error code (APM Vol. 2 §15.25.6).
 pub mod npf {
     pub const WRITE: u64 = 1 << 1;
+    /// A reserved bit was set in a nested page table entry.
+    pub const RESERVED: u64 = 1 << 3;
     pub const EXECUTE: u64 = 1 << 4;
 }
 

@@ -63,11 +63,6 @@ pub mod cr_qual {
     pub const REG_MASK: u64 = 0xF;
 }
 
-/// EPTP fields (SDM Vol. 3C §25.6.11): memory type WB, page-walk length - 1, A/D enable.
-pub const EPTP_MEMORY_TYPE_WB: u64 = 6;
-pub const EPTP_WALK_LENGTH_4: u64 = 3 << 3;
-pub const EPTP_ACCESSED_DIRTY: u64 = 1 << 6;
-
 /// Segment access rights in the VMCS format (SDM Vol. 3C §25.4.1, Table 25-2): type, S,
 /// DPL, P in bits 7:0, AVL/L/D/G in bits 15:12, bit 16 "unusable".
 pub mod access_rights {
@@ -88,13 +83,8 @@ pub const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
 pub const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
 /// IA32_VMX_BASIC bit 55: the TRUE control MSRs exist (SDM Vol. 3D §A.1).
 pub const VMX_BASIC_TRUE_CTLS: u64 = 1 << 55;
-/// CR4.VMXE (SDM Vol. 3A §2.5).
-pub const CR4_VMXE: u64 = 1 << 13;
-/// CR0.NE, CR0.PE, CR0.PG, CR0.ET.
-pub const CR0_PE: u64 = 1 << 0;
-pub const CR0_ET: u64 = 1 << 4;
-pub const CR0_NE: u64 = 1 << 5;
-pub const CR0_PG: u64 = 1 << 31;
+/// Control-register bits, defined once for both backends.
+pub use crate::backend::control_regs::{CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_VMXE};
 /// INVEPT / INVVPID types (SDM Vol. 3C §30.3).
 pub const INVEPT_SINGLE_CONTEXT: u64 = 1;
 pub const INVEPT_ALL_CONTEXT: u64 = 2;

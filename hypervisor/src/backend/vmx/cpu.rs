@@ -8,7 +8,6 @@
 //! host-state MSRs at VMCS setup.
 
 use super::consts::*;
-use crate::addr::PageSize;
 use crate::backend::choice::{self, Choice};
 use crate::backend::host::Frames;
 use crate::backend::{BackendError, Caps};
@@ -68,20 +67,18 @@ pub fn save_kernel_gs_base(cpu: usize) -> u64 {
 pub fn caps() -> &'static Caps {
     CAPS.call_once(|| {
         let Some(libos::virt::VirtCaps::Vmx(vmx)) = libos::smp::virt_caps(0) else { return Caps::none() };
+        // INVEPT exists only with bit 20 of IA32_VMX_EPT_VPID_CAP (SDM Vol. 3D §A.10), and
+        // EPT is usable only with a way to flush it (`backend::tlb`).
+        let invept_single = vmx.invept && vmx.invept_single;
+        let invept_all = vmx.invept && vmx.invept_all;
         Caps {
-            nested_paging: vmx.ept,
-            max_page_size: if vmx.ept_1g {
-                PageSize::Size1G
-            } else if vmx.ept_2m {
-                PageSize::Size2M
-            } else {
-                PageSize::Size4K
-            },
+            nested_paging: vmx.ept && (invept_single || invept_all),
+            max_page_size: crate::backend::largest_leaf(vmx.ept_2m, vmx.ept_1g),
             // VPIDs need an INVVPID type to make a reused number safe; without one, run
             // untagged (VM entry and exit then flush the guest's linear translations).
             tags: if vmx.invvpid_single || vmx.invvpid_all { VPID_LIMIT } else { 0 },
-            flush_one_vm: vmx.invept_single,
-            flush_all: vmx.invept_all,
+            flush_one_vm: invept_single,
+            flush_all: invept_all,
             flush_tag: vmx.invvpid_single,
             flush_all_tags: vmx.invvpid_all,
             next_rip: true,
@@ -195,20 +192,61 @@ pub fn enable_on_this_cpu() -> Result<(), BackendError> {
     Ok(())
 }
 
-/// INVEPT of `kind` (single-context with `eptp`, or all-context).
-pub fn invept(kind: u64, eptp: u64) {
-    let descriptor: [u64; 2] = [eptp, 0];
-    // SAFETY: VMX is on (we are about to enter a guest on this CPU); the descriptor is a
-    // valid 16-byte operand; the type was checked against the CPU's capabilities.
-    unsafe {
-        core::arch::asm!("invept {kind}, [{desc}]", kind = in(reg) kind, desc = in(reg) descriptor.as_ptr(), options(nostack));
+/// How a VMX instruction failed (SDM Vol. 3C §31.2): VMfailInvalid (CF set: no current
+/// VMCS) or VMfailValid (ZF set: the number is in the current VMCS's VM-instruction error
+/// field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFail {
+    Invalid,
+    Valid,
+}
+
+/// CF and ZF after a VMX instruction, as its outcome.
+fn outcome(below_or_equal: u8) -> Result<(), VmFail> {
+    const CF: u8 = 1;
+    const ZF: u8 = 2;
+    match below_or_equal {
+        0 => Ok(()),
+        flags if flags & CF != 0 => Err(VmFail::Invalid),
+        _ => {
+            debug_assert_eq!(below_or_equal, ZF);
+            Err(VmFail::Valid)
+        }
     }
 }
 
-pub fn invvpid(kind: u64, vpid: u16) {
-    let descriptor: [u64; 2] = [vpid as u64, 0];
-    // SAFETY: as for `invept`.
-    unsafe {
-        core::arch::asm!("invvpid {kind}, [{desc}]", kind = in(reg) kind, desc = in(reg) descriptor.as_ptr(), options(nostack));
-    }
+/// Runs `$instruction` (INVEPT or INVVPID) of type `$kind` with a 16-byte descriptor
+/// whose first quadword is `$first`, and returns its outcome from CF and ZF.
+macro_rules! invalidate {
+    ($instruction:literal, $kind:expr, $first:expr) => {{
+        let descriptor: [u64; 2] = [$first, 0];
+        let (cf, zf): (u8, u8);
+        // SAFETY: VMX is on (we are about to enter a guest on this CPU); the descriptor is
+        // a valid 16-byte operand that lives across the instruction; the instruction only
+        // invalidates cached translations and reports failure in CF/ZF, read at once.
+        unsafe {
+            core::arch::asm!(
+                concat!($instruction, " {kind}, [{desc}]"),
+                "setc {cf}",
+                "setz {zf}",
+                kind = in(reg) $kind,
+                desc = in(reg) descriptor.as_ptr(),
+                cf = out(reg_byte) cf,
+                zf = out(reg_byte) zf,
+                options(nostack),
+            );
+        }
+        outcome(cf | (zf << 1))
+    }};
+}
+
+/// INVEPT of `kind` (single-context with `eptp`, or all-context): the caller checked the
+/// type against the CPU's capabilities (`Caps::flush_one_vm`, `Caps::flush_all`).
+pub fn invept(kind: u64, eptp: u64) -> Result<(), VmFail> {
+    invalidate!("invept", kind, eptp)
+}
+
+/// INVVPID of `kind` (single-context with `vpid`, or all-context), checked as [`invept`].
+pub fn invvpid(kind: u64, vpid: u16) -> Result<(), VmFail> {
+    invalidate!("invvpid", kind, vpid as u64)
 }

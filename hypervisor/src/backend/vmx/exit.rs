@@ -54,10 +54,12 @@ pub fn decode(v: &Current) -> (u32, Exit) {
             };
             Exit::NestedPageFault { gpa: Gpa::new(v.read(ro::GUEST_PHYSICAL_ADDR_FULL)), access }
         }
-        exit_reason::INVALID_GUEST_STATE
-        | exit_reason::MSR_LOADING
-        | exit_reason::MACHINE_CHECK
-        | exit_reason::EPT_MISCONFIG => Exit::InvalidState,
+        exit_reason::EPT_MISCONFIG => {
+            Exit::TdpMisconfig { gpa: Gpa::new(v.read(ro::GUEST_PHYSICAL_ADDR_FULL)) }
+        }
+        exit_reason::INVALID_GUEST_STATE | exit_reason::MSR_LOADING | exit_reason::MACHINE_CHECK => {
+            Exit::InvalidState
+        }
         other => Exit::Unhandled { code: other as u64 },
     };
     (full, exit)

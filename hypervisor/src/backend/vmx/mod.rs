@@ -9,12 +9,14 @@
 //! written into its VMCS when it changes). A flush the MMU asks for stays an INVEPT: VPIDs
 //! do not tag guest-physical (EPT-only) translations, so a new VPID would not reach them
 //! (SDM Vol. 3C §29.4.1). Without VPIDs the guest runs untagged, and every VM entry and
-//! exit flushes its linear translations (SDM Vol. 3C §29.4.3.3). Each exit is decoded by `exit`; MOVs to CR0/CR4 that touch a bit VMX fixes are
-//! emulated by `cr` without leaving the backend.
+//! exit flushes its linear translations (SDM Vol. 3C §29.4.3.3). Each exit is decoded by
+//! `exit`; MOVs to CR0/CR4 that touch a host-owned bit are emulated by `cr` without
+//! leaving the backend.
 //!
 //! Guests start in real mode or 32-bit protected mode with paging off, which needs the
 //! "unrestricted guest" control; CR0.WP and CR4.PGE are guest-owned (no exits), and so is
-//! every CR0/CR4 bit except those VMX fixes (NE, VMXE), which the read shadows hide.
+//! every CR0/CR4 bit except those VMX fixes (NE, VMXE), which the read shadows hide, and
+//! CR0.PG, whose changes switch long mode and PAE paging (`cr`).
 #![allow(unsafe_code, reason = "the world switch")]
 
 mod consts;
@@ -23,6 +25,7 @@ mod cr;
 mod emulation;
 mod exit;
 mod nmi;
+mod pdpte;
 mod setup;
 mod vmcs;
 mod world_switch;
@@ -32,16 +35,17 @@ use super::events::{self, Event, EventQueue};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::ibpb::{self, VmIdentity};
-use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
+use super::tags::{self, Rollover, TagConfig, TagDecision, TagFlush, TagSpace, VcpuTag};
+use super::tlb::{self, RootTracker, TdpFlush};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
 use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryState, Exit, GuestRegs};
-use crate::mmu::{FlushScope, TlbFlush};
+use crate::mmu::{Access, FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use consts::*;
-use cr::CrShadows;
+use cr::{CrExit, CrShadows};
 use setup::VmResources;
 use vmcs::{Current, Vmcs};
 use x86::vmx::vmcs::{control, guest, ro};
@@ -153,6 +157,8 @@ pub struct VmxVcpu {
     entry: EntryState,
     cr: CrShadows,
     eptp: u64,
+    /// The EPTP of the last entry, and where (`backend::tlb`).
+    roots: RootTracker,
     /// The VPID numbering's view of this vCPU, and the VPID its VMCS holds.
     tag: VcpuTag,
     vpid: u32,
@@ -167,9 +173,9 @@ impl VmxVcpu {
     pub fn new(vm: &Arc<VmxVm>, entry: &EntryState) -> Result<Self, BackendError> {
         let vmcs = Vmcs::new(cpu::host().revision)?;
         let sync = vm.vcpus.register();
-        // The EPT root may have served another VM on this CPU: INVEPT before the first
-        // entry. Its VPID is fresh from this CPU's numbering, under which nothing is cached.
-        sync.request_flush();
+        // Its first entry flushes the EPT root it enters with (`backend::tlb`: the root may
+        // have served another VM on this CPU); its VPID is fresh from this CPU's numbering,
+        // under which nothing is cached.
         Ok(Self {
             vm: vm.clone(),
             vmcs,
@@ -182,6 +188,7 @@ impl VmxVcpu {
             entry: *entry,
             cr: CrShadows::default(),
             eptp: 0,
+            roots: RootTracker::default(),
             tag: VcpuTag::default(),
             vpid: 0,
             last_exit_reason: 0,
@@ -210,27 +217,20 @@ impl VmxVcpu {
         loop {
             self.set_up()?;
             let v = self.vmcs.current()?;
-            let caps = Vmx::caps();
-            let eptp = root_pointer
-                | EPTP_MEMORY_TYPE_WB
-                | EPTP_WALK_LENGTH_4
-                | if caps.accessed_dirty { EPTP_ACCESSED_DIRTY } else { 0 };
+            // The EPTP as the MMU encodes it (`Ept::root_pointer`: write-back, walk length,
+            // no A/D).
+            let eptp = root_pointer;
             if eptp != self.eptp {
                 v.write(control::EPTP_FULL, eptp)?;
                 self.eptp = eptp;
             }
-            if caps.preemption_timer {
+            if Vmx::caps().preemption_timer {
                 v.write(guest::VMX_PREEMPTION_TIMER_VALUE, preemption_timer_ticks())?;
             }
             let cpu = libos::smp::current_cpu();
-            choose_vpid(&v, cpu, &mut self.tag, &mut self.vpid)?;
-            if self.sync.entering(cpu) {
-                if caps.flush_all {
-                    cpu::invept(INVEPT_ALL_CONTEXT, 0);
-                } else {
-                    cpu::invept(INVEPT_SINGLE_CONTEXT, eptp);
-                }
-            }
+            let requested = self.sync.entering(cpu);
+            let stale = self.roots.on_entry(cpu, eptp, requested);
+            flush_on_entry(&v, cpu, stale, eptp, &mut self.tag, &mut self.vpid)?;
             write_event_injection(&v, self.events.next_entry())?;
             x86_64::instructions::interrupts::disable();
             ibpb::before_entry(cpu, self.vm.identity);
@@ -268,31 +268,70 @@ impl VmxVcpu {
             if exit::is_exception(reason) && reflect_exception(&v, &mut self.debug, &mut self.events) {
                 continue;
             }
-            if !(exit::is_cr_access(reason) && cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs)) {
+            if !exit::is_cr_access(reason) {
                 return Ok(exit);
             }
-            skip_instruction(&v);
+            match cr::emulate(&v, cpu::host(), &mut self.cr, &mut self.regs, self.eptp) {
+                CrExit::Emulated => skip_instruction(&v),
+                CrExit::Fault => self.events.request(general_protection(&v)),
+                CrExit::NeedsPage(gpa) => return Ok(Exit::NestedPageFault { gpa, access: Access::Read }),
+                CrExit::NotHandled => return Ok(exit),
+            }
         }
     }
 }
 
-/// Just before VM entry on `cpu`: this CPU's VPID for the vCPU (`tag`), into the current
-/// VMCS if it differs from the one there (`vpid`), and the INVVPID the numbering asks for.
-fn choose_vpid(v: &Current, cpu: usize, tag: &mut VcpuTag, vpid: &mut u32) -> Result<(), BackendError> {
-    if Vmx::caps().tags == 0 {
-        return Ok(());
+/// Just before VM entry on `cpu`, the flushes `backend::tlb` decides: this CPU's VPID
+/// for the vCPU (into the VMCS if it differs from the one there) with the INVVPID its
+/// numbering asks for, and the INVEPT of the EPTP the entry uses if its translations
+/// are `stale` (single-context where the CPU offers it, else all-context). VPIDs do not
+/// tag guest-physical translations, so a new VPID never stands for an INVEPT.
+fn flush_on_entry(
+    v: &Current,
+    cpu: usize,
+    stale: bool,
+    eptp: u64,
+    tag: &mut VcpuTag,
+    vpid: &mut u32,
+) -> Result<(), BackendError> {
+    let caps = Vmx::caps();
+    let flush = tlb::entry_flush(stale, caps.tdp_flush_offer(false), |_| {
+        if caps.tags == 0 {
+            return (TagDecision { tag: 0, flush: TagFlush::None }, false);
+        }
+        let before = *tag;
+        let decision = VPIDS.on_entry(cpu, tag);
+        (decision, tag.is_fresh_since(&before))
+    });
+    if caps.tags > 0 && flush.tag.tag != *vpid {
+        v.write(control::VPID, flush.tag.tag as u64)?;
+        *vpid = flush.tag.tag;
     }
-    let decision = VPIDS.on_entry(cpu, tag);
-    if decision.tag != *vpid {
-        v.write(control::VPID, decision.tag as u64)?;
-        *vpid = decision.tag;
-    }
-    match decision.flush {
-        TagFlush::All => cpu::invvpid(INVVPID_ALL_CONTEXT, 0),
-        TagFlush::ThisTag => cpu::invvpid(INVVPID_SINGLE_CONTEXT, decision.tag as u16),
+    let failed = |what| move |fail| vm_fail(v, what, fail);
+    match flush.tag.flush {
+        TagFlush::All => cpu::invvpid(INVVPID_ALL_CONTEXT, 0).map_err(failed("INVVPID all-context"))?,
+        TagFlush::ThisTag => cpu::invvpid(INVVPID_SINGLE_CONTEXT, flush.tag.tag as u16)
+            .map_err(failed("INVVPID single-context"))?,
         TagFlush::None => {}
     }
+    match flush.tdp {
+        TdpFlush::Root => {
+            cpu::invept(INVEPT_SINGLE_CONTEXT, eptp).map_err(failed("INVEPT single-context"))?
+        }
+        TdpFlush::All => cpu::invept(INVEPT_ALL_CONTEXT, 0).map_err(failed("INVEPT all-context"))?,
+        TdpFlush::None => {}
+    }
     Ok(())
+}
+
+/// A failed INVEPT/INVVPID: a backend bug (a type the CPU does not offer, a bad EPTP), so
+/// the vCPU ends with the CPU's reason rather than running on stale translations.
+fn vm_fail(v: &Current, what: &'static str, fail: cpu::VmFail) -> BackendError {
+    let error = match fail {
+        cpu::VmFail::Invalid => "VMfailInvalid".into(),
+        cpu::VmFail::Valid => format!("VMfailValid: {}", v.instruction_error()),
+    };
+    BackendError::VmEntryFailed { what, error }
 }
 
 /// XSETBV (which always exits on VMX): a valid value becomes the vCPU's XCR0, anything
@@ -426,7 +465,9 @@ impl BackendVcpu for VmxVcpu {
     fn guest_cr4(&self) -> u64 {
         // The guest owns every bit but VMXE (`cr`): those from CR4 itself, VMXE from the
         // shadow.
-        self.vmcs.current().map_or(0, |v| (v.read(guest::CR4) & !CR4_VMXE) | (self.cr.cr4 & CR4_VMXE))
+        self.vmcs
+            .current()
+            .map_or(0, |v| (v.read(guest::CR4) & !cr::CR4_HOST_OWNED) | (self.cr.cr4 & cr::CR4_HOST_OWNED))
     }
 
     fn inject_general_protection(&mut self) {

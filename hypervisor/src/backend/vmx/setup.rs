@@ -102,10 +102,10 @@ pub fn write_controls(
     v.write(control::VMEXIT_MSR_LOAD_COUNT, 0)?;
     v.write(control::VMENTRY_MSR_LOAD_COUNT, 0)?;
     v.write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
-    // The bits VMX fixes to one (NE, VMXE) are host-owned and hidden by the shadows (see
-    // `cr`); every other bit is the guest's own.
-    v.write(control::CR0_GUEST_HOST_MASK, CR0_NE)?;
-    v.write(control::CR4_GUEST_HOST_MASK, CR4_VMXE)?;
+    // The bits VMX fixes to one (NE, VMXE) and CR0.PG are host-owned and hidden by the
+    // shadows (see `cr`); every other bit is the guest's own.
+    v.write(control::CR0_GUEST_HOST_MASK, cr::CR0_HOST_OWNED)?;
+    v.write(control::CR4_GUEST_HOST_MASK, cr::CR4_HOST_OWNED)?;
     Ok(())
 }
 
