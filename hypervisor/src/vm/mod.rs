@@ -29,7 +29,7 @@ pub use run_queue::{RunQueue, Step};
 pub use stats::VmStats;
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
-use crate::addr::{Gpa, PAGE_SIZE};
+use crate::addr::Gpa;
 pub use crate::backend::BackendError;
 use crate::backend::{Backend, BackendVm, EntryMode, EntryState, GuestRegs};
 use crate::cpuid;
@@ -242,14 +242,13 @@ impl<B: Backend> Vm<B> {
         };
         for segment in &plan.segments {
             write(segment.gpa, segment.file_bytes(image))?;
-            let zeroes = [0u8; PAGE_SIZE as usize];
-            let mut gpa = segment.gpa.raw() + segment.file_range.len() as u64;
-            let end = segment.gpa_range().end.raw();
-            while gpa < end {
-                let n = (end - gpa).min(PAGE_SIZE) as usize;
-                write(Gpa::new(gpa), &zeroes[..n])?;
-                gpa += n as u64;
-            }
+            // The tail beyond the file's bytes reads as zeros; memory never touched is
+            // zero already, so a huge `p_memsz` costs nothing (see `Mmu::zero_guest`).
+            let tail = Gpa::new(segment.gpa.raw() + segment.file_range.len() as u64);
+            let tail_len = segment.gpa_range().end.raw().saturating_sub(tail.raw());
+            self.mmu
+                .zero_guest(AsId::Normal, tail, tail_len)
+                .map_err(|e| VmError::Memory(format!("{e:?}")))?;
         }
         if let Some(info) = &plan.boot_info {
             write(info.gpa, &info.bytes)?;
