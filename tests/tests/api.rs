@@ -437,6 +437,60 @@ fn the_api_answers_while_guests_spin_on_every_vcpu_cpu_and_stop_ends_them() {
     ok(client.delete("/v1/vms/busy"), 204);
 }
 
+/// One host CPU (`-smp 1`) and a guest spinning on it: the control plane still answers
+/// every request (it polls the network between vCPU ticks, above the vCPUs), runs another
+/// guest to its end meanwhile, and stops and deletes the spinner. A stop answers at once
+/// with `stopping` (its vCPU cannot have left: the API holds the only CPU while it
+/// answers), and the final state shows in a later GET. Afterwards every frame is free
+/// again.
+#[test]
+fn on_one_cpu_the_api_answers_while_a_guest_spins_and_the_spinner_stops_and_is_deleted() {
+    let (_console, client) = boot_with(1024, |qemu| qemu.cpus = 1);
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["cpus"], 1, "{info}");
+    let free_before = info["memory_free_bytes"].as_u64().unwrap();
+    let spin = |vm: &str| {
+        ok(client.put(&format!("/v1/vms/{vm}"), br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+        ok(client.put(&format!("/v1/vms/{vm}/image?format=flat&load=0x7c00"), b"\xeb\xfe"), 200);
+        ok(client.post(&format!("/v1/vms/{vm}/actions"), br#"{"action": "start"}"#), 200);
+    };
+    spin("spin");
+    for _ in 0..10 {
+        assert_eq!(json(&ok(client.get("/v1/vms/spin"), 200))["state"], "running");
+    }
+    ok(client.put("/v1/vms/hello", br#"{"vcpus": 1, "memory_mib": 16}"#), 201);
+    ok(client.put("/v1/vms/hello/image?format=multiboot", &guest("hello")), 200);
+    ok(client.post("/v1/vms/hello/actions", br#"{"action": "start"}"#), 200);
+    console_until(&client, "hello", "hello from taproot guest");
+    assert_eq!(wait_state(&client, "hello", "exited")["exit_status"], 0);
+    ok(client.delete("/v1/vms/hello"), 204);
+
+    let stopped = json(&ok(client.post("/v1/vms/spin/actions", br#"{"action": "stop"}"#), 200));
+    assert_eq!(stopped["state"], "stopping", "{stopped}");
+    wait_state(&client, "spin", "stopped");
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "reset"}"#), 200);
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "start"}"#), 200);
+    // A reset of a spinning VM on the API's own CPU: it runs the vCPU until it leaves.
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "reset"}"#), 200);
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "start"}"#), 200);
+    // Deleted while it spins: gone from the list at once, its memory back soon after.
+    ok(client.delete("/v1/vms/spin"), 204);
+    ok(client.get("/v1/vms/spin"), 404);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = json(&ok(client.get("/v1/info"), 200));
+        if info["memory_free_bytes"].as_u64() == Some(free_before) {
+            assert_eq!((info["vms"].as_u64(), info["memory_assigned_bytes"].as_u64()), (Some(0), Some(0)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted VM's frames never came back: {info} (before: {free_before})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Each CPU's tag numbering from `/v1/info`: (largest generation, total flushes).
 fn tag_generations(client: &Client) -> (u64, u64) {
     let info = json(&ok(client.get("/v1/info"), 200));

@@ -2,9 +2,12 @@
 //! rules are [`lifecycle`]'s and the memory slots the MMU's: the registry keeps neither,
 //! only which VM has which id and which uploads are in flight.
 //!
-//! Every call returns promptly (the API server polls the network between calls); the only
-//! waits are for vCPUs to leave their loops on stop/delete/reset, which takes at most one
-//! host timer period per vCPU.
+//! Every call returns promptly (the API server polls the network between calls). `stop`
+//! answers with the VM `stopping`; `delete` takes the VM out of the registry at once and
+//! leaves it in `retiring` until its vCPUs have left their loops, when [`Manager::reap`]
+//! (called by the server at every poll) destroys it. Only `reset` of a running VM waits
+//! for its vCPUs, at most a host timer period per vCPU (running them itself when they
+//! share its CPU), and gives up with 409 after [`STOP_TIMEOUT_NS`].
 
 use super::sched;
 use alloc::boxed::Box;
@@ -25,7 +28,7 @@ use hypervisor::vm::commit::CommitLimit;
 use hypervisor::vm::limits::HostLimits;
 use hypervisor::vm::{Action, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
 
-/// How long stop, delete and reset wait for vCPUs to leave their loops.
+/// How long a reset waits for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
 
 struct Entry<B: Backend> {
@@ -56,6 +59,9 @@ pub struct Manager<B: Backend> {
     /// By id: every request looks its VM up here (a `hashbrown` map: no ordering is needed
     /// but the listing's, which sorts).
     vms: HashMap<String, Entry<B>>,
+    /// Deleted VMs whose vCPUs are still leaving their loops: their memory is still
+    /// assigned until [`Manager::reap`] destroys them.
+    retiring: Vec<Arc<Vm<B>>>,
     next_vm_number: u32,
     next_cpu: usize,
     /// Why VMs cannot run here, if they cannot (no VMX/SVM, or turning it on failed).
@@ -75,6 +81,7 @@ impl<B: Backend> Manager<B> {
     pub fn new(virt: Result<(), String>, commit: CommitLimit, limits: HostLimits) -> Self {
         Self {
             vms: HashMap::new(),
+            retiring: Vec::new(),
             next_vm_number: 1,
             next_cpu: 0,
             virt,
@@ -85,9 +92,32 @@ impl<B: Backend> Manager<B> {
         }
     }
 
-    /// Guest memory the VMs' slots cover.
+    /// Guest memory the VMs' slots cover, deleted VMs not yet destroyed included.
     fn assigned_bytes(&self) -> u64 {
-        self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum()
+        let vms = self.vms.values().map(|e| &e.vm).chain(&self.retiring);
+        vms.flat_map(|vm| vm.memslots()).map(|s| s.size).sum()
+    }
+
+    /// Destroys the deleted VMs whose vCPUs have all left their loops (no scheduler queue
+    /// holds them any more), returning their memory to the host.
+    pub fn reap(&mut self) {
+        let mut index = 0;
+        while index < self.retiring.len() {
+            let vm = &self.retiring[index];
+            if vm.running_vcpus() > 0 || Arc::strong_count(vm) > 1 {
+                index += 1;
+                continue;
+            }
+            match Arc::try_unwrap(self.retiring.swap_remove(index)) {
+                Ok(vm) => vm.destroy(),
+                // Referenced again since the look (cannot happen: only the registry adds
+                // references); it stays for the next round.
+                Err(vm) => {
+                    self.retiring.push(vm);
+                    index += 1;
+                }
+            }
+        }
     }
 
     /// Refuses (503, with the figures) `asked` more bytes of guest memory beyond the
@@ -120,14 +150,20 @@ impl<B: Backend> Manager<B> {
     }
 
     /// Stops `vm` and waits until no vCPU runs it and no scheduler queue holds it: until
-    /// only the `held` references of the registry and the caller remain.
+    /// only the `held` references of the registry and the caller remain. Where vCPUs share
+    /// this CPU, it runs them a tick at a time meanwhile, so that they can leave.
     fn stop_and_wait(vm: &Arc<Vm<B>>, held: usize) -> Result<(), ApiError> {
-        // Refused unless the VM is running or paused; in any other state no vCPU runs it.
+        // Refused unless the VM is running or paused; in any other state no vCPU enters it.
         let _ = vm.stop();
-        let deadline = libos::time::now_ns() + STOP_TIMEOUT_NS;
+        let deadline = libos::time::now_ns().saturating_add(STOP_TIMEOUT_NS);
         let busy = || vm.running_vcpus() > 0 || Arc::strong_count(vm) > held;
+        let run_here = sched::runs_vcpus_here();
         while busy() && libos::time::now_ns() < deadline {
-            core::hint::spin_loop();
+            if run_here {
+                sched::run_one_tick();
+            } else {
+                core::hint::spin_loop();
+            }
         }
         if busy() {
             return Err(ApiError::Conflict("the VM's vCPUs are still stopping; retry in a moment".into()));
@@ -234,12 +270,14 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if entry.uploading {
             return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
         }
-        Self::stop_and_wait(&entry.vm, 1)?;
-        let entry = self.vms.remove(id.as_str()).expect("looked up above");
-        match Arc::try_unwrap(entry.vm) {
-            Ok(vm) => vm.destroy(),
-            Err(_) => return Err(ApiError::Internal("VM still referenced after its vCPUs ended".into())),
+        if self.retiring.try_reserve(1).is_err() {
+            return Err(ApiError::Unavailable("no room on the heap to delete a VM now; retry later".into()));
         }
+        let entry = self.vms.remove(id.as_str()).ok_or_else(|| not_found(id))?;
+        // Refused unless it runs or is paused; otherwise no vCPU enters it again.
+        let _ = entry.vm.stop();
+        self.retiring.push(entry.vm);
+        self.reap();
         Ok(())
     }
 

@@ -68,6 +68,7 @@ fn the_documented_actions_and_states_are_the_lifecycles_on_the_wire() {
         VmState::Created,
         VmState::Running,
         VmState::Paused,
+        VmState::Stopping,
         VmState::Exited { status: 0 },
         VmState::Crashed { reason: String::new() },
         VmState::Stopped,
