@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use std::format;
 use yaml_rust2::{Yaml, YamlLoader};
 
-fn document() -> Yaml {
+pub(super) fn document() -> Yaml {
     let path = format!("{}/../docs/api/openapi.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
