@@ -273,6 +273,43 @@ fn the_command_line_limits_on_vms_hold() {
 
 /// Without overcommit, guest memory is committed up front: a VM or a slot beyond what the
 /// host can back is refused with the figures, and nothing of it is left behind.
+/// A loop creating VMs until refused, on a small heap (128 MiB of RAM: 16 MiB of heap)
+/// with the largest console rings: the heap runs short long before guest memory does, and
+/// the refusal is a 503 whose JSON error names the heap; the image answers on, and once
+/// the VMs are deleted new ones fit again. (Before the heap was checked, the ring's
+/// infallible allocation ended the image at about the tenth VM.)
+#[test]
+fn creating_vms_until_the_heap_runs_short_is_refused_with_503_and_the_image_lives() {
+    let (mut console, client) = boot_with(128, |qemu| {
+        if let Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" max_vms=1024 console_kib=1024");
+        }
+    });
+    let mut created = 0;
+    let refusal = loop {
+        let r = client.put(&format!("/v1/vms/v{created}"), br#"{"vcpus": 1, "memory_mib": 1}"#);
+        let r =
+            r.unwrap_or_else(|e| panic!("no answer after {created} VMs ({e}):\n{}", console.transcript()));
+        if r.status != 201 {
+            break r;
+        }
+        created += 1;
+        assert!(created < 200, "200 VMs with 1 MiB console rings fit a 16 MiB heap?");
+    };
+    assert_eq!(refusal.status, 503, "{}", refusal.text());
+    let message = json(&refusal)["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("heap"), "{message}");
+    eprintln!("heap: {created} VMs with 1 MiB console rings, then: {message}");
+    assert!(created >= 2, "only {created} VMs before the refusal: {message}");
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], created);
+    for i in 0..created {
+        ok(client.delete(&format!("/v1/vms/v{i}")), 204);
+    }
+    ok(client.put("/v1/vms/again", br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+    let _ = console.wait_for("never printed", Duration::from_millis(100));
+    assert!(!console.transcript().contains("panic"), "{}", console.transcript());
+}
+
 #[test]
 fn guest_memory_beyond_what_the_host_can_back_is_refused_without_overcommit() {
     let (_console, client) = boot_with(256, |_| {});

@@ -55,6 +55,38 @@ fn upload_budget() -> u64 {
     libos::mm::heap::total_bytes() / 2
 }
 
+/// What a VM costs the heap besides its console ring, estimated from above: its device
+/// models, its event log once full ([`hypervisor::devices::EVENT_LOG_LEN`] notes), the MMU
+/// and backend bookkeeping.
+const VM_HEAP_BYTES: u64 = 256 * 1024;
+/// What each vCPU costs the heap once started: its runner, MMU view, MSRs and local APIC.
+const VCPU_HEAP_BYTES: u64 = 16 * 1024;
+/// A slot's bookkeeping per 4 KiB page at most: one backing word per chunk (chunks are
+/// 4 KiB at worst) and a dirty bit.
+const SLOT_HEAP_BYTES_PER_PAGE: u64 = 8 + 1;
+
+/// Heap kept free whatever VMs and uploads ask for: the network stack, the API's
+/// connections (README, "Heap budget") and everything else the hypervisor allocates
+/// without asking live in it.
+fn heap_reserve() -> u64 {
+    libos::mm::heap::total_bytes() / 4
+}
+
+/// Refuses (503) work whose heap cost, `need` bytes estimated from above, would leave the
+/// heap below [`heap_reserve`]: every allocation a request makes is checked here first, or
+/// is fallible itself, so no request can make the hypervisor run out of heap.
+fn heap_room(need: u64, what: &str) -> Result<(), ApiError> {
+    let free = libos::mm::heap::free_bytes();
+    let reserve = heap_reserve();
+    if free.saturating_sub(reserve) >= need {
+        return Ok(());
+    }
+    Err(ApiError::Unavailable(format!(
+        "{what} needs up to {need} bytes of the hypervisor's heap, which has {free} free of which {reserve} \
+         stay for the network and the API; delete a VM or a slot, or retry when uploads are done"
+    )))
+}
+
 pub struct Manager<B: Backend> {
     /// By id: every request looks its VM up here (a `hashbrown` map: no ordering is needed
     /// but the listing's, which sorts).
@@ -233,6 +265,11 @@ impl<B: Backend> ApiHandler for Manager<B> {
         }
         let config = VmConfig { console_bytes: limits.console_ring_bytes, ..config.config() };
         config.validate()?;
+        let vcpus = u64::from(config.vcpus);
+        heap_room(config.console_bytes as u64 + VM_HEAP_BYTES + vcpus * VCPU_HEAP_BYTES, "a VM")?;
+        if self.vms.try_reserve(1).is_err() {
+            return Err(ApiError::Unavailable("no room on the heap for another VM now; retry later".into()));
+        }
         let free = libos::mm::frame::free_bytes();
         if config.memory_mib << 20 > free {
             return Err(ApiError::Unavailable(format!(
@@ -248,7 +285,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             libos::time::now_ns,
             libos::time::unix_seconds_now(),
         )?;
-        self.next_vm_number += 1;
+        self.next_vm_number = self.next_vm_number.wrapping_add(1);
         let entry = Entry { vm, uploading: false };
         let info = Self::info_of(id.as_str(), &entry);
         self.vms.insert(id.as_str().into(), entry);
@@ -295,6 +332,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             )));
         }
         let slot_spec = spec.to_slot_spec(slot)?;
+        heap_room((spec.size / 4096).saturating_mul(SLOT_HEAP_BYTES_PER_PAGE), "the slot")?;
         self.commit(spec.size)?;
         entry.vm.mmu.add_slot(slot_spec)?;
         Ok(MemslotInfo::new(slot, spec))
@@ -333,8 +371,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
                  retry when they are done"
             )));
         }
+        heap_room(total_len, "the upload")?;
         let mut bytes = Vec::new();
-        if bytes.try_reserve_exact(total_len as usize).is_err() {
+        if bytes.try_reserve_exact(usize::try_from(total_len).unwrap_or(usize::MAX)).is_err() {
             return Err(ApiError::Unavailable(format!(
                 "no room on the heap for a {total_len}-byte image now; retry later"
             )));
@@ -383,10 +422,11 @@ impl<B: Backend> ApiHandler for Manager<B> {
         let vm = entry.vm.clone();
         match action {
             Action::Start => {
+                heap_room(u64::from(vm.config.vcpus) * VCPU_HEAP_BYTES, "starting the VM")?;
                 let vcpus = vm.start()?;
                 let cpus = sched::vcpu_cpus();
                 for (index, vcpu) in vcpus.into_iter().enumerate() {
-                    let cpu = cpus.start + (self.next_cpu + index) % cpus.len();
+                    let cpu = cpus.start + self.next_cpu.wrapping_add(index) % cpus.len();
                     sched::submit(cpu, Box::new(VcpuRunner::new(&vm, index as u32, vcpu)));
                 }
                 self.next_cpu = self.next_cpu.wrapping_add(1);

@@ -242,7 +242,7 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
         }
         let counters = &mut manager.connections;
         counters.sockets_listening = listening as u32;
-        counters.sockets_in_use = counters.sockets_total - counters.sockets_listening;
+        counters.sockets_in_use = counters.sockets_total.saturating_sub(counters.sockets_listening);
         manager.reap();
         if libos::smp::cpu_count() == 1 {
             // One tick of a vCPU at most, then the network again: the control plane comes

@@ -192,16 +192,19 @@ impl<B: Backend> Vm<B> {
                 has_x2apic: false,
             },
         };
+        let devices = PortBus::with_capacity(&platform, config.console_bytes, crate::devices::EVENT_LOG_LEN)
+            .ok_or_else(|| {
+                VmError::Memory(format!(
+                    "no room on the heap for a {}-byte console ring",
+                    config.console_bytes
+                ))
+            })?;
         Ok(Arc::new(Self {
             id,
             config,
             mmu,
             backend,
-            devices: Mutex::new(PortBus::with_capacity(
-                &platform,
-                config.console_bytes,
-                crate::devices::EVENT_LOG_LEN,
-            )),
+            devices: Mutex::new(devices),
             state: Mutex::new(VmState::Created),
             stop: AtomicBool::new(false),
             running_vcpus: AtomicUsize::new(0),
