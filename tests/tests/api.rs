@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 use taproot_testbed::Console;
+use taproot_testbed::abuse::Abuse;
 use taproot_testbed::api::{Client, Response, free_port};
 use taproot_testbed::paths::{self, Profile};
 use taproot_testbed::qemu::{Boot, Qemu};
@@ -606,166 +607,67 @@ fn generation_sum(client: &Client) -> u64 {
     info["cpu_tags"].as_array().unwrap().iter().filter_map(|c| c["generation"].as_u64()).sum()
 }
 
-/// The operator gets through a flood from its own address. QEMU's user network forwards
-/// every host connection from one guest-side peer (10.0.2.2), so the abusers and the
-/// operator share the per-peer cap: only the token exempts the operator (README, "Control
-/// plane"). For a bounded time, at once: 32 idle and 32 trickling unauthenticated
-/// connections (each reconnects a second after the server closes it), uploads cut off
-/// mid-body (with and without the token) and garbage heads. Meanwhile the operator creates
-/// a VM, runs the hello guest, reads its console and deletes it, again and again for 15 s
-/// (longer than the head deadline, so that deadlines fire too): every request is answered
-/// within the client's timeout. Afterwards the sockets in use return to their count
-/// before the flood.
-#[test]
-fn a_flood_of_unauthenticated_connections_does_not_lock_the_operator_out() {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    let (mut console, client) = boot();
-    let connections = |client: &Client| json(&ok(client.get("/v1/info"), 200))["connections"].clone();
-    let before = connections(&client);
-    let in_use_before = before["sockets_in_use"].as_u64().unwrap();
-    assert!(before["sockets_total"].as_u64().unwrap() >= 16, "{before}");
-    ok(client.put("/v1/vms/victim", br#"{"vcpus": 1, "memory_mib": 16}"#), 201);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let opened = Arc::new(AtomicU64::new(0));
-    let addr = client.addr;
-    // One abuser: connect, `act` until the server closes the connection or the test
-    // ends, pause, again.
-    let abuser = |act: fn(&mut TcpStream, &AtomicBool, u64), pause: Duration| {
-        let (stop, opened) = (stop.clone(), opened.clone());
-        std::thread::spawn(move || {
-            let mut round = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-                    opened.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-                    act(&mut stream, &stop, round);
-                }
-                round += 1;
-                std::thread::sleep(pause);
-            }
-        })
+/// The abuse of issue 12 (`taproot_testbed::abuse` has the whole list) for `secs`, on
+/// `cpus` host CPUs, with a guest spinning on every vCPU CPU when `spinner`; asserts what
+/// the issue asks. QEMU's user network forwards every host connection from one guest-side
+/// peer (10.0.2.2), so the abusers and the operator share the per-peer cap: only the token
+/// exempts the operator (README, "Control plane"). Every operator request is answered
+/// within the client's timeout (30 s: a bound on "answered", not a performance figure),
+/// the image never ends, every refusal the floods met is a 4xx/5xx with a JSON error, and
+/// afterwards the free memory and the sockets in use are back to their values before.
+fn abuse(cpus: u32, spinner: bool, secs: u64) {
+    let (mut console, client) = boot_with(1024, |qemu| qemu.cpus = cpus);
+    let sockets = json(&ok(client.get("/v1/info"), 200))["connections"]["sockets_total"].as_u64().unwrap();
+    assert!(sockets >= 16, "{sockets} sockets");
+    let run = Abuse {
+        duration: Duration::from_secs(secs),
+        spinner_vcpus: spinner.then_some(cpus.max(2) - 1),
+        hello: guest("hello"),
     };
-    // Reads until the server closes (or the test ends); true if the connection is over.
-    fn closed(stream: &mut TcpStream) -> bool {
-        let mut buf = [0u8; 512];
-        match stream.read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        }
-    }
-    let idle: fn(&mut TcpStream, &AtomicBool, u64) = |stream, stop, _| {
-        while !stop.load(Ordering::Relaxed) && !closed(stream) {}
-    };
-    let trickle: fn(&mut TcpStream, &AtomicBool, u64) = |stream, stop, _| {
-        for byte in b"GET /v1/info HTTP/1.1\r\nHost: taproot\r\nX-Slow: ".iter().cycle() {
-            if stop.load(Ordering::Relaxed) || stream.write_all(&[*byte]).is_err() || closed(stream) {
-                return;
-            }
-        }
-    };
-    let cut_upload: fn(&mut TcpStream, &AtomicBool, u64) = |stream, _, round| {
-        let auth = if round % 2 == 0 { format!("Authorization: Bearer {TOKEN}\r\n") } else { String::new() };
-        let head = format!(
-            "PUT /v1/vms/victim/image?format=flat&load=0x7c00 HTTP/1.1\r\n{auth}Content-Length: 1048576\r\n\r\n"
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&[0xF4; 65536]);
-        // Dropped: the upload ends mid-body.
-    };
-    let garbage: fn(&mut TcpStream, &AtomicBool, u64) = |stream, _, round| {
-        let noise: Vec<u8> = (0..200u64).map(|i| (i.wrapping_mul(round + 7) % 251) as u8).collect();
-        let _ = stream.write_all(&noise);
-        let _ = stream.write_all(b"\r\n\r\n");
-        while !closed(stream) {}
-    };
-    let mut threads = Vec::new();
-    for _ in 0..32 {
-        threads.push(abuser(idle, Duration::from_secs(1)));
-        threads.push(abuser(trickle, Duration::from_secs(1)));
-    }
-    for _ in 0..2 {
-        threads.push(abuser(cut_upload, Duration::from_millis(300)));
-        threads.push(abuser(garbage, Duration::from_millis(300)));
-    }
-    std::thread::sleep(Duration::from_secs(3));
-
-    // The operator, through the flood: every request answered within the client's
-    // timeout (30 s: a bound on "answered", not a performance figure).
-    let mut slowest = Duration::ZERO;
-    let mut timed = |what: &str, request: &dyn Fn() -> std::io::Result<Response>, status: u16| {
-        let start = Instant::now();
-        let r = request().unwrap_or_else(|e| {
-            let _ = console.wait_for("never printed", Duration::from_secs(1));
-            panic!("{what} got no answer under the flood ({e}); console:\n{}", console.transcript())
-        });
-        slowest = slowest.max(start.elapsed());
-        assert_eq!(r.status, status, "{what}: {}", r.text());
-        r
-    };
-    let flood = Instant::now();
-    let hello = guest("hello");
-    let mut rounds = 0;
-    while rounds == 0 || flood.elapsed() < Duration::from_secs(15) {
-        let vm = format!("/v1/vms/op{rounds}");
-        timed("create", &|| client.put(&vm, br#"{"vcpus": 1, "memory_mib": 64}"#), 201);
-        timed("upload", &|| client.put(&format!("{vm}/image?format=multiboot"), &hello), 200);
-        timed("start", &|| client.post(&format!("{vm}/actions"), br#"{"action": "start"}"#), 200);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut text = String::new();
-        let mut offset = 0u64;
-        while !text.contains("hello from taproot guest") {
-            assert!(Instant::now() < deadline, "the hello guest's console: {text:?}");
-            let path = format!("{vm}/console?offset={offset}&wait_ms=2000");
-            let r = timed("console", &|| client.get(&path), 200);
-            offset = r.header("x-console-next-offset").and_then(|v| v.parse().ok()).expect("next offset");
-            text.push_str(&r.text());
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let info = json(&timed("state", &|| client.get(&vm), 200));
-            if info["state"] == "exited" {
-                assert_eq!(info["exit_status"], 0, "{info}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "{vm} never exited: {info}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        timed("delete", &|| client.delete(&vm), 204);
-        rounds += 1;
-    }
-    let during = json(&timed("info", &|| client.get("/v1/info"), 200))["connections"].clone();
-
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    let report = run.run(&client, &mut console).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "flood: {} abusive connections opened; operator: {rounds} rounds, slowest answer {slowest:?}; \
-         during: {during}",
-        opened.load(Ordering::Relaxed)
+        "abuse ({cpus} CPUs, spinner {spinner}, {secs} s): {} requests; operator: {} rounds, p99 {:.0} ms, \
+         slowest {:.0} ms; floods: {} VMs, {} slots; during: {}",
+        report.requests_total,
+        report.operator_rounds,
+        report.operator_quantile_ms(0.99),
+        report.operator_quantile_ms(1.0),
+        report.flood_vms,
+        report.flood_slots,
+        report.connections_during
     );
-    let evicted_or_late =
-        during["connections_evicted"].as_u64().unwrap() + during["deadlines_hit"].as_u64().unwrap();
-    assert!(evicted_or_late > 0, "admission acted: {during}");
-
-    // The abusers are gone: their sockets listen again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = connections(&client);
-        if now["sockets_in_use"].as_u64().unwrap() <= in_use_before {
-            assert_eq!(now["sockets_total"], before["sockets_total"]);
-            break;
-        }
-        assert!(Instant::now() < deadline, "sockets stay in use after the flood: {now} (before: {before})");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    ok(client.delete("/v1/vms/victim"), 204);
+    assert_eq!(report.bad_refusals, 0, "refusals without a JSON error");
+    assert!(report.flood_vms > 0 && report.flood_slots > 0, "the floods ran: {report:?}");
+    let during: serde_json::Value = serde_json::from_str(&report.connections_during).unwrap();
+    let acted = during["connections_evicted"].as_u64().unwrap() + during["deadlines_hit"].as_u64().unwrap();
+    assert!(acted > 0, "admission acted: {during}");
+    assert_eq!((report.leaked_frames, report.leaked_sockets), (0, 0), "frames and sockets come back");
     assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], 0);
+    let _ = console.wait_for("never printed", Duration::from_millis(100));
+    assert!(!console.transcript().contains("panic"), "{}", console.transcript());
+}
+
+/// The short abuse run of `cargo xtask test`: 15 s, longer than the head deadline, so
+/// that deadlines fire too.
+#[test]
+fn under_abuse_the_operator_gets_through_and_memory_and_sockets_come_back() {
+    abuse(2, false, 15);
+}
+
+/// The same on one host CPU with a guest spinning on it: the API is above the vCPUs.
+#[test]
+fn under_abuse_on_one_cpu_with_a_spinning_guest_the_operator_gets_through() {
+    abuse(1, true, 10);
+}
+
+#[test]
+#[ignore = "long (minutes): cargo xtask test --full runs it"]
+fn under_long_abuse_the_operator_gets_through_and_memory_and_sockets_come_back() {
+    abuse(2, true, 180);
+}
+
+#[test]
+#[ignore = "long (minutes): cargo xtask test --full runs it"]
+fn under_long_abuse_on_one_cpu_with_a_spinning_guest_the_operator_gets_through() {
+    abuse(1, true, 180);
 }
