@@ -690,3 +690,28 @@ fn formats_encode_their_manual_bits() {
         assert_ne!(spte, 0);
     }
 }
+
+/// An image's zero-filled tail: touched pages read as zeros afterwards, untouched memory
+/// is skipped (no frame is allocated for a gigabyte of `p_memsz`), and the bytes around
+/// the range keep their values.
+#[test]
+fn zeroing_guest_memory_writes_touched_pages_and_allocates_nothing_for_untouched_ones() {
+    // 2 MiB backing chunks: the touched chunk is one of 512.
+    let config = MmuConfig { max_page_size: PageSize::Size2M, ..MmuConfig::default() };
+    let vm = vm_with::<TestFormat>(config, small_pages());
+    vm.mmu.add_slot(spec(0, AsId::Normal, 0, GIB)).unwrap();
+    assert_eq!(vm.pages.all_frames_in_use(), 0);
+    vm.mmu.write_guest(AsId::Normal, Gpa::new(0x1ff0), &[0xaa; 0x2020]).unwrap();
+    let frames = vm.pages.all_frames_in_use();
+    vm.mmu.zero_guest(AsId::Normal, Gpa::new(0x2000), GIB - 0x2000).unwrap();
+    assert_eq!(vm.pages.all_frames_in_use(), frames, "untouched memory needs no frame to read as zeros");
+    let mut buf = [0u8; 0x2020];
+    vm.mmu.read_guest(AsId::Normal, Gpa::new(0x1ff0), &mut buf).unwrap();
+    assert_eq!(buf[..0x10], [0xaa; 0x10], "the bytes before the range stay");
+    assert!(buf[0x10..].iter().all(|b| *b == 0), "the touched pages in the range read as zeros");
+    assert_eq!(
+        vm.mmu.zero_guest(AsId::Normal, Gpa::new(GIB - PAGE_SIZE), 2 * PAGE_SIZE),
+        Err(hypervisor::mmu::GuestMemoryError::NotInSlot { gpa: Gpa::new(GIB) }),
+        "a range that leaves the slot is refused where it leaves"
+    );
+}

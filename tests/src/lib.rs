@@ -5,6 +5,7 @@
 //! `xtask` uses this for `build`, `run` and `bench`; the end-to-end tests in `tests/` use
 //! it to boot the images that `cargo xtask test` built.
 
+pub mod abuse;
 pub mod api;
 pub mod bochs;
 pub mod console;

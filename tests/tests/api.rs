@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 use taproot_testbed::Console;
+use taproot_testbed::abuse::Abuse;
 use taproot_testbed::api::{Client, Response, free_port};
 use taproot_testbed::paths::{self, Profile};
 use taproot_testbed::qemu::{Boot, Qemu};
@@ -273,6 +274,43 @@ fn the_command_line_limits_on_vms_hold() {
 
 /// Without overcommit, guest memory is committed up front: a VM or a slot beyond what the
 /// host can back is refused with the figures, and nothing of it is left behind.
+/// A loop creating VMs until refused, on a small heap (128 MiB of RAM: 16 MiB of heap)
+/// with the largest console rings: the heap runs short long before guest memory does, and
+/// the refusal is a 503 whose JSON error names the heap; the image answers on, and once
+/// the VMs are deleted new ones fit again. (Before the heap was checked, the ring's
+/// infallible allocation ended the image at about the tenth VM.)
+#[test]
+fn creating_vms_until_the_heap_runs_short_is_refused_with_503_and_the_image_lives() {
+    let (mut console, client) = boot_with(128, |qemu| {
+        if let Boot::Kernel { cmdline, .. } = &mut qemu.boot {
+            cmdline.push_str(" max_vms=1024 console_kib=1024");
+        }
+    });
+    let mut created = 0;
+    let refusal = loop {
+        let r = client.put(&format!("/v1/vms/v{created}"), br#"{"vcpus": 1, "memory_mib": 1}"#);
+        let r =
+            r.unwrap_or_else(|e| panic!("no answer after {created} VMs ({e}):\n{}", console.transcript()));
+        if r.status != 201 {
+            break r;
+        }
+        created += 1;
+        assert!(created < 200, "200 VMs with 1 MiB console rings fit a 16 MiB heap?");
+    };
+    assert_eq!(refusal.status, 503, "{}", refusal.text());
+    let message = json(&refusal)["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("heap"), "{message}");
+    eprintln!("heap: {created} VMs with 1 MiB console rings, then: {message}");
+    assert!(created >= 2, "only {created} VMs before the refusal: {message}");
+    assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], created);
+    for i in 0..created {
+        ok(client.delete(&format!("/v1/vms/v{i}")), 204);
+    }
+    ok(client.put("/v1/vms/again", br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+    let _ = console.wait_for("never printed", Duration::from_millis(100));
+    assert!(!console.transcript().contains("panic"), "{}", console.transcript());
+}
+
 #[test]
 fn guest_memory_beyond_what_the_host_can_back_is_refused_without_overcommit() {
     let (_console, client) = boot_with(256, |_| {});
@@ -437,6 +475,60 @@ fn the_api_answers_while_guests_spin_on_every_vcpu_cpu_and_stop_ends_them() {
     ok(client.delete("/v1/vms/busy"), 204);
 }
 
+/// One host CPU (`-smp 1`) and a guest spinning on it: the control plane still answers
+/// every request (it polls the network between vCPU ticks, above the vCPUs), runs another
+/// guest to its end meanwhile, and stops and deletes the spinner. A stop answers at once
+/// with `stopping` (its vCPU cannot have left: the API holds the only CPU while it
+/// answers), and the final state shows in a later GET. Afterwards every frame is free
+/// again.
+#[test]
+fn on_one_cpu_the_api_answers_while_a_guest_spins_and_the_spinner_stops_and_is_deleted() {
+    let (_console, client) = boot_with(1024, |qemu| qemu.cpus = 1);
+    let info = json(&ok(client.get("/v1/info"), 200));
+    assert_eq!(info["cpus"], 1, "{info}");
+    let free_before = info["memory_free_bytes"].as_u64().unwrap();
+    let spin = |vm: &str| {
+        ok(client.put(&format!("/v1/vms/{vm}"), br#"{"vcpus": 1, "memory_mib": 1}"#), 201);
+        ok(client.put(&format!("/v1/vms/{vm}/image?format=flat&load=0x7c00"), b"\xeb\xfe"), 200);
+        ok(client.post(&format!("/v1/vms/{vm}/actions"), br#"{"action": "start"}"#), 200);
+    };
+    spin("spin");
+    for _ in 0..10 {
+        assert_eq!(json(&ok(client.get("/v1/vms/spin"), 200))["state"], "running");
+    }
+    ok(client.put("/v1/vms/hello", br#"{"vcpus": 1, "memory_mib": 16}"#), 201);
+    ok(client.put("/v1/vms/hello/image?format=multiboot", &guest("hello")), 200);
+    ok(client.post("/v1/vms/hello/actions", br#"{"action": "start"}"#), 200);
+    console_until(&client, "hello", "hello from taproot guest");
+    assert_eq!(wait_state(&client, "hello", "exited")["exit_status"], 0);
+    ok(client.delete("/v1/vms/hello"), 204);
+
+    let stopped = json(&ok(client.post("/v1/vms/spin/actions", br#"{"action": "stop"}"#), 200));
+    assert_eq!(stopped["state"], "stopping", "{stopped}");
+    wait_state(&client, "spin", "stopped");
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "reset"}"#), 200);
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "start"}"#), 200);
+    // A reset of a spinning VM on the API's own CPU: it runs the vCPU until it leaves.
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "reset"}"#), 200);
+    ok(client.post("/v1/vms/spin/actions", br#"{"action": "start"}"#), 200);
+    // Deleted while it spins: gone from the list at once, its memory back soon after.
+    ok(client.delete("/v1/vms/spin"), 204);
+    ok(client.get("/v1/vms/spin"), 404);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = json(&ok(client.get("/v1/info"), 200));
+        if info["memory_free_bytes"].as_u64() == Some(free_before) {
+            assert_eq!((info["vms"].as_u64(), info["memory_assigned_bytes"].as_u64()), (Some(0), Some(0)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted VM's frames never came back: {info} (before: {free_before})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Each CPU's tag numbering from `/v1/info`: (largest generation, total flushes).
 fn tag_generations(client: &Client) -> (u64, u64) {
     let info = json(&ok(client.get("/v1/info"), 200));
@@ -515,166 +607,67 @@ fn generation_sum(client: &Client) -> u64 {
     info["cpu_tags"].as_array().unwrap().iter().filter_map(|c| c["generation"].as_u64()).sum()
 }
 
-/// The operator gets through a flood from its own address. QEMU's user network forwards
-/// every host connection from one guest-side peer (10.0.2.2), so the abusers and the
-/// operator share the per-peer cap: only the token exempts the operator (README, "Control
-/// plane"). For a bounded time, at once: 32 idle and 32 trickling unauthenticated
-/// connections (each reconnects a second after the server closes it), uploads cut off
-/// mid-body (with and without the token) and garbage heads. Meanwhile the operator creates
-/// a VM, runs the hello guest, reads its console and deletes it, again and again for 15 s
-/// (longer than the head deadline, so that deadlines fire too): every request is answered
-/// within the client's timeout. Afterwards the sockets in use return to their count
-/// before the flood.
-#[test]
-fn a_flood_of_unauthenticated_connections_does_not_lock_the_operator_out() {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    let (mut console, client) = boot();
-    let connections = |client: &Client| json(&ok(client.get("/v1/info"), 200))["connections"].clone();
-    let before = connections(&client);
-    let in_use_before = before["sockets_in_use"].as_u64().unwrap();
-    assert!(before["sockets_total"].as_u64().unwrap() >= 16, "{before}");
-    ok(client.put("/v1/vms/victim", br#"{"vcpus": 1, "memory_mib": 16}"#), 201);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let opened = Arc::new(AtomicU64::new(0));
-    let addr = client.addr;
-    // One abuser: connect, `act` until the server closes the connection or the test
-    // ends, pause, again.
-    let abuser = |act: fn(&mut TcpStream, &AtomicBool, u64), pause: Duration| {
-        let (stop, opened) = (stop.clone(), opened.clone());
-        std::thread::spawn(move || {
-            let mut round = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-                    opened.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-                    act(&mut stream, &stop, round);
-                }
-                round += 1;
-                std::thread::sleep(pause);
-            }
-        })
+/// The abuse of issue 12 (`taproot_testbed::abuse` has the whole list) for `secs`, on
+/// `cpus` host CPUs, with a guest spinning on every vCPU CPU when `spinner`; asserts what
+/// the issue asks. QEMU's user network forwards every host connection from one guest-side
+/// peer (10.0.2.2), so the abusers and the operator share the per-peer cap: only the token
+/// exempts the operator (README, "Control plane"). Every operator request is answered
+/// within the client's timeout (30 s: a bound on "answered", not a performance figure),
+/// the image never ends, every refusal the floods met is a 4xx/5xx with a JSON error, and
+/// afterwards the free memory and the sockets in use are back to their values before.
+fn abuse(cpus: u32, spinner: bool, secs: u64) {
+    let (mut console, client) = boot_with(1024, |qemu| qemu.cpus = cpus);
+    let sockets = json(&ok(client.get("/v1/info"), 200))["connections"]["sockets_total"].as_u64().unwrap();
+    assert!(sockets >= 16, "{sockets} sockets");
+    let run = Abuse {
+        duration: Duration::from_secs(secs),
+        spinner_vcpus: spinner.then_some(cpus.max(2) - 1),
+        hello: guest("hello"),
     };
-    // Reads until the server closes (or the test ends); true if the connection is over.
-    fn closed(stream: &mut TcpStream) -> bool {
-        let mut buf = [0u8; 512];
-        match stream.read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        }
-    }
-    let idle: fn(&mut TcpStream, &AtomicBool, u64) = |stream, stop, _| {
-        while !stop.load(Ordering::Relaxed) && !closed(stream) {}
-    };
-    let trickle: fn(&mut TcpStream, &AtomicBool, u64) = |stream, stop, _| {
-        for byte in b"GET /v1/info HTTP/1.1\r\nHost: taproot\r\nX-Slow: ".iter().cycle() {
-            if stop.load(Ordering::Relaxed) || stream.write_all(&[*byte]).is_err() || closed(stream) {
-                return;
-            }
-        }
-    };
-    let cut_upload: fn(&mut TcpStream, &AtomicBool, u64) = |stream, _, round| {
-        let auth = if round % 2 == 0 { format!("Authorization: Bearer {TOKEN}\r\n") } else { String::new() };
-        let head = format!(
-            "PUT /v1/vms/victim/image?format=flat&load=0x7c00 HTTP/1.1\r\n{auth}Content-Length: 1048576\r\n\r\n"
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&[0xF4; 65536]);
-        // Dropped: the upload ends mid-body.
-    };
-    let garbage: fn(&mut TcpStream, &AtomicBool, u64) = |stream, _, round| {
-        let noise: Vec<u8> = (0..200u64).map(|i| (i.wrapping_mul(round + 7) % 251) as u8).collect();
-        let _ = stream.write_all(&noise);
-        let _ = stream.write_all(b"\r\n\r\n");
-        while !closed(stream) {}
-    };
-    let mut threads = Vec::new();
-    for _ in 0..32 {
-        threads.push(abuser(idle, Duration::from_secs(1)));
-        threads.push(abuser(trickle, Duration::from_secs(1)));
-    }
-    for _ in 0..2 {
-        threads.push(abuser(cut_upload, Duration::from_millis(300)));
-        threads.push(abuser(garbage, Duration::from_millis(300)));
-    }
-    std::thread::sleep(Duration::from_secs(3));
-
-    // The operator, through the flood: every request answered within the client's
-    // timeout (30 s: a bound on "answered", not a performance figure).
-    let mut slowest = Duration::ZERO;
-    let mut timed = |what: &str, request: &dyn Fn() -> std::io::Result<Response>, status: u16| {
-        let start = Instant::now();
-        let r = request().unwrap_or_else(|e| {
-            let _ = console.wait_for("never printed", Duration::from_secs(1));
-            panic!("{what} got no answer under the flood ({e}); console:\n{}", console.transcript())
-        });
-        slowest = slowest.max(start.elapsed());
-        assert_eq!(r.status, status, "{what}: {}", r.text());
-        r
-    };
-    let flood = Instant::now();
-    let hello = guest("hello");
-    let mut rounds = 0;
-    while rounds == 0 || flood.elapsed() < Duration::from_secs(15) {
-        let vm = format!("/v1/vms/op{rounds}");
-        timed("create", &|| client.put(&vm, br#"{"vcpus": 1, "memory_mib": 64}"#), 201);
-        timed("upload", &|| client.put(&format!("{vm}/image?format=multiboot"), &hello), 200);
-        timed("start", &|| client.post(&format!("{vm}/actions"), br#"{"action": "start"}"#), 200);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut text = String::new();
-        let mut offset = 0u64;
-        while !text.contains("hello from taproot guest") {
-            assert!(Instant::now() < deadline, "the hello guest's console: {text:?}");
-            let path = format!("{vm}/console?offset={offset}&wait_ms=2000");
-            let r = timed("console", &|| client.get(&path), 200);
-            offset = r.header("x-console-next-offset").and_then(|v| v.parse().ok()).expect("next offset");
-            text.push_str(&r.text());
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let info = json(&timed("state", &|| client.get(&vm), 200));
-            if info["state"] == "exited" {
-                assert_eq!(info["exit_status"], 0, "{info}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "{vm} never exited: {info}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        timed("delete", &|| client.delete(&vm), 204);
-        rounds += 1;
-    }
-    let during = json(&timed("info", &|| client.get("/v1/info"), 200))["connections"].clone();
-
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    let report = run.run(&client, &mut console).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "flood: {} abusive connections opened; operator: {rounds} rounds, slowest answer {slowest:?}; \
-         during: {during}",
-        opened.load(Ordering::Relaxed)
+        "abuse ({cpus} CPUs, spinner {spinner}, {secs} s): {} requests; operator: {} rounds, p99 {:.0} ms, \
+         slowest {:.0} ms; floods: {} VMs, {} slots; during: {}",
+        report.requests_total,
+        report.operator_rounds,
+        report.operator_quantile_ms(0.99),
+        report.operator_quantile_ms(1.0),
+        report.flood_vms,
+        report.flood_slots,
+        report.connections_during
     );
-    let evicted_or_late =
-        during["connections_evicted"].as_u64().unwrap() + during["deadlines_hit"].as_u64().unwrap();
-    assert!(evicted_or_late > 0, "admission acted: {during}");
-
-    // The abusers are gone: their sockets listen again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = connections(&client);
-        if now["sockets_in_use"].as_u64().unwrap() <= in_use_before {
-            assert_eq!(now["sockets_total"], before["sockets_total"]);
-            break;
-        }
-        assert!(Instant::now() < deadline, "sockets stay in use after the flood: {now} (before: {before})");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    ok(client.delete("/v1/vms/victim"), 204);
+    assert_eq!(report.bad_refusals, 0, "refusals without a JSON error");
+    assert!(report.flood_vms > 0 && report.flood_slots > 0, "the floods ran: {report:?}");
+    let during: serde_json::Value = serde_json::from_str(&report.connections_during).unwrap();
+    let acted = during["connections_evicted"].as_u64().unwrap() + during["deadlines_hit"].as_u64().unwrap();
+    assert!(acted > 0, "admission acted: {during}");
+    assert_eq!((report.leaked_frames, report.leaked_sockets), (0, 0), "frames and sockets come back");
     assert_eq!(json(&ok(client.get("/v1/info"), 200))["vms"], 0);
+    let _ = console.wait_for("never printed", Duration::from_millis(100));
+    assert!(!console.transcript().contains("panic"), "{}", console.transcript());
+}
+
+/// The short abuse run of `cargo xtask test`: 15 s, longer than the head deadline, so
+/// that deadlines fire too.
+#[test]
+fn under_abuse_the_operator_gets_through_and_memory_and_sockets_come_back() {
+    abuse(2, false, 15);
+}
+
+/// The same on one host CPU with a guest spinning on it: the API is above the vCPUs.
+#[test]
+fn under_abuse_on_one_cpu_with_a_spinning_guest_the_operator_gets_through() {
+    abuse(1, true, 10);
+}
+
+#[test]
+#[ignore = "long (minutes): cargo xtask test --full runs it"]
+fn under_long_abuse_the_operator_gets_through_and_memory_and_sockets_come_back() {
+    abuse(2, true, 180);
+}
+
+#[test]
+#[ignore = "long (minutes): cargo xtask test --full runs it"]
+fn under_long_abuse_on_one_cpu_with_a_spinning_guest_the_operator_gets_through() {
+    abuse(1, true, 180);
 }

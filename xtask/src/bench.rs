@@ -49,7 +49,10 @@ pub fn run() -> Result<(), String> {
     setup::ensure_target()?;
     setup::ensure_packages(setup::Need::All)?;
     let mut report = Report::default();
-    let result = mmu(&mut report).and_then(|()| boot(&mut report)).and_then(|()| api(&mut report));
+    let result = mmu(&mut report)
+        .and_then(|()| boot(&mut report))
+        .and_then(|()| api(&mut report))
+        .and_then(|()| abuse(&mut report));
     report.write()?;
     result
 }
@@ -212,7 +215,15 @@ fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, Strin
         .find(|l| l.contains("isolation: ibpb offered="))
         .ok_or("no `isolation: ibpb` line once virtualization was on")?;
     let ibpb = field(ibpb, "tsc_per_barrier").and_then(|v| v.parse().ok());
-    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio, eoi_xapic_mmio, ibpb })
+    Ok(GuestNumbers {
+        banner_tsc: tsc_of(&banner)?,
+        hello_to_console,
+        cpuid,
+        hypercall,
+        pio,
+        eoi_xapic_mmio,
+        ibpb,
+    })
 }
 
 /// The control plane under QEMU TCG: image upload throughput and request latency, seen
@@ -257,6 +268,39 @@ fn api(report: &mut Report) -> Result<(), String> {
     report.add("api.request_latency_p99_ms", p99);
     report.line(format!(
         "API under QEMU TCG (user network, one connection per request): image upload {mb_per_s:.1} MB/s (16 MiB, best of 3); GET /v1/info latency p50 {p50:.2} ms, p99 {p99:.2} ms over 200 requests"
+    ));
+    Ok(())
+}
+
+/// How long the abuse run lasts: fixed, so that its counts compare between runs.
+const ABUSE_SECS: u64 = 30;
+
+/// The abuse run of issue 12 (`taproot_testbed::abuse`) for [`ABUSE_SECS`] on 2 CPUs:
+/// requests sent, the operator's p99, and what did not come back afterwards (both must
+/// be 0; the end-to-end tests assert it, the bench reports it).
+fn abuse(report: &mut Report) -> Result<(), String> {
+    use taproot_testbed::abuse::Abuse;
+    use taproot_testbed::api::{Client, free_port};
+    let elf = build::elf(Profile::Release)?;
+    let hello_path = paths::workspace_root().join("target/x86_64-unknown-none/release/hello");
+    let hello = std::fs::read(&hello_path).map_err(|e| format!("{}: {e}", hello_path.display()))?;
+    let port = free_port().map_err(|e| e.to_string())?;
+    let mut qemu = Qemu::kernel(&elf, "ip=10.0.2.15/24 gw=10.0.2.2 token=bench");
+    qemu.api_port = Some(port);
+    qemu.memory_mib = 1024;
+    let mut console = qemu.spawn().map_err(|e| e.to_string())?;
+    console.wait_for("taproot: api listening", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let client = Client::new(port, "bench");
+    let run = Abuse { duration: Duration::from_secs(ABUSE_SECS), spinner_vcpus: None, hello };
+    let abuse = run.run(&client, &mut console)?;
+    let p99 = abuse.operator_quantile_ms(0.99);
+    report.add("api.abuse_requests_total", abuse.requests_total as f64);
+    report.add("api.abuse_operator_p99_ms", p99);
+    report.add("api.leaked_frames", abuse.leaked_frames as f64);
+    report.add("api.leaked_sockets", abuse.leaked_sockets as f64);
+    report.line(format!(
+        "API under abuse ({ABUSE_SECS} s, QEMU TCG, 2 CPUs; 64 unauthenticated idle/trickling connections, cut uploads, garbage, VM and slot floods): {} requests, operator {} rounds with p99 {p99:.0} ms; afterwards {} frames and {} sockets not returned",
+        abuse.requests_total, abuse.operator_rounds, abuse.leaked_frames, abuse.leaked_sockets
     ));
     Ok(())
 }

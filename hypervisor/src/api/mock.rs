@@ -298,7 +298,13 @@ impl ApiHandler for MockHypervisor {
             return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
         }
         vm.state = lifecycle::transition(&vm.state, action, vm.image.is_some())?;
-        Ok(Self::info_of(id, vm))
+        let info = Self::info_of(id, vm);
+        // The mock has no vCPUs to wait for: a stop answers `stopping`, as the image's
+        // does, and every later request sees the VM `stopped`.
+        if let Some(next) = lifecycle::vcpus_left(&vm.state).filter(|_| vm.state == VmState::Stopping) {
+            vm.state = next;
+        }
+        Ok(info)
     }
 
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {

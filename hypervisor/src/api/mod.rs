@@ -46,7 +46,7 @@ pub struct Limits {
     pub max_discard_bytes: u64,
     /// Most console bytes one read returns.
     pub max_console_bytes: usize,
-    /// Longest console long-poll (`wait_ms` is capped to it).
+    /// Longest console long-poll (a larger `wait_ms` is a 400).
     pub max_wait_ms: u64,
     /// A connection with no traffic in either direction for this long is closed (a
     /// request in progress is answered with 408 first).

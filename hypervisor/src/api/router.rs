@@ -113,10 +113,10 @@ pub struct ConsoleQuery {
     pub id: VmId,
     /// Absolute console offset to read from (default 0).
     pub offset: u64,
-    /// Most bytes to return (default and cap: [`Limits::max_console_bytes`]).
+    /// Most bytes to return, 1 to [`Limits::max_console_bytes`] (the default).
     pub max: usize,
-    /// When there is nothing to read yet, wait up to this long for output (default 0;
-    /// capped at [`Limits::max_wait_ms`]).
+    /// When there is nothing to read yet, wait up to this long for output (default 0; at
+    /// most [`Limits::max_wait_ms`]).
     pub wait_ms: u64,
 }
 
@@ -155,12 +155,20 @@ pub fn route(method: &str, target: &str, limits: &Limits) -> Result<Route, ApiEr
         ("/v1/vms/{id}/actions", Method::Post, Some(id)) => Route::Json(JsonRoute::Action(id)),
         ("/v1/vms/{id}/console", Method::Get, Some(id)) => {
             let offset = query.number("offset")?.unwrap_or(0);
+            let most = limits.max_console_bytes;
             let max = match query.number("max")? {
-                Some(0) => return Err(ApiError::BadRequest("max must be at least 1".into())),
-                Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(limits.max_console_bytes),
-                None => limits.max_console_bytes,
+                None => most,
+                Some(n) => usize::try_from(n).ok().filter(|n| (1..=most).contains(n)).ok_or_else(|| {
+                    ApiError::BadRequest(format!("max must be from 1 to {most} (bytes), not {n}"))
+                })?,
             };
-            let wait_ms = query.number("wait_ms")?.unwrap_or(0).min(limits.max_wait_ms);
+            let wait_ms = query.number("wait_ms")?.unwrap_or(0);
+            if wait_ms > limits.max_wait_ms {
+                return Err(ApiError::BadRequest(format!(
+                    "wait_ms must be from 0 to {}, not {wait_ms}",
+                    limits.max_wait_ms
+                )));
+            }
             Route::Bodiless(BodilessRoute::Console(ConsoleQuery { id, offset, max, wait_ms }))
         }
         ("/v1/vms/{id}/stats", Method::Get, Some(id)) => Route::Bodiless(BodilessRoute::Stats(id)),
@@ -213,6 +221,13 @@ fn image_request(query: &mut Query) -> Result<ImageRequest, ApiError> {
     let load = query.number("load")?;
     let entry = query.number("entry")?;
     let cmdline = query.take("cmdline")?.unwrap_or_default();
+    if cmdline.len() > crate::loader::CMDLINE_MAX_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "cmdline is {} bytes; at most {} after percent-decoding",
+            cmdline.len(),
+            crate::loader::CMDLINE_MAX_LEN
+        )));
+    }
     let format = match format.as_str() {
         "flat" => {
             let Some(load_gpa) = load else {

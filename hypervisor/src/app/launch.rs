@@ -113,7 +113,7 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
         .map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
     if let Some(ms) = launch.timeout_ms {
-        vm.set_deadline(libos::time::now_ns() + ms * 1_000_000);
+        vm.set_deadline(libos::time::now_ns().saturating_add(ms.saturating_mul(1_000_000)));
     }
     vm.load_image(launch.image, launch.format, &launch.guest_cmdline).map_err(|e| format!("{e}"))?;
     let mut vcpus = vm.start().map_err(|e| format!("{e}"))?;
@@ -146,7 +146,7 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
         vm.log_event(format!("host sent an NMI to cpus {vcpu_cpus:?} while the guest ran"));
     }
     if let Some(ms) = delete_slot_ms {
-        crate::sys::sleep_us(ms * 1000);
+        crate::sys::sleep_us(ms.saturating_mul(1000));
         let before = vm.mmu.stats();
         let result = vm.mmu.delete_slot(EXTRA_SLOT);
         let after = vm.mmu.stats();

@@ -2,9 +2,12 @@
 //! rules are [`lifecycle`]'s and the memory slots the MMU's: the registry keeps neither,
 //! only which VM has which id and which uploads are in flight.
 //!
-//! Every call returns promptly (the API server polls the network between calls); the only
-//! waits are for vCPUs to leave their loops on stop/delete/reset, which takes at most one
-//! host timer period per vCPU.
+//! Every call returns promptly (the API server polls the network between calls). `stop`
+//! answers with the VM `stopping`; `delete` takes the VM out of the registry at once and
+//! leaves it in `retiring` until its vCPUs have left their loops, when [`Manager::reap`]
+//! (called by the server at every poll) destroys it. Only `reset` of a running VM waits
+//! for its vCPUs, at most a host timer period per vCPU (running them itself when they
+//! share its CPU), and gives up with 409 after [`STOP_TIMEOUT_NS`].
 
 use super::sched;
 use alloc::boxed::Box;
@@ -25,7 +28,7 @@ use hypervisor::vm::commit::CommitLimit;
 use hypervisor::vm::limits::HostLimits;
 use hypervisor::vm::{Action, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
 
-/// How long stop, delete and reset wait for vCPUs to leave their loops.
+/// How long a reset waits for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
 
 struct Entry<B: Backend> {
@@ -52,10 +55,45 @@ fn upload_budget() -> u64 {
     libos::mm::heap::total_bytes() / 2
 }
 
+/// What a VM costs the heap besides its console ring, estimated from above: its device
+/// models, its event log once full ([`hypervisor::devices::EVENT_LOG_LEN`] notes), the MMU
+/// and backend bookkeeping.
+const VM_HEAP_BYTES: u64 = 256 * 1024;
+/// What each vCPU costs the heap once started: its runner, MMU view, MSRs and local APIC.
+const VCPU_HEAP_BYTES: u64 = 16 * 1024;
+/// A slot's bookkeeping per 4 KiB page at most: one backing word per chunk (chunks are
+/// 4 KiB at worst) and a dirty bit.
+const SLOT_HEAP_BYTES_PER_PAGE: u64 = 8 + 1;
+
+/// Heap kept free whatever VMs and uploads ask for: the network stack, the API's
+/// connections (README, "Heap budget") and everything else the hypervisor allocates
+/// without asking live in it.
+fn heap_reserve() -> u64 {
+    libos::mm::heap::total_bytes() / 4
+}
+
+/// Refuses (503) work whose heap cost, `need` bytes estimated from above, would leave the
+/// heap below [`heap_reserve`]: every allocation a request makes is checked here first, or
+/// is fallible itself, so no request can make the hypervisor run out of heap.
+fn heap_room(need: u64, what: &str) -> Result<(), ApiError> {
+    let free = libos::mm::heap::free_bytes();
+    let reserve = heap_reserve();
+    if free.saturating_sub(reserve) >= need {
+        return Ok(());
+    }
+    Err(ApiError::Unavailable(format!(
+        "{what} needs up to {need} bytes of the hypervisor's heap, which has {free} free of which {reserve} \
+         stay for the network and the API; delete a VM or a slot, or retry when uploads are done"
+    )))
+}
+
 pub struct Manager<B: Backend> {
     /// By id: every request looks its VM up here (a `hashbrown` map: no ordering is needed
     /// but the listing's, which sorts).
     vms: HashMap<String, Entry<B>>,
+    /// Deleted VMs whose vCPUs are still leaving their loops: their memory is still
+    /// assigned until [`Manager::reap`] destroys them.
+    retiring: Vec<Arc<Vm<B>>>,
     next_vm_number: u32,
     next_cpu: usize,
     /// Why VMs cannot run here, if they cannot (no VMX/SVM, or turning it on failed).
@@ -75,6 +113,7 @@ impl<B: Backend> Manager<B> {
     pub fn new(virt: Result<(), String>, commit: CommitLimit, limits: HostLimits) -> Self {
         Self {
             vms: HashMap::new(),
+            retiring: Vec::new(),
             next_vm_number: 1,
             next_cpu: 0,
             virt,
@@ -85,9 +124,32 @@ impl<B: Backend> Manager<B> {
         }
     }
 
-    /// Guest memory the VMs' slots cover.
+    /// Guest memory the VMs' slots cover, deleted VMs not yet destroyed included.
     fn assigned_bytes(&self) -> u64 {
-        self.vms.values().flat_map(|e| e.vm.memslots()).map(|s| s.size).sum()
+        let vms = self.vms.values().map(|e| &e.vm).chain(&self.retiring);
+        vms.flat_map(|vm| vm.memslots()).map(|s| s.size).sum()
+    }
+
+    /// Destroys the deleted VMs whose vCPUs have all left their loops (no scheduler queue
+    /// holds them any more), returning their memory to the host.
+    pub fn reap(&mut self) {
+        let mut index = 0;
+        while index < self.retiring.len() {
+            let vm = &self.retiring[index];
+            if vm.running_vcpus() > 0 || Arc::strong_count(vm) > 1 {
+                index += 1;
+                continue;
+            }
+            match Arc::try_unwrap(self.retiring.swap_remove(index)) {
+                Ok(vm) => vm.destroy(),
+                // Referenced again since the look (cannot happen: only the registry adds
+                // references); it stays for the next round.
+                Err(vm) => {
+                    self.retiring.push(vm);
+                    index += 1;
+                }
+            }
+        }
     }
 
     /// Refuses (503, with the figures) `asked` more bytes of guest memory beyond the
@@ -120,14 +182,20 @@ impl<B: Backend> Manager<B> {
     }
 
     /// Stops `vm` and waits until no vCPU runs it and no scheduler queue holds it: until
-    /// only the `held` references of the registry and the caller remain.
+    /// only the `held` references of the registry and the caller remain. Where vCPUs share
+    /// this CPU, it runs them a tick at a time meanwhile, so that they can leave.
     fn stop_and_wait(vm: &Arc<Vm<B>>, held: usize) -> Result<(), ApiError> {
-        // Refused unless the VM is running or paused; in any other state no vCPU runs it.
+        // Refused unless the VM is running or paused; in any other state no vCPU enters it.
         let _ = vm.stop();
-        let deadline = libos::time::now_ns() + STOP_TIMEOUT_NS;
+        let deadline = libos::time::now_ns().saturating_add(STOP_TIMEOUT_NS);
         let busy = || vm.running_vcpus() > 0 || Arc::strong_count(vm) > held;
+        let run_here = sched::runs_vcpus_here();
         while busy() && libos::time::now_ns() < deadline {
-            core::hint::spin_loop();
+            if run_here {
+                sched::run_one_tick();
+            } else {
+                core::hint::spin_loop();
+            }
         }
         if busy() {
             return Err(ApiError::Conflict("the VM's vCPUs are still stopping; retry in a moment".into()));
@@ -197,6 +265,11 @@ impl<B: Backend> ApiHandler for Manager<B> {
         }
         let config = VmConfig { console_bytes: limits.console_ring_bytes, ..config.config() };
         config.validate()?;
+        let vcpus = u64::from(config.vcpus);
+        heap_room(config.console_bytes as u64 + VM_HEAP_BYTES + vcpus * VCPU_HEAP_BYTES, "a VM")?;
+        if self.vms.try_reserve(1).is_err() {
+            return Err(ApiError::Unavailable("no room on the heap for another VM now; retry later".into()));
+        }
         let free = libos::mm::frame::free_bytes();
         if config.memory_mib << 20 > free {
             return Err(ApiError::Unavailable(format!(
@@ -212,7 +285,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             libos::time::now_ns,
             libos::time::unix_seconds_now(),
         )?;
-        self.next_vm_number += 1;
+        self.next_vm_number = self.next_vm_number.wrapping_add(1);
         let entry = Entry { vm, uploading: false };
         let info = Self::info_of(id.as_str(), &entry);
         self.vms.insert(id.as_str().into(), entry);
@@ -234,12 +307,14 @@ impl<B: Backend> ApiHandler for Manager<B> {
         if entry.uploading {
             return Err(ApiError::Conflict("an image upload to this VM is in progress; wait for it".into()));
         }
-        Self::stop_and_wait(&entry.vm, 1)?;
-        let entry = self.vms.remove(id.as_str()).expect("looked up above");
-        match Arc::try_unwrap(entry.vm) {
-            Ok(vm) => vm.destroy(),
-            Err(_) => return Err(ApiError::Internal("VM still referenced after its vCPUs ended".into())),
+        if self.retiring.try_reserve(1).is_err() {
+            return Err(ApiError::Unavailable("no room on the heap to delete a VM now; retry later".into()));
         }
+        let entry = self.vms.remove(id.as_str()).ok_or_else(|| not_found(id))?;
+        // Refused unless it runs or is paused; otherwise no vCPU enters it again.
+        let _ = entry.vm.stop();
+        self.retiring.push(entry.vm);
+        self.reap();
         Ok(())
     }
 
@@ -257,6 +332,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             )));
         }
         let slot_spec = spec.to_slot_spec(slot)?;
+        heap_room((spec.size / 4096).saturating_mul(SLOT_HEAP_BYTES_PER_PAGE), "the slot")?;
         self.commit(spec.size)?;
         entry.vm.mmu.add_slot(slot_spec)?;
         Ok(MemslotInfo::new(slot, spec))
@@ -295,8 +371,9 @@ impl<B: Backend> ApiHandler for Manager<B> {
                  retry when they are done"
             )));
         }
+        heap_room(total_len, "the upload")?;
         let mut bytes = Vec::new();
-        if bytes.try_reserve_exact(total_len as usize).is_err() {
+        if bytes.try_reserve_exact(usize::try_from(total_len).unwrap_or(usize::MAX)).is_err() {
             return Err(ApiError::Unavailable(format!(
                 "no room on the heap for a {total_len}-byte image now; retry later"
             )));
@@ -345,10 +422,11 @@ impl<B: Backend> ApiHandler for Manager<B> {
         let vm = entry.vm.clone();
         match action {
             Action::Start => {
+                heap_room(u64::from(vm.config.vcpus) * VCPU_HEAP_BYTES, "starting the VM")?;
                 let vcpus = vm.start()?;
                 let cpus = sched::vcpu_cpus();
                 for (index, vcpu) in vcpus.into_iter().enumerate() {
-                    let cpu = cpus.start + (self.next_cpu + index) % cpus.len();
+                    let cpu = cpus.start + self.next_cpu.wrapping_add(index) % cpus.len();
                     sched::submit(cpu, Box::new(VcpuRunner::new(&vm, index as u32, vcpu)));
                 }
                 self.next_cpu = self.next_cpu.wrapping_add(1);

@@ -1,8 +1,9 @@
 //! The host's vCPU scheduler: one queue of runnable vCPUs per CPU. Each AP runs its queue
 //! forever (round robin, one host-timer slice per vCPU when several share the CPU) and
 //! sleeps when it is empty; the boot CPU, which serves the control plane, runs its queue
-//! only between network polls on a one-CPU machine, or for guests launched from the command
-//! line (`run_local_until`).
+//! only between network polls on a one-CPU machine, one host-timer tick at a time
+//! (`run_one_tick`, so the API keeps its priority over a guest that spins), or for guests
+//! launched from the command line (`run_local_until`).
 //!
 //! A vCPU stays on the queue it was given: VMX binds a VMCS to the CPU it was loaded on.
 
@@ -86,6 +87,19 @@ pub fn vcpu_cpus() -> core::ops::Range<usize> {
 /// Runs one slice of the next vCPU queued on this CPU.
 pub fn run_one_slice() -> Step {
     queues()[libos::smp::current_cpu()].run_one_slice()
+}
+
+/// Runs the next vCPU queued on this CPU until the next host timer tick at most: the boot
+/// CPU of a one-CPU machine, between network polls, so the control plane has the CPU at
+/// least once a tick however the guests behave (it runs above the vCPUs).
+pub fn run_one_tick() -> Step {
+    queues()[libos::smp::current_cpu()].run_one_tick()
+}
+
+/// Whether vCPUs run on this CPU (the boot CPU of a one-CPU machine): a wait for vCPUs
+/// must then run them.
+pub fn runs_vcpus_here() -> bool {
+    vcpu_cpus().contains(&libos::smp::current_cpu())
 }
 
 /// Runs this CPU's queue until `done` says so (the boot CPU, for guests launched from the

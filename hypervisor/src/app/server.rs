@@ -29,6 +29,10 @@ use libos::net::smoltcp::wire::IpAddress;
 use libos::net::{Addressing, Stack};
 
 pub const DEFAULT_API_PORT: u16 = 8080;
+/// On a one-CPU machine, the most network rounds with traffic in a row before a vCPU gets
+/// a host-timer tick anyway: the control plane comes first, and a flood of requests still
+/// leaves the guests a share of the CPU.
+const BUSY_ROUNDS_PER_TICK: u32 = 8;
 /// One socket on the API port and the connection it carries.
 struct Slot<H: hypervisor::api::ApiHandler> {
     handle: SocketHandle,
@@ -154,8 +158,9 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
     log::info!("api: {count} sockets on port {port}");
     manager.connections.sockets_total = count as u32;
     let mut announced = false;
+    let mut busy_rounds = 0;
     loop {
-        stack.poll();
+        let busy = stack.poll();
         if !announced && let Some(ip) = stack.ipv4_address() {
             sys::console_write(
                 format!(
@@ -242,9 +247,18 @@ fn serve_with<B: Backend>(line: &str, available: Result<(), BackendError>) -> ! 
         }
         let counters = &mut manager.connections;
         counters.sockets_listening = listening as u32;
-        counters.sockets_in_use = counters.sockets_total - counters.sockets_listening;
+        counters.sockets_in_use = counters.sockets_total.saturating_sub(counters.sockets_listening);
+        manager.reap();
         if libos::smp::cpu_count() == 1 {
-            sched::run_one_slice();
+            // One tick of a vCPU at most, then the network again, and none while traffic
+            // flows (up to `BUSY_ROUNDS_PER_TICK` rounds): the control plane comes first
+            // on a one-CPU machine.
+            if busy && busy_rounds < BUSY_ROUNDS_PER_TICK {
+                busy_rounds += 1;
+            } else {
+                busy_rounds = 0;
+                sched::run_one_tick();
+            }
         }
     }
 }

@@ -39,6 +39,16 @@ impl ConsoleRing {
         Self { buf: vec![0; capacity.max(1)], written: 0 }
     }
 
+    /// [`ConsoleRing::new`], or `None` when the heap has no room for it (a VM's creation
+    /// then answers 503 instead of ending the hypervisor).
+    #[must_use]
+    pub fn try_new(capacity: usize) -> Option<Self> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(capacity.max(1)).ok()?;
+        buf.resize(capacity.max(1), 0);
+        Some(Self { buf, written: 0 })
+    }
+
     #[must_use]
     pub fn capacity(&self) -> usize {
         self.buf.len()

@@ -309,25 +309,31 @@ pub struct PortBus {
 }
 
 impl PortBus {
-    /// A bus with a [`CONSOLE_RING_BYTES`] console and an [`EVENT_LOG_LEN`] event log.
+    /// A bus with the default console ring and event log, for tests (the VM uses the
+    /// fallible [`PortBus::with_capacity`]).
+    #[cfg(test)]
     #[must_use]
     pub fn new(platform: &PlatformConfig) -> Self {
         Self::with_capacity(platform, CONSOLE_RING_BYTES, EVENT_LOG_LEN)
+            .expect("a test's heap holds a console ring")
     }
 
+    /// A bus with a console ring of `console_bytes` and an event log of `events`; `None`
+    /// when the heap has no room for the ring (the one large allocation: the event log
+    /// grows as events come, bounded by `events`).
     #[must_use]
-    pub fn with_capacity(platform: &PlatformConfig, console_bytes: usize, events: usize) -> Self {
-        Self {
+    pub fn with_capacity(platform: &PlatformConfig, console_bytes: usize, events: usize) -> Option<Self> {
+        Some(Self {
             uart: Uart16550::new(),
             platform: Platform::new(platform),
             irqchip: Irqchip::new(u32::from(platform.vcpus), platform.lapic),
             irq_lines: IrqLines::default(),
             sci_evaluated_ns: platform.now_ns,
-            console: ConsoleRing::new(console_bytes),
+            console: ConsoleRing::try_new(console_bytes)?,
             lines: LineSplitter::new(),
             events: EventLog::new(events),
             unknown: UnknownPorts::default(),
-        }
+        })
     }
 
     /// The device that answers `port`.
@@ -625,7 +631,7 @@ mod tests {
     };
 
     fn bus() -> PortBus {
-        PortBus::new(&CONFIG)
+        PortBus::with_capacity(&CONFIG, CONSOLE_RING_BYTES, EVENT_LOG_LEN).unwrap()
     }
 
     fn out(bus: &mut PortBus, port: u16, value: u32) -> IoResult {
@@ -661,7 +667,7 @@ mod tests {
 
     #[test]
     fn debug_port_writes_are_timestamped_events() {
-        let mut bus = PortBus::with_capacity(&CONFIG, 64, 2);
+        let mut bus = PortBus::with_capacity(&CONFIG, 64, 2).unwrap();
         for (t, v) in [(10, 1), (20, 2), (30, 3)] {
             bus.io(0x80, IoSize::Byte, IoDirection::Out(v), t);
         }

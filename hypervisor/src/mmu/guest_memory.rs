@@ -37,6 +37,37 @@ impl<P: Platform> Mmu<P> {
             })
         })
     }
+
+    /// Makes `[gpa, gpa + len)` read as zeros (an image's zero-filled tail, `p_memsz`
+    /// beyond `p_filesz`). Untouched backing already reads as zeros (it is allocated
+    /// zeroed on first touch), so a chunk never touched is skipped whole and allocates
+    /// nothing; only touched chunks are written, a page at a time. The cost follows the
+    /// memory the guest has touched, not `len`.
+    pub fn zero_guest(&self, as_id: AsId, gpa: Gpa, len: u64) -> Result<(), GuestMemoryError> {
+        const ZEROES: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+        let end = gpa.raw().checked_add(len).ok_or(GuestMemoryError::NotInSlot { gpa })?;
+        let mut at = gpa;
+        while at.raw() < end {
+            let slots = self.core.lock.read();
+            let slot = slots.find(as_id, at.gfn()).ok_or(GuestMemoryError::NotInSlot { gpa: at })?;
+            let (chunk, offset) = slot.locate(at.gfn());
+            let offset = offset + at.page_offset();
+            let next = match slot.backing.frame(chunk) {
+                None => {
+                    let chunk_end = at.raw() - offset + slot.backing.chunk.bytes();
+                    chunk_end.min(slot.end().gpa().raw())
+                }
+                Some(frame) => {
+                    let n = (PAGE_SIZE - at.page_offset()).min(end - at.raw());
+                    self.core.pages.write_frame(frame, slot.backing.chunk, offset, &ZEROES[..n as usize]);
+                    slot.mark_dirty(at.gfn());
+                    at.raw() + n
+                }
+            };
+            at = Gpa::new(next.min(end));
+        }
+        Ok(())
+    }
 }
 
 /// Splits `[gpa, gpa + len)` at 4 KiB page boundaries: calls `f` with each piece's start and

@@ -5,16 +5,18 @@
 //!
 //! - `start`: `created` → `running`, once an image is loaded.
 //! - `pause`: `running` → `paused`; `resume`: `paused` → `running`.
-//! - `stop`: `running` or `paused` → `stopped`.
-//! - `reset`: any state but `created` → `created` (a running or paused VM is stopped
-//!   first), keeping the slots, the memory and the loaded image's entry point.
+//! - `stop`: `running` or `paused` → `stopping`, answered at once; `stopping` → `stopped`
+//!   when the last vCPU has left its loop ([`vcpus_left`]), which a later `GET` shows.
+//! - `reset`: any state but `created` → `created` (a running, paused or stopping VM is
+//!   stopped first), keeping the slots, the memory and the loaded image's entry point.
 //!
 //! Every other pair is refused with [`VmError::WrongState`] ("cannot pause a VM that is
 //! paused"), or [`VmError::NoImage`] for a start without an image. The guest ends a
 //! running or paused VM on its own, in one of the final states `exited` (it wrote the exit
 //! port or called EXIT), `crashed` (triple fault, invalid state, a memory access no slot or
 //! device answers) or `stopped` (every vCPU halted, or its time limit passed); those are
-//! not actions but [`Vm::finish`](super::Vm::finish), where the first final state wins.
+//! not actions but [`Vm::finish`](super::Vm::finish), where the first final state wins; a
+//! guest's end that comes while the VM is `stopping` loses to the host's stop.
 //! ACPI S5 is such an end (`exited`, status 0). A platform reset the guest asks for (the
 //! reset register 0xCF9, the i8042) is no transition: the VM stays `running` while every
 //! vCPU restarts at the entry with memory kept, as `reset` then `start` would do (see
@@ -34,6 +36,9 @@ pub enum VmState {
     Running,
     /// Running, with every vCPU held outside the guest by the host.
     Paused,
+    /// The host asked it to stop: every vCPU leaves the guest at its next exit; the VM is
+    /// `Stopped` once the last has left its loop.
+    Stopping,
     Exited {
         status: u32,
     },
@@ -50,6 +55,7 @@ impl VmState {
             VmState::Created => "created",
             VmState::Running => "running",
             VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
             VmState::Exited { .. } => "exited",
             VmState::Crashed { .. } => "crashed",
             VmState::Stopped => "stopped",
@@ -60,9 +66,14 @@ impl VmState {
     /// console output comes.
     pub fn is_final(&self) -> bool {
         match self {
-            VmState::Created | VmState::Running | VmState::Paused => false,
+            VmState::Created | VmState::Running | VmState::Paused | VmState::Stopping => false,
             VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped => true,
         }
+    }
+
+    /// Every vCPU must leave its loop at its next exit: the VM is stopping or has ended.
+    pub fn ends_vcpus(&self) -> bool {
+        *self == VmState::Stopping || self.is_final()
     }
 }
 
@@ -96,7 +107,7 @@ impl Action {
 /// is loaded (only `start` asks).
 pub fn transition(state: &VmState, action: Action, has_image: bool) -> Result<VmState, VmError> {
     use Action::{Pause, Reset, Resume, Start, Stop};
-    use VmState::{Crashed, Created, Exited, Paused, Running, Stopped};
+    use VmState::{Crashed, Created, Exited, Paused, Running, Stopped, Stopping};
     let refuse = || Err(VmError::WrongState { action: action.name(), state: state.name() });
     match (state, action) {
         (Created, Start) => {
@@ -108,15 +119,27 @@ pub fn transition(state: &VmState, action: Action, has_image: bool) -> Result<Vm
         }
         (Created, Pause | Resume | Stop | Reset) => refuse(),
         (Running, Pause) => Ok(Paused),
-        (Running, Stop) => Ok(Stopped),
+        (Running, Stop) => Ok(Stopping),
         (Running, Reset) => Ok(Created),
         (Running, Start | Resume) => refuse(),
         (Paused, Resume) => Ok(Running),
-        (Paused, Stop) => Ok(Stopped),
+        (Paused, Stop) => Ok(Stopping),
         (Paused, Reset) => Ok(Created),
         (Paused, Start | Pause) => refuse(),
+        (Stopping, Reset) => Ok(Created),
+        (Stopping, Start | Pause | Resume | Stop) => refuse(),
         (Exited { .. } | Crashed { .. } | Stopped, Reset) => Ok(Created),
         (Exited { .. } | Crashed { .. } | Stopped, Start | Pause | Resume | Stop) => refuse(),
+    }
+}
+
+/// The state once the last vCPU has left its loop, if it changes: a stopping VM is
+/// stopped, and a running or paused one whose vCPUs all halted is stopped too (a clean
+/// end). A VM that has ended keeps its final state.
+pub fn vcpus_left(state: &VmState) -> Option<VmState> {
+    match state {
+        VmState::Running | VmState::Paused | VmState::Stopping => Some(VmState::Stopped),
+        VmState::Created | VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped => None,
     }
 }
 
@@ -127,6 +150,7 @@ pub fn check_image_load(state: &VmState) -> Result<(), VmError> {
         VmState::Created => Ok(()),
         VmState::Running
         | VmState::Paused
+        | VmState::Stopping
         | VmState::Exited { .. }
         | VmState::Crashed { .. }
         | VmState::Stopped => Err(VmError::WrongState { action: "load an image into", state: state.name() }),
@@ -134,13 +158,13 @@ pub fn check_image_load(state: &VmState) -> Result<(), VmError> {
 }
 
 /// Whether memory slots may be added or deleted (`change`: "add a memory slot to" or
-/// "delete a memory slot of") in `state`: in any state but a final one. A running VM's
-/// slots change under it (a deleted slot's translations are zapped before the answer); an
-/// ended VM's wait for its `reset`.
+/// "delete a memory slot of") in `state`: in any state but a final one or `stopping`. A
+/// running VM's slots change under it (a deleted slot's translations are zapped before the
+/// answer); an ending or ended VM's wait for its `reset`.
 pub fn check_slot_change(state: &VmState, change: &'static str) -> Result<(), VmError> {
     match state {
         VmState::Created | VmState::Running | VmState::Paused => Ok(()),
-        VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped => {
+        VmState::Stopping | VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped => {
             Err(VmError::WrongState { action: change, state: state.name() })
         }
     }
@@ -159,6 +183,7 @@ mod tests {
             VmState::Created,
             VmState::Running,
             VmState::Paused,
+            VmState::Stopping,
             VmState::Exited { status: 3 },
             VmState::Crashed { reason: "triple fault".into() },
             VmState::Stopped,
@@ -169,7 +194,7 @@ mod tests {
     /// as the wrong state): the documented lifecycle (`docs/api/openapi.yaml`, "VM
     /// lifecycle"), written out again by hand.
     #[rustfmt::skip]
-    const TABLE: [(&str, Action, Option<&str>); 30] = {
+    const TABLE: [(&str, Action, Option<&str>); 35] = {
         use Action::*;
         [
             ("created", Start, Some("running")),
@@ -180,13 +205,18 @@ mod tests {
             ("running", Start, None),
             ("running", Pause, Some("paused")),
             ("running", Resume, None),
-            ("running", Stop, Some("stopped")),
+            ("running", Stop, Some("stopping")),
             ("running", Reset, Some("created")),
             ("paused", Start, None),
             ("paused", Pause, None),
             ("paused", Resume, Some("running")),
-            ("paused", Stop, Some("stopped")),
+            ("paused", Stop, Some("stopping")),
             ("paused", Reset, Some("created")),
+            ("stopping", Start, None),
+            ("stopping", Pause, None),
+            ("stopping", Resume, None),
+            ("stopping", Stop, None),
+            ("stopping", Reset, Some("created")),
             ("exited", Start, None),
             ("exited", Pause, None),
             ("exited", Resume, None),
@@ -270,10 +300,10 @@ mod tests {
     }
 
     #[test]
-    fn slots_change_in_every_state_but_a_final_one() {
+    fn slots_change_in_every_state_but_a_final_one_or_stopping() {
         for state in every_state() {
             let got = check_slot_change(&state, "add a memory slot to");
-            if state.is_final() {
+            if state.ends_vcpus() {
                 assert_eq!(
                     got.unwrap_err().to_string(),
                     format!("cannot add a memory slot to a VM that is {}", state.name())
@@ -288,6 +318,22 @@ mod tests {
     fn exactly_the_final_states_are_final() {
         let finals: Vec<&str> = every_state().iter().filter(|s| s.is_final()).map(|s| s.name()).collect();
         assert_eq!(finals, ["exited", "crashed", "stopped"]);
+        let ending: Vec<&str> = every_state().iter().filter(|s| s.ends_vcpus()).map(|s| s.name()).collect();
+        assert_eq!(ending, ["stopping", "exited", "crashed", "stopped"]);
+    }
+
+    #[test]
+    fn a_stopping_vm_is_stopped_once_its_last_vcpu_has_left_and_an_ended_one_keeps_its_end() {
+        let after = |state: VmState| vcpus_left(&state).map(|s| s.name());
+        assert_eq!(after(VmState::Stopping), Some("stopped"));
+        assert_eq!(after(VmState::Running), Some("stopped"), "every vCPU halted");
+        assert_eq!(after(VmState::Paused), Some("stopped"));
+        for ended in
+            [VmState::Exited { status: 1 }, VmState::Crashed { reason: "x".into() }, VmState::Stopped]
+        {
+            assert_eq!(after(ended), None);
+        }
+        assert_eq!(after(VmState::Created), None);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! lifecycle, independent of the backend (SVM or VMX) that runs it.
 //!
 //! Lifecycle, as an explicit state machine (Firecracker style): `Created` (memory and image
-//! may change) → `Running` ⇄ `Paused` → one of the final states `Exited { status }`,
-//! `Crashed { reason }` or `Stopped`. Which host action is allowed in which state is decided
+//! may change) → `Running` ⇄ `Paused` → (`Stopping` →) one of the final states
+//! `Exited { status }`, `Crashed { reason }` or `Stopped`. Which host action is allowed in which state is decided
 //! in one place, [`lifecycle::transition`]; every state change goes through [`Vm`]'s state
 //! lock, and the two flags the vCPU loop reads without it (`stop`, `paused`) are derived
 //! from the state there.
@@ -32,7 +32,7 @@ pub use run_queue::{RunQueue, Step};
 pub use stats::VmStats;
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
-use crate::addr::{Gpa, PAGE_SIZE};
+use crate::addr::Gpa;
 pub use crate::backend::BackendError;
 use crate::backend::{Backend, BackendVm, EntryMode, EntryState, GuestRegs};
 use crate::cpuid;
@@ -120,7 +120,8 @@ pub struct Vm<B: Backend> {
     pub(crate) devices: Mutex<PortBus>,
     /// The one record of the lifecycle; changed only by [`Vm::enter`].
     state: Mutex<VmState>,
-    /// `state.is_final()`, for the vCPU loop: every vCPU leaves its loop at its next exit.
+    /// `state.ends_vcpus()` (stopping or ended), for the vCPU loop: every vCPU leaves its
+    /// loop at its next exit.
     pub(crate) stop: AtomicBool,
     running_vcpus: AtomicUsize,
     entry: Mutex<Option<EntryState>>,
@@ -194,16 +195,19 @@ impl<B: Backend> Vm<B> {
                 has_x2apic: false,
             },
         };
+        let devices = PortBus::with_capacity(&platform, config.console_bytes, crate::devices::EVENT_LOG_LEN)
+            .ok_or_else(|| {
+                VmError::Memory(format!(
+                    "no room on the heap for a {}-byte console ring",
+                    config.console_bytes
+                ))
+            })?;
         Ok(Arc::new(Self {
             id,
             config,
             mmu,
             backend,
-            devices: Mutex::new(PortBus::with_capacity(
-                &platform,
-                config.console_bytes,
-                crate::devices::EVENT_LOG_LEN,
-            )),
+            devices: Mutex::new(devices),
             state: Mutex::new(VmState::Created),
             stop: AtomicBool::new(false),
             running_vcpus: AtomicUsize::new(0),
@@ -245,14 +249,13 @@ impl<B: Backend> Vm<B> {
         };
         for segment in &plan.segments {
             write(segment.gpa, segment.file_bytes(image))?;
-            let zeroes = [0u8; PAGE_SIZE as usize];
-            let mut gpa = segment.gpa.raw() + segment.file_range.len() as u64;
-            let end = segment.gpa_range().end.raw();
-            while gpa < end {
-                let n = (end - gpa).min(PAGE_SIZE) as usize;
-                write(Gpa::new(gpa), &zeroes[..n])?;
-                gpa += n as u64;
-            }
+            // The tail beyond the file's bytes reads as zeros; memory never touched is
+            // zero already, so a huge `p_memsz` costs nothing (see `Mmu::zero_guest`).
+            let tail = Gpa::new(segment.gpa.raw() + segment.file_range.len() as u64);
+            let tail_len = segment.gpa_range().end.raw().saturating_sub(tail.raw());
+            self.mmu
+                .zero_guest(AsId::Normal, tail, tail_len)
+                .map_err(|e| VmError::Memory(format!("{e:?}")))?;
         }
         if let Some(info) = &plan.boot_info {
             write(info.gpa, &info.bytes)?;
@@ -280,7 +283,7 @@ impl<B: Backend> Vm<B> {
     /// derived from the new state. `stop` is raised before `paused` drops, so a paused VM
     /// that is stopped never enters the guest again.
     fn enter(&self, state: &mut VmState, next: VmState) {
-        self.stop.store(next.is_final(), Ordering::SeqCst);
+        self.stop.store(next.ends_vcpus(), Ordering::SeqCst);
         self.paused.store(next == VmState::Paused, Ordering::SeqCst);
         *state = next;
     }
@@ -310,13 +313,14 @@ impl<B: Backend> Vm<B> {
     }
 
     /// Moves a running or paused VM to a final state (the first one wins) and asks every
-    /// vCPU to leave the guest. The guest's own ends (exit, crash, all vCPUs halted, time
-    /// limit) come here; the host's `stop` is [`Vm::stop`].
+    /// vCPU to leave the guest. The guest's own ends (exit, crash, time limit) come here;
+    /// the host's `stop` is [`Vm::stop`], and wins over an end that comes while it is
+    /// under way (the VM is `Stopping`).
     pub fn finish(&self, end: VmState) {
         debug_assert!(end.is_final());
         {
             let mut state = self.state.lock();
-            if state.is_final() {
+            if state.ends_vcpus() {
                 return;
             }
             if let VmState::Crashed { reason } = &end {
@@ -327,7 +331,8 @@ impl<B: Backend> Vm<B> {
         self.kick_all();
     }
 
-    /// `stop`: ends a running or paused VM from the host side.
+    /// `stop`: ends a running or paused VM from the host side. It returns at once with the
+    /// VM `Stopping`; the VM is `Stopped` when its last vCPU has left its loop.
     pub fn stop(&self) -> Result<(), VmError> {
         self.act(Action::Stop)?;
         self.kick_all();
@@ -411,10 +416,14 @@ impl<B: Backend> Vm<B> {
         self.devices.lock().console().read(offset, out)
     }
 
+    /// A vCPU has left its loop. After the last, a stopping VM is stopped, and one whose
+    /// vCPUs all halted is stopped too ([`lifecycle::vcpus_left`]).
     pub(crate) fn vcpu_ended(&self) {
         if self.running_vcpus.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // The last vCPU ended without a final state (all halted): that is a clean stop.
-            self.finish(VmState::Stopped);
+            let mut state = self.state.lock();
+            if let Some(next) = lifecycle::vcpus_left(&state) {
+                self.enter(&mut state, next);
+            }
         }
     }
 

@@ -43,9 +43,19 @@ impl RunQueue {
     /// spins waiting for. (Deciding once was the bug behind a two-vCPU guest that never
     /// finished; the test below is that guest.)
     pub fn run_one_slice(&self) -> Step {
+        self.run_head(&|| !self.is_empty())
+    }
+
+    /// Runs the vCPU at the head of the queue until the next host interrupt at most: for a
+    /// CPU that also serves the control plane (the boot CPU of a one-CPU machine), which
+    /// must get the CPU back at every tick however the guest behaves.
+    pub fn run_one_tick(&self) -> Step {
+        self.run_head(&|| true)
+    }
+
+    fn run_head(&self, share_cpu: &dyn Fn() -> bool) -> Step {
         let Some(mut runner) = self.runnable.lock().pop_front() else { return Step::Empty };
-        let others_waiting = || !self.is_empty();
-        match runner.run_slice(&others_waiting) {
+        match runner.run_slice(share_cpu) {
             Slice::Yielded => {
                 self.push(runner);
                 Step::Ran
@@ -125,6 +135,39 @@ mod tests {
             "vCPU 0 kept its CPU and its sibling never ran"
         );
         cpu.join().unwrap();
+    }
+
+    /// A guest that never exits on its own: each turn of its loop stands for a host timer
+    /// interrupt; it gives the CPU back only when asked to share it.
+    struct Spins {
+        ticks: u32,
+    }
+
+    impl Runnable for Spins {
+        fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
+            loop {
+                self.ticks += 1;
+                if share_cpu() {
+                    return Slice::Yielded;
+                }
+                if self.ticks == 1000 {
+                    return Slice::Ended(VcpuEnd::Halted);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tick_of_a_lone_spinning_vcpu_gives_the_cpu_back_at_the_next_host_interrupt() {
+        let queue = RunQueue::new();
+        queue.push(Box::new(Spins { ticks: 0 }));
+        for _ in 0..3 {
+            assert_eq!(queue.run_one_tick(), Step::Ran);
+            assert!(!queue.is_empty(), "the vCPU yielded and stays queued");
+        }
+        // A slice, by contrast, keeps the CPU while nothing else is queued.
+        assert_eq!(queue.run_one_slice(), Step::Ran);
+        assert!(queue.is_empty(), "the lone vCPU ran until it ended");
     }
 
     #[test]

@@ -39,3 +39,10 @@ pub fn init(info: &BootInfo, holes: &[PhysRange]) -> PhysRange {
 pub fn total_bytes() -> u64 {
     HEAP_BYTES.load(Ordering::Relaxed)
 }
+
+/// Heap bytes free now (in holes of any size: a large allocation may still fail when they
+/// are fragmented). The control plane refuses work whose heap cost would leave less than
+/// its reserve.
+pub fn free_bytes() -> u64 {
+    HEAP.lock().counters().available_bytes as u64
+}

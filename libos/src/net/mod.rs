@@ -74,11 +74,13 @@ impl Stack {
         Some(Self { iface, device, sockets, dhcp })
     }
 
-    /// Moves packets between the device and the sockets; applies DHCP leases.
-    pub fn poll(&mut self) {
+    /// Moves packets between the device and the sockets; applies DHCP leases. Returns
+    /// whether a socket may have changed (packets came or went): the caller has work.
+    pub fn poll(&mut self) -> bool {
         let now = now();
-        self.iface.poll(now, &mut self.device, &mut self.sockets);
-        let Some(handle) = self.dhcp else { return };
+        let changed = self.iface.poll(now, &mut self.device, &mut self.sockets)
+            == smoltcp::iface::PollResult::SocketStateChanged;
+        let Some(handle) = self.dhcp else { return changed };
         match self.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
             Some(dhcpv4::Event::Configured(lease)) => {
                 self.iface.update_ip_addrs(|addrs| {
@@ -97,6 +99,7 @@ impl Stack {
             }
             None => {}
         }
+        changed
     }
 
     /// The interface's IPv4 address, once it has one.

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use std::format;
 use yaml_rust2::{Yaml, YamlLoader};
 
-fn document() -> Yaml {
+pub(super) fn document() -> Yaml {
     let path = format!("{}/../docs/api/openapi.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -68,6 +68,7 @@ fn the_documented_actions_and_states_are_the_lifecycles_on_the_wire() {
         VmState::Created,
         VmState::Running,
         VmState::Paused,
+        VmState::Stopping,
         VmState::Exited { status: 0 },
         VmState::Crashed { reason: String::new() },
         VmState::Stopped,
