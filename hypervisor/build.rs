@@ -5,8 +5,18 @@ use std::path::Path;
 
 /// The guests `guest-images/` builds, embedded into the image when xtask says where they
 /// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table.
-const GUESTS: [&str; 9] =
-    ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails", "platform"];
+const GUESTS: [&str; 10] = [
+    "hello",
+    "memtouch",
+    "roots",
+    "tlbprobe",
+    "exitbench",
+    "cpuid",
+    "xmmiso",
+    "guardrails",
+    "platform",
+    "apic",
+];
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(loom)");

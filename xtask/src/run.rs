@@ -23,8 +23,18 @@ pub struct Options {
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The guests `guest-images/` builds, which the API can load.
-const API_GUESTS: [&str; 9] =
-    ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails", "platform"];
+const API_GUESTS: [&str; 10] = [
+    "hello",
+    "memtouch",
+    "roots",
+    "tlbprobe",
+    "exitbench",
+    "cpuid",
+    "xmmiso",
+    "guardrails",
+    "platform",
+    "apic",
+];
 
 pub fn run(opts: Options) -> Result<(), String> {
     setup::ensure_target()?;

@@ -110,6 +110,10 @@ pub enum Exit {
         access: Access,
     },
     Hlt,
+    /// The guest can take an interrupt now (the window the last entry asked for).
+    InterruptWindow,
+    /// The guest can take an NMI now (or, on SVM, is leaving its NMI handler).
+    NmiWindow,
     /// Triple fault.
     Shutdown,
     /// VM entry refused the guest state (a backend bug or a state the guest cannot reach).
@@ -152,6 +156,19 @@ pub trait BackendVcpu: Send {
     fn run(&mut self, root_pointer: u64) -> Exit;
     /// One line of guest state for crash reports.
     fn describe(&self) -> alloc::string::String;
+    /// What the guest can take at the next entry ([`events::openings`]: RFLAGS.IF, the
+    /// interrupt shadow, NMI blocking, nothing in flight or waiting in its `EventQueue`).
+    fn openings(&self) -> crate::devices::irqchip::Openings;
+    /// Delivers an external interrupt or NMI at the next entry, through the vCPU's
+    /// `EventQueue` (call only when [`BackendVcpu::openings`] allowed it).
+    fn inject(&mut self, injection: crate::devices::irqchip::Injection);
+    /// The window exits the next entries ask for (until changed): [`Exit::InterruptWindow`]
+    /// and [`Exit::NmiWindow`].
+    fn set_windows(&mut self, windows: events::Windows);
+    /// The guest's RFLAGS.IF (whether a halted vCPU wakes for an interrupt).
+    fn interrupts_enabled(&self) -> bool;
+    /// The guest TSC from now on: the host's plus `offset` (wrapping).
+    fn set_tsc_offset(&mut self, offset: u64);
 }
 
 /// A VM's hardware side, shared by its vCPUs. It is also the MMU's TLB flush hook
@@ -192,6 +209,13 @@ pub trait Backend: Send + Sync + 'static {
     fn tsc_hz() -> u64;
     /// Each CPU's tag numbering (ASIDs, VPIDs): its generation and flushes so far.
     fn tag_stats() -> alloc::vec::Vec<tags::TagStats>;
+    /// The host TSC now (the VM's guest TSC offset is its negation at creation).
+    fn host_tsc() -> u64;
+    /// The host CPU the caller runs on.
+    fn current_cpu() -> usize;
+    /// Interrupts host CPU `cpu` (not the caller's): a guest running there exits, a CPU
+    /// sleeping there wakes and looks at its run queue.
+    fn kick_cpu(cpu: usize);
 }
 
 #[cfg(test)]

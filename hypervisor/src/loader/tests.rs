@@ -604,8 +604,18 @@ fn built_guest_images_are_valid_pvh_elfs() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("x86_64-unknown-none/release");
-    let names =
-        ["hello", "memtouch", "roots", "tlbprobe", "exitbench", "cpuid", "xmmiso", "guardrails", "platform"];
+    let names = [
+        "hello",
+        "memtouch",
+        "roots",
+        "tlbprobe",
+        "exitbench",
+        "cpuid",
+        "xmmiso",
+        "guardrails",
+        "platform",
+        "apic",
+    ];
     // `cargo xtask test` builds the guests before the host tests; a plain `cargo test` on
     // a tree built before a guest was added has only some of them, so skip unless all are.
     if !names.iter().all(|name| dir.join(name).exists()) {

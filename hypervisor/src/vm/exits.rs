@@ -8,6 +8,7 @@ use super::{Vm, VmState};
 use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
 use crate::devices::events::EventKind;
+use crate::devices::irqchip::{Irqchip, VcpuMask};
 use crate::memslot::AsId;
 use crate::mmu::{Fault, MmuError, VcpuMmu};
 use alloc::format;
@@ -19,7 +20,8 @@ use taproot_guest_abi::hypercall::{self, Hypercall, HypercallError};
 /// What the loop does next.
 pub(crate) enum Flow {
     Continue,
-    /// This vCPU halted (HLT with nothing to wake it: no interrupts are emulated yet).
+    /// This vCPU executed HLT (RIP is past it): it is halted until something wakes it
+    /// (`vm::entry::halt`).
     Halt,
     /// The VM reaches a final state.
     Finish(VmState),
@@ -37,6 +39,8 @@ pub enum ExitReason {
     NestedPageFault,
     Mmio,
     Hlt,
+    /// Interrupt and NMI window exits.
+    InterruptWindow,
     Shutdown,
     Other,
 }
@@ -72,6 +76,7 @@ impl ExitCounts {
             nested_page_fault: self.count(ExitReason::NestedPageFault),
             mmio: self.count(ExitReason::Mmio),
             hlt: self.count(ExitReason::Hlt),
+            interrupt_window: self.count(ExitReason::InterruptWindow),
             shutdown: self.count(ExitReason::Shutdown),
             other: self.count(ExitReason::Other),
         }
@@ -92,6 +97,8 @@ pub struct ExitStats {
     /// Accesses outside every slot and device (also counted as `npf`).
     pub mmio: u64,
     pub hlt: u64,
+    /// Interrupt and NMI window exits (the guest became able to take a pending event).
+    pub interrupt_window: u64,
     pub shutdown: u64,
     /// Invalid guest state and exits the loop does not handle.
     pub other: u64,
@@ -106,6 +113,7 @@ fn reason_of(exit: &Exit) -> ExitReason {
         Exit::Hypercall => ExitReason::Hypercall,
         Exit::NestedPageFault { .. } => ExitReason::NestedPageFault,
         Exit::Hlt => ExitReason::Hlt,
+        Exit::InterruptWindow | Exit::NmiWindow => ExitReason::InterruptWindow,
         Exit::Shutdown => ExitReason::Shutdown,
         Exit::InvalidState | Exit::Unhandled { .. } => ExitReason::Other,
     }
@@ -125,7 +133,8 @@ pub(crate) struct VcpuContext<'a, B: Backend> {
 pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flow {
     cx.vm.exits.add(reason_of(&exit));
     match exit {
-        Exit::HostInterrupt => Flow::Continue,
+        // The entry path looks at the interrupt controllers before every entry.
+        Exit::HostInterrupt | Exit::InterruptWindow | Exit::NmiWindow => Flow::Continue,
         Exit::Cpuid => {
             let regs = cx.vcpu.regs();
             let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
@@ -178,6 +187,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
                 }
             }
         }
+        Exit::Msr { write } if Irqchip::is_lapic_msr(cx.vcpu.regs().rcx as u32) => lapic_msr(cx, write),
         Exit::Msr { write } => {
             let regs = *cx.vcpu.regs();
             let msr = regs.rcx as u32;
@@ -233,6 +243,38 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             crash(cx, format!("unhandled exit {code:#x} on vcpu {}: {}", cx.index, cx.vcpu.describe()))
         }
     }
+}
+
+/// RDMSR / WRMSR of a local APIC MSR (IA32_APIC_BASE, IA32_TSC_DEADLINE, the x2APIC
+/// range): the irqchip answers; the vCPUs a write made an interrupt pending for (an IPI,
+/// an EOI that re-delivers a level interrupt) are woken or kicked after the lock is
+/// dropped.
+fn lapic_msr<B: Backend>(cx: &mut VcpuContext<'_, B>, write: bool) -> Flow {
+    let regs = *cx.vcpu.regs();
+    let msr = regs.rcx as u32;
+    let now = (cx.vm.clock)();
+    let result = {
+        let mut devices = cx.vm.devices.lock();
+        let chip = devices.irqchip_mut();
+        if write {
+            let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
+            chip.msr_write(cx.index, msr, value, now).map(|wake| (None, wake))
+        } else {
+            chip.msr_read(cx.index, msr, now).map(|value| (Some(value), VcpuMask::EMPTY))
+        }
+    };
+    match result {
+        Ok((value, wake)) => {
+            if let Some(value) = value {
+                let regs = cx.vcpu.regs_mut();
+                (regs.rax, regs.rdx) = (value & 0xFFFF_FFFF, value >> 32);
+            }
+            cx.vcpu.skip_exiting_instruction();
+            cx.vm.wake_vcpus(wake);
+        }
+        Err(msr::Gp) => cx.vcpu.inject_general_protection(),
+    }
+    Flow::Continue
 }
 
 /// As INIT: the vCPU drops its roots (the MMU keeps them, so the next load finds the same

@@ -1,10 +1,14 @@
-//! The vCPU loop: load the root for the vCPU's role, run, report quiescence, handle the
-//! exit; until the VM reaches a final state or the vCPU halts. A platform reset the guest
-//! asked for restarts the vCPU at its entry at the top of the loop. A [`VcpuRunner`] runs in
-//! slices, so several vCPUs can share a host CPU (time-sliced by the host timer, whose
-//! interrupts make the guest exit).
+//! The vCPU loop: load the root for the vCPU's role, prepare the entry (timers, interrupt
+//! injection and windows: `vm::entry`), run, report quiescence, handle the exit; until the
+//! VM reaches a final state. A platform reset the guest asked for restarts the vCPU at its
+//! entry at the top of the loop. A [`VcpuRunner`] runs in slices, so several vCPUs can
+//! share a host CPU (time-sliced by the host timer, whose interrupts make the guest exit).
+//! A HLT that nothing wakes ends the slice with [`Slice::Blocked`]: the vCPU stays halted
+//! (its next slice looks again) until an interrupt it would take, its timer, or a pause or
+//! stop of the VM (`vm::park`).
 
 use super::Vm;
+use super::entry;
 use super::exits::{self, Flow, VcpuContext};
 use super::msr::VcpuMsrs;
 use crate::backend::{Backend, BackendVcpu};
@@ -19,8 +23,6 @@ use core::sync::atomic::Ordering;
 pub enum VcpuEnd {
     /// The VM reached a final state.
     VmFinished,
-    /// The vCPU executed HLT with nothing to wake it.
-    Halted,
 }
 
 /// How a slice ended.
@@ -30,6 +32,11 @@ pub enum Slice {
     Yielded,
     /// The VM is paused: run this vCPU again later.
     Paused,
+    /// The vCPU is halted: run it again once it is woken (`vm::park`) or at host time
+    /// `until` (its next timer deadline), whichever comes first.
+    Blocked {
+        until: Option<u64>,
+    },
     Ended(VcpuEnd),
 }
 
@@ -43,20 +50,25 @@ pub struct VcpuRunner<B: Backend> {
     msrs: VcpuMsrs,
     /// The VM's platform-reset count this vCPU has restarted for.
     resets_seen: u64,
+    /// Whether the vCPU is halted (executed HLT, not woken yet).
+    halted: bool,
 }
 
 impl<B: Backend> VcpuRunner<B> {
     pub fn new(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> Self {
         let mmu = vm.mmu.create_vcpu();
         let resets_seen = vm.platform_resets();
+        let mut vcpu = vcpu;
+        vcpu.set_tsc_offset(vm.tsc_offset);
         Self {
             vm: vm.clone(),
             index,
             vcpu,
             mmu,
             as_id: AsId::Normal,
-            msrs: VcpuMsrs::new(index),
+            msrs: VcpuMsrs::new(),
             resets_seen,
+            halted: false,
         }
     }
 
@@ -71,6 +83,7 @@ impl<B: Backend> VcpuRunner<B> {
     /// (the second vCPU of the same VM, submitted a moment after the first, which the first
     /// may be spinning on).
     pub fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
+        self.vm.park(self.index).runs_on(B::current_cpu());
         let mut cx = VcpuContext {
             vm: &self.vm,
             index: self.index,
@@ -88,10 +101,26 @@ impl<B: Backend> VcpuRunner<B> {
                 self.mmu.report_offline();
                 return Slice::Paused;
             }
+            if self.halted && cx.vm.platform_resets() == self.resets_seen {
+                match entry::halt(cx.vm, cx.index, cx.vcpu) {
+                    Some(until) => {
+                        self.as_id = cx.as_id;
+                        self.mmu.report_offline();
+                        return Slice::Blocked { until };
+                    }
+                    None => {
+                        self.halted = false;
+                        cx.vm.park(cx.index).set_halted(false);
+                        cx.vm.interrupt_counts.wakeup();
+                    }
+                }
+            }
             let resets = cx.vm.platform_resets();
             if resets != self.resets_seen {
                 // The guest reset the platform (`vm::platform`): start again at the entry.
                 self.resets_seen = resets;
+                self.halted = false;
+                cx.vm.park(cx.index).set_halted(false);
                 if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
                     cx.vm.finish(state);
                     break VcpuEnd::VmFinished;
@@ -109,6 +138,7 @@ impl<B: Backend> VcpuRunner<B> {
                     break VcpuEnd::VmFinished;
                 }
             };
+            entry::prepare(&mut cx);
             let exit = cx.vcpu.run(root);
             cx.mmu.report_quiescent();
             cx.vm.check_deadline();
@@ -122,7 +152,13 @@ impl<B: Backend> VcpuRunner<B> {
                     return Slice::Yielded;
                 }
                 Flow::Continue => {}
-                Flow::Halt => break VcpuEnd::Halted,
+                Flow::Halt => {
+                    // Blocked or not is decided at the top of the loop, after the stop
+                    // and pause checks.
+                    self.halted = true;
+                    cx.vm.park(cx.index).set_halted(true);
+                    cx.vm.interrupt_counts.halt();
+                }
                 Flow::Finish(state) => {
                     cx.vm.finish(state);
                     break VcpuEnd::VmFinished;
@@ -139,10 +175,16 @@ impl<B: Backend> VcpuRunner<B> {
 /// A vCPU runner with its backend erased, for the host's scheduler queues.
 pub trait Runnable: Send {
     fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice;
+    /// Whether a blocked vCPU was woken since it blocked (`vm::park`).
+    fn is_woken(&self) -> bool;
 }
 
 impl<B: Backend> Runnable for VcpuRunner<B> {
     fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
         VcpuRunner::run_slice(self, share_cpu)
+    }
+
+    fn is_woken(&self) -> bool {
+        self.vm.park(self.index).is_woken()
     }
 }

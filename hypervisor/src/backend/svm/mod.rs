@@ -16,12 +16,13 @@
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
 mod exit;
+mod interrupts;
 pub mod vmcb;
 mod world_switch;
 
 use super::choice::{self, Choice};
 use super::debug_regs::DebugRegs;
-use super::events::{Event, EventQueue};
+use super::events::{Event, EventQueue, NmiBlocking, Windows};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
@@ -214,6 +215,10 @@ pub struct SvmVcpu {
     tag: VcpuTag,
     /// The event in flight at the last exit and those requested since (`backend::events`).
     events: EventQueue,
+    /// The window exits the entry path asked for, and the guest's NMI blocking
+    /// (`interrupts`).
+    windows: Windows,
+    nmi: NmiBlocking,
 }
 
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
@@ -231,6 +236,8 @@ impl SvmVcpu {
             sync,
             tag: VcpuTag::default(),
             events: EventQueue::default(),
+            windows: Windows::default(),
+            nmi: NmiBlocking::default(),
         };
         vcpu.init_controls();
         vcpu.reset(entry);
@@ -346,10 +353,15 @@ impl SvmVcpu {
     /// EVENTINJ for the next VMRUN: the event `backend::events` picks, or none. Written
     /// before every VMRUN, so an EVENTINJ left from an earlier entry never injects twice.
     fn write_event_injection(&mut self) {
-        let eventinj = self.events.next_entry().map_or(0, |event| {
+        let event = self.events.next_entry();
+        if event.is_some_and(|event| event.is_nmi()) {
+            self.nmi.injected();
+        }
+        let eventinj = event.map_or(0, |event| {
             (event.info as u64) | ((event.error_code as u64) << vmcb::EVENT_ERROR_CODE_SHIFT)
         });
         self.vmcb.write64(control::EVENT_INJECTION, eventinj);
+        interrupts::write_windows(&mut self.vmcb, self.windows, &self.nmi);
     }
 }
 
@@ -394,6 +406,8 @@ impl BackendVcpu for SvmVcpu {
         v.write64(control::EVENT_INJECTION, 0);
         v.write64(control::INTERRUPT_SHADOW, 0);
         self.events.clear();
+        self.windows = Windows::default();
+        self.nmi = NmiBlocking::default();
         self.regs = entry.regs;
         self.xstate.reset();
         self.debug = DebugRegs::default();
@@ -426,6 +440,9 @@ impl BackendVcpu for SvmVcpu {
             _ => 0,
         };
         self.set_rip(self.rip().wrapping_add(len));
+        // Past the instruction, the STI / MOV SS shadow is over (KVM's
+        // `svm_skip_emulated_instruction` clears it too).
+        self.vmcb.write64(control::INTERRUPT_SHADOW, 0);
     }
 
     fn guest_cr4(&self) -> u64 {
@@ -469,10 +486,35 @@ impl BackendVcpu for SvmVcpu {
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.
             x86_64::instructions::interrupts::enable();
             let exit = exit::decode(&self.vmcb);
+            if exit == Exit::NmiWindow {
+                self.nmi.iret(self.rip());
+            } else {
+                self.nmi.exited_at(self.rip());
+            }
             if !self.handle_internally(&exit) {
                 return exit;
             }
         }
+    }
+
+    fn openings(&self) -> crate::devices::irqchip::Openings {
+        interrupts::openings(&self.vmcb, &self.nmi, &self.events)
+    }
+
+    fn inject(&mut self, injection: crate::devices::irqchip::Injection) {
+        self.events.request(Event::of_injection(injection));
+    }
+
+    fn set_windows(&mut self, windows: Windows) {
+        self.windows = windows;
+    }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcb.read64(save::RFLAGS) & vmcb::RFLAGS_IF != 0
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.vmcb.write64(control::TSC_OFFSET, offset);
     }
 
     fn describe(&self) -> String {
@@ -555,5 +597,17 @@ impl Backend for Svm {
 
     fn tag_stats() -> alloc::vec::Vec<tags::TagStats> {
         ASIDS.stats()
+    }
+
+    fn host_tsc() -> u64 {
+        libos::time::tsc()
+    }
+
+    fn current_cpu() -> usize {
+        libos::smp::current_cpu()
+    }
+
+    fn kick_cpu(cpu: usize) {
+        libos::smp::kick(cpu);
     }
 }

@@ -21,12 +21,13 @@ mod consts;
 mod cpu;
 mod cr;
 mod exit;
+mod interrupts;
 mod setup;
 mod vmcs;
 mod world_switch;
 
 use super::debug_regs::{DR6_STATUS, DebugRegs};
-use super::events::{self, Event, EventQueue};
+use super::events::{self, Event, EventQueue, Windows};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::tags::{self, Rollover, TagConfig, TagFlush, TagSpace, VcpuTag};
@@ -154,6 +155,8 @@ pub struct VmxVcpu {
     last_exit_reason: u32,
     /// The event in flight at the last exit and those requested since (`backend::events`).
     events: EventQueue,
+    /// The window exits and TSC offset the VM layer asked for.
+    requests: interrupts::EntryRequests,
 }
 
 impl VmxVcpu {
@@ -179,6 +182,7 @@ impl VmxVcpu {
             vpid: 0,
             last_exit_reason: 0,
             events: EventQueue::default(),
+            requests: interrupts::EntryRequests::default(),
         })
     }
 
@@ -194,6 +198,7 @@ impl VmxVcpu {
         setup::write_host_state(&v)?;
         setup::write_guest_state(&v, cpu::host(), &mut self.cr, &self.entry)?;
         self.regs = self.entry.regs;
+        self.requests.vmcs_filled();
         Ok(())
     }
 
@@ -223,6 +228,7 @@ impl VmxVcpu {
                     cpu::invept(INVEPT_SINGLE_CONTEXT, eptp);
                 }
             }
+            self.requests.apply(&v)?;
             write_event_injection(&v, self.events.next_entry())?;
             x86_64::instructions::interrupts::disable();
             fpu::load_guest(&mut self.xstate);
@@ -322,7 +328,7 @@ fn reflect_exception(v: &Current, debug: &mut DebugRegs, events: &mut EventQueue
 /// bit (SDM Vol. 3C §28.2 "Recording VM-Exit Information and Updating VM-Entry Control
 /// Fields"), so an earlier injection never repeats. Re-injecting an NMI whose delivery the
 /// exit interrupted clears blocking by NMI first, as KVM's `__vmx_complete_interrupts`
-/// does (the exit during delivery left it set; Taproot itself injects no NMIs).
+/// does (the exit during delivery left it set).
 fn write_event_injection(v: &Current, event: Option<Event>) -> Result<(), BackendError> {
     use consts::intr_info::*;
     let Some(event) = event else { return Ok(()) };
@@ -352,6 +358,7 @@ fn is_software(kind: u64) -> bool {
 fn skip_instruction(v: &Current) {
     let len = v.read(ro::VMEXIT_INSTRUCTION_LEN);
     let _ = v.write(guest::RIP, v.read(guest::RIP).wrapping_add(len));
+    interrupts::end_shadow(v);
 }
 
 /// #GP(0) for the guest: a hardware exception, vector 13, whose error code is delivered
@@ -376,6 +383,7 @@ impl BackendVcpu for VmxVcpu {
         self.kernel_gs_base = 0;
         self.cr.cr8 = 0;
         self.events.clear();
+        self.requests.windows = Windows::default();
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
@@ -426,6 +434,27 @@ impl BackendVcpu for VmxVcpu {
             log::error!("vmx: {error}");
             Exit::InvalidState
         })
+    }
+
+    fn openings(&self) -> crate::devices::irqchip::Openings {
+        // Before the first entry (no VMCS on this CPU yet) the guest takes nothing.
+        self.vmcs.current().map_or_else(|_| Default::default(), |v| interrupts::openings(&v, &self.events))
+    }
+
+    fn inject(&mut self, injection: crate::devices::irqchip::Injection) {
+        self.events.request(Event::of_injection(injection));
+    }
+
+    fn set_windows(&mut self, windows: Windows) {
+        self.requests.windows = windows;
+    }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcs.current().is_ok_and(|v| v.read(guest::RFLAGS) & RFLAGS_IF != 0)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.requests.set_tsc_offset(offset);
     }
 
     fn describe(&self) -> String {
@@ -509,5 +538,17 @@ impl Backend for Vmx {
 
     fn tag_stats() -> alloc::vec::Vec<tags::TagStats> {
         VPIDS.stats()
+    }
+
+    fn host_tsc() -> u64 {
+        libos::time::tsc()
+    }
+
+    fn current_cpu() -> usize {
+        libos::smp::current_cpu()
+    }
+
+    fn kick_cpu(cpu: usize) {
+        libos::smp::kick(cpu);
     }
 }

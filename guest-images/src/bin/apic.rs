@@ -1,0 +1,266 @@
+//! `apic`: the local APIC as a guest uses it, through the x2APIC MSRs, one check per
+//! `test=`:
+//! - `timer`: the LAPIC timer in one-shot, periodic and TSC-deadline mode, with HLT
+//!   (`sti; hlt`) between ticks. Each mode's expiries are counted against the guest TSC
+//!   (which reads 0 at VM start and runs at the host rate, CPUID 4000_0010h): a timer
+//!   never fires before its time, and the periodic count stays within
+//!   `logic::periodic_ticks_plausible` of the elapsed periods. Then a one-shot expires
+//!   while the guest spins with IF=0: it must arrive right after the STI that ends the
+//!   spin (the host asks for an interrupt window), not later and not before.
+//!
+//! Prints `apic: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+guest_images::guest_main!(guest);
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::arch::{asm, naked_asm};
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use guest_images::logic::{cmdline_value, periodic_ticks_plausible};
+    use guest_images::{println, rt};
+    use taproot_guest_abi::{cpuid, status};
+
+    /// IA32_APIC_BASE and its EN (11) and EXTD (10) bits; the x2APIC registers (SDM Vol.
+    /// 3A §11.12.1, Table 11-6) and IA32_TSC_DEADLINE.
+    const IA32_APIC_BASE: u32 = 0x1B;
+    const APIC_BASE_EN_EXTD: u64 = (1 << 11) | (1 << 10);
+    const X2APIC_EOI: u32 = 0x80B;
+    const X2APIC_SVR: u32 = 0x80F;
+    const X2APIC_LVT_TIMER: u32 = 0x832;
+    const X2APIC_TIMER_INITIAL: u32 = 0x838;
+    const X2APIC_TIMER_CURRENT: u32 = 0x839;
+    const X2APIC_TIMER_DIVIDE: u32 = 0x83E;
+    const IA32_TSC_DEADLINE: u32 = 0x6E0;
+    /// SVR: APIC software-enabled (bit 8), spurious vector 0xFF.
+    const SVR_ENABLED: u64 = 0x1FF;
+    /// Divide configuration 1011b: divide by 1 (SDM Vol. 3A Figure 11-10).
+    const DIVIDE_BY_1: u64 = 0b1011;
+    /// LVT timer modes (bits 18:17).
+    const ONE_SHOT: u64 = 0;
+    const PERIODIC: u64 = 1 << 17;
+    const TSC_DEADLINE: u64 = 2 << 17;
+    const TIMER_VECTOR: usize = 0x40;
+    const SPURIOUS_VECTOR: usize = 0xFF;
+    /// CPUID.1 ECX: x2APIC (21), TSC-deadline (24).
+    const CPUID1_ECX_X2APIC: u32 = 1 << 21;
+    const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+    /// The LAPIC timer's input under Taproot (CPUID 4000_0010h EBX, kHz): 1 GHz.
+    const PERIOD_MS: u64 = 20;
+    const PERIODIC_TICKS: u64 = 10;
+    const DEADLINES: u64 = 5;
+
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    /// The guest TSC in the timer handler, at the last tick.
+    static TICK_TSC: AtomicU64 = AtomicU64::new(0);
+    /// 256 gates of 16 bytes (SDM Vol. 3A §7.14.1).
+    static IDT: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
+
+    pub fn guest(boot: &rt::Boot) -> u32 {
+        let start_tsc = rt::rdtsc();
+        let test = cmdline_value(boot.cmdline(), "test").unwrap_or("timer");
+        let passed = match test {
+            "timer" => timer(start_tsc),
+            _ => {
+                println!("apic: FAILED: unknown test {test:?}");
+                false
+            }
+        };
+        if passed {
+            println!("apic: {test} ok");
+            status::OK
+        } else {
+            status::FAILED
+        }
+    }
+
+    fn rdmsr(msr: u32) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: RDMSR of an MSR CPUID says exists; no memory is touched.
+        unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    fn wrmsr(msr: u32, value: u64) {
+        // SAFETY: WRMSR of a local APIC MSR; it changes interrupt delivery only.
+        unsafe {
+            asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+        };
+    }
+
+    fn install_idt() {
+        let cs: u16;
+        // SAFETY: reading CS has no side effects.
+        unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+        for (vector, handler) in [
+            (TIMER_VECTOR, timer_handler as *const () as u64),
+            (SPURIOUS_VECTOR, spurious_handler as *const () as u64),
+        ] {
+            // Offset 15:0, selector, present 64-bit interrupt gate (0x8E), offset 31:16;
+            // then offset 63:32.
+            let low = (handler & 0xFFFF) | (cs as u64) << 16 | 0x8E << 40 | ((handler >> 16) & 0xFFFF) << 48;
+            IDT[vector * 2].store(low, Ordering::Relaxed);
+            IDT[vector * 2 + 1].store(handler >> 32, Ordering::Relaxed);
+        }
+        let mut pointer = [0u8; 10];
+        pointer[..2].copy_from_slice(&((IDT.len() * 8 - 1) as u16).to_le_bytes());
+        pointer[2..].copy_from_slice(&(IDT.as_ptr() as u64).to_le_bytes());
+        // SAFETY: the IDT is static and its gates point at this image's handlers.
+        unsafe { asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(readonly, nostack, preserves_flags)) };
+    }
+
+    /// The timer interrupt: counts, records the TSC, EOI through the x2APIC MSR.
+    #[unsafe(naked)]
+    extern "C" fn timer_handler() {
+        naked_asm!(
+            "push rax",
+            "push rcx",
+            "push rdx",
+            "lock inc qword ptr [rip + {ticks}]",
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "mov [rip + {tick_tsc}], rax",
+            "mov ecx, {eoi}",
+            "xor eax, eax",
+            "xor edx, edx",
+            "wrmsr",
+            "pop rdx",
+            "pop rcx",
+            "pop rax",
+            "iretq",
+            ticks = sym TICKS,
+            tick_tsc = sym TICK_TSC,
+            eoi = const X2APIC_EOI,
+        );
+    }
+
+    /// A spurious interrupt takes no EOI (SDM Vol. 3A §11.9).
+    #[unsafe(naked)]
+    extern "C" fn spurious_handler() {
+        naked_asm!("iretq");
+    }
+
+    /// Halts (`sti; hlt`, the interrupt shadow keeps the interrupt after the HLT) until
+    /// `TICKS` reaches `target`.
+    fn halt_until_ticks(target: u64) {
+        loop {
+            // SAFETY: CLI masks interrupts while the count is read.
+            unsafe { asm!("cli", options(nomem, nostack)) };
+            if TICKS.load(Ordering::SeqCst) >= target {
+                break;
+            }
+            // SAFETY: STI; HLT waits for the next interrupt, which the IDT handles.
+            unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+        }
+        // SAFETY: as above.
+        unsafe { asm!("sti", options(nomem, nostack)) };
+    }
+
+    fn timer(start_tsc: u64) -> bool {
+        let [_, _, ecx, _] = rt::cpuid_regs(1);
+        if ecx & CPUID1_ECX_X2APIC == 0 || ecx & CPUID1_ECX_TSC_DEADLINE == 0 {
+            println!("apic: FAILED: CPUID.1 ECX {ecx:#x} offers no x2APIC or TSC-deadline timer");
+            return false;
+        }
+        let [tsc_khz, bus_khz, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        let tsc_per_ms = u64::from(tsc_khz);
+        let bus_per_ms = u64::from(bus_khz);
+        println!("apic: TSC {tsc_khz} kHz, bus {bus_khz} kHz, TSC at entry {start_tsc}");
+        // The guest TSC counts from the VM's start: far less than a minute at entry.
+        if tsc_per_ms == 0 || bus_per_ms == 0 || start_tsc > 60_000 * tsc_per_ms {
+            println!("apic: FAILED: timing leaf or TSC origin wrong");
+            return false;
+        }
+        install_idt();
+        wrmsr(IA32_APIC_BASE, rdmsr(IA32_APIC_BASE) | APIC_BASE_EN_EXTD);
+        wrmsr(X2APIC_SVR, SVR_ENABLED);
+        wrmsr(X2APIC_TIMER_DIVIDE, DIVIDE_BY_1);
+        let period_tsc = PERIOD_MS * tsc_per_ms;
+
+        // One-shot.
+        wrmsr(X2APIC_LVT_TIMER, ONE_SHOT | TIMER_VECTOR as u64);
+        let armed = rt::rdtsc();
+        wrmsr(X2APIC_TIMER_INITIAL, PERIOD_MS * bus_per_ms);
+        halt_until_ticks(1);
+        let fired = TICK_TSC.load(Ordering::SeqCst) - armed;
+        let current = rdmsr(X2APIC_TIMER_CURRENT);
+        println!(
+            "apic: one-shot fired after {fired} TSC ticks (period {period_tsc}), current count {current}"
+        );
+        if fired < period_tsc || current != 0 {
+            println!("apic: FAILED: one-shot early or still counting");
+            return false;
+        }
+
+        // Periodic.
+        TICKS.store(0, Ordering::SeqCst);
+        wrmsr(X2APIC_LVT_TIMER, PERIODIC | TIMER_VECTOR as u64);
+        let armed = rt::rdtsc();
+        wrmsr(X2APIC_TIMER_INITIAL, PERIOD_MS * bus_per_ms);
+        halt_until_ticks(PERIODIC_TICKS);
+        let elapsed = TICK_TSC.load(Ordering::SeqCst) - armed;
+        wrmsr(X2APIC_TIMER_INITIAL, 0);
+        println!(
+            "apic: periodic: {PERIODIC_TICKS} ticks in {elapsed} TSC ticks, {} periods",
+            elapsed / period_tsc
+        );
+        if !periodic_ticks_plausible(PERIODIC_TICKS, elapsed, period_tsc) {
+            println!("apic: FAILED: periodic tick count does not match the elapsed time");
+            return false;
+        }
+
+        // TSC deadline.
+        TICKS.store(0, Ordering::SeqCst);
+        wrmsr(X2APIC_LVT_TIMER, TSC_DEADLINE | TIMER_VECTOR as u64);
+        for n in 1..=DEADLINES {
+            let deadline = rt::rdtsc() + period_tsc;
+            wrmsr(IA32_TSC_DEADLINE, deadline);
+            halt_until_ticks(n);
+            let at = TICK_TSC.load(Ordering::SeqCst);
+            let left = rdmsr(IA32_TSC_DEADLINE);
+            if at < deadline || left != 0 {
+                println!("apic: FAILED: deadline {deadline} fired at {at}, MSR reads {left}");
+                return false;
+            }
+        }
+        println!("apic: tsc-deadline: {DEADLINES} deadlines, none early");
+        masked_tick(period_tsc, bus_per_ms)
+    }
+
+    /// A one-shot that expires while interrupts are masked is taken right after STI.
+    fn masked_tick(period_tsc: u64, bus_per_ms: u64) -> bool {
+        TICKS.store(0, Ordering::SeqCst);
+        wrmsr(X2APIC_LVT_TIMER, ONE_SHOT | TIMER_VECTOR as u64);
+        // SAFETY: CLI only masks interrupts.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        let armed = rt::rdtsc();
+        wrmsr(X2APIC_TIMER_INITIAL, PERIOD_MS * bus_per_ms);
+        while rt::rdtsc() - armed < 3 * period_tsc {
+            core::hint::spin_loop();
+        }
+        let before = TICKS.load(Ordering::SeqCst);
+        // SAFETY: STI; NOP opens interrupts for one instruction after the shadow.
+        unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        let after = TICKS.load(Ordering::SeqCst);
+        // SAFETY: as above.
+        unsafe { asm!("sti", options(nomem, nostack)) };
+        println!("apic: masked one-shot: {before} ticks with IF=0, {after} after STI");
+        if (before, after) != (0, 1) {
+            println!("apic: FAILED: the masked tick was not delivered at STI");
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(target_os = "none")]
+use guest::guest;
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "apic is a bare-metal guest: cargo build -p guest-images --target x86_64-unknown-none --release"
+    );
+}

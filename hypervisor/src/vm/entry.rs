@@ -1,0 +1,77 @@
+//! The entry path: what the vCPU loop asks the VM's interrupt controllers before each
+//! entry, and what a HLT does.
+//!
+//! Before each entry ([`prepare`]): timers whose deadline has passed fire
+//! (`Irqchip::tick`); the irqchip picks at most one event for what the guest can take now
+//! (`Irqchip::entry_events` with the backend's `openings`), which the backend injects
+//! through its `EventQueue`; and the backend asks for an interrupt or NMI window exit for
+//! whatever stays pending. The lock is the VM's device lock, taken once per entry; the
+//! vCPUs an access made an interrupt pending for are woken or kicked after it is dropped
+//! (`Vm::wake_vcpus`).
+//!
+//! HLT ([`halt`]): the vCPU stays in the guest's sense halted until the irqchip says an
+//! event wakes it (`Irqchip::wakes_from_halt`: an interrupt the guest would take with its
+//! RFLAGS.IF, an NMI, INIT, SIPI). Until then its runner leaves the CPU
+//! (`Slice::Blocked`) until its next timer deadline or a wake (`vm::park`).
+
+use super::Vm;
+use super::exits::VcpuContext;
+use crate::backend::events::Windows;
+use crate::backend::{Backend, BackendVcpu};
+use crate::devices::PortBus;
+use crate::devices::irqchip::VcpuMask;
+
+/// Fires the timer expiries due at `now_ns` if `vcpu`'s are due (the other vCPUs' fire on
+/// their own entries or halts; their wakes go into the returned mask). The one place the
+/// VM ticks its devices' clocks.
+fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: u64) -> VcpuMask {
+    let chip = devices.irqchip_mut();
+    if chip.next_deadline(vcpu).is_some_and(|deadline| deadline <= now_ns) {
+        chip.tick(now_ns)
+    } else {
+        VcpuMask::EMPTY
+    }
+}
+
+/// The vCPUs of `mask` other than `vcpu` (which is running here and needs no wake).
+fn others(mask: VcpuMask, vcpu: u32) -> VcpuMask {
+    let mut rest = VcpuMask::EMPTY;
+    for v in mask.iter().filter(|&v| v != vcpu) {
+        rest.insert(v);
+    }
+    rest
+}
+
+/// Just before an entry: fire due timers, inject what the guest can take, ask for the
+/// windows the rest needs.
+pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) {
+    let now = (cx.vm.clock)();
+    let open = cx.vcpu.openings();
+    let (events, wake) = {
+        let mut devices = cx.vm.devices.lock();
+        let wake = tick_timers(&mut devices, cx.index, now);
+        (devices.irqchip_mut().entry_events(cx.index, open), wake)
+    };
+    if let Some(injection) = events.inject {
+        cx.vm.interrupt_counts.injected(injection);
+        cx.vcpu.inject(injection);
+    }
+    cx.vcpu.set_windows(Windows { interrupt: events.interrupt_window, nmi: events.nmi_window });
+    cx.vm.wake_vcpus(others(wake, cx.index));
+}
+
+/// A halted vCPU (HLT done, RIP past it) looks whether it wakes: `None` if it runs on,
+/// else `Some(until)`: it blocks until that host time (its next timer deadline, if any)
+/// or a wake. Follows the sleeper's side of `vm::park`'s protocol.
+pub(crate) fn halt<B: Backend>(vm: &Vm<B>, index: u32, vcpu: &B::Vcpu) -> Option<Option<u64>> {
+    vm.park(index).going_to_sleep();
+    let now = (vm.clock)();
+    let (awake, until, wake) = {
+        let mut devices = vm.devices.lock();
+        let wake = tick_timers(&mut devices, index, now);
+        let chip = devices.irqchip();
+        (chip.wakes_from_halt(index, vcpu.interrupts_enabled()), chip.next_deadline(index), wake)
+    };
+    vm.wake_vcpus(others(wake, index));
+    (!awake).then_some(until)
+}
