@@ -673,3 +673,43 @@ fn svm_x2apic_timer_in_three_modes_wakes_a_halted_guest() {
 fn vmx_x2apic_timer_in_three_modes_wakes_a_halted_guest() {
     check_apic_timer(&run_vmx("bochs-vmx-apic-timer", "exit=1 guest=apic guest.test=timer mem=16", 1));
 }
+
+/// The `apic` guest's `ipi` test: 20 round trips of fixed IPIs through the x2APIC ICR
+/// between two vCPUs, each halted until its IPI arrives (a wake of a halted vCPU, or a kick
+/// of one in the guest, on the other host CPU or time-sliced with it).
+fn check_apic_ipi(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: ipi ok"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert!(stat(&stats, "injected") >= 40, "{stats}");
+}
+
+#[test]
+fn svm_x2apic_ipis_between_two_vcpus_in_both_directions() {
+    check_apic_ipi(&run_svm("exit=1 guest=apic guest.test=ipi vcpus=2 mem=16", 1));
+}
+
+#[test]
+fn vmx_x2apic_ipis_between_two_vcpus_in_both_directions() {
+    check_apic_ipi(&run_vmx("bochs-vmx-apic-ipi", "exit=1 guest=apic guest.test=ipi vcpus=2 mem=16", 1));
+}
+
+/// The `apic` guest's `haltif0` test: vCPU 1 halts with IF=0 and IPIs do not wake it; the
+/// VM is not ended by it (vCPU 0 exits with 0), and the stats show it halted at the end.
+fn check_apic_halt_if0(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: haltif0 ok"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert_eq!(stat(&stats, "halted_vcpus"), 1, "{stats}");
+}
+
+#[test]
+fn svm_halt_with_interrupts_off_stays_halted_while_the_other_vcpu_finishes() {
+    check_apic_halt_if0(&run_svm("exit=1 guest=apic guest.test=haltif0 vcpus=2 mem=16", 1));
+}
+
+#[test]
+fn vmx_halt_with_interrupts_off_stays_halted_while_the_other_vcpu_finishes() {
+    let cmdline = "exit=1 guest=apic guest.test=haltif0 vcpus=2 mem=16";
+    check_apic_halt_if0(&run_vmx("bochs-vmx-apic-haltif0", cmdline, 1));
+}

@@ -8,6 +8,12 @@
 //!   while the guest spins with IF=0: it must arrive right after the STI that ends the
 //!   spin (the host asks for an interrupt window), not later and not before.
 //!
+//! - `ipi` (2 vCPUs): fixed IPIs through the x2APIC ICR, vCPU 0 to vCPU 1 and back,
+//!   `ROUNDS` times, each side halted (`sti; hlt`) until its IPI arrives; prints the
+//!   mean round trip in guest TSC ticks.
+//! - `haltif0` (2 vCPUs): vCPU 1 halts with IF=0 (`cli; hlt`); vCPU 0 sends it IPIs,
+//!   which it must not wake for, and ends the VM while vCPU 1 is still halted.
+//!
 //! Prints `apic: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -26,8 +32,10 @@ mod guest {
     /// 3A §11.12.1, Table 11-6) and IA32_TSC_DEADLINE.
     const IA32_APIC_BASE: u32 = 0x1B;
     const APIC_BASE_EN_EXTD: u64 = (1 << 11) | (1 << 10);
+    const X2APIC_ID: u32 = 0x802;
     const X2APIC_EOI: u32 = 0x80B;
     const X2APIC_SVR: u32 = 0x80F;
+    const X2APIC_ICR: u32 = 0x830;
     const X2APIC_LVT_TIMER: u32 = 0x832;
     const X2APIC_TIMER_INITIAL: u32 = 0x838;
     const X2APIC_TIMER_CURRENT: u32 = 0x839;
@@ -42,6 +50,7 @@ mod guest {
     const PERIODIC: u64 = 1 << 17;
     const TSC_DEADLINE: u64 = 2 << 17;
     const TIMER_VECTOR: usize = 0x40;
+    const IPI_VECTOR: usize = 0x41;
     const SPURIOUS_VECTOR: usize = 0xFF;
     /// CPUID.1 ECX: x2APIC (21), TSC-deadline (24).
     const CPUID1_ECX_X2APIC: u32 = 1 << 21;
@@ -51,7 +60,14 @@ mod guest {
     const PERIODIC_TICKS: u64 = 10;
     const DEADLINES: u64 = 5;
 
+    const ROUNDS: u64 = 20;
+
     static TICKS: AtomicU64 = AtomicU64::new(0);
+    /// IPIs each vCPU took (by vCPU index), and vCPUs ready for them.
+    static IPIS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+    static READY: AtomicU64 = AtomicU64::new(0);
+    /// Wakes of vCPU 1 from its `cli; hlt` (`haltif0`): must stay 0.
+    static WOKE: AtomicU64 = AtomicU64::new(0);
     /// The guest TSC in the timer handler, at the last tick.
     static TICK_TSC: AtomicU64 = AtomicU64::new(0);
     /// 256 gates of 16 bytes (SDM Vol. 3A §7.14.1).
@@ -62,6 +78,12 @@ mod guest {
         let test = cmdline_value(boot.cmdline(), "test").unwrap_or("timer");
         let passed = match test {
             "timer" => timer(start_tsc),
+            "ipi" | "haltif0" if boot.vcpu_count != 2 => {
+                println!("apic: FAILED: {test} wants vcpus=2");
+                false
+            }
+            "ipi" => ipi(boot.vcpu_index),
+            "haltif0" => halt_with_if0(boot.vcpu_index),
             _ => {
                 println!("apic: FAILED: unknown test {test:?}");
                 false
@@ -96,6 +118,7 @@ mod guest {
         for (vector, handler) in [
             (TIMER_VECTOR, timer_handler as *const () as u64),
             (SPURIOUS_VECTOR, spurious_handler as *const () as u64),
+            (IPI_VECTOR, ipi_handler as *const () as u64),
         ] {
             // Offset 15:0, selector, present 64-bit interrupt gate (0x8E), offset 31:16;
             // then offset 63:32.
@@ -136,6 +159,31 @@ mod guest {
         );
     }
 
+    /// The IPI: counts it for this vCPU (its x2APIC ID, the vCPU index), EOI.
+    #[unsafe(naked)]
+    extern "C" fn ipi_handler() {
+        naked_asm!(
+            "push rax",
+            "push rcx",
+            "push rdx",
+            "mov ecx, {id}",
+            "rdmsr",
+            "lea rcx, [rip + {ipis}]",
+            "lock inc qword ptr [rcx + rax * 8]",
+            "mov ecx, {eoi}",
+            "xor eax, eax",
+            "xor edx, edx",
+            "wrmsr",
+            "pop rdx",
+            "pop rcx",
+            "pop rax",
+            "iretq",
+            id = const X2APIC_ID,
+            ipis = sym IPIS,
+            eoi = const X2APIC_EOI,
+        );
+    }
+
     /// A spurious interrupt takes no EOI (SDM Vol. 3A §11.9).
     #[unsafe(naked)]
     extern "C" fn spurious_handler() {
@@ -145,10 +193,15 @@ mod guest {
     /// Halts (`sti; hlt`, the interrupt shadow keeps the interrupt after the HLT) until
     /// `TICKS` reaches `target`.
     fn halt_until_ticks(target: u64) {
+        halt_until(&TICKS, target);
+    }
+
+    /// Halts (`sti; hlt`) until `counter` reaches `target`.
+    fn halt_until(counter: &AtomicU64, target: u64) {
         loop {
             // SAFETY: CLI masks interrupts while the count is read.
             unsafe { asm!("cli", options(nomem, nostack)) };
-            if TICKS.load(Ordering::SeqCst) >= target {
+            if counter.load(Ordering::SeqCst) >= target {
                 break;
             }
             // SAFETY: STI; HLT waits for the next interrupt, which the IDT handles.
@@ -158,10 +211,89 @@ mod guest {
         unsafe { asm!("sti", options(nomem, nostack)) };
     }
 
-    fn timer(start_tsc: u64) -> bool {
+    /// Whether CPUID offers the x2APIC and the TSC-deadline timer.
+    fn has_x2apic() -> bool {
         let [_, _, ecx, _] = rt::cpuid_regs(1);
-        if ecx & CPUID1_ECX_X2APIC == 0 || ecx & CPUID1_ECX_TSC_DEADLINE == 0 {
+        let offered = ecx & CPUID1_ECX_X2APIC != 0 && ecx & CPUID1_ECX_TSC_DEADLINE != 0;
+        if !offered {
             println!("apic: FAILED: CPUID.1 ECX {ecx:#x} offers no x2APIC or TSC-deadline timer");
+        }
+        offered
+    }
+
+    /// This vCPU's LAPIC in x2APIC mode, software-enabled, with this image's IDT.
+    fn enable_x2apic() {
+        install_idt();
+        wrmsr(IA32_APIC_BASE, rdmsr(IA32_APIC_BASE) | APIC_BASE_EN_EXTD);
+        wrmsr(X2APIC_SVR, SVR_ENABLED);
+    }
+
+    /// A fixed, edge IPI with `vector` to the vCPU whose x2APIC ID is `destination`
+    /// (ICR: destination in bits 63:32, SDM Vol. 3A §11.12.9).
+    fn send_ipi(destination: u64, vector: usize) {
+        wrmsr(X2APIC_ICR, (destination << 32) | vector as u64);
+    }
+
+    fn ipi(index: u32) -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        enable_x2apic();
+        READY.fetch_add(1, Ordering::SeqCst);
+        while READY.load(Ordering::SeqCst) < 2 {
+            core::hint::spin_loop();
+        }
+        if index == 1 {
+            // Answer each IPI from vCPU 0 with one back, then halt for the next.
+            for round in 1..=ROUNDS {
+                halt_until(&IPIS[1], round);
+                send_ipi(0, IPI_VECTOR);
+            }
+            rt::halt_forever()
+        }
+        let start = rt::rdtsc();
+        for round in 1..=ROUNDS {
+            send_ipi(1, IPI_VECTOR);
+            halt_until(&IPIS[0], round);
+        }
+        let mean = (rt::rdtsc() - start) / ROUNDS;
+        let (to_1, to_0) = (IPIS[1].load(Ordering::SeqCst), IPIS[0].load(Ordering::SeqCst));
+        println!("apic: ipi: {to_1} to vcpu 1, {to_0} back, mean round trip {mean} TSC ticks");
+        (to_1, to_0) == (ROUNDS, ROUNDS)
+    }
+
+    fn halt_with_if0(index: u32) -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        enable_x2apic();
+        if index == 1 {
+            READY.store(1, Ordering::SeqCst);
+            loop {
+                // SAFETY: CLI; HLT: halted with interrupts off; a return from HLT is
+                // counted (nothing may cause one here).
+                unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+                WOKE.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        while READY.load(Ordering::SeqCst) == 0 {
+            core::hint::spin_loop();
+        }
+        let [tsc_khz, _, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        for _ in 0..3 {
+            send_ipi(1, IPI_VECTOR);
+            let start = rt::rdtsc();
+            while rt::rdtsc() - start < 20 * u64::from(tsc_khz) {
+                core::hint::spin_loop();
+            }
+        }
+        let woke = WOKE.load(Ordering::SeqCst);
+        println!("apic: haltif0: vcpu 1 woke {woke} times from cli; hlt");
+        woke == 0 && IPIS[1].load(Ordering::SeqCst) == 0
+    }
+
+    fn timer(start_tsc: u64) -> bool {
+        if !has_x2apic() {
             return false;
         }
         let [tsc_khz, bus_khz, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
@@ -173,9 +305,7 @@ mod guest {
             println!("apic: FAILED: timing leaf or TSC origin wrong");
             return false;
         }
-        install_idt();
-        wrmsr(IA32_APIC_BASE, rdmsr(IA32_APIC_BASE) | APIC_BASE_EN_EXTD);
-        wrmsr(X2APIC_SVR, SVR_ENABLED);
+        enable_x2apic();
         wrmsr(X2APIC_TIMER_DIVIDE, DIVIDE_BY_1);
         let period_tsc = PERIOD_MS * tsc_per_ms;
 
