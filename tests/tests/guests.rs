@@ -713,3 +713,22 @@ fn vmx_halt_with_interrupts_off_stays_halted_while_the_other_vcpu_finishes() {
     let cmdline = "exit=1 guest=apic guest.test=haltif0 vcpus=2 mem=16";
     check_apic_halt_if0(&run_vmx("bochs-vmx-apic-haltif0", cmdline, 1));
 }
+
+/// The `apic` guest's `initsipi` test with `aps=sipi`: vCPU 1 waits for INIT-SIPI-SIPI
+/// and starts in real mode at the vector's page (CS 0x800, IP 0).
+fn check_apic_init_sipi(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: initsipi: marker 0x1234, AP CS 0x800"), "{transcript}");
+    assert!(transcript.contains("[vm 1] apic: initsipi ok"), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_init_sipi_starts_an_ap_in_real_mode_at_the_vector() {
+    check_apic_init_sipi(&run_svm("exit=1 guest=apic guest.test=initsipi vcpus=2 aps=sipi mem=16", 1));
+}
+
+#[test]
+fn vmx_init_sipi_starts_an_ap_in_real_mode_at_the_vector() {
+    let cmdline = "exit=1 guest=apic guest.test=initsipi vcpus=2 aps=sipi mem=16";
+    check_apic_init_sipi(&run_vmx("bochs-vmx-apic-initsipi", cmdline, 1));
+}

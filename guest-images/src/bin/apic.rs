@@ -14,6 +14,11 @@
 //! - `haltif0` (2 vCPUs): vCPU 1 halts with IF=0 (`cli; hlt`); vCPU 0 sends it IPIs,
 //!   which it must not wake for, and ends the VM while vCPU 1 is still halted.
 //!
+//! - `initsipi` (2 vCPUs, `aps=sipi` on the image's command line): vCPU 1 waits for
+//!   INIT-SIPI-SIPI; vCPU 0 puts a real-mode stub at 0x8000 and sends INIT and two
+//!   start-up IPIs with vector 8 through the x2APIC ICR; the stub, run by vCPU 1 at CS
+//!   0x800 IP 0, writes a marker and its CS at 0x7000 and halts.
+//!
 //! Prints `apic: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -78,11 +83,12 @@ mod guest {
         let test = cmdline_value(boot.cmdline(), "test").unwrap_or("timer");
         let passed = match test {
             "timer" => timer(start_tsc),
-            "ipi" | "haltif0" if boot.vcpu_count != 2 => {
+            "ipi" | "haltif0" | "initsipi" if boot.vcpu_count != 2 => {
                 println!("apic: FAILED: {test} wants vcpus=2");
                 false
             }
             "ipi" => ipi(boot.vcpu_index),
+            "initsipi" => init_sipi(),
             "haltif0" => halt_with_if0(boot.vcpu_index),
             _ => {
                 println!("apic: FAILED: unknown test {test:?}");
@@ -260,6 +266,49 @@ mod guest {
         let (to_1, to_0) = (IPIS[1].load(Ordering::SeqCst), IPIS[0].load(Ordering::SeqCst));
         println!("apic: ipi: {to_1} to vcpu 1, {to_0} back, mean round trip {mean} TSC ticks");
         (to_1, to_0) == (ROUNDS, ROUNDS)
+    }
+
+    /// ICR delivery modes (bits 10:8) INIT and start-up, and level assert (bit 14).
+    const ICR_INIT_ASSERT: u64 = (0b101 << 8) | (1 << 14);
+    const ICR_STARTUP: u64 = 0b110 << 8;
+    /// The AP's start: page 8 (0x8000), the stub's marker and CS at 0x7000.
+    const SIPI_VECTOR: u8 = 0x08;
+    const MARKER_GPA: u64 = 0x7000;
+    const MARKER: u16 = 0x1234;
+    /// mov ax, 0x1234; mov [0x7000], ax; mov ax, cs; mov [0x7002], ax; cli; hlt; jmp cli.
+    const AP_STUB: [u8; 16] =
+        [0xB8, 0x34, 0x12, 0xA3, 0x00, 0x70, 0x8C, 0xC8, 0xA3, 0x02, 0x70, 0xFA, 0xF4, 0xEB, 0xFC, 0x90];
+
+    fn init_sipi() -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        enable_x2apic();
+        let stub = (u64::from(SIPI_VECTOR) << 12) as *mut u8;
+        let marker = MARKER_GPA as *mut u16;
+        // SAFETY: 0x7000 and 0x8000 are guest RAM below the image, outside the boot
+        // information (0x1000-0x3FFF), identity-mapped, used by nothing else; vCPU 1 does
+        // not run before the start-up IPI.
+        unsafe {
+            core::ptr::copy_nonoverlapping(AP_STUB.as_ptr(), stub, AP_STUB.len());
+            marker.write_volatile(0);
+            marker.add(1).write_volatile(0);
+        }
+        wrmsr(X2APIC_ICR, (1 << 32) | ICR_INIT_ASSERT);
+        for _ in 0..2 {
+            wrmsr(X2APIC_ICR, (1 << 32) | ICR_STARTUP | u64::from(SIPI_VECTOR));
+        }
+        let [tsc_khz, _, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        let start = rt::rdtsc();
+        // SAFETY: as above; vCPU 1 writes the marker.
+        while unsafe { marker.read_volatile() } != MARKER && rt::rdtsc() - start < 5_000 * u64::from(tsc_khz)
+        {
+            core::hint::spin_loop();
+        }
+        // SAFETY: as above.
+        let (seen, cs) = unsafe { (marker.read_volatile(), marker.add(1).read_volatile()) };
+        println!("apic: initsipi: marker {seen:#x}, AP CS {cs:#x}");
+        seen == MARKER && cs == u16::from(SIPI_VECTOR) << 8
     }
 
     fn halt_with_if0(index: u32) -> bool {

@@ -52,6 +52,11 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
             None => return Err(unknown_guest(name)),
         },
     };
+    let aps_wait_for_sipi = match cmdline::value(line, "aps").unwrap_or("entry") {
+        "entry" => false,
+        "sipi" => true,
+        other => return Err(format!("aps={other} is not one of entry, sipi")),
+    };
     let guest_cmdline: Vec<String> = cmdline::words(line)
         .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
         .collect();
@@ -63,6 +68,7 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         guest_cmdline: guest_cmdline.join(" "),
         timeout_ms,
         delete_slot_ms,
+        aps_wait_for_sipi,
     };
     choice::choose().dispatch(&launch)
 }
@@ -89,6 +95,7 @@ struct Launch<'a> {
     guest_cmdline: String,
     timeout_ms: Option<u64>,
     delete_slot_ms: Option<u64>,
+    aps_wait_for_sipi: bool,
 }
 
 impl WithBackend for &Launch<'_> {
@@ -105,6 +112,7 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     let vm = Vm::<B>::create(launch.id, launch.config, libos::time::now_ns, libos::time::unix_seconds_now())
         .map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
+    vm.set_aps_wait_for_sipi(launch.aps_wait_for_sipi);
     if let Some(ms) = launch.timeout_ms {
         vm.set_deadline(libos::time::now_ns() + ms * 1_000_000);
     }

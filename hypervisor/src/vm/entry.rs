@@ -42,15 +42,33 @@ fn others(mask: VcpuMask, vcpu: u32) -> VcpuMask {
     rest
 }
 
-/// Just before an entry: fire due timers, inject what the guest can take, ask for the
-/// windows the rest needs.
-pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) {
+/// What [`prepare`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prepared {
+    /// Enter the guest.
+    Enter,
+    /// An INIT arrived (taken, the LAPIC reset): do not enter; the vCPU goes to its INIT
+    /// state.
+    Init,
+}
+
+/// Just before an entry: fire due timers, take an INIT (a start-up IPI to a running vCPU
+/// is discarded, SDM Vol. 3A §9.4.4), inject what the guest can take, ask for the windows
+/// the rest needs.
+pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
     let now = (cx.vm.clock)();
     let open = cx.vcpu.openings();
     let (events, wake) = {
         let mut devices = cx.vm.devices.lock();
         let wake = tick_timers(&mut devices, cx.index, now);
-        (devices.irqchip_mut().entry_events(cx.index, open), wake)
+        let chip = devices.irqchip_mut();
+        if chip.take_init(cx.index) {
+            drop(devices);
+            cx.vm.wake_vcpus(others(wake, cx.index));
+            return Prepared::Init;
+        }
+        let _ = chip.take_sipi(cx.index);
+        (chip.entry_events(cx.index, open), wake)
     };
     if let Some(injection) = events.inject {
         cx.vm.interrupt_counts.injected(injection);
@@ -58,6 +76,18 @@ pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) {
     }
     cx.vcpu.set_windows(Windows { interrupt: events.interrupt_window, nmi: events.nmi_window });
     cx.vm.wake_vcpus(others(wake, cx.index));
+    Prepared::Enter
+}
+
+/// An AP waiting for a start-up IPI looks whether one came: `Some(vector)`, it starts
+/// there; `None`, it blocks until woken (an INIT meanwhile resets its LAPIC and it keeps
+/// waiting). The sleeper's side of `vm::park`'s protocol, as [`halt`].
+pub(crate) fn wait_for_sipi<B: Backend>(vm: &Vm<B>, index: u32) -> Option<u8> {
+    vm.park(index).going_to_sleep();
+    let mut devices = vm.devices.lock();
+    let chip = devices.irqchip_mut();
+    let _ = chip.take_init(index);
+    chip.take_sipi(index)
 }
 
 /// A halted vCPU (HLT done, RIP past it) looks whether it wakes: `None` if it runs on,

@@ -291,6 +291,16 @@ pub(crate) fn restart_at_entry<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow 
     }
 }
 
+/// A start-up IPI with `vector` to a vCPU waiting for one: it starts in real mode at
+/// CS = `vector << 8`, IP = 0 (address `vector << 12`), its registers as after INIT (SDM
+/// Vol. 3A §9.4.4), in the normal address space.
+pub(crate) fn start_at_sipi<B: Backend>(cx: &mut VcpuContext<'_, B>, vector: u8) {
+    cx.mmu.unload();
+    cx.as_id = AsId::Normal;
+    let mode = crate::backend::EntryMode::Real16 { cs: u16::from(vector) << 8, ip: 0 };
+    cx.vcpu.reset(&crate::backend::EntryState { mode, regs: crate::backend::GuestRegs::default() });
+}
+
 fn crash<B: Backend>(_cx: &VcpuContext<'_, B>, reason: String) -> Flow {
     Flow::Finish(VmState::Crashed { reason })
 }

@@ -148,6 +148,9 @@ pub struct Vm<B: Backend> {
     /// Added to the host TSC to give the guest's, which reads 0 at the VM's creation: the
     /// same instant the LAPICs' `tsc_origin_ns` names.
     pub(crate) tsc_offset: u64,
+    /// Whether the application processors (vCPUs 1 and up) start waiting for INIT-SIPI-SIPI
+    /// from the boot vCPU, as on a PC, rather than at the image's entry.
+    aps_wait_for_sipi: AtomicBool,
 }
 
 /// The CPUID policy for `B` on this host.
@@ -233,6 +236,7 @@ impl<B: Backend> Vm<B> {
             parks: (0..config.vcpus).map(|_| park::VcpuPark::default()).collect(),
             interrupt_counts: stats::InterruptCounts::default(),
             tsc_offset,
+            aps_wait_for_sipi: AtomicBool::new(false),
         }))
     }
 
@@ -340,6 +344,18 @@ impl<B: Backend> Vm<B> {
             self.enter(&mut state, end);
         }
         self.kick_all();
+    }
+
+    /// How the application processors start (see README, "Kernel command line", `aps=`):
+    /// `true`, they wait for INIT-SIPI-SIPI from the boot vCPU (what an operating system
+    /// written for a PC expects); `false` (the default), every vCPU starts at the image's
+    /// entry with its index in `esi` (Taproot's own guests). Takes effect at `start`.
+    pub fn set_aps_wait_for_sipi(&self, wait: bool) {
+        self.aps_wait_for_sipi.store(wait, Ordering::Relaxed);
+    }
+
+    pub fn aps_wait_for_sipi(&self) -> bool {
+        self.aps_wait_for_sipi.load(Ordering::Relaxed)
     }
 
     /// vCPU `index`'s halt state.

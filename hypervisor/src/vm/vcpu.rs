@@ -50,8 +50,20 @@ pub struct VcpuRunner<B: Backend> {
     msrs: VcpuMsrs,
     /// The VM's platform-reset count this vCPU has restarted for.
     resets_seen: u64,
-    /// Whether the vCPU is halted (executed HLT, not woken yet).
-    halted: bool,
+    /// What the vCPU does now, and after a platform reset.
+    activity: Activity,
+    start: Activity,
+}
+
+/// A vCPU's activity state (as VMX names them, SDM Vol. 3C §25.4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Activity {
+    Running,
+    /// Executed HLT; runs again when `vm::entry::halt` says an event wakes it.
+    Halted,
+    /// An AP after INIT (or from power-on, `Vm::aps_wait_for_sipi`): runs again at a
+    /// start-up IPI's vector.
+    WaitForSipi,
 }
 
 impl<B: Backend> VcpuRunner<B> {
@@ -60,6 +72,8 @@ impl<B: Backend> VcpuRunner<B> {
         let resets_seen = vm.platform_resets();
         let mut vcpu = vcpu;
         vcpu.set_tsc_offset(vm.tsc_offset);
+        let start =
+            if index != 0 && vm.aps_wait_for_sipi() { Activity::WaitForSipi } else { Activity::Running };
         Self {
             vm: vm.clone(),
             index,
@@ -68,7 +82,8 @@ impl<B: Backend> VcpuRunner<B> {
             as_id: AsId::Normal,
             msrs: VcpuMsrs::new(),
             resets_seen,
-            halted: false,
+            activity: start,
+            start,
         }
     }
 
@@ -101,30 +116,42 @@ impl<B: Backend> VcpuRunner<B> {
                 self.mmu.report_offline();
                 return Slice::Paused;
             }
-            if self.halted && cx.vm.platform_resets() == self.resets_seen {
-                match entry::halt(cx.vm, cx.index, cx.vcpu) {
+            let resets = cx.vm.platform_resets();
+            if resets != self.resets_seen {
+                // The guest reset the platform (`vm::platform`): start again at the entry.
+                self.resets_seen = resets;
+                self.activity = self.start;
+                cx.vm.park(cx.index).set_halted(false);
+                if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
+                    cx.vm.finish(state);
+                    break VcpuEnd::VmFinished;
+                }
+            }
+            match self.activity {
+                Activity::Running => {}
+                Activity::Halted => match entry::halt(cx.vm, cx.index, cx.vcpu) {
                     Some(until) => {
                         self.as_id = cx.as_id;
                         self.mmu.report_offline();
                         return Slice::Blocked { until };
                     }
                     None => {
-                        self.halted = false;
+                        self.activity = Activity::Running;
                         cx.vm.park(cx.index).set_halted(false);
                         cx.vm.interrupt_counts.wakeup();
                     }
-                }
-            }
-            let resets = cx.vm.platform_resets();
-            if resets != self.resets_seen {
-                // The guest reset the platform (`vm::platform`): start again at the entry.
-                self.resets_seen = resets;
-                self.halted = false;
-                cx.vm.park(cx.index).set_halted(false);
-                if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
-                    cx.vm.finish(state);
-                    break VcpuEnd::VmFinished;
-                }
+                },
+                Activity::WaitForSipi => match entry::wait_for_sipi(cx.vm, cx.index) {
+                    None => {
+                        self.as_id = cx.as_id;
+                        self.mmu.report_offline();
+                        return Slice::Blocked { until: None };
+                    }
+                    Some(vector) => {
+                        exits::start_at_sipi(&mut cx, vector);
+                        self.activity = Activity::Running;
+                    }
+                },
             }
             // A reload request only asks for what `load` checks anyway: whether the current
             // root is still valid. Clearing it first means a request that arrives after this
@@ -138,7 +165,19 @@ impl<B: Backend> VcpuRunner<B> {
                     break VcpuEnd::VmFinished;
                 }
             };
-            entry::prepare(&mut cx);
+            if entry::prepare(&mut cx) == entry::Prepared::Init {
+                // INIT (SDM Vol. 3A §9.4): the boot vCPU restarts at its entry, the others
+                // wait for a start-up IPI.
+                if cx.index == 0 {
+                    if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
+                        cx.vm.finish(state);
+                        break VcpuEnd::VmFinished;
+                    }
+                } else {
+                    self.activity = Activity::WaitForSipi;
+                }
+                continue;
+            }
             let exit = cx.vcpu.run(root);
             cx.mmu.report_quiescent();
             cx.vm.check_deadline();
@@ -155,7 +194,7 @@ impl<B: Backend> VcpuRunner<B> {
                 Flow::Halt => {
                     // Blocked or not is decided at the top of the loop, after the stop
                     // and pause checks.
-                    self.halted = true;
+                    self.activity = Activity::Halted;
                     cx.vm.park(cx.index).set_halted(true);
                     cx.vm.interrupt_counts.halt();
                 }
