@@ -19,6 +19,11 @@
 //!   start-up IPIs with vector 8 through the x2APIC ICR; the stub, run by vCPU 1 at CS
 //!   0x800 IP 0, writes a marker and its CS at 0x7000 and halts.
 //!
+//! - `bench` (2 vCPUs): prints `apic: bench irq_latency=<a> ipi_round_trip=<b> eoi=<c>`
+//!   in guest TSC ticks (instructions under QEMU `-icount` and Bochs): a TSC-deadline
+//!   expiry to the handler's first instruction with the vCPU halted, an IPI to vCPU 1 and
+//!   its answer back, and an x2APIC EOI (a WRMSR exit) with nothing in service.
+//!
 //! Prints `apic: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -83,12 +88,13 @@ mod guest {
         let test = cmdline_value(boot.cmdline(), "test").unwrap_or("timer");
         let passed = match test {
             "timer" => timer(start_tsc),
-            "ipi" | "haltif0" | "initsipi" if boot.vcpu_count != 2 => {
+            "ipi" | "haltif0" | "initsipi" | "bench" if boot.vcpu_count != 2 => {
                 println!("apic: FAILED: {test} wants vcpus=2");
                 false
             }
             "ipi" => ipi(boot.vcpu_index),
             "initsipi" => init_sipi(),
+            "bench" => bench(boot.vcpu_index),
             "haltif0" => halt_with_if0(boot.vcpu_index),
             _ => {
                 println!("apic: FAILED: unknown test {test:?}");
@@ -240,23 +246,25 @@ mod guest {
         wrmsr(X2APIC_ICR, (destination << 32) | vector as u64);
     }
 
-    fn ipi(index: u32) -> bool {
-        if !has_x2apic() {
-            return false;
-        }
+    /// Both vCPUs: x2APIC on, then wait for each other. vCPU 1 then answers each IPI
+    /// from vCPU 0 with one back, `ROUNDS` times, halted in between, and halts for good.
+    fn ipi_partners(index: u32) {
         enable_x2apic();
         READY.fetch_add(1, Ordering::SeqCst);
         while READY.load(Ordering::SeqCst) < 2 {
             core::hint::spin_loop();
         }
         if index == 1 {
-            // Answer each IPI from vCPU 0 with one back, then halt for the next.
             for round in 1..=ROUNDS {
                 halt_until(&IPIS[1], round);
                 send_ipi(0, IPI_VECTOR);
             }
             rt::halt_forever()
         }
+    }
+
+    /// vCPU 0's side of `ROUNDS` IPI round trips: the mean in TSC ticks, if all arrived.
+    fn ipi_round_trips() -> Option<u64> {
         let start = rt::rdtsc();
         for round in 1..=ROUNDS {
             send_ipi(1, IPI_VECTOR);
@@ -265,7 +273,44 @@ mod guest {
         let mean = (rt::rdtsc() - start) / ROUNDS;
         let (to_1, to_0) = (IPIS[1].load(Ordering::SeqCst), IPIS[0].load(Ordering::SeqCst));
         println!("apic: ipi: {to_1} to vcpu 1, {to_0} back, mean round trip {mean} TSC ticks");
-        (to_1, to_0) == (ROUNDS, ROUNDS)
+        ((to_1, to_0) == (ROUNDS, ROUNDS)).then_some(mean)
+    }
+
+    fn ipi(index: u32) -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        ipi_partners(index);
+        ipi_round_trips().is_some()
+    }
+
+    const EOI_ITERS: u64 = 1000;
+    const LATENCY_ITERS: u64 = 20;
+
+    fn bench(index: u32) -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        ipi_partners(index);
+        let start = rt::rdtsc();
+        for _ in 0..EOI_ITERS {
+            wrmsr(X2APIC_EOI, 0);
+        }
+        let eoi = (rt::rdtsc() - start) / EOI_ITERS;
+        let [tsc_khz, _, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        TICKS.store(0, Ordering::SeqCst);
+        wrmsr(X2APIC_LVT_TIMER, TSC_DEADLINE | TIMER_VECTOR as u64);
+        let mut latency = 0;
+        for n in 1..=LATENCY_ITERS {
+            // 100 us ahead: the vCPU halts before it expires.
+            let deadline = rt::rdtsc() + u64::from(tsc_khz) / 10;
+            wrmsr(IA32_TSC_DEADLINE, deadline);
+            halt_until_ticks(n);
+            latency += TICK_TSC.load(Ordering::SeqCst).saturating_sub(deadline);
+        }
+        let Some(round_trip) = ipi_round_trips() else { return false };
+        println!("apic: bench irq_latency={} ipi_round_trip={round_trip} eoi={eoi}", latency / LATENCY_ITERS);
+        true
     }
 
     /// ICR delivery modes (bits 10:8) INIT and start-up, and level assert (bit 14).
