@@ -169,6 +169,19 @@ pub trait BackendVcpu: Send {
     fn interrupts_enabled(&self) -> bool;
     /// The guest TSC from now on: the host's plus `offset` (wrapping).
     fn set_tsc_offset(&mut self, offset: u64);
+    /// How another CPU makes this vCPU's next entry (or the one under way) leave the guest
+    /// at once: [`ExitRequest::request_exit`], then a kick of the CPU.
+    fn exit_request(&self) -> alloc::sync::Arc<dyn ExitRequest>;
+}
+
+/// A request that a vCPU not stay in the guest: set before its CPU is kicked, and checked
+/// by the backend with host interrupts off just before each entry (an entry that finds it
+/// returns [`Exit::HostInterrupt`] without entering). So a kick that lands while the vCPU
+/// is still in the host, where it is taken and gone, is not lost: the entry sees the flag;
+/// a kick after that check is held pending by the disabled interrupts and makes the guest
+/// exit at once.
+pub trait ExitRequest: Send + Sync {
+    fn request_exit(&self);
 }
 
 /// A VM's hardware side, shared by its vCPUs. It is also the MMU's TLB flush hook

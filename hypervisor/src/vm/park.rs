@@ -18,14 +18,21 @@
 //! the sleeper cleared it and stays set: the check in (4) sees it, or if (4) came first the
 //! kick (c) interrupts the `hlt` and the CPU looks again. Either way the vCPU runs.
 //!
-//! A wake of a vCPU that is running (in the guest or between exits) only sets the flag
-//! and kicks its CPU: a guest there exits, and the entry path picks up the interrupt.
+//! A wake of a vCPU that is running (in the guest or between exits) also asks its backend
+//! for an exit (`backend::ExitRequest`) before the kick: a guest there exits, and the
+//! entry path picks up the interrupt. The request closes the gap between the entry path's
+//! look at the irqchip and the entry itself, where a kick would land in the host and be
+//! gone: the backend checks the request with host interrupts off just before entering.
 
+use crate::backend::ExitRequest;
+use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One vCPU's halt state, shared by its runner and its wakers.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VcpuPark {
+    /// The vCPU's backend, asked to leave the guest (set once, by its runner).
+    exit_request: spin::Once<Arc<dyn ExitRequest>>,
     woken: AtomicBool,
     /// Whether the vCPU is halted (for the stats' `halted_vcpus`).
     halted: AtomicBool,
@@ -34,6 +41,11 @@ pub struct VcpuPark {
 }
 
 impl VcpuPark {
+    /// The runner: how to make this vCPU's backend leave the guest.
+    pub fn attach(&self, exit_request: Arc<dyn ExitRequest>) {
+        self.exit_request.call_once(|| exit_request);
+    }
+
     /// The runner: this vCPU runs on host CPU `cpu`.
     pub fn runs_on(&self, cpu: usize) {
         self.cpu.store(cpu, Ordering::Relaxed);
@@ -57,6 +69,9 @@ impl VcpuPark {
     /// and whether the vCPU was halted (a wakeup, for the stats).
     pub fn wake(&self) -> (usize, bool) {
         self.woken.store(true, Ordering::SeqCst);
+        if let Some(backend) = self.exit_request.get() {
+            backend.request_exit();
+        }
         (self.cpu.load(Ordering::Relaxed), self.is_halted())
     }
 

@@ -72,6 +72,7 @@ impl<B: Backend> VcpuRunner<B> {
         let resets_seen = vm.platform_resets();
         let mut vcpu = vcpu;
         vcpu.set_tsc_offset(vm.tsc_offset);
+        vm.park(index).attach(vcpu.exit_request());
         let start =
             if index != 0 && vm.aps_wait_for_sipi() { Activity::WaitForSipi } else { Activity::Running };
         Self {

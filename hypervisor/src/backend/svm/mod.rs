@@ -468,8 +468,15 @@ impl BackendVcpu for SvmVcpu {
             let tlb = self.choose_asid(cpu);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
-            self.write_event_injection();
             x86_64::instructions::interrupts::disable();
+            if self.sync.take_exit_request() {
+                // Another CPU asked for an exit (`backend::ExitRequest`): none entered, no
+                // event taken from the queue.
+                self.sync.exited();
+                x86_64::instructions::interrupts::enable();
+                return Exit::HostInterrupt;
+            }
+            self.write_event_injection();
             fpu::load_guest(&mut self.xstate);
             self.debug.load(false);
             // SAFETY: SVM is enabled on this CPU (checked above: its areas exist), the VMCB
@@ -515,6 +522,10 @@ impl BackendVcpu for SvmVcpu {
 
     fn set_tsc_offset(&mut self, offset: u64) {
         self.vmcb.write64(control::TSC_OFFSET, offset);
+    }
+
+    fn exit_request(&self) -> Arc<dyn super::ExitRequest> {
+        self.sync.clone()
     }
 
     fn describe(&self) -> String {

@@ -228,9 +228,21 @@ impl VmxVcpu {
                     cpu::invept(INVEPT_SINGLE_CONTEXT, eptp);
                 }
             }
-            self.requests.apply(&v)?;
-            write_event_injection(&v, self.events.next_entry())?;
             x86_64::instructions::interrupts::disable();
+            if self.sync.take_exit_request() {
+                // Another CPU asked for an exit (`backend::ExitRequest`): none entered, no
+                // event taken from the queue.
+                self.sync.exited();
+                x86_64::instructions::interrupts::enable();
+                return Ok(Exit::HostInterrupt);
+            }
+            let written =
+                self.requests.apply(&v).and_then(|()| write_event_injection(&v, self.events.next_entry()));
+            if let Err(error) = written {
+                self.sync.exited();
+                x86_64::instructions::interrupts::enable();
+                return Err(error);
+            }
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
             cpu::load_kernel_gs_base(cpu, self.kernel_gs_base);
@@ -455,6 +467,10 @@ impl BackendVcpu for VmxVcpu {
 
     fn set_tsc_offset(&mut self, offset: u64) {
         self.requests.set_tsc_offset(offset);
+    }
+
+    fn exit_request(&self) -> Arc<dyn super::ExitRequest> {
+        self.sync.clone()
     }
 
     fn describe(&self) -> String {
