@@ -105,9 +105,13 @@ fn run_forever(cpu: usize) {
             // Only paused vCPUs: look again at the next timer tick.
             Step::Paused => libos::smp::sleep_unless(|| false),
             // Nothing runnable (perhaps halted vCPUs): sleep until a kick (a submit, a
-            // wake: `vm::park`) or the next timer tick, which looks at their deadlines.
-            // The look runs with interrupts off, so a kick after it wakes the `hlt`.
-            Step::Empty => libos::smp::sleep_unless(|| queues()[cpu].has_work()),
+            // wake: `vm::park`), the next timer tick or the earliest deadline of the halted
+            // vCPUs here (their LAPIC timers). The look runs with interrupts off, so a kick
+            // after it wakes the `hlt`.
+            Step::Empty => {
+                let queue = &queues()[cpu];
+                libos::smp::sleep_unless_until(queue.next_deadline(), || queue.has_work());
+            }
         }
     }
 }

@@ -59,6 +59,11 @@ impl RunQueue {
         !self.is_empty() || self.any_blocked_ready()
     }
 
+    /// The earliest deadline of the halted vCPUs (host ns): the CPU's sleep ends by then.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.blocked.lock().iter().filter_map(|b| b.until).min()
+    }
+
     fn any_blocked_ready(&self) -> bool {
         let now = (self.clock)();
         self.blocked.lock().iter().any(|b| b.is_ready(now))
@@ -241,6 +246,7 @@ mod tests {
         assert_eq!(queue.run_one_slice(), Step::Ran);
         assert_eq!(queue.run_one_slice(), Step::Empty, "halted: not run again");
         assert!(!queue.has_work(), "the CPU may sleep");
+        assert_eq!(queue.next_deadline(), Some(1_000), "until its deadline");
         woken.store(true, Ordering::SeqCst);
         assert!(queue.has_work(), "a wake is work");
         assert_eq!(queue.run_one_slice(), Step::Ran);
