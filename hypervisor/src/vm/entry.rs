@@ -19,22 +19,24 @@ use super::exits::VcpuContext;
 use crate::backend::events::Windows;
 use crate::backend::{Backend, BackendVcpu};
 use crate::devices::PortBus;
-use crate::devices::irqchip::VcpuMask;
+use crate::devices::irqchip::{EntryEvents, VcpuMask};
 
 /// Fires the timer expiries due at `now_ns` if `vcpu`'s are due (the other vCPUs' fire on
 /// their own entries or halts; their wakes go into the returned mask). The one place the
 /// VM ticks its devices' clocks.
-fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: u64) -> VcpuMask {
+fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: &dyn Fn() -> u64) -> VcpuMask {
     let chip = devices.irqchip_mut();
-    if chip.next_deadline(vcpu).is_some_and(|deadline| deadline <= now_ns) {
-        chip.tick(now_ns)
-    } else {
-        VcpuMask::EMPTY
-    }
+    let Some(deadline) = chip.next_deadline(vcpu) else { return VcpuMask::EMPTY };
+    let now = now_ns();
+    if deadline <= now { chip.tick(now) } else { VcpuMask::EMPTY }
 }
 
 /// The vCPUs of `mask` other than `vcpu` (which is running here and needs no wake).
 fn others(mask: VcpuMask, vcpu: u32) -> VcpuMask {
+    if mask.is_empty() {
+        // The common case, on every entry: no walk over the mask's bits.
+        return mask;
+    }
     let mut rest = VcpuMask::EMPTY;
     for v in mask.iter().filter(|&v| v != vcpu) {
         rest.insert(v);
@@ -56,11 +58,9 @@ pub(crate) enum Prepared {
 /// is discarded, SDM Vol. 3A §9.4.4), inject what the guest can take, ask for the windows
 /// the rest needs.
 pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
-    let now = (cx.vm.clock)();
-    let open = cx.vcpu.openings();
     let (events, wake) = {
         let mut devices = cx.vm.devices.lock();
-        let wake = tick_timers(&mut devices, cx.index, now);
+        let wake = tick_timers(&mut devices, cx.index, &cx.vm.clock);
         let chip = devices.irqchip_mut();
         if chip.take_init(cx.index) {
             drop(devices);
@@ -68,7 +68,14 @@ pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
             return Prepared::Init;
         }
         let _ = chip.take_sipi(cx.index);
-        (chip.entry_events(cx.index, open), wake)
+        // Anything pending at all (what would wake a halted vCPU with IF set)? Only then
+        // is the guest's state read (the common entry has nothing to deliver).
+        let events = if chip.wakes_from_halt(cx.index, true) {
+            chip.entry_events(cx.index, cx.vcpu.openings())
+        } else {
+            EntryEvents::default()
+        };
+        (events, wake)
     };
     if let Some(injection) = events.inject {
         cx.vm.interrupt_counts.injected(injection);
@@ -95,10 +102,9 @@ pub(crate) fn wait_for_sipi<B: Backend>(vm: &Vm<B>, index: u32) -> Option<u8> {
 /// or a wake. Follows the sleeper's side of `vm::park`'s protocol.
 pub(crate) fn halt<B: Backend>(vm: &Vm<B>, index: u32, vcpu: &B::Vcpu) -> Option<Option<u64>> {
     vm.park(index).going_to_sleep();
-    let now = (vm.clock)();
     let (awake, until, wake) = {
         let mut devices = vm.devices.lock();
-        let wake = tick_timers(&mut devices, index, now);
+        let wake = tick_timers(&mut devices, index, &vm.clock);
         let chip = devices.irqchip();
         (chip.wakes_from_halt(index, vcpu.interrupts_enabled()), chip.next_deadline(index), wake)
     };

@@ -438,6 +438,9 @@ impl<B: Backend> Vm<B> {
     /// tick. Call it after dropping the device lock: this is the waker's side of
     /// `park`'s protocol (the interrupt state changed first, then the flag, then the kick).
     pub(crate) fn wake_vcpus(&self, mask: crate::devices::irqchip::VcpuMask) {
+        if mask.is_empty() {
+            return;
+        }
         let me = B::current_cpu();
         for v in mask.iter() {
             let Some(park) = self.parks.get(v as usize) else { continue };

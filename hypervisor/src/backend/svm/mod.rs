@@ -219,6 +219,9 @@ pub struct SvmVcpu {
     /// (`interrupts`).
     windows: Windows,
     nmi: NmiBlocking,
+    /// What the VMCB's window bits hold: the windows and whether the IRET intercept is on
+    /// for an NMI handler (`None`: unknown, after a reset).
+    windows_written: Option<(Windows, bool)>,
 }
 
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
@@ -238,6 +241,7 @@ impl SvmVcpu {
             events: EventQueue::default(),
             windows: Windows::default(),
             nmi: NmiBlocking::default(),
+            windows_written: None,
         };
         vcpu.init_controls();
         vcpu.reset(entry);
@@ -361,7 +365,11 @@ impl SvmVcpu {
             (event.info as u64) | ((event.error_code as u64) << vmcb::EVENT_ERROR_CODE_SHIFT)
         });
         self.vmcb.write64(control::EVENT_INJECTION, eventinj);
-        interrupts::write_windows(&mut self.vmcb, self.windows, &self.nmi);
+        let wanted = (self.windows, self.nmi.in_handler());
+        if self.windows_written != Some(wanted) {
+            interrupts::write_windows(&mut self.vmcb, self.windows, &self.nmi);
+            self.windows_written = Some(wanted);
+        }
     }
 }
 
@@ -408,6 +416,7 @@ impl BackendVcpu for SvmVcpu {
         self.events.clear();
         self.windows = Windows::default();
         self.nmi = NmiBlocking::default();
+        self.windows_written = None;
         self.regs = entry.regs;
         self.xstate.reset();
         self.debug = DebugRegs::default();
@@ -495,7 +504,7 @@ impl BackendVcpu for SvmVcpu {
             let exit = exit::decode(&self.vmcb);
             if exit == Exit::NmiWindow {
                 self.nmi.iret(self.rip());
-            } else {
+            } else if self.nmi.blocked() {
                 self.nmi.exited_at(self.rip());
             }
             if !self.handle_internally(&exit) {
