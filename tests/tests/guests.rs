@@ -732,3 +732,22 @@ fn vmx_init_sipi_starts_an_ap_in_real_mode_at_the_vector() {
     let cmdline = "exit=1 guest=apic guest.test=initsipi vcpus=2 aps=sipi mem=16";
     check_apic_init_sipi(&run_vmx("bochs-vmx-apic-initsipi", cmdline, 1));
 }
+
+/// The `apic` guest's `nmi` test: a self-NMI through the ICR, and a second one sent from
+/// its handler, delivered only after the handler's IRET (the NMI window).
+fn check_apic_nmi(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: nmi: 2 NMIs, 0 inside the handler"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert_eq!(stat(&stats, "nmis_injected"), 2, "{stats}");
+}
+
+#[test]
+fn svm_nmis_are_delivered_and_never_nest() {
+    check_apic_nmi(&run_svm("exit=1 guest=apic guest.test=nmi mem=16", 1));
+}
+
+#[test]
+fn vmx_nmis_are_delivered_and_never_nest() {
+    check_apic_nmi(&run_vmx("bochs-vmx-apic-nmi", "exit=1 guest=apic guest.test=nmi mem=16", 1));
+}

@@ -19,6 +19,8 @@
 //!   start-up IPIs with vector 8 through the x2APIC ICR; the stub, run by vCPU 1 at CS
 //!   0x800 IP 0, writes a marker and its CS at 0x7000 and halts.
 //!
+//! - `nmi`: an NMI to itself through the ICR; its handler sends a second one, which must
+//!   wait for the handler's IRET (NMIs do not nest: the host asks for an NMI window).
 //! - `bench` (2 vCPUs): prints `apic: bench irq_latency=<a> ipi_round_trip=<b> eoi=<c>`
 //!   in guest TSC ticks (instructions under QEMU `-icount` and Bochs): a TSC-deadline
 //!   expiry to the handler's first instruction with the vCPU halted, an IPI to vCPU 1 and
@@ -61,6 +63,9 @@ mod guest {
     const TSC_DEADLINE: u64 = 2 << 17;
     const TIMER_VECTOR: usize = 0x40;
     const IPI_VECTOR: usize = 0x41;
+    const NMI_VECTOR: usize = 2;
+    /// ICR delivery mode NMI (bits 10:8 = 100b) to x2APIC ID 0, this vCPU.
+    const ICR_NMI_TO_0: u64 = 0b100 << 8;
     const SPURIOUS_VECTOR: usize = 0xFF;
     /// CPUID.1 ECX: x2APIC (21), TSC-deadline (24).
     const CPUID1_ECX_X2APIC: u32 = 1 << 21;
@@ -73,6 +78,10 @@ mod guest {
     const ROUNDS: u64 = 20;
 
     static TICKS: AtomicU64 = AtomicU64::new(0);
+    /// NMIs taken, NMIs that arrived inside the NMI handler, and whether it runs.
+    static NMIS: AtomicU64 = AtomicU64::new(0);
+    static NESTED_NMIS: AtomicU64 = AtomicU64::new(0);
+    static IN_NMI: AtomicU64 = AtomicU64::new(0);
     /// IPIs each vCPU took (by vCPU index), and vCPUs ready for them.
     static IPIS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
     static READY: AtomicU64 = AtomicU64::new(0);
@@ -95,6 +104,7 @@ mod guest {
             "ipi" => ipi(boot.vcpu_index),
             "initsipi" => init_sipi(),
             "bench" => bench(boot.vcpu_index),
+            "nmi" => nmi(),
             "haltif0" => halt_with_if0(boot.vcpu_index),
             _ => {
                 println!("apic: FAILED: unknown test {test:?}");
@@ -131,6 +141,7 @@ mod guest {
             (TIMER_VECTOR, timer_handler as *const () as u64),
             (SPURIOUS_VECTOR, spurious_handler as *const () as u64),
             (IPI_VECTOR, ipi_handler as *const () as u64),
+            (NMI_VECTOR, nmi_handler as *const () as u64),
         ] {
             // Offset 15:0, selector, present 64-bit interrupt gate (0x8E), offset 31:16;
             // then offset 63:32.
@@ -193,6 +204,46 @@ mod guest {
             id = const X2APIC_ID,
             ipis = sym IPIS,
             eoi = const X2APIC_EOI,
+        );
+    }
+
+    /// The NMI: counts, notes an NMI that arrived while the handler ran, and the first time
+    /// sends itself another NMI (which must wait for the IRET).
+    #[unsafe(naked)]
+    extern "C" fn nmi_handler() {
+        naked_asm!(
+            "push rax",
+            "push rcx",
+            "push rdx",
+            "cmp qword ptr [rip + {in_nmi}], 0",
+            "je 2f",
+            "lock inc qword ptr [rip + {nested}]",
+            "2:",
+            "mov qword ptr [rip + {in_nmi}], 1",
+            "lock inc qword ptr [rip + {nmis}]",
+            "cmp qword ptr [rip + {nmis}], 1",
+            "jne 3f",
+            "mov ecx, {icr}",
+            "mov eax, {nmi_to_0}",
+            "xor edx, edx",
+            "wrmsr",
+            // Long enough for a nested NMI to arrive if the host let one through.
+            "mov ecx, 10000",
+            "4:",
+            "pause",
+            "dec ecx",
+            "jnz 4b",
+            "3:",
+            "mov qword ptr [rip + {in_nmi}], 0",
+            "pop rdx",
+            "pop rcx",
+            "pop rax",
+            "iretq",
+            in_nmi = sym IN_NMI,
+            nested = sym NESTED_NMIS,
+            nmis = sym NMIS,
+            icr = const X2APIC_ICR,
+            nmi_to_0 = const ICR_NMI_TO_0,
         );
     }
 
@@ -354,6 +405,22 @@ mod guest {
         let (seen, cs) = unsafe { (marker.read_volatile(), marker.add(1).read_volatile()) };
         println!("apic: initsipi: marker {seen:#x}, AP CS {cs:#x}");
         seen == MARKER && cs == u16::from(SIPI_VECTOR) << 8
+    }
+
+    fn nmi() -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        enable_x2apic();
+        let [tsc_khz, _, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        wrmsr(X2APIC_ICR, ICR_NMI_TO_0);
+        let start = rt::rdtsc();
+        while NMIS.load(Ordering::SeqCst) < 2 && rt::rdtsc() - start < 5_000 * u64::from(tsc_khz) {
+            core::hint::spin_loop();
+        }
+        let (nmis, nested) = (NMIS.load(Ordering::SeqCst), NESTED_NMIS.load(Ordering::SeqCst));
+        println!("apic: nmi: {nmis} NMIs, {nested} inside the handler");
+        (nmis, nested) == (2, 0)
     }
 
     fn halt_with_if0(index: u32) -> bool {

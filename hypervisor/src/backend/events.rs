@@ -203,6 +203,13 @@ impl NmiBlocking {
         }
     }
 
+    /// Whether the IRET that ends the handler has exited but not run yet: intercepting
+    /// IRET again would exit at the same IRET forever; the next exit after it runs (at
+    /// the latest the host's timer tick) unblocks NMIs instead. (KVM single-steps over it.)
+    pub fn iret_pending(&self) -> bool {
+        self.iret_rip.is_some()
+    }
+
     /// Whether NMIs are blocked now.
     pub fn blocked(&self) -> bool {
         self.in_handler || self.iret_rip.is_some()
@@ -367,6 +374,7 @@ mod tests {
         nmi.iret(0x2040);
         nmi.exited_at(0x2040);
         assert!(nmi.blocked(), "the IRET has not run yet");
+        assert!(nmi.iret_pending() && !nmi.in_handler(), "no IRET intercept now");
         nmi.exited_at(0x1000);
         assert!(!nmi.blocked(), "back in the interrupted code");
         nmi.exited_at(0x2040);

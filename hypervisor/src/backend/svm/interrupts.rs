@@ -27,7 +27,8 @@ pub fn openings(vmcb: &Vmcb, nmi: &NmiBlocking, queue: &EventQueue) -> Openings 
 }
 
 /// Writes the window exits `windows` asks for: V_IRQ and the VINTR intercept, and the IRET
-/// intercept (also kept while an NMI handler runs, to see its end). V_TPR and the other
+/// intercept (also kept while an NMI handler runs, to see its end; off while the
+/// intercepted IRET has yet to run, `NmiBlocking::iret_pending`). V_TPR and the other
 /// VINTR bits are the guest's and stay.
 pub fn write_windows(vmcb: &mut Vmcb, windows: Windows, nmi: &NmiBlocking) {
     let mut vintr = vmcb.read64(control::VINTR) & !(vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MASK);
@@ -36,7 +37,7 @@ pub fn write_windows(vmcb: &mut Vmcb, windows: Windows, nmi: &NmiBlocking) {
         vintr |= vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MASK;
         intercepts |= misc1::VINTR;
     }
-    if windows.nmi || nmi.in_handler() {
+    if nmi.in_handler() || (windows.nmi && !nmi.iret_pending()) {
         intercepts |= misc1::IRET;
     }
     vmcb.write64(control::VINTR, vintr);

@@ -219,9 +219,9 @@ pub struct SvmVcpu {
     /// (`interrupts`).
     windows: Windows,
     nmi: NmiBlocking,
-    /// What the VMCB's window bits hold: the windows and whether the IRET intercept is on
-    /// for an NMI handler (`None`: unknown, after a reset).
-    windows_written: Option<(Windows, bool)>,
+    /// What the VMCB's window bits were written for: the windows and the NMI blocking
+    /// state that decides the IRET intercept (`None`: unknown, after a reset).
+    windows_written: Option<(Windows, bool, bool)>,
 }
 
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
@@ -365,7 +365,7 @@ impl SvmVcpu {
             (event.info as u64) | ((event.error_code as u64) << vmcb::EVENT_ERROR_CODE_SHIFT)
         });
         self.vmcb.write64(control::EVENT_INJECTION, eventinj);
-        let wanted = (self.windows, self.nmi.in_handler());
+        let wanted = (self.windows, self.nmi.in_handler(), self.nmi.iret_pending());
         if self.windows_written != Some(wanted) {
             interrupts::write_windows(&mut self.vmcb, self.windows, &self.nmi);
             self.windows_written = Some(wanted);
