@@ -25,14 +25,20 @@ use crate::devices::irqchip::{EntryEvents, VcpuMask};
 /// their own entries or halts; their wakes go into the returned mask). The one place the
 /// VM ticks its devices' clocks.
 fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: &dyn Fn() -> u64) -> VcpuMask {
-    let chip = devices.irqchip_mut();
-    let Some(deadline) = chip.next_deadline(vcpu) else { return VcpuMask::EMPTY };
+    let Some(deadline) = next_deadline(devices, vcpu) else { return VcpuMask::EMPTY };
     let now = now_ns();
-    if deadline <= now { chip.tick(now) } else { VcpuMask::EMPTY }
+    if deadline <= now { devices.irqchip_mut().tick(now) } else { VcpuMask::EMPTY }
+}
+
+/// The earliest host time at which the VM's timers have something for `vcpu`. With
+/// [`tick_timers`], the one place to switch to `PortBus`'s own once it ticks its devices'
+/// timers too.
+fn next_deadline(devices: &PortBus, vcpu: u32) -> Option<u64> {
+    devices.irqchip().next_deadline(vcpu)
 }
 
 /// The vCPUs of `mask` other than `vcpu` (which is running here and needs no wake).
-fn others(mask: VcpuMask, vcpu: u32) -> VcpuMask {
+pub(crate) fn others(mask: VcpuMask, vcpu: u32) -> VcpuMask {
     if mask.is_empty() {
         // The common case, on every entry: no walk over the mask's bits.
         return mask;
@@ -105,8 +111,8 @@ pub(crate) fn halt<B: Backend>(vm: &Vm<B>, index: u32, vcpu: &B::Vcpu) -> Option
     let (awake, until, wake) = {
         let mut devices = vm.devices.lock();
         let wake = tick_timers(&mut devices, index, &vm.clock);
-        let chip = devices.irqchip();
-        (chip.wakes_from_halt(index, vcpu.interrupts_enabled()), chip.next_deadline(index), wake)
+        let awake = devices.irqchip().wakes_from_halt(index, vcpu.interrupts_enabled());
+        (awake, next_deadline(&devices, index), wake)
     };
     vm.wake_vcpus(others(wake, index));
     (!awake).then_some(until)

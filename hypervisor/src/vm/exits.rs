@@ -270,7 +270,8 @@ fn lapic_msr<B: Backend>(cx: &mut VcpuContext<'_, B>, write: bool) -> Flow {
                 (regs.rax, regs.rdx) = (value & 0xFFFF_FFFF, value >> 32);
             }
             cx.vcpu.skip_exiting_instruction();
-            cx.vm.wake_vcpus(wake);
+            // This vCPU looks at its own LAPIC before its next entry anyway.
+            cx.vm.wake_vcpus(super::entry::others(wake, cx.index));
         }
         Err(msr::Gp) => cx.vcpu.inject_general_protection(),
     }
