@@ -168,6 +168,18 @@ mod guest {
             "shl rdx, 32",
             "or rax, rdx",
             "mov [rip + {tick_tsc}], rax",
+            "jmp {eoi_and_return}",
+            ticks = sym TICKS,
+            tick_tsc = sym TICK_TSC,
+            eoi_and_return = sym eoi_and_return,
+        );
+    }
+
+    /// The interrupt handlers' common end: x2APIC EOI, the registers they saved (RAX, RCX,
+    /// RDX) back, IRETQ.
+    #[unsafe(naked)]
+    extern "C" fn eoi_and_return() {
+        naked_asm!(
             "mov ecx, {eoi}",
             "xor eax, eax",
             "xor edx, edx",
@@ -176,8 +188,6 @@ mod guest {
             "pop rcx",
             "pop rax",
             "iretq",
-            ticks = sym TICKS,
-            tick_tsc = sym TICK_TSC,
             eoi = const X2APIC_EOI,
         );
     }
@@ -193,17 +203,10 @@ mod guest {
             "rdmsr",
             "lea rcx, [rip + {ipis}]",
             "lock inc qword ptr [rcx + rax * 8]",
-            "mov ecx, {eoi}",
-            "xor eax, eax",
-            "xor edx, edx",
-            "wrmsr",
-            "pop rdx",
-            "pop rcx",
-            "pop rax",
-            "iretq",
+            "jmp {eoi_and_return}",
             id = const X2APIC_ID,
             ipis = sym IPIS,
-            eoi = const X2APIC_EOI,
+            eoi_and_return = sym eoi_and_return,
         );
     }
 
