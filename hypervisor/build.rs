@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// The guests `guest-images/` builds, embedded into the image when xtask says where they
 /// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table.
-const GUESTS: [&str; 10] = [
+const GUESTS: [&str; 11] = [
     "hello",
     "memtouch",
     "roots",
@@ -16,6 +16,7 @@ const GUESTS: [&str; 10] = [
     "guardrails",
     "platform",
     "mmio",
+    "apic",
 ];
 
 fn main() {

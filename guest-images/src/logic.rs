@@ -135,6 +135,18 @@ pub const fn rtc_value(byte: u8, status_b: u8) -> u8 {
     if status_b & (1 << 2) != 0 { byte } else { (byte >> 4) * 10 + (byte & 0x0F) }
 }
 
+/// Whether `ticks` periodic timer interrupts, the last one `elapsed` TSC ticks after the
+/// timer was armed with a period of `period` TSC ticks, match host time: never early
+/// (tick n comes at least n periods after arming), and at least half the periods that
+/// elapsed (expiries that pass while the vCPU waits coalesce into one interrupt; a halted
+/// vCPU is woken at the host's next timer tick, 10 ms, half the guest's 20 ms period, so
+/// even a wake late every time loses at most every other one).
+#[must_use]
+pub fn periodic_ticks_plausible(ticks: u64, elapsed: u64, period: u64) -> bool {
+    let periods = elapsed / period.max(1);
+    ticks <= periods && ticks * 2 >= periods
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +239,14 @@ mod tests {
     fn rtc_bytes_are_bcd_unless_binary() {
         assert_eq!(rtc_value(0x59, 0x02), 59);
         assert_eq!(rtc_value(59, 0x06), 59);
+    }
+
+    #[test]
+    fn periodic_ticks_are_never_early_and_lose_at_most_half() {
+        assert!(periodic_ticks_plausible(10, 10 * 1000, 1000));
+        assert!(periodic_ticks_plausible(10, 10 * 1000 + 999, 1000));
+        assert!(!periodic_ticks_plausible(10, 9 * 1000 + 999, 1000), "the tenth tick came early");
+        assert!(periodic_ticks_plausible(10, 20 * 1000, 1000));
+        assert!(!periodic_ticks_plausible(10, 21 * 1000, 1000), "more than half lost");
     }
 }

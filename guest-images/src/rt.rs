@@ -453,8 +453,8 @@ pub fn exit(status: u32) -> ! {
     halt_forever()
 }
 
-/// Stops this vCPU (HLT with interrupts off: under Taproot the vCPU leaves the VM's set
-/// of runnable vCPUs).
+/// Stops this vCPU (HLT with interrupts off: under Taproot the vCPU stays halted off its
+/// host CPU, counted in the stats' `halted_vcpus`, until the VM ends).
 pub fn halt_forever() -> ! {
     loop {
         // SAFETY: CLI; HLT only stops this vCPU.

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("loader", &["addr"]),
     ("firmware", &["addr", "devices"]),
     ("emulate", &["addr"]),
-    ("backend", &["addr", "pages", "sync", "memslot", "mmu", "cpuid", "emulate"]),
+    ("backend", &["addr", "pages", "sync", "memslot", "mmu", "cpuid", "emulate", "devices"]),
     (
         "vm",
         &[

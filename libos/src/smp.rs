@@ -177,6 +177,28 @@ pub fn sleep_unless(has_work: impl FnOnce() -> bool) {
     }
 }
 
+/// As [`sleep_unless`], but wakes by `deadline_ns` ([`time::now_ns`]) at the latest, even
+/// when that comes before the next periodic tick: the timer fires once at the deadline
+/// instead, and ticks periodically again after the sleep (whatever woke it).
+pub fn sleep_unless_until(deadline_ns: Option<u64>, has_work: impl FnOnce() -> bool) {
+    use x86_64::instructions::interrupts;
+    const TICK_NS: u64 = 1_000_000_000 / apic::TIMER_HZ;
+    interrupts::disable();
+    if has_work() {
+        interrupts::enable();
+        return;
+    }
+    let now = time::now_ns();
+    let early = deadline_ns.filter(|&deadline| deadline < now + TICK_NS);
+    if let Some(deadline) = early {
+        apic::start_one_shot_timer(deadline.saturating_sub(now));
+    }
+    interrupts::enable_and_hlt();
+    if early.is_some() {
+        apic::start_periodic_timer();
+    }
+}
+
 /// Turns the calling CPU into an idle CPU for good (the boot CPU, once the application has
 /// nothing left to do on it).
 pub fn idle() -> ! {

@@ -158,10 +158,11 @@ fn check_cpuid(transcript: &str) {
     let bit = |leaf: u32, reg: usize, bit: u32| cpuid_leaf(transcript, leaf)[reg] & (1 << bit) != 0;
     assert!(cpuid_leaf(transcript, 0)[0] <= 0x1F, "max basic leaf clamped");
     assert!(bit(1, 2, 31), "hypervisor bit");
-    for (name, b) in [("vmx", 5), ("monitor", 3), ("pcid", 17), ("x2apic", 21), ("osxsave", 27)] {
+    for (name, b) in [("vmx", 5), ("monitor", 3), ("pcid", 17), ("osxsave", 27)] {
         assert!(!bit(1, 2, b), "leaf 1 ECX {name}");
     }
-    assert!(!bit(1, 3, 9), "no APIC until the LAPIC model is wired");
+    assert!(bit(1, 2, 21) && bit(1, 2, 24), "the emulated x2APIC and TSC-deadline timer");
+    assert!(bit(1, 3, 9), "the emulated local APIC");
     assert_eq!(cpuid_leaf(transcript, 7)[0], 0, "leaf 7 has subleaf 0 only");
     for (name, reg, b) in [("hle", 1, 4), ("rtm", 1, 11), ("invpcid", 1, 10), ("pku", 2, 3), ("la57", 2, 16)]
     {
@@ -773,4 +774,110 @@ fn svm_host_nmi_in_a_guest_reaches_the_host_handler() {
 #[test]
 fn vmx_host_nmi_exit_runs_the_host_handler() {
     check_nmi_in_a_guest(&run_vmx("bochs-vmx-nmi", NMI_IN_A_GUEST, 2));
+}
+
+/// The `apic` guest's `timer` test: one-shot, periodic and TSC-deadline x2APIC timers with
+/// HLT between ticks. The guest checks the counts against its TSC (never early; the
+/// periodic count at least half the elapsed periods, `logic::periodic_ticks_plausible`),
+/// and that a tick which expired while it ran with IF=0 arrives right after its STI (the
+/// interrupt window); here the stats must show the injections, the timer expiries, the
+/// window exit and the halts that ended.
+fn check_apic_timer(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: timer ok"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    // 1 one-shot + 10 periodic + 5 deadlines + 1 masked one-shot, each injected once.
+    assert!(stat(&stats, "injected") >= 17, "{stats}");
+    assert!(stat(&stats, "timer_expiries") >= 17, "{stats}");
+    assert!(stat(&stats, "interrupt_window") >= 1, "{stats}");
+    assert!(stat(&stats, "halts") >= 16, "the guest halted between ticks: {stats}");
+    assert!(stat(&stats, "wakeups") >= 16, "{stats}");
+}
+
+#[test]
+fn svm_x2apic_timer_in_three_modes_wakes_a_halted_guest() {
+    check_apic_timer(&run_svm("exit=1 guest=apic guest.test=timer mem=16", 1));
+}
+
+#[test]
+fn vmx_x2apic_timer_in_three_modes_wakes_a_halted_guest() {
+    check_apic_timer(&run_vmx("bochs-vmx-apic-timer", "exit=1 guest=apic guest.test=timer mem=16", 1));
+}
+
+/// The `apic` guest's `ipi` test: 20 round trips of fixed IPIs through the x2APIC ICR
+/// between two vCPUs, each halted until its IPI arrives (a wake of a halted vCPU, or a kick
+/// of one in the guest, on the other host CPU or time-sliced with it).
+fn check_apic_ipi(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: ipi ok"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert!(stat(&stats, "injected") >= 40, "{stats}");
+}
+
+#[test]
+fn svm_x2apic_ipis_between_two_vcpus_in_both_directions() {
+    check_apic_ipi(&run_svm("exit=1 guest=apic guest.test=ipi vcpus=2 mem=16", 1));
+}
+
+#[test]
+fn vmx_x2apic_ipis_between_two_vcpus_in_both_directions() {
+    check_apic_ipi(&run_vmx("bochs-vmx-apic-ipi", "exit=1 guest=apic guest.test=ipi vcpus=2 mem=16", 1));
+}
+
+/// The `apic` guest's `haltif0` test: vCPU 1 halts with IF=0 and IPIs do not wake it; the
+/// VM is not ended by it (vCPU 0 exits with 0), and the stats show it halted at the end.
+fn check_apic_halt_if0(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: haltif0 ok"), "{transcript}");
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert_eq!(stat(&stats, "halted_vcpus"), 1, "{stats}");
+}
+
+#[test]
+fn svm_halt_with_interrupts_off_stays_halted_while_the_other_vcpu_finishes() {
+    check_apic_halt_if0(&run_svm("exit=1 guest=apic guest.test=haltif0 vcpus=2 mem=16", 1));
+}
+
+#[test]
+fn vmx_halt_with_interrupts_off_stays_halted_while_the_other_vcpu_finishes() {
+    let cmdline = "exit=1 guest=apic guest.test=haltif0 vcpus=2 mem=16";
+    check_apic_halt_if0(&run_vmx("bochs-vmx-apic-haltif0", cmdline, 1));
+}
+
+/// The `apic` guest's `initsipi` test with `aps=sipi`: vCPU 1 waits for INIT-SIPI-SIPI
+/// and starts in real mode at the vector's page (CS 0x800, IP 0).
+fn check_apic_init_sipi(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: initsipi: marker 0x1234, AP CS 0x800"), "{transcript}");
+    assert!(transcript.contains("[vm 1] apic: initsipi ok"), "{transcript}");
+    assert_eq!(vm_end(transcript, 1).0, 0, "{transcript}");
+}
+
+#[test]
+fn svm_init_sipi_starts_an_ap_in_real_mode_at_the_vector() {
+    check_apic_init_sipi(&run_svm("exit=1 guest=apic guest.test=initsipi vcpus=2 aps=sipi mem=16", 1));
+}
+
+#[test]
+fn vmx_init_sipi_starts_an_ap_in_real_mode_at_the_vector() {
+    let cmdline = "exit=1 guest=apic guest.test=initsipi vcpus=2 aps=sipi mem=16";
+    check_apic_init_sipi(&run_vmx("bochs-vmx-apic-initsipi", cmdline, 1));
+}
+
+/// The `apic` guest's `nmi` test: a self-NMI through the ICR, and a second one sent from
+/// its handler, delivered only after the handler's IRET (the NMI window).
+fn check_apic_nmi(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: nmi: 2 NMIs, 0 inside the handler"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert_eq!(stat(&stats, "nmis_injected"), 2, "{stats}");
+}
+
+#[test]
+fn svm_nmis_are_delivered_and_never_nest() {
+    check_apic_nmi(&run_svm("exit=1 guest=apic guest.test=nmi mem=16", 1));
+}
+
+#[test]
+fn vmx_nmis_are_delivered_and_never_nest() {
+    check_apic_nmi(&run_vmx("bochs-vmx-apic-nmi", "exit=1 guest=apic guest.test=nmi mem=16", 1));
 }

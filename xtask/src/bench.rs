@@ -51,6 +51,7 @@ pub fn run() -> Result<(), String> {
     let mut report = Report::default();
     let result = mmu(&mut report)
         .and_then(|()| boot(&mut report))
+        .and_then(|()| interrupts(&mut report))
         .and_then(|()| api(&mut report))
         .and_then(|()| abuse(&mut report));
     report.write()?;
@@ -176,6 +177,44 @@ fn boot(report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// The `apic` guest's `bench` on 2 vCPUs: interrupt latency, IPI round trip, x2APIC EOI.
+const APIC_BENCH_CMDLINE: &str = "exit=1 guest=apic guest.test=bench vcpus=2 mem=16";
+
+/// Interrupt delivery in instructions, under QEMU `-icount` (SVM) and Bochs (VMX): a
+/// TSC-deadline expiry to the guest's handler with the vCPU halted, an IPI round trip
+/// between two vCPUs (each halted until its IPI comes), and an x2APIC EOI (a WRMSR exit).
+fn interrupts(report: &mut Report) -> Result<(), String> {
+    let elf = build::elf(Profile::Release)?;
+    let mut qemu = Qemu::kernel(&elf, APIC_BENCH_CMDLINE);
+    qemu.icount = true;
+    let mut console = qemu.spawn().map_err(|e| e.to_string())?;
+    let svm = apic_numbers(&mut console)?;
+    drop(console);
+    let iso = paths::workspace_root().join("target/testbed/bench-apic.iso");
+    taproot_testbed::iso::make(&elf, APIC_BENCH_CMDLINE, &iso)?;
+    let mut console = Bochs::new(&iso).spawn("bench-apic").map_err(|e| e.to_string())?;
+    let vmx = apic_numbers(&mut console)?;
+    drop(console);
+    for (i, name) in ["irq_latency", "ipi_round_trip", "eoi"].into_iter().enumerate() {
+        report.add(&format!("irq.svm_{name}_instructions"), svm[i]);
+        report.add(&format!("irq.vmx_{name}_ticks"), vmx[i]);
+    }
+    report.line(format!(
+        "interrupts (SVM instructions under QEMU -icount / VMX Bochs ticks): timer expiry to handler, halted {:.0} / {:.0}; IPI round trip {:.0} / {:.0}; x2APIC EOI {:.0} / {:.0}",
+        svm[0], vmx[0], svm[1], vmx[1], svm[2], vmx[2]
+    ));
+    Ok(())
+}
+
+/// `[irq_latency, ipi_round_trip, eoi]` from the `apic` guest's bench line.
+fn apic_numbers(console: &mut taproot_testbed::Console) -> Result<[f64; 3], String> {
+    let line = console.wait_for("apic: bench ", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let number = |key: &str| {
+        field(&line, key).and_then(|v| v.parse().ok()).ok_or_else(|| format!("no {key}= in {line:?}"))
+    };
+    Ok([number("irq_latency")?, number("ipi_round_trip")?, number("eoi")?])
+}
+
 /// `hello` then `exitbench`, printing TSC deltas even where the TSC is not invariant.
 const GUEST_BENCH_CMDLINE: &str = "exit=1 guest=hello,exitbench guest.tsc=1 guest.iters=2000";
 
@@ -207,7 +246,7 @@ fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, Strin
     let hello_to_console = hello
         .split("\"start_to_first_console_ns\":")
         .nth(1)
-        .and_then(|rest| rest.trim_end_matches('}').parse::<f64>().ok())
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<f64>().ok())
         .ok_or_else(|| format!("no start_to_first_console_ns in {hello:?}"))?;
     let ibpb = console
         .transcript()

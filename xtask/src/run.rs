@@ -23,7 +23,7 @@ pub struct Options {
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The guests `guest-images/` builds, which the API can load.
-const API_GUESTS: [&str; 10] = [
+const API_GUESTS: [&str; 11] = [
     "hello",
     "memtouch",
     "roots",
@@ -34,6 +34,7 @@ const API_GUESTS: [&str; 10] = [
     "guardrails",
     "platform",
     "mmio",
+    "apic",
 ];
 
 pub fn run(opts: Options) -> Result<(), String> {

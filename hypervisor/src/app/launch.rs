@@ -47,6 +47,11 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
             None => return Err(unknown_guest(name)),
         },
     };
+    let aps_wait_for_sipi = match cmdline::value(line, "aps").unwrap_or("entry") {
+        "entry" => false,
+        "sipi" => true,
+        other => return Err(format!("aps={other} is not one of entry, sipi")),
+    };
     let guest_cmdline: Vec<String> = cmdline::words(line)
         .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
         .collect();
@@ -59,6 +64,7 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         timeout_ms,
         delete_slot_ms,
         nmi_ms,
+        aps_wait_for_sipi,
     };
     choice::choose().dispatch(&launch)
 }
@@ -96,6 +102,7 @@ struct Launch<'a> {
     /// Send every CPU running the guest's vCPUs an NMI after this long (tests the host's
     /// NMI handling while a guest runs).
     nmi_ms: Option<u64>,
+    aps_wait_for_sipi: bool,
 }
 
 impl WithBackend for &Launch<'_> {
@@ -112,6 +119,7 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     let vm = Vm::<B>::create(launch.id, launch.config, libos::time::now_ns, libos::time::unix_seconds_now())
         .map_err(|e| format!("{e}"))?;
     vm.set_console_sink(print_console_line);
+    vm.set_aps_wait_for_sipi(launch.aps_wait_for_sipi);
     if let Some(ms) = launch.timeout_ms {
         vm.set_deadline(libos::time::now_ns().saturating_add(ms.saturating_mul(1_000_000)));
     }

@@ -1,4 +1,4 @@
-//! The host's vCPU scheduler: one queue of runnable vCPUs per CPU. Each AP runs its queue
+//! The host's vCPU scheduler: one queue of runnable (and halted) vCPUs per CPU. Each AP runs its queue
 //! forever (round robin, one host-timer slice per vCPU when several share the CPU) and
 //! sleeps when it is empty; the boot CPU, which serves the control plane, runs its queue
 //! only between network polls on a one-CPU machine, one host-timer tick at a time
@@ -19,7 +19,7 @@ use spin::{Mutex, Once};
 static QUEUES: Once<Vec<RunQueue>> = Once::new();
 
 fn queues() -> &'static [RunQueue] {
-    QUEUES.call_once(|| (0..libos::smp::cpu_count()).map(|_| RunQueue::new()).collect())
+    QUEUES.call_once(|| (0..libos::smp::cpu_count()).map(|_| RunQueue::new(libos::time::now_ns)).collect())
 }
 
 /// How long the APs get to turn virtualization on.
@@ -118,7 +118,14 @@ fn run_forever(cpu: usize) {
             Step::Ran => {}
             // Only paused vCPUs: look again at the next timer tick.
             Step::Paused => libos::smp::sleep_unless(|| false),
-            Step::Empty => libos::smp::sleep_unless(|| !queues()[cpu].is_empty()),
+            // Nothing runnable (perhaps halted vCPUs): sleep until a kick (a submit, a
+            // wake: `vm::park`), the next timer tick or the earliest deadline of the halted
+            // vCPUs here (their LAPIC timers). The look runs with interrupts off, so a kick
+            // after it wakes the `hlt`.
+            Step::Empty => {
+                let queue = &queues()[cpu];
+                libos::smp::sleep_unless_until(queue.next_deadline(), || queue.has_work());
+            }
         }
     }
 }

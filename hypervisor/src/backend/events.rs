@@ -25,6 +25,8 @@
 //! Vol. 3C §25.8.3 and §25.9.2); the backends encode the rest (error code, instruction
 //! length) in their own fields.
 
+use crate::devices::irqchip::{Injection, Openings};
+
 /// Bit 31 of either format: the event is valid.
 pub const VALID: u32 = 1 << 31;
 /// Bit 11: an error code is delivered with the event.
@@ -36,6 +38,12 @@ pub const TYPE_MASK: u32 = 0x7;
 pub const TYPE_EXCEPTION: u32 = 3;
 /// The type of a software interrupt (INT n) in both formats.
 pub const TYPE_SOFTWARE_INTERRUPT: u32 = 4;
+/// The types of an external interrupt and of an NMI, the same in both formats (SVM
+/// EVENTINJ "INTR" 0 and "NMI" 2, APM Vol. 2 §15.20; VMX SDM Vol. 3C §25.8.3).
+pub const TYPE_EXTERNAL_INTERRUPT: u32 = 0;
+pub const TYPE_NMI: u32 = 2;
+/// The NMI's vector (both formats want it in the vector field).
+const NMI_VECTOR: u32 = 2;
 
 /// One event to deliver to the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +70,20 @@ impl Event {
             Some(code) => Self { info: info | ERROR_CODE_VALID, error_code: code, instruction_len: 0 },
             None => Self { info, error_code: 0, instruction_len: 0 },
         }
+    }
+
+    /// The event an irqchip injection is: an external interrupt with its vector, or an
+    /// NMI. Neither has an error code.
+    pub fn of_injection(injection: Injection) -> Self {
+        let info = match injection {
+            Injection::Interrupt(vector) => VALID | (TYPE_EXTERNAL_INTERRUPT << TYPE_SHIFT) | vector as u32,
+            Injection::Nmi => VALID | (TYPE_NMI << TYPE_SHIFT) | NMI_VECTOR,
+        };
+        Self { info, error_code: 0, instruction_len: 0 }
+    }
+
+    pub fn is_nmi(&self) -> bool {
+        self.kind() == TYPE_NMI
     }
 
     pub fn vector(&self) -> u8 {
@@ -121,6 +143,13 @@ impl EventQueue {
         next
     }
 
+    /// Whether nothing is in flight or waiting: only then may the entry path offer the
+    /// guest a new interrupt or NMI (one entry injects one event, and an event waiting
+    /// here goes first).
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.waiting.iter().all(Option::is_none)
+    }
+
     /// Forgets everything (vCPU reset).
     pub fn clear(&mut self) {
         *self = Self::default();
@@ -132,6 +161,76 @@ impl EventQueue {
     pub fn has_in_flight(&self) -> bool {
         self.in_flight.is_some()
     }
+}
+
+/// What a guest can take at the next entry, from what the backend reads of its state:
+/// `interrupts_enabled` (RFLAGS.IF), `shadow` (the STI / MOV SS interrupt shadow: VMX
+/// interruptibility bits 0-1, SVM INTERRUPT_SHADOW), `nmi_blocked` (an NMI handler is
+/// running: VMX blocking by NMI, SVM the backend's own record until IRET) and the vCPU's
+/// [`EventQueue`]. The shadow blocks NMIs too (some CPUs block NMIs after STI, and VMX
+/// entry refuses an NMI injected under MOV SS blocking, SDM Vol. 3C §27.3.1.5).
+pub fn openings(interrupts_enabled: bool, shadow: bool, nmi_blocked: bool, queue: &EventQueue) -> Openings {
+    let free = queue.is_idle() && !shadow;
+    Openings { interrupt: free && interrupts_enabled, nmi: free && !nmi_blocked }
+}
+
+/// NMI blocking as a backend records it where the CPU keeps none visible (SVM without
+/// vNMI): from the injection of an NMI until the guest has executed the IRET that ends its
+/// handler. The IRET intercept exits *before* the IRET runs (as in KVM's
+/// `iret_interception`), so blocking lasts until the guest's RIP has moved past it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NmiBlocking {
+    /// An NMI was injected and its handler has not reached IRET.
+    in_handler: bool,
+    /// The RIP of the IRET that ends the handler: blocked until the guest moves past it.
+    iret_rip: Option<u64>,
+}
+
+impl NmiBlocking {
+    /// Whether the NMI handler runs (the IRET intercept must stay on to see its end).
+    pub fn in_handler(&self) -> bool {
+        self.in_handler
+    }
+
+    /// An NMI is being injected at this entry.
+    pub fn injected(&mut self) {
+        self.in_handler = true;
+    }
+
+    /// The IRET intercept: the handler's IRET at `rip` runs next.
+    pub fn iret(&mut self, rip: u64) {
+        self.in_handler = false;
+        self.iret_rip = Some(rip);
+    }
+
+    /// After an exit with the guest at `rip`: an IRET whose RIP has been left has run.
+    pub fn exited_at(&mut self, rip: u64) {
+        if self.iret_rip.is_some_and(|at| at != rip) {
+            self.iret_rip = None;
+        }
+    }
+
+    /// Whether the IRET that ends the handler has exited but not run yet: intercepting
+    /// IRET again would exit at the same IRET forever; the next exit after it runs (at
+    /// the latest the host's timer tick) unblocks NMIs instead. (KVM single-steps over it.)
+    pub fn iret_pending(&self) -> bool {
+        self.iret_rip.is_some()
+    }
+
+    /// Whether NMIs are blocked now.
+    pub fn blocked(&self) -> bool {
+        self.in_handler || self.iret_rip.is_some()
+    }
+}
+
+/// The exits the next entry asks for, so that a pending event is injected as soon as the
+/// guest can take it: VMX "interrupt-window exiting" / "NMI-window exiting" (SDM Vol. 3C
+/// §25.6.2), SVM a virtual interrupt with the VINTR intercept / the IRET intercept (APM
+/// Vol. 2 §15.21.4, §15.9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub interrupt: bool,
+    pub nmi: bool,
 }
 
 #[cfg(test)]
@@ -236,6 +335,57 @@ mod tests {
         queue.in_flight(None);
         assert_eq!(queue.next_entry(), Some(db));
         assert_eq!(queue.next_entry(), None);
+    }
+
+    #[test]
+    fn an_injection_is_an_external_interrupt_or_an_nmi_without_error_code() {
+        let irq = Event::of_injection(Injection::Interrupt(0x31));
+        assert_eq!((irq.info, irq.has_error_code(), irq.is_nmi()), (VALID | 0x31, false, false));
+        let nmi = Event::of_injection(Injection::Nmi);
+        assert_eq!((nmi.info, nmi.vector(), nmi.is_nmi()), (VALID | (2 << 8) | 2, 2, true));
+    }
+
+    #[test]
+    fn the_guest_is_open_only_with_if_no_shadow_and_nothing_in_flight() {
+        let idle = EventQueue::default();
+        assert_eq!(openings(true, false, false, &idle), Openings { interrupt: true, nmi: true });
+        assert_eq!(openings(false, false, false, &idle), Openings { interrupt: false, nmi: true }, "IF=0");
+        assert_eq!(openings(true, true, false, &idle), Openings::default(), "STI shadow blocks both");
+        assert_eq!(
+            openings(true, false, true, &idle),
+            Openings { interrupt: true, nmi: false },
+            "in an NMI handler"
+        );
+        let mut busy = EventQueue::default();
+        busy.in_flight(Some(TIMER));
+        assert_eq!(openings(true, false, false, &busy), Openings::default(), "an event in flight goes first");
+        let mut requested = EventQueue::default();
+        requested.request(Event::exception(GP, Some(0)));
+        assert_eq!(
+            openings(true, false, false, &requested),
+            Openings::default(),
+            "a requested #GP goes first"
+        );
+        assert!(!requested.is_idle());
+        let _ = requested.next_entry();
+        assert!(requested.is_idle());
+    }
+
+    #[test]
+    fn nmis_stay_blocked_from_injection_until_the_guest_moved_past_its_iret() {
+        let mut nmi = NmiBlocking::default();
+        assert!(!nmi.blocked());
+        nmi.injected();
+        nmi.exited_at(0x2000);
+        assert!(nmi.blocked(), "the handler runs");
+        nmi.iret(0x2040);
+        nmi.exited_at(0x2040);
+        assert!(nmi.blocked(), "the IRET has not run yet");
+        assert!(nmi.iret_pending() && !nmi.in_handler(), "no IRET intercept now");
+        nmi.exited_at(0x1000);
+        assert!(!nmi.blocked(), "back in the interrupted code");
+        nmi.exited_at(0x2040);
+        assert!(!nmi.blocked(), "a later visit to the same RIP is not the IRET again");
     }
 
     #[test]

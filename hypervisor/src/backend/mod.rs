@@ -132,6 +132,10 @@ pub enum Exit {
         access: Access,
     },
     Hlt,
+    /// The guest can take an interrupt now (the window the last entry asked for).
+    InterruptWindow,
+    /// The guest can take an NMI now (or, on SVM, is leaving its NMI handler).
+    NmiWindow,
     /// Triple fault.
     Shutdown,
     /// VM entry refused the guest state (a backend bug or a state the guest cannot reach).
@@ -196,6 +200,32 @@ pub trait BackendVcpu: Send {
     /// Whether the last exit interrupted an event's delivery (`events`): its access is the
     /// delivery's (a stack push, an IDT read), not the instruction's at RIP.
     fn is_delivering_event(&self) -> bool;
+    /// What the guest can take at the next entry ([`events::openings`]: RFLAGS.IF, the
+    /// interrupt shadow, NMI blocking, nothing in flight or waiting in its `EventQueue`).
+    fn openings(&self) -> crate::devices::irqchip::Openings;
+    /// Delivers an external interrupt or NMI at the next entry, through the vCPU's
+    /// `EventQueue` (call only when [`BackendVcpu::openings`] allowed it).
+    fn inject(&mut self, injection: crate::devices::irqchip::Injection);
+    /// The window exits the next entries ask for (until changed): [`Exit::InterruptWindow`]
+    /// and [`Exit::NmiWindow`].
+    fn set_windows(&mut self, windows: events::Windows);
+    /// The guest's RFLAGS.IF (whether a halted vCPU wakes for an interrupt).
+    fn interrupts_enabled(&self) -> bool;
+    /// The guest TSC from now on: the host's plus `offset` (wrapping).
+    fn set_tsc_offset(&mut self, offset: u64);
+    /// How another CPU makes this vCPU's next entry (or the one under way) leave the guest
+    /// at once: [`ExitRequest::request_exit`], then a kick of the CPU.
+    fn exit_request(&self) -> alloc::sync::Arc<dyn ExitRequest>;
+}
+
+/// A request that a vCPU not stay in the guest: set before its CPU is kicked, and checked
+/// by the backend with host interrupts off just before each entry (an entry that finds it
+/// returns [`Exit::HostInterrupt`] without entering). So a kick that lands while the vCPU
+/// is still in the host, where it is taken and gone, is not lost: the entry sees the flag;
+/// a kick after that check is held pending by the disabled interrupts and makes the guest
+/// exit at once.
+pub trait ExitRequest: Send + Sync {
+    fn request_exit(&self);
 }
 
 /// Vectors of the exceptions the VM layer injects (SDM Vol. 3A §6.3.1, Table 6-1).
@@ -240,6 +270,13 @@ pub trait Backend: Send + Sync + 'static {
     fn tsc_hz() -> u64;
     /// Each CPU's tag numbering (ASIDs, VPIDs): its generation and flushes so far.
     fn tag_stats() -> alloc::vec::Vec<tags::TagStats>;
+    /// The host TSC now (the VM's guest TSC offset is its negation at creation).
+    fn host_tsc() -> u64;
+    /// The host CPU the caller runs on.
+    fn current_cpu() -> usize;
+    /// Interrupts host CPU `cpu` (not the caller's): a guest running there exits, a CPU
+    /// sleeping there wakes and looks at its run queue.
+    fn kick_cpu(cpu: usize);
 }
 
 #[cfg(test)]

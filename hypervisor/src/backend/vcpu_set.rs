@@ -19,6 +19,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 /// One vCPU's side.
 #[derive(Default)]
 pub struct VcpuSync {
+    /// `backend::ExitRequest`: leave (or do not enter) the guest.
+    exit_requested: AtomicBool,
     flush_pending: AtomicBool,
     in_guest: AtomicBool,
     cpu: AtomicUsize,
@@ -39,9 +41,21 @@ impl VcpuSync {
         self.in_guest.store(false, Ordering::SeqCst);
     }
 
+    /// With host interrupts off, just before entering: whether an exit was requested (the
+    /// request is taken). The caller then leaves without entering, after [`Self::exited`].
+    pub fn take_exit_request(&self) -> bool {
+        self.exit_requested.swap(false, Ordering::SeqCst)
+    }
+
     /// Asks for a flush at the next entry (after a reset, for example).
     pub fn request_flush(&self) {
         self.flush_pending.store(true, Ordering::SeqCst);
+    }
+}
+
+impl super::ExitRequest for VcpuSync {
+    fn request_exit(&self) {
+        self.exit_requested.store(true, Ordering::SeqCst);
     }
 }
 

@@ -141,7 +141,11 @@ impl Policy {
         let ext1_edx = FEATURE_REGS.iter().position(|&r| r == (0x8000_0001, 0, Reg::Edx)).unwrap_or(0);
         let (pass, set) = table_mask(1, 0, Reg::Edx, facts.gib_pages);
         masks[ext1_edx].0 |= pass & EXT1_EDX_LEAF1_COPIES;
-        masks[ext1_edx].1 |= set & EXT1_EDX_LEAF1_COPIES;
+        // A bit set whatever the host has (the emulated APIC) appears in the copies only
+        // where the vendor has them (AMD; on Intel those bits of 8000_0001h are reserved).
+        if facts.vendor == Vendor::Amd {
+            masks[ext1_edx].1 |= set & EXT1_EDX_LEAF1_COPIES;
+        }
         let host_xsave = host_cpuid(1, 0)[2] & LEAF1_ECX_XSAVE != 0 && max_basic >= 0xD;
         let xcr0 = if host_xsave { offered_components(host_cpuid(0xD, 0)[0]) } else { 0 };
         let xsave_bytes = if xcr0 & XCR0_AVX != 0 {
@@ -160,6 +164,17 @@ impl Policy {
             Some(i) => (host & self.masks[i].0) | self.masks[i].1,
             None => 0,
         }
+    }
+
+    /// Whether the guest sees feature `name` set whatever the host has (a feature the
+    /// hypervisor emulates, such as x2apic): the devices it needs must then exist.
+    #[must_use]
+    pub fn always_offers(&self, name: &str) -> bool {
+        let Some(f) = table::feature(name) else { return false };
+        FEATURE_REGS
+            .iter()
+            .position(|&r| r == (f.leaf, f.subleaf, f.reg))
+            .is_some_and(|i| self.masks[i].1 & (1 << f.bit) != 0)
     }
 
     /// Whether `leaf` exists for the guest.

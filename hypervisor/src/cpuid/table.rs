@@ -67,7 +67,8 @@ const XSAVE_INSN: &str = "runs natively on the guest's own memory and XCR0, no s
                           components (XSAVE_VIRTUALIZED)";
 const ISA: &str = "plain instructions and CR4 bits the hardware runs for the guest, no exits or state";
 const NO_PMU: &str = "no PMU is virtualized: counter MSRs raise #GP";
-const NO_LAPIC: &str = "the local APIC model is not wired into the exit path yet (devices::lapic)";
+const LAPIC: &str = "the local APIC is emulated (devices::lapic behind devices::irqchip), whatever the host has: \
+                     x2APIC MSRs, IA32_APIC_BASE and IA32_TSC_DEADLINE exit to it in both backends";
 const NO_TSC_AUX: &str = "IA32_TSC_AUX is not switched per vCPU, so the guest would read the host's";
 const NO_SPEC_CTRL: &str = "IA32_SPEC_CTRL/PRED_CMD are not switched per vCPU: the MSR policy raises #GP \
                             (vm::msr), so the bit must stay clear";
@@ -108,10 +109,10 @@ pub static FEATURES: &[Feature] = &[
     f(1, Ecx, 18, "dca", Hide, "no direct cache access"),
     f(1, Ecx, 19, "sse4_1", Pass, ISA),
     f(1, Ecx, 20, "sse4_2", Pass, ISA),
-    f(1, Ecx, 21, "x2apic", Hide, NO_LAPIC),
+    f(1, Ecx, 21, "x2apic", Fixed(true), LAPIC),
     f(1, Ecx, 22, "movbe", Pass, ISA),
     f(1, Ecx, 23, "popcnt", Pass, ISA),
-    f(1, Ecx, 24, "tsc_deadline_timer", Hide, NO_LAPIC),
+    f(1, Ecx, 24, "tsc_deadline_timer", Fixed(true), LAPIC),
     f(1, Ecx, 25, "aes", Pass, ISA),
     f(1, Ecx, 26, "xsave", xsave(), XSAVE_REASON),
     f(
@@ -137,7 +138,7 @@ pub static FEATURES: &[Feature] = &[
     f(1, Edx, 6, "pae", Pass, ISA),
     f(1, Edx, 7, "mce", Hide, NO_MCA),
     f(1, Edx, 8, "cx8", Pass, ISA),
-    f(1, Edx, 9, "apic", Hide, NO_LAPIC),
+    f(1, Edx, 9, "apic", Fixed(true), LAPIC),
     f(1, Edx, 11, "sep", Pass, "SYSENTER MSRs are switched by both backends"),
     f(1, Edx, 12, "mtrr", Pass, "vm::msr: MTRRcap with no ranges, MTRRdefType write-back"),
     f(1, Edx, 13, "pge", Pass, ISA),
@@ -224,7 +225,14 @@ pub static FEATURES: &[Feature] = &[
     // Leaf 8000_0001h ECX.
     f(0x8000_0001, Ecx, 0, "lahf_lm", Pass, ISA),
     f(0x8000_0001, Ecx, 2, "svm", Hide, NESTED),
-    f(0x8000_0001, Ecx, 3, "extapic", Hide, NO_LAPIC),
+    f(
+        0x8000_0001,
+        Ecx,
+        3,
+        "extapic",
+        Hide,
+        "the emulated local APIC has no AMD extended APIC register space",
+    ),
     f(0x8000_0001, Ecx, 4, "cr8_legacy", Hide, "TPR access through LOCK MOV CR0 is not offered"),
     f(0x8000_0001, Ecx, 5, "abm", Pass, ISA),
     f(0x8000_0001, Ecx, 6, "sse4a", Pass, ISA),

@@ -95,7 +95,6 @@ fn what_the_issue_hides_is_hidden_and_the_basic_isa_passes() {
         "rtm",
         "monitor",
         "mwaitx",
-        "x2apic",
         "rdtscp",
         "rdpid",
         "invpcid",
@@ -157,7 +156,11 @@ fn leaf_1_sets_hypervisor_and_gives_the_vcpu_index() {
     let [eax, ebx, ecx, _] = p.guest_view(1, 0, host, 3);
     assert_eq!(eax, host[0]);
     assert_eq!(ebx, 0x0302_0800, "APIC ID 3, the rest of EBX kept");
-    assert_eq!(ecx, LEAF1_ECX_HYPERVISOR | 1, "VMX and x2APIC hidden");
+    assert_eq!(
+        ecx,
+        LEAF1_ECX_HYPERVISOR | (1 << 21) | (1 << 24) | 1,
+        "VMX hidden, x2APIC and TSC-deadline emulated"
+    );
     assert_ne!(
         p.guest_view(1, 0, [0; 4], 0)[2] & LEAF1_ECX_HYPERVISOR,
         0,
@@ -315,10 +318,12 @@ const XEON_UNDER_KVM: &[(u32, u32, [u32; 4])] = &[
 /// on that host, in the same order.
 const XEON_GUEST_VIEW: &[[u32; 4]] = &[
     [0x0000001f, 0x756e6547, 0x6c65746e, 0x49656e69], // clamped to 1Fh, GenuineIntel
-    // APIC ID 1; no MCE, APIC, MCA; hypervisor. With XSAVE_VIRTUALIZED ECX also keeps the
-    // host's FMA (12), XSAVE (26), AVX (28) and F16C (29): 0xc2d82203 became 0xf6d83203.
+    // APIC ID 1; no MCE, MCA; hypervisor. With XSAVE_VIRTUALIZED ECX also keeps the
+    // host's FMA (12), XSAVE (26), AVX (28) and F16C (29): 0xc2d82203 became 0xf6d83203;
+    // with the emulated LAPIC, x2APIC (21) and TSC-deadline (24) are set (0xf7f83203) and
+    // EDX has APIC (9): 0x1f8bb97f became 0x1f8bbb7f.
     // OSXSAVE (27) stays clear here: the exit handler sets it from the guest's CR4.
-    [0x000a0671, 0x01020800, 0xf6d83203, 0x1f8bb97f],
+    [0x000a0671, 0x01020800, 0xf7f83203, 0x1f8bbb7f],
     [0x00feff01, 0x000000f0, 0x00000000, 0x00000000],
     [0x04000121, 0x02c0003f, 0x0000003f, 0x00000000],
     [0x00000000, 0x00000000, 0x00000000, 0x00000000], // thermal
@@ -367,4 +372,18 @@ fn a_known_host_gives_the_recorded_guest_view() {
     let seen: Vec<[u32; 4]> =
         XEON_UNDER_KVM.iter().map(|&(leaf, subleaf, regs)| p.guest_view(leaf, subleaf, regs, 1)).collect();
     assert_eq!(seen, XEON_GUEST_VIEW);
+}
+
+#[test]
+fn the_emulated_local_apic_is_offered_whatever_the_host_has() {
+    let p = Policy::new(facts(Vendor::Amd, false), |_, _| [0x1F, 0, 0, 0]);
+    for name in ["apic", "x2apic", "tsc_deadline_timer"] {
+        assert!(p.always_offers(name), "{name}");
+    }
+    let [_, _, ecx, edx] = p.guest_view(1, 0, [0; 4], 0);
+    assert_ne!(ecx & (1 << 21), 0, "x2apic");
+    assert_ne!(ecx & (1 << 24), 0, "tsc_deadline_timer");
+    assert_ne!(edx & (1 << 9), 0, "apic");
+    assert!(!p.always_offers("sse3"), "passed from the host, not always offered");
+    assert!(!p.always_offers("no_such_feature"));
 }

@@ -10,6 +10,7 @@ use crate::addr::{Gfn, GfnRange, PAGE_SIZE};
 use crate::backend::{Backend, BackendVcpu, Exit};
 use crate::devices::IoEffect;
 use crate::devices::events::EventKind;
+use crate::devices::irqchip::{Irqchip, VcpuMask};
 use crate::memslot::AsId;
 use crate::mmu::{Fault, MmuError, VcpuMmu};
 use alloc::format;
@@ -21,7 +22,8 @@ use taproot_guest_abi::hypercall::{self, Hypercall, HypercallError};
 /// What the loop does next.
 pub(crate) enum Flow {
     Continue,
-    /// This vCPU halted (HLT with nothing to wake it: no interrupts are emulated yet).
+    /// This vCPU executed HLT (RIP is past it): it is halted until something wakes it
+    /// (`vm::entry::halt`).
     Halt,
     /// The VM reaches a final state.
     Finish(VmState),
@@ -39,6 +41,8 @@ pub enum ExitReason {
     NestedPageFault,
     Mmio,
     Hlt,
+    /// Interrupt and NMI window exits.
+    InterruptWindow,
     Shutdown,
     /// Not exits: device accesses emulated, and instructions that could not be.
     MmioEmulated,
@@ -77,6 +81,7 @@ impl ExitCounts {
             nested_page_fault: self.count(ExitReason::NestedPageFault),
             mmio: self.count(ExitReason::Mmio),
             hlt: self.count(ExitReason::Hlt),
+            interrupt_window: self.count(ExitReason::InterruptWindow),
             shutdown: self.count(ExitReason::Shutdown),
             mmio_emulated: self.count(ExitReason::MmioEmulated),
             emulation_failed: self.count(ExitReason::EmulationFailed),
@@ -100,6 +105,8 @@ pub struct ExitStats {
     /// counted as `npf`).
     pub mmio: u64,
     pub hlt: u64,
+    /// Interrupt and NMI window exits (the guest became able to take a pending event).
+    pub interrupt_window: u64,
     pub shutdown: u64,
     /// Instructions emulated on a device page (LAPIC, I/O APIC): one per REP iteration.
     pub mmio_emulated: u64,
@@ -119,6 +126,7 @@ fn reason_of(exit: &Exit) -> ExitReason {
         Exit::Hypercall => ExitReason::Hypercall,
         Exit::NestedPageFault { .. } => ExitReason::NestedPageFault,
         Exit::Hlt => ExitReason::Hlt,
+        Exit::InterruptWindow | Exit::NmiWindow => ExitReason::InterruptWindow,
         Exit::Shutdown => ExitReason::Shutdown,
         Exit::InvalidState | Exit::Unhandled { .. } | Exit::TdpMisconfig { .. } => ExitReason::Other,
     }
@@ -138,7 +146,8 @@ pub(crate) struct VcpuContext<'a, B: Backend> {
 pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flow {
     cx.vm.exits.add(reason_of(&exit));
     match exit {
-        Exit::HostInterrupt => Flow::Continue,
+        // The entry path looks at the interrupt controllers before every entry.
+        Exit::HostInterrupt | Exit::InterruptWindow | Exit::NmiWindow => Flow::Continue,
         Exit::Cpuid => {
             let regs = cx.vcpu.regs();
             let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
@@ -177,6 +186,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             }
             port_outcome(cx, io.port, result.effect)
         }
+        Exit::Msr { write } if Irqchip::is_lapic_msr(cx.vcpu.regs().rcx as u32) => lapic_msr(cx, write),
         Exit::Msr { write } => {
             let regs = *cx.vcpu.regs();
             let msr = regs.rcx as u32;
@@ -263,6 +273,39 @@ fn misconfig_report(gpa: crate::addr::Gpa, walk: &[crate::mmu::WalkStep]) -> Str
     report
 }
 
+/// RDMSR / WRMSR of a local APIC MSR (IA32_APIC_BASE, IA32_TSC_DEADLINE, the x2APIC
+/// range): the irqchip answers; the vCPUs a write made an interrupt pending for (an IPI,
+/// an EOI that re-delivers a level interrupt) are woken or kicked after the lock is
+/// dropped.
+fn lapic_msr<B: Backend>(cx: &mut VcpuContext<'_, B>, write: bool) -> Flow {
+    let regs = *cx.vcpu.regs();
+    let msr = regs.rcx as u32;
+    let now = (cx.vm.clock)();
+    let result = {
+        let mut devices = cx.vm.devices.lock();
+        let chip = devices.irqchip_mut();
+        if write {
+            let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
+            chip.msr_write(cx.index, msr, value, now).map(|wake| (None, wake))
+        } else {
+            chip.msr_read(cx.index, msr, now).map(|value| (Some(value), VcpuMask::EMPTY))
+        }
+    };
+    match result {
+        Ok((value, wake)) => {
+            if let Some(value) = value {
+                let regs = cx.vcpu.regs_mut();
+                (regs.rax, regs.rdx) = (value & 0xFFFF_FFFF, value >> 32);
+            }
+            cx.vcpu.skip_exiting_instruction();
+            // This vCPU looks at its own LAPIC before its next entry anyway.
+            cx.vm.wake_vcpus(super::entry::others(wake, cx.index));
+        }
+        Err(msr::Gp) => cx.vcpu.inject_general_protection(),
+    }
+    Flow::Continue
+}
+
 /// As INIT: the vCPU drops its roots (the MMU keeps them, so the next load finds the same
 /// one) and restarts at its entry, in the normal address space.
 pub(crate) fn restart_at_entry<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow {
@@ -275,6 +318,16 @@ pub(crate) fn restart_at_entry<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Flow 
         }
         None => crash(cx, "reset requested before an image was loaded".into()),
     }
+}
+
+/// A start-up IPI with `vector` to a vCPU waiting for one: it starts in real mode at
+/// CS = `vector << 8`, IP = 0 (address `vector << 12`), its registers as after INIT (SDM
+/// Vol. 3A §9.4.4), in the normal address space.
+pub(crate) fn start_at_sipi<B: Backend>(cx: &mut VcpuContext<'_, B>, vector: u8) {
+    cx.mmu.unload();
+    cx.as_id = AsId::Normal;
+    let mode = crate::backend::EntryMode::Real16 { cs: u16::from(vector) << 8, ip: 0 };
+    cx.vcpu.reset(&crate::backend::EntryState { mode, regs: crate::backend::GuestRegs::default() });
 }
 
 fn crash<B: Backend>(_cx: &VcpuContext<'_, B>, reason: String) -> Flow {

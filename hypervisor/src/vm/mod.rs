@@ -14,12 +14,14 @@
 //! guest-requested reset restarts every vCPU at the image's entry.
 
 pub mod commit;
+mod entry;
 mod exits;
 mod guest_ram;
 pub mod lifecycle;
 pub mod limits;
 mod mmio;
 pub mod msr;
+mod park;
 mod platform;
 mod run_queue;
 mod stats;
@@ -29,7 +31,7 @@ mod vcpu;
 pub use exits::{ExitCounts, ExitReason, ExitStats};
 pub use lifecycle::{Action, VmState};
 pub use run_queue::{RunQueue, Step};
-pub use stats::VmStats;
+pub use stats::{InterruptStats, VmStats};
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
 use crate::addr::Gpa;
@@ -144,6 +146,15 @@ pub struct Vm<B: Backend> {
     platform_resets: AtomicU64,
     /// The RSDP's address when the ACPI tables are in guest RAM (for PVH's start info).
     rsdp: Option<Gpa>,
+    /// Each vCPU's halt state (`park`), by index.
+    parks: Vec<park::VcpuPark>,
+    pub(crate) interrupt_counts: stats::InterruptCounts,
+    /// Added to the host TSC to give the guest's, which reads 0 at the VM's creation: the
+    /// same instant the LAPICs' `tsc_origin_ns` names.
+    pub(crate) tsc_offset: u64,
+    /// Whether the application processors (vCPUs 1 and up) start waiting for INIT-SIPI-SIPI
+    /// from the boot vCPU, as on a PC, rather than at the image's entry.
+    aps_wait_for_sipi: AtomicBool,
 }
 
 /// The CPUID policy for `B` on this host.
@@ -180,19 +191,26 @@ impl<B: Backend> Vm<B> {
         };
         mmu.add_slot(spec).map_err(|e| VmError::Memory(format!("{e:?}")))?;
         let rsdp = platform::write_acpi_tables(&mmu, &config)?;
+        // The guest TSC's origin, read together: the LAPIC timers convert guest TSC values
+        // with `tsc_origin_ns`, the backends offset the TSC by `tsc_offset`.
+        // The TSC is read first: the guest TSC then never runs ahead of the LAPICs' view
+        // of it (a TSC deadline never fires early by the time between the two reads).
+        let host_tsc = B::host_tsc();
         let now_ns = clock();
+        let tsc_offset = 0u64.wrapping_sub(host_tsc);
+        let cpuid = cpuid_policy::<B>();
         let platform = PlatformConfig {
             vcpus: config.vcpus as u16,
             ram_bytes: config.memory_mib << 20,
             unix_seconds,
             now_ns,
-            // The guest TSC counts from the VM's creation (its TSC offset, set by the
-            // backend, must say the same). x2APIC stays off until CPUID offers it.
+            // The guest TSC counts from the VM's creation (`tsc_offset`); x2APIC mode
+            // exists where the CPUID policy offers it.
             lapic: LapicConfig {
                 bus_hz: LAPIC_BUS_HZ,
                 tsc_hz: B::tsc_hz(),
                 tsc_origin_ns: now_ns,
-                has_x2apic: false,
+                has_x2apic: cpuid.always_offers("x2apic"),
             },
         };
         let devices = PortBus::with_capacity(&platform, config.console_bytes, crate::devices::EVENT_LOG_LEN)
@@ -213,7 +231,7 @@ impl<B: Backend> Vm<B> {
             running_vcpus: AtomicUsize::new(0),
             entry: Mutex::new(None),
             exits: ExitCounts::default(),
-            cpuid: cpuid_policy::<B>(),
+            cpuid,
             clock,
             console_sink: Mutex::new(None),
             deadline_ns: AtomicU64::new(0),
@@ -222,6 +240,10 @@ impl<B: Backend> Vm<B> {
             first_console_ns: AtomicU64::new(0),
             platform_resets: AtomicU64::new(0),
             rsdp,
+            parks: (0..config.vcpus).map(|_| park::VcpuPark::default()).collect(),
+            interrupt_counts: stats::InterruptCounts::default(),
+            tsc_offset,
+            aps_wait_for_sipi: AtomicBool::new(false),
         }))
     }
 
@@ -331,6 +353,23 @@ impl<B: Backend> Vm<B> {
         self.kick_all();
     }
 
+    /// How the application processors start (see README, "Kernel command line", `aps=`):
+    /// `true`, they wait for INIT-SIPI-SIPI from the boot vCPU (what an operating system
+    /// written for a PC expects); `false` (the default), every vCPU starts at the image's
+    /// entry with its index in `esi` (Taproot's own guests). Takes effect at `start`.
+    pub fn set_aps_wait_for_sipi(&self, wait: bool) {
+        self.aps_wait_for_sipi.store(wait, Ordering::Relaxed);
+    }
+
+    pub fn aps_wait_for_sipi(&self) -> bool {
+        self.aps_wait_for_sipi.load(Ordering::Relaxed)
+    }
+
+    /// vCPU `index`'s halt state.
+    pub(crate) fn park(&self, index: u32) -> &park::VcpuPark {
+        &self.parks[index as usize]
+    }
+
     /// `stop`: ends a running or paused VM from the host side. It returns at once with the
     /// VM `Stopping`; the VM is `Stopped` when its last vCPU has left its loop.
     pub fn stop(&self) -> Result<(), VmError> {
@@ -357,8 +396,19 @@ impl<B: Backend> Vm<B> {
         self.paused.load(Ordering::SeqCst)
     }
 
+    /// Every vCPU leaves the guest soon, and every halted one looks at the VM again (a
+    /// pause, stop or reset concerns them too).
     fn kick_all(&self) {
         self.backend.kick_all();
+        self.wake_vcpus(self.all_vcpus());
+    }
+
+    fn all_vcpus(&self) -> crate::devices::irqchip::VcpuMask {
+        let mut all = crate::devices::irqchip::VcpuMask::EMPTY;
+        for v in 0..self.config.vcpus {
+            all.insert(v);
+        }
+        all
     }
 
     /// `reset`, once the VM has ended and its vCPUs have left their loops (a running or
@@ -393,12 +443,20 @@ impl<B: Backend> Vm<B> {
 
     /// Wakes (if halted) or kicks (if in the guest) each vCPU in `mask`, so that an
     /// interrupt an access just made pending is taken now rather than at the next host
-    /// tick. Call it after dropping the device lock.
-    // TODO(issue 10, entry path): park/wake and kicks; until then the vCPU sees the
-    // interrupt at its next exit.
-    #[allow(dead_code, reason = "called by the MMIO and entry paths being written")]
+    /// tick. Call it after dropping the device lock: this is the waker's side of
+    /// `park`'s protocol (the interrupt state changed first, then the flag, then the kick).
     pub(crate) fn wake_vcpus(&self, mask: crate::devices::irqchip::VcpuMask) {
-        let _ = mask;
+        if mask.is_empty() {
+            return;
+        }
+        let me = B::current_cpu();
+        for v in mask.iter() {
+            let Some(park) = self.parks.get(v as usize) else { continue };
+            let (cpu, _) = park.wake();
+            if cpu != me {
+                B::kick_cpu(cpu);
+            }
+        }
     }
 
     /// How many platform resets the guest has asked for.
@@ -522,7 +580,14 @@ impl<B: Backend> Vm<B> {
         } else {
             first_console.saturating_sub(self.started_ns.load(Ordering::Relaxed))
         };
+        let timer_expiries = {
+            let devices = self.devices.lock();
+            let chip = devices.irqchip();
+            (0..chip.vcpus()).map(|v| chip.lapic(v).timer_expiries()).sum()
+        };
+        let halted = self.parks.iter().filter(|park| park.is_halted()).count() as u64;
         VmStats {
+            interrupts: self.interrupt_counts.snapshot(timer_expiries, halted),
             mmu: self.mmu.stats(),
             exits: self.exits.snapshot(),
             tlb_flushes: self.backend.flushes(),

@@ -1,13 +1,11 @@
 //! The MSR policy: what a guest's RDMSR and WRMSR of an intercepted MSR do, the same in
 //! both backends. Every MSR not named here raises #GP(0), as on a CPU without it.
 //!
+//! Not here but in the local APIC (`devices::irqchip`, which the exit path asks first,
+//! `Irqchip::is_lapic_msr`): IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC range
+//! 0x800-0x8FF.
+//!
 //! Answered here (per vCPU, [`VcpuMsrs`]):
-//! - IA32_APIC_BASE: 0xFEE0_0900 on the boot vCPU (vCPU 0: base, EN, BSP), 0xFEE0_0800 on
-//!   the others. A write of the value it holds is taken, any other raises #GP: the local
-//!   APIC model (`devices::lapic`) is not wired into the exit path yet, so the APIC can
-//!   neither move nor change mode. When it is, these accesses go to `Lapic::apic_base`.
-//! - IA32_TSC_DEADLINE: reads 0; writes are taken and ignored until the LAPIC model is
-//!   wired (CPUID hides the TSC-deadline timer meanwhile).
 //! - IA32_MTRRCAP: 0 (no variable ranges, no fixed ranges, no write-combining), read-only.
 //! - IA32_MTRR_DEF_TYPE: write-back default with MTRRs enabled (E, type 6); writable with
 //!   a valid type (UC, WT, WP, WB: WC is not offered) and E; FE and reserved bits #GP.
@@ -26,10 +24,6 @@
 //!
 //! MSR numbers and bits: Intel SDM Vol. 4, Table 2-2 (architectural MSRs); MTRRs: SDM Vol.
 //! 3A §12.11.
-
-use crate::devices::lapic::{
-    APIC_BASE_BSP, APIC_BASE_EN, DEFAULT_APIC_BASE, IA32_APIC_BASE, IA32_TSC_DEADLINE,
-};
 
 pub use crate::devices::lapic::Gp;
 
@@ -63,28 +57,20 @@ pub const MISC_ENABLE_RESET: u64 =
 /// The MSR state of one vCPU that lives in the VM layer (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuMsrs {
-    apic_base: u64,
     mtrr_def_type: u64,
     misc_enable: u64,
 }
 
 impl VcpuMsrs {
-    /// The state of vCPU `index` at power-on (vCPU 0 is the boot processor).
+    /// The state of a vCPU at power-on.
     #[must_use]
-    pub fn new(index: u32) -> Self {
-        let bsp = if index == 0 { APIC_BASE_BSP } else { 0 };
-        Self {
-            apic_base: DEFAULT_APIC_BASE | APIC_BASE_EN | bsp,
-            mtrr_def_type: MTRR_DEF_TYPE_RESET,
-            misc_enable: MISC_ENABLE_RESET,
-        }
+    pub fn new() -> Self {
+        Self { mtrr_def_type: MTRR_DEF_TYPE_RESET, misc_enable: MISC_ENABLE_RESET }
     }
 
     /// RDMSR `msr`.
     pub fn read(&self, msr: u32) -> Result<u64, Gp> {
         match msr {
-            IA32_APIC_BASE => Ok(self.apic_base),
-            IA32_TSC_DEADLINE => Ok(0),
             IA32_MTRRCAP => Ok(0),
             IA32_MTRR_DEF_TYPE => Ok(self.mtrr_def_type),
             IA32_MISC_ENABLE => Ok(self.misc_enable),
@@ -95,8 +81,6 @@ impl VcpuMsrs {
     /// WRMSR `msr` with `value` (EDX:EAX). On `Err` nothing changed.
     pub fn write(&mut self, msr: u32, value: u64) -> Result<(), Gp> {
         match msr {
-            IA32_APIC_BASE if value == self.apic_base => Ok(()),
-            IA32_TSC_DEADLINE => Ok(()),
             IA32_MTRR_DEF_TYPE if valid_mtrr_def_type(value) => {
                 self.mtrr_def_type = value;
                 Ok(())
@@ -107,6 +91,12 @@ impl VcpuMsrs {
             }
             _ => Err(Gp),
         }
+    }
+}
+
+impl Default for VcpuMsrs {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -125,29 +115,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apic_base_names_the_boot_vcpu_and_keeps_its_value() {
-        let mut bsp = VcpuMsrs::new(0);
-        let mut ap = VcpuMsrs::new(1);
-        assert_eq!(bsp.read(IA32_APIC_BASE), Ok(0xFEE0_0900));
-        assert_eq!(ap.read(IA32_APIC_BASE), Ok(0xFEE0_0800));
-        assert_eq!(bsp.write(IA32_APIC_BASE, 0xFEE0_0900), Ok(()), "the same value is taken");
-        for other in [0xFEE0_0000, 0xFEE0_0D00, 0xFEC0_0900, 0xFEE0_0800] {
-            assert_eq!(bsp.write(IA32_APIC_BASE, other), Err(Gp), "{other:#x}");
-        }
-        assert_eq!(ap.write(IA32_APIC_BASE, 0xFEE0_0C00), Err(Gp), "no x2APIC until the LAPIC is wired");
-        assert_eq!(bsp.read(IA32_APIC_BASE), Ok(0xFEE0_0900));
-    }
-
-    #[test]
-    fn tsc_deadline_reads_zero_and_ignores_writes() {
-        let mut m = VcpuMsrs::new(0);
-        assert_eq!(m.write(IA32_TSC_DEADLINE, 12345), Ok(()));
-        assert_eq!(m.read(IA32_TSC_DEADLINE), Ok(0));
-    }
-
-    #[test]
     fn mtrrs_have_no_ranges_and_a_write_back_default() {
-        let mut m = VcpuMsrs::new(1);
+        let mut m = VcpuMsrs::new();
         assert_eq!(m.read(IA32_MTRRCAP), Ok(0));
         assert_eq!(m.write(IA32_MTRRCAP, 0), Err(Gp), "read-only");
         assert_eq!(m.read(IA32_MTRR_DEF_TYPE), Ok(0x806));
@@ -165,7 +134,7 @@ mod tests {
 
     #[test]
     fn misc_enable_has_fast_strings_and_only_that_bit_is_writable() {
-        let mut m = VcpuMsrs::new(0);
+        let mut m = VcpuMsrs::new();
         assert_eq!(m.read(IA32_MISC_ENABLE), Ok(0x1801));
         assert_eq!(m.write(IA32_MISC_ENABLE, 0x1800), Ok(()));
         assert_eq!(m.read(IA32_MISC_ENABLE), Ok(0x1800));
@@ -175,7 +144,7 @@ mod tests {
 
     #[test]
     fn speculation_msrs_raise_gp_and_the_cpuid_policy_hides_their_features() {
-        let mut m = VcpuMsrs::new(0);
+        let mut m = VcpuMsrs::new();
         for msr in [IA32_SPEC_CTRL, IA32_PRED_CMD, IA32_ARCH_CAPABILITIES] {
             assert_eq!(m.read(msr), Err(Gp), "{msr:#x}");
             assert_eq!(m.write(msr, 0), Err(Gp), "{msr:#x}");
@@ -189,7 +158,7 @@ mod tests {
 
     #[test]
     fn everything_else_raises_gp() {
-        let mut m = VcpuMsrs::new(0);
+        let mut m = VcpuMsrs::new();
         for msr in [MSR_PLATFORM_INFO, 0x3A, 0x8B, 0x17, 0x1D9, 0xC001_0015, 0x4000_0000, 0xDEAD_BEEF] {
             assert_eq!(m.read(msr), Err(Gp), "{msr:#x}");
             assert_eq!(m.write(msr, 0), Err(Gp), "{msr:#x}");

@@ -1,10 +1,13 @@
-//! A host CPU's queue of runnable vCPUs, served round robin. The image keeps one per CPU
-//! (`app/sched.rs`, which adds the CPU side: waking, sleeping, which queue is whose);
-//! what is here is plain logic, so it is tested on the host.
+//! A host CPU's queue of runnable vCPUs, served round robin, and of its halted vCPUs
+//! (`Slice::Blocked`), which go back to the runnable queue once woken (`vm::park`) or
+//! once their deadline passed. The image keeps one per CPU (`app/sched.rs`, which adds the
+//! CPU side: waking, sleeping, which queue is whose); what is here is plain logic, so it
+//! is tested on the host.
 
 use super::vcpu::{Runnable, Slice};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use spin::Mutex;
 
 /// What one scheduling step did.
@@ -17,22 +20,68 @@ pub enum Step {
     Empty,
 }
 
-#[derive(Default)]
+/// A halted vCPU, off the CPU until it is woken or `until` passes.
+struct Blocked {
+    runner: Box<dyn Runnable>,
+    until: Option<u64>,
+}
+
+impl Blocked {
+    fn is_ready(&self, now_ns: u64) -> bool {
+        self.runner.is_woken() || self.until.is_some_and(|until| until <= now_ns)
+    }
+}
+
 pub struct RunQueue {
     runnable: Mutex<VecDeque<Box<dyn Runnable>>>,
+    /// Locked before `runnable` where both are.
+    blocked: Mutex<Vec<Blocked>>,
+    /// Host nanoseconds (the blocked vCPUs' deadlines).
+    clock: fn() -> u64,
 }
 
 impl RunQueue {
-    pub const fn new() -> Self {
-        Self { runnable: Mutex::new(VecDeque::new()) }
+    pub const fn new(clock: fn() -> u64) -> Self {
+        Self { runnable: Mutex::new(VecDeque::new()), blocked: Mutex::new(Vec::new()), clock }
     }
 
     pub fn push(&self, runner: Box<dyn Runnable>) {
         self.runnable.lock().push_back(runner);
     }
 
+    /// Whether no vCPU is runnable (halted ones not counted).
     pub fn is_empty(&self) -> bool {
         self.runnable.lock().is_empty()
+    }
+
+    /// Whether a vCPU is runnable or a halted one is ready to run: the CPU may not sleep.
+    pub fn has_work(&self) -> bool {
+        !self.is_empty() || self.any_blocked_ready()
+    }
+
+    /// The earliest deadline of the halted vCPUs (host ns): the CPU's sleep ends by then.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.blocked.lock().iter().filter_map(|b| b.until).min()
+    }
+
+    fn any_blocked_ready(&self) -> bool {
+        let now = (self.clock)();
+        self.blocked.lock().iter().any(|b| b.is_ready(now))
+    }
+
+    /// Moves the halted vCPUs that are woken or whose deadline passed to the runnable end.
+    fn unblock(&self) {
+        let now = (self.clock)();
+        let mut blocked = self.blocked.lock();
+        let mut i = 0;
+        while i < blocked.len() {
+            if blocked[i].is_ready(now) {
+                let ready = blocked.swap_remove(i);
+                self.runnable.lock().push_back(ready.runner);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Runs one slice of the vCPU at the head of the queue.
@@ -43,7 +92,7 @@ impl RunQueue {
     /// spins waiting for. (Deciding once was the bug behind a two-vCPU guest that never
     /// finished; the test below is that guest.)
     pub fn run_one_slice(&self) -> Step {
-        self.run_head(&|| !self.is_empty())
+        self.run_head(&|| self.has_work())
     }
 
     /// Runs the vCPU at the head of the queue until the next host interrupt at most: for a
@@ -54,6 +103,7 @@ impl RunQueue {
     }
 
     fn run_head(&self, share_cpu: &dyn Fn() -> bool) -> Step {
+        self.unblock();
         let Some(mut runner) = self.runnable.lock().pop_front() else { return Step::Empty };
         match runner.run_slice(share_cpu) {
             Slice::Yielded => {
@@ -63,6 +113,10 @@ impl RunQueue {
             Slice::Paused => {
                 self.push(runner);
                 Step::Paused
+            }
+            Slice::Blocked { until } => {
+                self.blocked.lock().push(Blocked { runner, until });
+                Step::Ran
             }
             Slice::Ended(_) => Step::Ran,
         }
@@ -76,6 +130,10 @@ mod tests {
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
+
+    fn no_clock() -> u64 {
+        0
+    }
 
     /// vCPU 0 of a guest like memtouch: it spins until its sibling has run. Each turn of
     /// the loop stands for a host timer interrupt.
@@ -95,6 +153,10 @@ mod tests {
             }
             Slice::Ended(VcpuEnd::VmFinished)
         }
+
+        fn is_woken(&self) -> bool {
+            false
+        }
     }
 
     struct Sibling {
@@ -104,13 +166,17 @@ mod tests {
     impl Runnable for Sibling {
         fn run_slice(&mut self, _: &dyn Fn() -> bool) -> Slice {
             self.ran.store(true, Ordering::SeqCst);
-            Slice::Ended(VcpuEnd::Halted)
+            Slice::Ended(VcpuEnd::VmFinished)
+        }
+
+        fn is_woken(&self) -> bool {
+            false
         }
     }
 
     #[test]
     fn a_vcpu_running_alone_yields_to_one_queued_after_it_began() {
-        let queue = Arc::new(RunQueue::new());
+        let queue = Arc::new(RunQueue::new(no_clock));
         let started = Arc::new(AtomicBool::new(false));
         let sibling_ran = Arc::new(AtomicBool::new(false));
         queue.push(Box::new(WaitsForSibling { started: started.clone(), sibling_ran: sibling_ran.clone() }));
@@ -151,15 +217,19 @@ mod tests {
                     return Slice::Yielded;
                 }
                 if self.ticks == 1000 {
-                    return Slice::Ended(VcpuEnd::Halted);
+                    return Slice::Ended(VcpuEnd::VmFinished);
                 }
             }
+        }
+
+        fn is_woken(&self) -> bool {
+            false
         }
     }
 
     #[test]
     fn a_tick_of_a_lone_spinning_vcpu_gives_the_cpu_back_at_the_next_host_interrupt() {
-        let queue = RunQueue::new();
+        let queue = RunQueue::new(no_clock);
         queue.push(Box::new(Spins { ticks: 0 }));
         for _ in 0..3 {
             assert_eq!(queue.run_one_tick(), Step::Ran);
@@ -177,11 +247,61 @@ mod tests {
             fn run_slice(&mut self, _: &dyn Fn() -> bool) -> Slice {
                 Slice::Paused
             }
+
+            fn is_woken(&self) -> bool {
+                false
+            }
         }
-        let queue = RunQueue::new();
+        let queue = RunQueue::new(no_clock);
         assert_eq!(queue.run_one_slice(), Step::Empty);
         queue.push(Box::new(Paused));
         assert_eq!(queue.run_one_slice(), Step::Paused);
         assert!(!queue.is_empty(), "a paused vCPU stays queued");
+    }
+
+    /// A halted vCPU: blocked until `until` (host ns) or a wake; counts its slices.
+    struct Halter {
+        woken: Arc<AtomicBool>,
+        until: Option<u64>,
+        slices: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Runnable for Halter {
+        fn run_slice(&mut self, _: &dyn Fn() -> bool) -> Slice {
+            self.slices.fetch_add(1, Ordering::SeqCst);
+            self.woken.store(false, Ordering::SeqCst);
+            Slice::Blocked { until: self.until }
+        }
+
+        fn is_woken(&self) -> bool {
+            self.woken.load(Ordering::SeqCst)
+        }
+    }
+
+    static NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn test_clock() -> u64 {
+        NOW.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_halted_vcpu_stays_off_the_cpu_until_woken_or_its_deadline() {
+        let queue = RunQueue::new(test_clock);
+        let woken = Arc::new(AtomicBool::new(false));
+        let slices = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        queue.push(Box::new(Halter { woken: woken.clone(), until: Some(1_000), slices: slices.clone() }));
+        assert_eq!(queue.run_one_slice(), Step::Ran);
+        assert_eq!(queue.run_one_slice(), Step::Empty, "halted: not run again");
+        assert!(!queue.has_work(), "the CPU may sleep");
+        assert_eq!(queue.next_deadline(), Some(1_000), "until its deadline");
+        woken.store(true, Ordering::SeqCst);
+        assert!(queue.has_work(), "a wake is work");
+        assert_eq!(queue.run_one_slice(), Step::Ran);
+        assert_eq!(slices.load(Ordering::SeqCst), 2);
+        assert_eq!(queue.run_one_slice(), Step::Empty);
+        NOW.store(1_000, Ordering::SeqCst);
+        assert!(queue.has_work(), "its deadline passed");
+        assert_eq!(queue.run_one_slice(), Step::Ran);
+        assert_eq!(slices.load(Ordering::SeqCst), 3);
     }
 }

@@ -3,7 +3,9 @@
 //! the `Stats` schema of `docs/api/openapi.yaml` (an API test compares them).
 
 use super::ExitStats;
+use crate::devices::irqchip::Injection;
 use crate::mmu;
+use core::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 /// One JSON object: `{"mmu": {...}, "exits": {...}, "tlb_flushes": N, ...}`.
@@ -20,4 +22,60 @@ pub struct VmStats {
     pub unknown_port_writes: u64,
     /// From `start` to the guest's first console byte (0: no output yet).
     pub start_to_first_console_ns: u64,
+    /// Interrupt delivery, halts and timers.
+    pub interrupts: InterruptStats,
+}
+
+/// Interrupt delivery and halts of one VM, counted as they happen.
+#[derive(Default)]
+pub struct InterruptCounts {
+    interrupts: AtomicU64,
+    nmis: AtomicU64,
+    halts: AtomicU64,
+    wakeups: AtomicU64,
+}
+
+impl InterruptCounts {
+    pub fn injected(&self, injection: Injection) {
+        let counter = if injection == Injection::Nmi { &self.nmis } else { &self.interrupts };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn halt(&self) {
+        self.halts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wakeup(&self) {
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now, with what the caller reads elsewhere: the LAPIC timers' expiries
+    /// and the vCPUs halted now.
+    #[must_use]
+    pub fn snapshot(&self, timer_expiries: u64, halted_vcpus: u64) -> InterruptStats {
+        InterruptStats {
+            injected: self.interrupts.load(Ordering::Relaxed),
+            nmis_injected: self.nmis.load(Ordering::Relaxed),
+            halts: self.halts.load(Ordering::Relaxed),
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            timer_expiries,
+            halted_vcpus,
+        }
+    }
+}
+
+/// The `interrupts` object of the API's `Stats` schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InterruptStats {
+    /// External interrupts injected (each counted once, however often its delivery was
+    /// interrupted and re-injected).
+    pub injected: u64,
+    pub nmis_injected: u64,
+    /// HLTs executed, and halts that ended (an event woke the vCPU).
+    pub halts: u64,
+    pub wakeups: u64,
+    /// Local APIC timer expiries (masked ones included).
+    pub timer_expiries: u64,
+    /// vCPUs halted now.
+    pub halted_vcpus: u64,
 }

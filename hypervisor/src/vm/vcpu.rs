@@ -1,10 +1,14 @@
-//! The vCPU loop: load the root for the vCPU's role, run, report quiescence, handle the
-//! exit; until the VM reaches a final state or the vCPU halts. A platform reset the guest
-//! asked for restarts the vCPU at its entry at the top of the loop. A [`VcpuRunner`] runs in
-//! slices, so several vCPUs can share a host CPU (time-sliced by the host timer, whose
-//! interrupts make the guest exit).
+//! The vCPU loop: load the root for the vCPU's role, prepare the entry (timers, interrupt
+//! injection and windows: `vm::entry`), run, report quiescence, handle the exit; until the
+//! VM reaches a final state. A platform reset the guest asked for restarts the vCPU at its
+//! entry at the top of the loop. A [`VcpuRunner`] runs in slices, so several vCPUs can
+//! share a host CPU (time-sliced by the host timer, whose interrupts make the guest exit).
+//! A HLT that nothing wakes ends the slice with [`Slice::Blocked`]: the vCPU stays halted
+//! (its next slice looks again) until an interrupt it would take, its timer, or a pause or
+//! stop of the VM (`vm::park`).
 
 use super::Vm;
+use super::entry;
 use super::exits::{self, Flow, VcpuContext};
 use super::msr::VcpuMsrs;
 use crate::backend::{Backend, BackendVcpu};
@@ -19,8 +23,6 @@ use core::sync::atomic::Ordering;
 pub enum VcpuEnd {
     /// The VM reached a final state.
     VmFinished,
-    /// The vCPU executed HLT with nothing to wake it.
-    Halted,
 }
 
 /// How a slice ended.
@@ -30,6 +32,11 @@ pub enum Slice {
     Yielded,
     /// The VM is paused: run this vCPU again later.
     Paused,
+    /// The vCPU is halted: run it again once it is woken (`vm::park`) or at host time
+    /// `until` (its next timer deadline), whichever comes first.
+    Blocked {
+        until: Option<u64>,
+    },
     Ended(VcpuEnd),
 }
 
@@ -43,20 +50,41 @@ pub struct VcpuRunner<B: Backend> {
     msrs: VcpuMsrs,
     /// The VM's platform-reset count this vCPU has restarted for.
     resets_seen: u64,
+    /// What the vCPU does now, and after a platform reset.
+    activity: Activity,
+    start: Activity,
+}
+
+/// A vCPU's activity state (as VMX names them, SDM Vol. 3C §25.4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Activity {
+    Running,
+    /// Executed HLT; runs again when `vm::entry::halt` says an event wakes it.
+    Halted,
+    /// An AP after INIT (or from power-on, `Vm::aps_wait_for_sipi`): runs again at a
+    /// start-up IPI's vector.
+    WaitForSipi,
 }
 
 impl<B: Backend> VcpuRunner<B> {
     pub fn new(vm: &Arc<Vm<B>>, index: u32, vcpu: B::Vcpu) -> Self {
         let mmu = vm.mmu.create_vcpu();
         let resets_seen = vm.platform_resets();
+        let mut vcpu = vcpu;
+        vcpu.set_tsc_offset(vm.tsc_offset);
+        vm.park(index).attach(vcpu.exit_request());
+        let start =
+            if index != 0 && vm.aps_wait_for_sipi() { Activity::WaitForSipi } else { Activity::Running };
         Self {
             vm: vm.clone(),
             index,
             vcpu,
             mmu,
             as_id: AsId::Normal,
-            msrs: VcpuMsrs::new(index),
+            msrs: VcpuMsrs::new(),
             resets_seen,
+            activity: start,
+            start,
         }
     }
 
@@ -71,6 +99,7 @@ impl<B: Backend> VcpuRunner<B> {
     /// (the second vCPU of the same VM, submitted a moment after the first, which the first
     /// may be spinning on).
     pub fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
+        self.vm.park(self.index).runs_on(B::current_cpu());
         let mut cx = VcpuContext {
             vm: &self.vm,
             index: self.index,
@@ -92,10 +121,38 @@ impl<B: Backend> VcpuRunner<B> {
             if resets != self.resets_seen {
                 // The guest reset the platform (`vm::platform`): start again at the entry.
                 self.resets_seen = resets;
+                self.activity = self.start;
+                cx.vm.park(cx.index).set_halted(false);
                 if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
                     cx.vm.finish(state);
                     break VcpuEnd::VmFinished;
                 }
+            }
+            match self.activity {
+                Activity::Running => {}
+                Activity::Halted => match entry::halt(cx.vm, cx.index, cx.vcpu) {
+                    Some(until) => {
+                        self.as_id = cx.as_id;
+                        self.mmu.report_offline();
+                        return Slice::Blocked { until };
+                    }
+                    None => {
+                        self.activity = Activity::Running;
+                        cx.vm.park(cx.index).set_halted(false);
+                        cx.vm.interrupt_counts.wakeup();
+                    }
+                },
+                Activity::WaitForSipi => match entry::wait_for_sipi(cx.vm, cx.index) {
+                    None => {
+                        self.as_id = cx.as_id;
+                        self.mmu.report_offline();
+                        return Slice::Blocked { until: None };
+                    }
+                    Some(vector) => {
+                        exits::start_at_sipi(&mut cx, vector);
+                        self.activity = Activity::Running;
+                    }
+                },
             }
             // A reload request only asks for what `load` checks anyway: whether the current
             // root is still valid. Clearing it first means a request that arrives after this
@@ -109,6 +166,19 @@ impl<B: Backend> VcpuRunner<B> {
                     break VcpuEnd::VmFinished;
                 }
             };
+            if entry::prepare(&mut cx) == entry::Prepared::Init {
+                // INIT (SDM Vol. 3A §9.4): the boot vCPU restarts at its entry, the others
+                // wait for a start-up IPI.
+                if cx.index == 0 {
+                    if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
+                        cx.vm.finish(state);
+                        break VcpuEnd::VmFinished;
+                    }
+                } else {
+                    self.activity = Activity::WaitForSipi;
+                }
+                continue;
+            }
             let exit = cx.vcpu.run(root);
             cx.mmu.report_quiescent();
             cx.vm.check_deadline();
@@ -122,7 +192,13 @@ impl<B: Backend> VcpuRunner<B> {
                     return Slice::Yielded;
                 }
                 Flow::Continue => {}
-                Flow::Halt => break VcpuEnd::Halted,
+                Flow::Halt => {
+                    // Blocked or not is decided at the top of the loop, after the stop
+                    // and pause checks.
+                    self.activity = Activity::Halted;
+                    cx.vm.park(cx.index).set_halted(true);
+                    cx.vm.interrupt_counts.halt();
+                }
                 Flow::Finish(state) => {
                     cx.vm.finish(state);
                     break VcpuEnd::VmFinished;
@@ -139,10 +215,16 @@ impl<B: Backend> VcpuRunner<B> {
 /// A vCPU runner with its backend erased, for the host's scheduler queues.
 pub trait Runnable: Send {
     fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice;
+    /// Whether a blocked vCPU was woken since it blocked (`vm::park`).
+    fn is_woken(&self) -> bool;
 }
 
 impl<B: Backend> Runnable for VcpuRunner<B> {
     fn run_slice(&mut self, share_cpu: &dyn Fn() -> bool) -> Slice {
         VcpuRunner::run_slice(self, share_cpu)
+    }
+
+    fn is_woken(&self) -> bool {
+        self.vm.park(self.index).is_woken()
     }
 }

@@ -18,6 +18,8 @@ pub fn decode(vmcb: &Vmcb) -> Exit {
         exit_code::INTR | exit_code::NMI | exit_code::SMI => Exit::HostInterrupt,
         exit_code::CPUID => Exit::Cpuid,
         exit_code::HLT => Exit::Hlt,
+        exit_code::VINTR => Exit::InterruptWindow,
+        exit_code::IRET => Exit::NmiWindow,
         exit_code::VMMCALL => Exit::Hypercall,
         exit_code::SHUTDOWN => Exit::Shutdown,
         // VMEXIT_INVALID is -1 in the 64-bit field; QEMU TCG writes it 32 bits wide.

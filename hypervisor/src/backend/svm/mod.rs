@@ -25,13 +25,14 @@
 
 mod emulation;
 mod exit;
+mod interrupts;
 pub mod vmcb;
 mod world_switch;
 
 use super::choice::{self, Choice};
 use super::control_regs::{self, ControlRegs};
 use super::debug_regs::DebugRegs;
-use super::events::{Event, EventQueue};
+use super::events::{Event, EventQueue, NmiBlocking, Windows};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::ibpb::{self, VmIdentity};
@@ -231,6 +232,13 @@ pub struct SvmVcpu {
     roots: RootTracker,
     /// The event in flight at the last exit and those requested since (`backend::events`).
     events: EventQueue,
+    /// The window exits the entry path asked for, and the guest's NMI blocking
+    /// (`interrupts`).
+    windows: Windows,
+    nmi: NmiBlocking,
+    /// What the VMCB's window bits were written for: the windows and the NMI blocking
+    /// state that decides the IRET intercept (`None`: unknown, after a reset).
+    windows_written: Option<(Windows, bool, bool)>,
 }
 
 // SAFETY-free note: the VMCB page is owned by this value; moving the value to another CPU
@@ -249,6 +257,9 @@ impl SvmVcpu {
             tag: VcpuTag::default(),
             roots: RootTracker::default(),
             events: EventQueue::default(),
+            windows: Windows::default(),
+            nmi: NmiBlocking::default(),
+            windows_written: None,
         };
         vcpu.init_controls();
         vcpu.reset(entry);
@@ -384,10 +395,19 @@ impl SvmVcpu {
     /// EVENTINJ for the next VMRUN: the event `backend::events` picks, or none. Written
     /// before every VMRUN, so an EVENTINJ left from an earlier entry never injects twice.
     fn write_event_injection(&mut self) {
-        let eventinj = self.events.next_entry().map_or(0, |event| {
+        let event = self.events.next_entry();
+        if event.is_some_and(|event| event.is_nmi()) {
+            self.nmi.injected();
+        }
+        let eventinj = event.map_or(0, |event| {
             (event.info as u64) | ((event.error_code as u64) << vmcb::EVENT_ERROR_CODE_SHIFT)
         });
         self.vmcb.write64(control::EVENT_INJECTION, eventinj);
+        let wanted = (self.windows, self.nmi.in_handler(), self.nmi.iret_pending());
+        if self.windows_written != Some(wanted) {
+            interrupts::write_windows(&mut self.vmcb, self.windows, &self.nmi);
+            self.windows_written = Some(wanted);
+        }
     }
 }
 
@@ -432,6 +452,9 @@ impl BackendVcpu for SvmVcpu {
         v.write64(control::EVENT_INJECTION, 0);
         v.write64(control::INTERRUPT_SHADOW, 0);
         self.events.clear();
+        self.windows = Windows::default();
+        self.nmi = NmiBlocking::default();
+        self.windows_written = None;
         self.regs = entry.regs;
         self.xstate.reset();
         self.debug = DebugRegs::default();
@@ -464,6 +487,9 @@ impl BackendVcpu for SvmVcpu {
             _ => 0,
         };
         self.set_rip(self.rip().wrapping_add(len));
+        // Past the instruction, the STI / MOV SS shadow is over (KVM's
+        // `svm_skip_emulated_instruction` clears it too).
+        self.vmcb.write64(control::INTERRUPT_SHADOW, 0);
     }
 
     fn guest_cr4(&self) -> u64 {
@@ -489,8 +515,20 @@ impl BackendVcpu for SvmVcpu {
             let tlb = self.choose_asid(cpu, root_pointer);
             self.vmcb.write8(control::TLB_CONTROL, tlb);
             self.vmcb.write64(save::RAX, self.regs.rax);
-            self.write_event_injection();
             x86_64::instructions::interrupts::disable();
+            if self.sync.take_exit_request() {
+                // Another CPU asked for an exit (`backend::ExitRequest`): none entered, no
+                // event taken from the queue.
+                // The flush this entry was to do (TLB_CONTROL) is not done: ask for it again,
+                // since `choose_asid` consumed the request and recorded the root as entered.
+                if tlb != vmcb::TLB_CONTROL_NOTHING {
+                    self.sync.request_flush();
+                }
+                self.sync.exited();
+                x86_64::instructions::interrupts::enable();
+                return Exit::HostInterrupt;
+            }
+            self.write_event_injection();
             ibpb::before_entry(cpu, self.vm.identity);
             fpu::load_guest(&mut self.xstate);
             self.debug.load(false);
@@ -508,10 +546,39 @@ impl BackendVcpu for SvmVcpu {
             // The exit left interrupts off (GIF set again, IF clear); take pending ones now.
             x86_64::instructions::interrupts::enable();
             let exit = exit::decode(&self.vmcb);
+            if exit == Exit::NmiWindow {
+                self.nmi.iret(self.rip());
+            } else if self.nmi.blocked() {
+                self.nmi.exited_at(self.rip());
+            }
             if !self.handle_internally(&exit) {
                 return exit;
             }
         }
+    }
+
+    fn openings(&self) -> crate::devices::irqchip::Openings {
+        interrupts::openings(&self.vmcb, &self.nmi, &self.events)
+    }
+
+    fn inject(&mut self, injection: crate::devices::irqchip::Injection) {
+        self.events.request(Event::of_injection(injection));
+    }
+
+    fn set_windows(&mut self, windows: Windows) {
+        self.windows = windows;
+    }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcb.read64(save::RFLAGS) & vmcb::RFLAGS_IF != 0
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.vmcb.write64(control::TSC_OFFSET, offset);
+    }
+
+    fn exit_request(&self) -> Arc<dyn super::ExitRequest> {
+        self.sync.clone()
     }
 
     fn describe(&self) -> String {
@@ -626,5 +693,17 @@ impl Backend for Svm {
 
     fn tag_stats() -> alloc::vec::Vec<tags::TagStats> {
         ASIDS.stats()
+    }
+
+    fn host_tsc() -> u64 {
+        libos::time::tsc()
+    }
+
+    fn current_cpu() -> usize {
+        libos::smp::current_cpu()
+    }
+
+    fn kick_cpu(cpu: usize) {
+        libos::smp::kick(cpu);
     }
 }

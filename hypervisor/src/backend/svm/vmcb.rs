@@ -63,6 +63,10 @@ pub mod misc1 {
     pub const NMI: u32 = 1 << 1;
     pub const SMI: u32 = 1 << 2;
     pub const INIT: u32 = 1 << 3;
+    /// A virtual interrupt (V_IRQ) the guest can take now: the interrupt window.
+    pub const VINTR: u32 = 1 << 4;
+    /// IRET: the end of the guest's NMI handler, the SVM NMI window (as KVM does).
+    pub const IRET: u32 = 1 << 20;
     pub const CPUID: u32 = 1 << 18;
     pub const INVD: u32 = 1 << 22;
     pub const HLT: u32 = 1 << 24;
@@ -89,6 +93,16 @@ pub const NP_ENABLE: u64 = 1 << 0;
 /// VINTR control bit 24: virtualize interrupt masking, so the guest's RFLAGS.IF masks only
 /// virtual interrupts and physical ones still reach the host (APM Vol. 2 §15.21.1).
 pub const V_INTR_MASKING: u64 = 1 << 24;
+/// VINTR bit 8 V_IRQ (a virtual interrupt is pending), bits 19:16 V_INTR_PRIO, bit 20
+/// V_IGN_TPR (deliver it whatever V_TPR says): with the VINTR intercept, the interrupt
+/// window (APM Vol. 2 §15.21.4, Table B-1 offset 0x60).
+pub const V_IRQ: u64 = 1 << 8;
+pub const V_INTR_PRIO_MASK: u64 = 0xF << 16;
+pub const V_IGN_TPR: u64 = 1 << 20;
+/// INTERRUPT_SHADOW bit 0: the guest is in an STI / MOV SS shadow (APM Vol. 2 §15.21.5).
+pub const INTERRUPT_SHADOW_ACTIVE: u64 = 1 << 0;
+/// RFLAGS.IF (APM Vol. 2 §3.1.6).
+pub const RFLAGS_IF: u64 = 1 << 9;
 /// TLB_CONTROL values (APM Vol. 2 §15.16.1).
 pub const TLB_CONTROL_NOTHING: u8 = 0;
 pub const TLB_CONTROL_FLUSH_ALL: u8 = 1;
@@ -111,7 +125,9 @@ pub mod exit_code {
     pub const NMI: u64 = 0x61;
     pub const SMI: u64 = 0x62;
     pub const INIT: u64 = 0x63;
+    pub const VINTR: u64 = 0x64;
     pub const CPUID: u64 = 0x72;
+    pub const IRET: u64 = 0x74;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7B;
     pub const MSR: u64 = 0x7C;

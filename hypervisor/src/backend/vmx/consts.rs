@@ -7,6 +7,8 @@ pub mod exit_reason {
     pub const EXTERNAL_INTERRUPT: u16 = 1;
     pub const TRIPLE_FAULT: u16 = 2;
     pub const CPUID: u16 = 10;
+    pub const INTERRUPT_WINDOW: u16 = 7;
+    pub const NMI_WINDOW: u16 = 8;
     pub const HLT: u16 = 12;
     pub const VMCALL: u16 = 18;
     pub const CR_ACCESS: u16 = 28;
@@ -109,9 +111,14 @@ pub mod intr_info {
     pub const TYPE_SOFTWARE: u64 = 6;
     pub const ERROR_CODE: u64 = 1 << 11;
     pub const VECTOR_MASK: u64 = 0xFF;
-    /// Guest interruptibility state bit 3: blocking by NMI (SDM Vol. 3C §25.4.2).
+    /// Guest interruptibility state (SDM Vol. 3C §25.4.2, Table 25-3): blocking by STI
+    /// (bit 0), by MOV SS (bit 1), by NMI (bit 3).
+    pub const INTERRUPTIBILITY_BLOCKING_BY_STI: u64 = 1 << 0;
+    pub const INTERRUPTIBILITY_BLOCKING_BY_MOV_SS: u64 = 1 << 1;
     pub const INTERRUPTIBILITY_BLOCKING_BY_NMI: u64 = 1 << 3;
 }
+/// RFLAGS.IF (SDM Vol. 1 §3.4.3.3).
+pub const RFLAGS_IF: u64 = 1 << 9;
 /// IA32_KERNEL_GS_BASE, which SWAPGS exchanges with GS.base without an exit.
 pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;

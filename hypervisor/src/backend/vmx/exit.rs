@@ -25,6 +25,8 @@ pub fn decode(v: &Current) -> (u32, Exit) {
         exit_reason::TRIPLE_FAULT => Exit::Shutdown,
         exit_reason::CPUID => Exit::Cpuid,
         exit_reason::HLT => Exit::Hlt,
+        exit_reason::INTERRUPT_WINDOW => Exit::InterruptWindow,
+        exit_reason::NMI_WINDOW => Exit::NmiWindow,
         exit_reason::VMCALL => Exit::Hypercall,
         exit_reason::RDMSR => Exit::Msr { write: false },
         exit_reason::WRMSR => Exit::Msr { write: true },

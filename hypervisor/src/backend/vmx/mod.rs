@@ -24,6 +24,7 @@ mod cpu;
 mod cr;
 mod emulation;
 mod exit;
+mod interrupts;
 mod nmi;
 mod pdpte;
 mod setup;
@@ -31,7 +32,7 @@ mod vmcs;
 mod world_switch;
 
 use super::debug_regs::{DR6_STATUS, DebugRegs};
-use super::events::{self, Event, EventQueue};
+use super::events::{self, Event, EventQueue, Windows};
 use super::fpu;
 use super::host::{DirectMap, Frames, LibosClock};
 use super::ibpb::{self, VmIdentity};
@@ -167,6 +168,8 @@ pub struct VmxVcpu {
     events: EventQueue,
     /// The CR2 of an injected #PF, loaded just before the entry (`emulation`).
     pending_cr2: emulation::PendingCr2,
+    /// The window exits and TSC offset the VM layer asked for.
+    requests: interrupts::EntryRequests,
 }
 
 impl VmxVcpu {
@@ -194,6 +197,7 @@ impl VmxVcpu {
             last_exit_reason: 0,
             events: EventQueue::default(),
             pending_cr2: emulation::PendingCr2::default(),
+            requests: interrupts::EntryRequests::default(),
         })
     }
 
@@ -209,6 +213,7 @@ impl VmxVcpu {
         setup::write_host_state(&v)?;
         setup::write_guest_state(&v, cpu::host(), &mut self.cr, &self.entry)?;
         self.regs = self.entry.regs;
+        self.requests.vmcs_filled();
         Ok(())
     }
 
@@ -230,9 +235,27 @@ impl VmxVcpu {
             let cpu = libos::smp::current_cpu();
             let requested = self.sync.entering(cpu);
             let stale = self.roots.on_entry(cpu, eptp, requested);
-            flush_on_entry(&v, cpu, stale, eptp, &mut self.tag, &mut self.vpid)?;
-            write_event_injection(&v, self.events.next_entry())?;
+            if let Err(error) = flush_on_entry(&v, cpu, stale, eptp, &mut self.tag, &mut self.vpid) {
+                // Not entering after all: a flusher waiting for this vCPU must see it out
+                // of the guest.
+                self.sync.exited();
+                return Err(error);
+            }
             x86_64::instructions::interrupts::disable();
+            if self.sync.take_exit_request() {
+                // Another CPU asked for an exit (`backend::ExitRequest`): none entered, no
+                // event taken from the queue.
+                self.sync.exited();
+                x86_64::instructions::interrupts::enable();
+                return Ok(Exit::HostInterrupt);
+            }
+            let written =
+                self.requests.apply(&v).and_then(|()| write_event_injection(&v, self.events.next_entry()));
+            if let Err(error) = written {
+                self.sync.exited();
+                x86_64::instructions::interrupts::enable();
+                return Err(error);
+            }
             ibpb::before_entry(cpu, self.vm.identity);
             fpu::load_guest(&mut self.xstate);
             self.debug.load(true);
@@ -374,7 +397,7 @@ fn reflect_exception(v: &Current, debug: &mut DebugRegs, events: &mut EventQueue
 /// bit (SDM Vol. 3C §28.2 "Recording VM-Exit Information and Updating VM-Entry Control
 /// Fields"), so an earlier injection never repeats. Re-injecting an NMI whose delivery the
 /// exit interrupted clears blocking by NMI first, as KVM's `__vmx_complete_interrupts`
-/// does (the exit during delivery left it set; Taproot itself injects no NMIs).
+/// does (the exit during delivery left it set).
 fn write_event_injection(v: &Current, event: Option<Event>) -> Result<(), BackendError> {
     use consts::intr_info::*;
     let Some(event) = event else { return Ok(()) };
@@ -404,6 +427,7 @@ fn is_software(kind: u64) -> bool {
 fn skip_instruction(v: &Current) {
     let len = v.read(ro::VMEXIT_INSTRUCTION_LEN);
     let _ = v.write(guest::RIP, v.read(guest::RIP).wrapping_add(len));
+    interrupts::end_shadow(v);
 }
 
 /// #GP(0) for the guest: a hardware exception, vector 13, whose error code is delivered
@@ -429,6 +453,7 @@ impl BackendVcpu for VmxVcpu {
         self.cr.cr8 = 0;
         self.events.clear();
         self.pending_cr2.clear();
+        self.requests.windows = Windows::default();
         if self.vmcs.bound_cpu().is_some()
             && let Ok(v) = self.vmcs.current()
         {
@@ -481,6 +506,31 @@ impl BackendVcpu for VmxVcpu {
             log::error!("vmx: {error}");
             Exit::InvalidState
         })
+    }
+
+    fn openings(&self) -> crate::devices::irqchip::Openings {
+        // Before the first entry (no VMCS on this CPU yet) the guest takes nothing.
+        self.vmcs.current().map_or_else(|_| Default::default(), |v| interrupts::openings(&v, &self.events))
+    }
+
+    fn inject(&mut self, injection: crate::devices::irqchip::Injection) {
+        self.events.request(Event::of_injection(injection));
+    }
+
+    fn set_windows(&mut self, windows: Windows) {
+        self.requests.windows = windows;
+    }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcs.current().is_ok_and(|v| v.read(guest::RFLAGS) & RFLAGS_IF != 0)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.requests.set_tsc_offset(offset);
+    }
+
+    fn exit_request(&self) -> Arc<dyn super::ExitRequest> {
+        self.sync.clone()
     }
 
     fn describe(&self) -> String {
@@ -611,5 +661,17 @@ impl Backend for Vmx {
 
     fn tag_stats() -> alloc::vec::Vec<tags::TagStats> {
         VPIDS.stats()
+    }
+
+    fn host_tsc() -> u64 {
+        libos::time::tsc()
+    }
+
+    fn current_cpu() -> usize {
+        libos::smp::current_cpu()
+    }
+
+    fn kick_cpu(cpu: usize) {
+        libos::smp::kick(cpu);
     }
 }

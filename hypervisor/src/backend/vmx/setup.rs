@@ -49,13 +49,14 @@ pub fn write_controls(
     }
     let pin = adjust(host.pin_controls, "pin-based", pin.bits(), |b| {
         format!("{:?}", PinbasedControls::from_bits_truncate(b))
-    })?;
+    })? | super::interrupts::optional_pin_controls(host);
     let primary = adjust(
         host.primary_controls,
         "primary processor-based",
         (PrimaryControls::HLT_EXITING
             | PrimaryControls::CR8_LOAD_EXITING
             | PrimaryControls::CR8_STORE_EXITING
+            | PrimaryControls::USE_TSC_OFFSETTING
             | PrimaryControls::USE_IO_BITMAPS
             | PrimaryControls::USE_MSR_BITMAPS
             | PrimaryControls::SECONDARY_CONTROLS)

@@ -196,6 +196,16 @@ pub fn timer_hz() -> u64 {
     TIMER_COUNTS_PER_SEC.load(Ordering::Relaxed)
 }
 
+/// Makes this CPU's timer fire once, `ns` from now (the periodic tick stops until
+/// [`start_periodic_timer`]).
+pub fn start_one_shot_timer(ns: u64) {
+    let counts = (ns as u128 * timer_hz() as u128 / 1_000_000_000).clamp(1, u32::MAX as u128) as u32;
+    let apic = access();
+    apic.write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+    apic.write(REG_LVT_TIMER, vectors::TIMER as u32);
+    apic.write(REG_TIMER_INITIAL, counts);
+}
+
 /// Starts this CPU's periodic timer at [`TIMER_HZ`].
 pub fn start_periodic_timer() {
     let apic = access();
