@@ -2,7 +2,7 @@
 //! entry, and what a HLT does.
 //!
 //! Before each entry ([`prepare`]): timers whose deadline has passed fire
-//! (`Irqchip::tick`); the irqchip picks at most one event for what the guest can take now
+//! (`PortBus::tick`: the LAPIC timers, and the platform's on vCPU 0); the irqchip picks at most one event for what the guest can take now
 //! (`Irqchip::entry_events` with the backend's `openings`), which the backend injects
 //! through its `EventQueue`; and the backend asks for an interrupt or NMI window exit for
 //! whatever stays pending. The lock is the VM's device lock, taken once per entry; the
@@ -27,14 +27,13 @@ use crate::devices::irqchip::{EntryEvents, VcpuMask};
 fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: &dyn Fn() -> u64) -> VcpuMask {
     let Some(deadline) = next_deadline(devices, vcpu) else { return VcpuMask::EMPTY };
     let now = now_ns();
-    if deadline <= now { devices.irqchip_mut().tick(now) } else { VcpuMask::EMPTY }
+    if deadline <= now { devices.tick(now) } else { VcpuMask::EMPTY }
 }
 
-/// The earliest host time at which the VM's timers have something for `vcpu`. With
-/// [`tick_timers`], the one place to switch to `PortBus`'s own once it ticks its devices'
-/// timers too.
+/// The earliest host time at which the VM's timers have something for `vcpu`: its LAPIC
+/// timer and, for vCPU 0, the platform's (PIT, RTC, PM timer: `PortBus::next_deadline`).
 fn next_deadline(devices: &PortBus, vcpu: u32) -> Option<u64> {
-    devices.irqchip().next_deadline(vcpu)
+    devices.next_deadline(vcpu)
 }
 
 /// The vCPUs of `mask` other than `vcpu` (which is running here and needs no wake).

@@ -184,6 +184,9 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             if !io.is_in && io.port == taproot_guest_abi::port::COM1_BASE {
                 cx.vm.console_written();
             }
+            // An access can make an interrupt pending elsewhere (a PIC unmask, an RTC
+            // register); this vCPU looks at its own before its next entry anyway.
+            cx.vm.wake_vcpus(super::entry::others(result.wake, cx.index));
             port_outcome(cx, io.port, result.effect)
         }
         Exit::Msr { write } if Irqchip::is_lapic_msr(cx.vcpu.regs().rcx as u32) => lapic_msr(cx, write),

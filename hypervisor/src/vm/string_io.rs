@@ -17,6 +17,7 @@ use super::exits::{self, Flow, VcpuContext};
 use super::guest_ram::GuestRam;
 use super::mmio::{self, Operation, Resolution};
 use crate::backend::{Backend, BackendVcpu, IoExit};
+use crate::devices::irqchip::VcpuMask;
 use crate::devices::{IoEffect, PortBus};
 use crate::emulate::Segment;
 use crate::emulate::string_io::{self, Direction, Ports, StringIo};
@@ -30,6 +31,8 @@ struct BusPorts<'a> {
     /// The first access with an effect, and its port.
     effect: Option<(u16, IoEffect)>,
     wrote_console: bool,
+    /// The vCPUs the accesses made an interrupt pending for (woken after the last one).
+    wake: VcpuMask,
 }
 
 impl Ports for BusPorts<'_> {
@@ -39,6 +42,7 @@ impl Ports for BusPorts<'_> {
         }
         let result = self.devices.lock().read(port, size, self.now_ns);
         self.effect = result.effect.map(|effect| (port, effect));
+        self.wake = self.wake.union(result.wake);
         result.value
     }
 
@@ -48,6 +52,7 @@ impl Ports for BusPorts<'_> {
         }
         let result = self.devices.lock().write(port, size, value, self.now_ns);
         self.effect = result.effect.map(|effect| (port, effect));
+        self.wake = self.wake.union(result.wake);
         self.wrote_console |= port == COM1_BASE;
     }
 }
@@ -77,14 +82,21 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, io: IoExit) -> Flo
         segment,
         instruction_len: io.next_rip.wrapping_sub(before.rip) as u8,
     };
-    let mut ports =
-        BusPorts { devices: &cx.vm.devices, now_ns: (cx.vm.clock)(), effect: None, wrote_console: false };
+    let mut ports = BusPorts {
+        devices: &cx.vm.devices,
+        now_ns: (cx.vm.clock)(),
+        effect: None,
+        wrote_console: false,
+        wake: VcpuMask::EMPTY,
+    };
     let result = string_io::emulate_string_io(&cpu, &mut regs, &string, &mut ram, &mut ports);
     // Also after a fault: the elements before it are done (RCX, RSI, RDI say so).
     mmio::write_back(cx.vcpu, &before, &regs);
     if ports.wrote_console {
         cx.vm.console_written();
     }
+    // This vCPU looks at its own interrupts before its next entry anyway.
+    cx.vm.wake_vcpus(super::entry::others(ports.wake, cx.index));
     match mmio::resolve(result, before.rip, what) {
         Resolution::Resume => match ports.effect {
             Some((port, effect)) => exits::port_outcome(cx, port, Some(effect)),
@@ -114,7 +126,13 @@ mod tests {
     #[test]
     fn rep_outsb_to_com1_reaches_the_console_in_order() {
         let devices = bus();
-        let mut ports = BusPorts { devices: &devices, now_ns: 0, effect: None, wrote_console: false };
+        let mut ports = BusPorts {
+            devices: &devices,
+            now_ns: 0,
+            effect: None,
+            wrote_console: false,
+            wake: VcpuMask::EMPTY,
+        };
         for &byte in b"hi\n" {
             ports.write(COM1_BASE, 1, u32::from(byte));
         }
@@ -125,7 +143,13 @@ mod tests {
     #[test]
     fn an_effect_ends_the_string_at_that_element() {
         let devices = bus();
-        let mut ports = BusPorts { devices: &devices, now_ns: 0, effect: None, wrote_console: false };
+        let mut ports = BusPorts {
+            devices: &devices,
+            now_ns: 0,
+            effect: None,
+            wrote_console: false,
+            wake: VcpuMask::EMPTY,
+        };
         ports.write(EXIT, 4, 7);
         ports.write(COM1_BASE, 1, u32::from(b'x'));
         assert_eq!(ports.read(COM1_BASE, 1), u32::MAX);
