@@ -329,7 +329,7 @@ pub struct ConnectionCounters {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRequest {
     pub format: ImageFormat,
-    /// The guest's command line (PVH and multiboot; empty for flat binaries).
+    /// The guest's command line (PVH, multiboot and bzImage; empty for flat binaries).
     pub cmdline: String,
 }
 
@@ -338,7 +338,7 @@ pub struct ImageRequest {
 pub struct ImageLoaded {
     /// Bytes received.
     pub bytes: u64,
-    /// `flat`, `pvh` or `multiboot1`.
+    /// `flat`, `pvh`, `multiboot1` or `linux`.
     pub protocol: String,
     /// Gpa of the first instruction.
     pub entry: u64,
@@ -353,6 +353,7 @@ impl ImageLoaded {
             BootProtocol::Flat => "flat",
             BootProtocol::Pvh => "pvh",
             BootProtocol::Multiboot1 => "multiboot1",
+            BootProtocol::Linux => "linux",
         };
         Self {
             bytes,

@@ -225,16 +225,17 @@ fn image_request(query: &mut Query) -> Result<ImageRequest, ApiError> {
                 entry_gpa: entry.map(crate::addr::Gpa::new),
             }
         }
-        other => match ImageFormat::elf_by_name(other) {
+        other => match ImageFormat::by_name(other) {
             Some(_) if load.is_some() || entry.is_some() => {
                 return Err(ApiError::BadRequest(
-                    "load and entry apply to format=flat only; an ELF image names its own addresses".into(),
+                    "load and entry apply to format=flat only; an ELF or bzImage names its own addresses"
+                        .into(),
                 ));
             }
             Some(elf) => elf,
             None => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown image format {}: use format=flat, pvh, multiboot or elf",
+                    "unknown image format {}: use format=flat, pvh, multiboot, elf or bzimage",
                     printable(other)
                 )));
             }

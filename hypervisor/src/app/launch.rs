@@ -41,8 +41,8 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         .transpose()
         .map_err(|_| "timeout_ms must be a number of milliseconds")?;
     let format_name = cmdline::value(line, "format").unwrap_or("elf");
-    let elf_format = ImageFormat::elf_by_name(format_name)
-        .ok_or_else(|| format!("format={format_name} is not one of elf, pvh, multiboot"))?;
+    let elf_format = ImageFormat::by_name(format_name)
+        .ok_or_else(|| format!("format={format_name} is not one of elf, pvh, multiboot, bzimage"))?;
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => (*bytes, elf_format),
         None => match super::builtin::find(name) {

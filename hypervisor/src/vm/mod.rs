@@ -257,19 +257,29 @@ impl<B: Backend> Vm<B> {
         let mode = match plan.entry.mode {
             loader::EntryMode::RealMode16 { cs, ip } => EntryMode::Real16 { cs, ip },
             loader::EntryMode::Protected32 { eip } => EntryMode::Protected32 { eip },
+            loader::EntryMode::Long64 { rip, cr3, gdt_base, gdt_limit } => {
+                EntryMode::Long64 { rip, cr3, gdt_base, gdt_limit }
+            }
         };
-        let regs =
-            GuestRegs { rax: plan.entry.eax as u64, rbx: plan.entry.ebx as u64, ..GuestRegs::default() };
+        let regs = GuestRegs {
+            rax: plan.entry.eax as u64,
+            rbx: plan.entry.ebx as u64,
+            rsi: plan.entry.rsi,
+            ..GuestRegs::default()
+        };
         *self.entry.lock() = Some(EntryState { mode, regs });
         Ok(plan)
     }
 
     /// The entry state of vCPU `index`: the image's, plus the multi-vCPU convention of
-    /// `taproot-guest-abi` (`esi` = index, `edi` = count).
+    /// `taproot-guest-abi` (`esi` = index, `edi` = count), except in the Linux protocol's
+    /// 64-bit entry, whose `rsi` is `boot_params`.
     pub fn entry_for(&self, index: u32) -> Option<EntryState> {
         let mut entry = (*self.entry.lock())?;
-        entry.regs.rsi = index as u64;
-        entry.regs.rdi = self.config.vcpus as u64;
+        if !matches!(entry.mode, EntryMode::Long64 { .. }) {
+            entry.regs.rsi = index as u64;
+            entry.regs.rdi = self.config.vcpus as u64;
+        }
         Some(entry)
     }
 

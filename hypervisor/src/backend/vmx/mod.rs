@@ -20,6 +20,7 @@
 mod consts;
 mod cpu;
 mod cr;
+mod entry;
 mod exit;
 mod setup;
 mod vmcs;
