@@ -644,3 +644,47 @@ fn svm_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
 fn vmx_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
     check_reset(&run_vmx("bochs-vmx-reset", RESET_CMDLINE, 2));
 }
+
+/// The bzImage guest (`bzboot`, guest-images' runtime wrapped by xtask into a setup header
+/// and a 64-bit payload) checks the Linux boot protocol's 64-bit entry: long mode at
+/// 1 MiB + 0x200 with CS = __BOOT_CS, rsi = boot_params; it prints the command line, the
+/// e820 map (the loader's boot tables reserved) and its initrd (the `hello` ELF, placed
+/// page-aligned at the top of RAM) with a checksum compared here with the file's.
+fn check_bzimage(transcript: &str) {
+    let initrd = std::fs::read(paths::workspace_root().join("target/x86_64-unknown-none/release/hello"))
+        .expect("the guests are built");
+    let fnv = initrd
+        .iter()
+        .fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+    let mem: u64 = 64 << 20;
+    let gpa = (mem - initrd.len() as u64) & !0xFFF;
+    for line in [
+        "[vm 1] bzboot: entry rip 0x100200 cs 0x10 ".to_string(),
+        "rsi 0x1000\n".to_string(),
+        r#"[vm 1] bzboot: cmdline "console=ttyS0 root=/dev/ram0""#.to_string(),
+        "[vm 1] bzboot: ram ends at 0x4000000".to_string(),
+        "[vm 1] bzboot: e820 0x0-0x3000 ram 0x3000-0xa000 reserved 0xa000-0xa0000 ram 0xa0000-0x100000 reserved \
+         0x100000-0x4000000 ram"
+            .to_string(),
+        format!("[vm 1] bzboot: initrd at {gpa:#x} size {} fnv1a {fnv:#018x}", initrd.len()),
+    ] {
+        assert!(transcript.contains(&line), "no {line:?} in:\n{transcript}");
+    }
+    let (status, state, _) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+const BZIMAGE_CMDLINE: &str =
+    "exit=1 guest=bzboot format=bzimage initrd=hello mem=64 guest.console=ttyS0 guest.root=/dev/ram0";
+
+#[test]
+fn svm_boots_a_bzimage_in_long_mode_with_boot_params_and_initrd() {
+    check_bzimage(&run_svm(BZIMAGE_CMDLINE, 1));
+}
+
+#[test]
+fn vmx_boots_a_bzimage_in_long_mode_with_boot_params_and_initrd() {
+    let transcript = run_vmx("bochs-vmx-bzimage", BZIMAGE_CMDLINE, 1);
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_bzimage(&transcript);
+}

@@ -15,6 +15,7 @@
 
 pub mod commit;
 mod exits;
+mod initrd;
 pub mod lifecycle;
 pub mod limits;
 pub mod msr;
@@ -24,6 +25,7 @@ mod stats;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason, ExitStats};
+pub use initrd::InitrdPlaced;
 pub use lifecycle::{Action, VmState};
 pub use run_queue::{RunQueue, Step};
 pub use stats::VmStats;
@@ -140,6 +142,8 @@ pub struct Vm<B: Backend> {
     platform_resets: AtomicU64,
     /// The RSDP's address when the ACPI tables are in guest RAM (for PVH's start info).
     rsdp: Option<Gpa>,
+    /// The image's plan and the initrd (see [`initrd`]).
+    boot_files: Mutex<initrd::BootFiles>,
 }
 
 /// The CPUID policy for `B` on this host.
@@ -215,6 +219,7 @@ impl<B: Backend> Vm<B> {
             first_console_ns: AtomicU64::new(0),
             platform_resets: AtomicU64::new(0),
             rsdp,
+            boot_files: Mutex::new(initrd::BootFiles::default()),
         }))
     }
 
@@ -226,8 +231,9 @@ impl<B: Backend> Vm<B> {
         self.config.memory_mib << 20
     }
 
-    /// Validates `image` and copies it into guest memory. Only in `Created`; a bad image
-    /// changes nothing (it is checked completely before the first byte is written).
+    /// Validates `image` and copies it into guest memory, with the VM's initrd if it has
+    /// one (see [`initrd`]). Only in `Created`; a bad image, or an initrd it cannot place,
+    /// changes nothing (both are checked completely before the first byte is written).
     pub fn load_image(&self, image: &[u8], format: ImageFormat, cmdline: &str) -> Result<LoadPlan, VmError> {
         lifecycle::check_image_load(&self.state.lock())?;
         let config = GuestConfig { mem_size: self.memory_bytes(), cmdline, rsdp: self.rsdp };
@@ -237,6 +243,11 @@ impl<B: Backend> Vm<B> {
             let config = GuestConfig { rsdp: None, ..config };
             plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
         }
+        let mut files = self.boot_files.lock();
+        let initrd_gpa = match &files.initrd {
+            Some(initrd) => Some(plan.place_initrd(initrd.len() as u64).map_err(initrd::initrd_error)?),
+            None => None,
+        };
         let write = |gpa: Gpa, bytes: &[u8]| {
             self.mmu.write_guest(AsId::Normal, gpa, bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
         };
@@ -251,9 +262,17 @@ impl<B: Backend> Vm<B> {
                 gpa += n as u64;
             }
         }
-        if let Some(info) = &plan.boot_info {
-            write(info.gpa, &info.bytes)?;
+        match (&files.initrd, initrd_gpa) {
+            (Some(initrd), Some(gpa)) => self.write_initrd(&plan, gpa, initrd)?,
+            _ => {
+                if let Some(info) = &plan.boot_info {
+                    write(info.gpa, &info.bytes)?;
+                }
+            }
         }
+        files.plan = Some(plan.clone());
+        files.initrd_gpa = initrd_gpa;
+        drop(files);
         let mode = match plan.entry.mode {
             loader::EntryMode::RealMode16 { cs, ip } => EntryMode::Real16 { cs, ip },
             loader::EntryMode::Protected32 { eip } => EntryMode::Protected32 { eip },
