@@ -459,6 +459,17 @@ impl Boot {
         (found.1 != 0).then_some(found)
     }
 
+    /// The initrd's gpa and bytes, when the loader gave one below 4 GiB, page-aligned
+    /// above the image (where a loader must put it).
+    #[must_use]
+    pub fn initrd_bytes(&self) -> Option<(u64, &'static [u8])> {
+        let (gpa, size) = self.initrd()?;
+        let fits = gpa.is_multiple_of(4096) && gpa >= image_end() && gpa.checked_add(size)? <= 1 << 32;
+        // SAFETY: the loader placed `size` initrd bytes at `gpa`, in guest RAM below 4 GiB,
+        // which the runtime identity-maps and nothing else uses.
+        fits.then(|| (gpa, unsafe { core::slice::from_raw_parts(gpa as *const u8, size as usize) }))
+    }
+
     /// The end of the RAM range that contains `addr`, from the boot information's memory
     /// map.
     #[must_use]
