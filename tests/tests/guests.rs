@@ -655,9 +655,7 @@ fn vmx_guest_reset_through_0xcf9_restarts_it_and_the_next_guest_runs() {
 fn initrd_line(who: &str, file: &str, mem_mib: u64) -> String {
     let initrd = std::fs::read(paths::workspace_root().join("target/x86_64-unknown-none/release").join(file))
         .expect("the guests are built");
-    let fnv = initrd
-        .iter()
-        .fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+    let fnv = taproot_testbed::fnv1a64(&initrd);
     let gpa = ((mem_mib << 20) - initrd.len() as u64) & !0xFFF;
     format!("{who}: initrd at {gpa:#x} size {} fnv1a {fnv:#018x}", initrd.len())
 }

@@ -333,6 +333,31 @@ pub struct ImageRequest {
     pub cmdline: String,
 }
 
+/// What a streamed upload is: `PUT /v1/vms/{id}/image` or `PUT /v1/vms/{id}/initrd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadRequest {
+    Image(ImageRequest),
+    /// The initrd, raw bytes: kept by the VM and placed by its image (`vm::initrd`).
+    Initrd,
+}
+
+/// The answer to a completed upload: the JSON of the one that was uploaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Uploaded {
+    Image(ImageLoaded),
+    Initrd(InitrdLoaded),
+}
+
+/// The answer to a completed initrd upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitrdLoaded {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Where the initrd is in guest memory; `null` until an image is loaded, which places it.
+    pub guest_address: Option<u64>,
+}
+
 /// The answer to a completed image upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageLoaded {
@@ -344,6 +369,9 @@ pub struct ImageLoaded {
     pub entry: u64,
     /// Loadable segments copied into guest memory.
     pub segments: u32,
+    /// Where the image placed the VM's initrd, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_address: Option<u64>,
 }
 
 impl ImageLoaded {
@@ -360,6 +388,7 @@ impl ImageLoaded {
             protocol: String::from(protocol),
             entry: plan.entry.mode.entry_gpa().raw(),
             segments: u32::try_from(plan.segments.len()).unwrap_or(u32::MAX),
+            initrd_address: None,
         }
     }
 }

@@ -30,7 +30,7 @@ mod initrd;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_bzimage;
+pub(crate) mod tests_bzimage;
 
 use alloc::vec::Vec;
 use core::ops::Range;

@@ -18,7 +18,7 @@ const KERNEL_BYTE: u8 = 0x90;
 /// A bzImage as a distribution's kernel has it: relocatable, preferring 16 MiB with 2 MiB
 /// alignment, one setup sector, protocol 2.15, a 64-bit entry.
 #[derive(Clone)]
-struct BzBuilder {
+pub(crate) struct BzBuilder {
     setup_sects: u8,
     boot_flag: u16,
     header: u32,
@@ -35,7 +35,7 @@ struct BzBuilder {
     kernel_len: usize,
 }
 
-fn bz() -> BzBuilder {
+pub(crate) fn bz() -> BzBuilder {
     BzBuilder {
         setup_sects: 1,
         boot_flag: 0xAA55,
@@ -59,7 +59,7 @@ impl BzBuilder {
         (if self.setup_sects == 0 { 4 } else { usize::from(self.setup_sects) } + 1) * 512
     }
 
-    fn build(&self) -> Vec<u8> {
+    pub(crate) fn build(&self) -> Vec<u8> {
         let mut out = alloc::vec![0u8; self.setup_len()];
         let mut put = |at: usize, v: &[u8]| out[at..at + v.len()].copy_from_slice(v);
         put(bp::SETUP_SECTS, &[self.setup_sects]);
