@@ -266,6 +266,10 @@ pub mod cpuid {
 ///   `ebx` = gpa of the multiboot information;
 /// - flat binary (16-bit real mode): nothing else.
 ///
+/// A Linux bzImage ([`boot::linux`]) starts as the Linux boot protocol says instead: 64-bit
+/// mode on the loader's identity map, `rsi` = gpa of `boot_params`, no `esi`/`edi`
+/// convention.
+///
 /// A vCPU reset through [`hypercall::Hypercall::ResetVcpu`] starts again with the same
 /// registers.
 pub mod boot {
