@@ -19,7 +19,9 @@
 //!
 //! Guest memory is `[0, mem_size)`. The boot information lives at [`BOOT_INFO_GPA`], below
 //! 1 MiB and above the real-mode interrupt table and BIOS data area, in
-//! [`BOOT_INFO_MAX_LEN`] bytes that no segment may overlap.
+//! [`BOOT_INFO_MAX_LEN`] bytes that no segment may overlap. A bzImage's is larger (boot_params,
+//! command line, GDT and identity map: at most 84 KiB, below 640 KiB) and its kernel loads
+//! at 1 MiB or above, so the two never meet either.
 
 mod bootinfo;
 mod bzimage;
