@@ -4,19 +4,21 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The guests `guest-images/` builds, embedded into the image when xtask says where they
-/// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table.
-const GUESTS: [&str; 11] = [
-    "hello",
-    "memtouch",
-    "roots",
-    "tlbprobe",
-    "exitbench",
-    "cpuid",
-    "xmmiso",
-    "guardrails",
-    "platform",
-    "mmio",
-    "apic",
+/// are (`TAPROOT_GUEST_DIR`); host builds and lints get an empty table. `bzboot` is the
+/// bzImage xtask wraps (`bzboot.bzimage`), launched with `format=bzimage`.
+const GUESTS: [(&str, &str); 12] = [
+    ("hello", "hello"),
+    ("memtouch", "memtouch"),
+    ("roots", "roots"),
+    ("tlbprobe", "tlbprobe"),
+    ("exitbench", "exitbench"),
+    ("cpuid", "cpuid"),
+    ("xmmiso", "xmmiso"),
+    ("guardrails", "guardrails"),
+    ("platform", "platform"),
+    ("mmio", "mmio"),
+    ("apic", "apic"),
+    ("bzboot", "bzboot.bzimage"),
 ];
 
 fn main() {
@@ -34,11 +36,11 @@ fn main() {
 fn embed_guests() {
     println!("cargo::rerun-if-env-changed=TAPROOT_GUEST_DIR");
     let mut table = String::from(
-        "/// Embedded guest images: (name, ELF bytes).\npub static GUESTS: &[(&str, &[u8])] = &[\n",
+        "/// Embedded guest images: (name, bytes: an ELF, or a bzImage).\npub static GUESTS: &[(&str, &[u8])] = &[\n",
     );
     if let Ok(dir) = std::env::var("TAPROOT_GUEST_DIR") {
-        for name in GUESTS {
-            let path = Path::new(&dir).join(name);
+        for (name, file) in GUESTS {
+            let path = Path::new(&dir).join(file);
             println!("cargo::rerun-if-changed={}", path.display());
             if path.is_file() {
                 let path = path.canonicalize().expect("an existing file has a canonical path");

@@ -266,6 +266,10 @@ pub mod cpuid {
 ///   `ebx` = gpa of the multiboot information;
 /// - flat binary (16-bit real mode): nothing else.
 ///
+/// A Linux bzImage ([`boot::linux`]) starts as the Linux boot protocol says instead: 64-bit
+/// mode on the loader's identity map, `rsi` = gpa of `boot_params`, no `esi`/`edi`
+/// convention.
+///
 /// A vCPU reset through [`hypercall::Hypercall::ResetVcpu`] starts again with the same
 /// registers.
 pub mod boot {
@@ -293,6 +297,10 @@ pub mod boot {
         pub const SIZE: usize = 56;
         pub const MAGIC: usize = 0;
         pub const VERSION: usize = 4;
+        /// How many modules `MODLIST_PADDR` lists (u32); the first is the initrd.
+        pub const NR_MODULES: usize = 12;
+        /// Gpa of an array of `struct hvm_modlist_entry` (u64).
+        pub const MODLIST_PADDR: usize = 16;
         pub const CMDLINE_PADDR: usize = 24;
         /// The ACPI RSDP's gpa (0: none).
         pub const RSDP_PADDR: usize = 32;
@@ -303,6 +311,86 @@ pub mod boot {
         pub const MEMMAP_ENTRY_ADDR: usize = 0;
         pub const MEMMAP_ENTRY_LEN: usize = 8;
         pub const MEMMAP_ENTRY_TYPE: usize = 16;
+        /// `struct hvm_modlist_entry`: paddr u64, size u64, cmdline_paddr u64, reserved u64.
+        pub const MODLIST_ENTRY_SIZE: usize = 32;
+        pub const MODLIST_ENTRY_PADDR: usize = 0;
+        pub const MODLIST_ENTRY_LEN: usize = 8;
+    }
+
+    /// The Linux/x86 boot protocol (Linux `Documentation/arch/x86/boot.rst`, and
+    /// `arch/x86/include/uapi/asm/bootparam.h`): the setup header at the start of a bzImage
+    /// and `struct boot_params` (the "zero page") that the loader fills and passes in `rsi`
+    /// to the 64-bit entry. The setup header sits at the same offsets in both.
+    pub mod linux {
+        /// Size of `struct boot_params`.
+        pub const BOOT_PARAMS_SIZE: usize = 4096;
+        /// The setup header: its first and (at most) last byte + 1 in `boot_params`.
+        pub const SETUP_HEADER: usize = 0x1F1;
+        pub const SETUP_HEADER_MAX_END: usize = 0x290;
+        /// `u8`: 512-byte sectors of real-mode setup code after the boot sector (0: 4).
+        pub const SETUP_SECTS: usize = 0x1F1;
+        /// `u16` [`BOOT_FLAG_MAGIC`].
+        pub const BOOT_FLAG: usize = 0x1FE;
+        pub const BOOT_FLAG_MAGIC: u16 = 0xAA55;
+        /// `u8` at 0x201, the second byte of the `jump` instruction: the setup header ends
+        /// at 0x202 + this.
+        pub const JUMP_OFFSET: usize = 0x201;
+        /// `u32` [`HEADER_MAGIC`] ("HdrS").
+        pub const HEADER: usize = 0x202;
+        pub const HEADER_MAGIC: u32 = 0x5372_6448;
+        /// `u16` protocol version, major << 8 | minor.
+        pub const VERSION: usize = 0x206;
+        /// `u8` boot loader type; 0xFF: undefined.
+        pub const TYPE_OF_LOADER: usize = 0x210;
+        pub const LOADER_UNDEFINED: u8 = 0xFF;
+        /// `u8` flags; bit 0 LOADED_HIGH: the protected-mode code loads at 1 MiB or above.
+        pub const LOADFLAGS: usize = 0x211;
+        pub const LOADED_HIGH: u8 = 1 << 0;
+        /// `u32` the protected-mode kernel's load address.
+        pub const CODE32_START: usize = 0x214;
+        /// `u32` initrd address and size (upper halves in [`EXT_RAMDISK_IMAGE`] and
+        /// [`EXT_RAMDISK_SIZE`]).
+        pub const RAMDISK_IMAGE: usize = 0x218;
+        pub const RAMDISK_SIZE: usize = 0x21C;
+        /// `u32` the command line's address (upper half in [`EXT_CMD_LINE_PTR`]).
+        pub const CMD_LINE_PTR: usize = 0x228;
+        /// `u32` highest address the initrd's last byte may have.
+        pub const INITRD_ADDR_MAX: usize = 0x22C;
+        /// `u32` alignment a relocatable kernel needs.
+        pub const KERNEL_ALIGNMENT: usize = 0x230;
+        /// `u8` whether the kernel may be loaded elsewhere than its preferred address.
+        pub const RELOCATABLE_KERNEL: usize = 0x234;
+        /// `u16` bit 0 XLF_KERNEL_64: a 64-bit entry at load address + 0x200; bit 1
+        /// XLF_CAN_BE_LOADED_ABOVE_4G: kernel, boot_params, command line and initrd may be
+        /// above 4 GiB.
+        pub const XLOADFLAGS: usize = 0x236;
+        pub const XLF_KERNEL_64: u16 = 1 << 0;
+        pub const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 1 << 1;
+        /// `u32` longest command line, without its NUL.
+        pub const CMDLINE_SIZE: usize = 0x238;
+        /// `u64` the address a relocatable kernel prefers.
+        pub const PREF_ADDRESS: usize = 0x258;
+        /// `u32` bytes from the load address the kernel needs before it relocates itself.
+        pub const INIT_SIZE: usize = 0x260;
+        /// Offset of the 64-bit entry from the protected-mode kernel's load address.
+        pub const ENTRY64_OFFSET: u64 = 0x200;
+
+        /// `u64` the ACPI RSDP's address (0: the kernel searches for it).
+        pub const ACPI_RSDP_ADDR: usize = 0x070;
+        pub const EXT_RAMDISK_IMAGE: usize = 0x0C0;
+        pub const EXT_RAMDISK_SIZE: usize = 0x0C4;
+        pub const EXT_CMD_LINE_PTR: usize = 0x0C8;
+        /// `u8` entries in [`E820_TABLE`].
+        pub const E820_ENTRIES: usize = 0x1E8;
+        /// `struct boot_e820_entry[128]`: addr u64, size u64, type u32 (packed, 20 bytes).
+        pub const E820_TABLE: usize = 0x2D0;
+        pub const E820_ENTRY_SIZE: usize = 20;
+        pub const E820_MAX_ENTRIES: usize = 128;
+
+        /// The GDT selectors the 64-bit entry expects: `__BOOT_CS` (flat 64-bit code) and
+        /// `__BOOT_DS` (flat data).
+        pub const BOOT_CS: u16 = 0x10;
+        pub const BOOT_DS: u16 = 0x18;
     }
 
     /// Multiboot specification 0.6.96 §3.3, the boot information: the byte offsets of the

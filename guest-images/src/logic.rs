@@ -24,6 +24,13 @@ pub fn cmdline_u64(cmdline: &str, key: &str) -> Option<u64> {
     }
 }
 
+/// FNV-1a, 64-bit (Fowler, Noll, Vo): the checksum `bzboot` prints of its initrd, which
+/// the test computes of the same file on the host.
+#[must_use]
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+}
+
 /// The pattern word memtouch writes at `addr`: splitmix64 of the address, so every word
 /// differs and a word written to the wrong place (or a stale page) is caught.
 #[must_use]
@@ -150,6 +157,13 @@ pub fn periodic_ticks_plausible(ticks: u64, elapsed: u64, period: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv1a64_matches_the_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xCBF2_9CE4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xAF63_DC4C_8601_EC8C);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_F739_67E8);
+    }
 
     #[test]
     fn cmdline_values_are_found_by_key() {

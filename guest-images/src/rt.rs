@@ -1,11 +1,15 @@
 //! The guests' runtime: PVH entry, long mode, per-vCPU stacks, console, exit, hypercalls,
 //! panic handler. Bare metal only.
+//!
+//! A guest also has the Linux boot protocol's 64-bit entry at image start + 0x200
+//! (`linux_start64`, placed there by `link.ld`), so xtask can wrap any guest into a
+//! bzImage (`cargo xtask`'s `bzimage`); it runs as vCPU 0 of 1.
 
 use core::arch::{asm, global_asm, naked_asm};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-use taproot_guest_abi::boot::{self, hvm_start_info as si, multiboot_info as mbi};
+use taproot_guest_abi::boot::{self, hvm_start_info as si, linux as bp, multiboot_info as mbi};
 use taproot_guest_abi::{cpuid, hypercall, port, status};
 
 /// The most vCPUs a guest runs on (one stack each).
@@ -54,6 +58,12 @@ const MULTIBOOT1_FLAGS: u32 = 1 << 1;
 static BOOT_PROTOCOL: AtomicU8 = AtomicU8::new(PROTOCOL_PVH);
 const PROTOCOL_PVH: u8 = 0;
 const PROTOCOL_MULTIBOOT1: u8 = 1;
+const PROTOCOL_LINUX: u8 = 2;
+
+/// What the Linux 64-bit entry found, in the order of [`LinuxEntry`]'s fields.
+static LINUX_ENTRY: [core::sync::atomic::AtomicU64; 5] = [const { core::sync::atomic::AtomicU64::new(0) }; 5];
+/// CR0.WP for the Linux entry, which arrives with the loader's CR0 (PE, PG).
+const CR0_WP_BIT: u64 = CR0_WP;
 
 // Static page tables: one PML4, one PDPT and four page directories of 2 MiB pages
 // identity-map [0, 4 GiB), which covers any guest memory below 4 GiB. They are data in the
@@ -227,12 +237,89 @@ pub unsafe extern "C" fn pvh_start32() -> ! {
     );
 }
 
+/// The Linux boot protocol's 64-bit entry (Linux `Documentation/arch/x86/boot.rst`):
+/// long mode on the loader's identity map and GDT, `rsi` = `boot_params`, interrupts off.
+/// It records what it found ([`linux_entry`]), moves to the runtime's own page tables and
+/// runs the guest as vCPU 0 of 1.
+///
+/// # Safety
+/// Only a Linux boot protocol loader enters here.
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+#[unsafe(link_section = ".text.linux64")]
+pub unsafe extern "C" fn linux_start64() -> ! {
+    naked_asm!(
+        "cli",
+        "cld",
+        "lea rax, [rip + {me}]",
+        "mov [rip + {state}], rax",
+        "xor eax, eax",
+        "mov ax, cs",
+        "mov [rip + {state} + 8], rax",
+        "mov ecx, {msr_efer}",
+        "rdmsr",
+        "shl rdx, 32",
+        "or rax, rdx",
+        "mov [rip + {state} + 16], rax",
+        "mov rax, cr0",
+        "mov [rip + {state} + 24], rax",
+        "mov [rip + {state} + 32], rsi",
+        "mov byte ptr [rip + {boot_protocol}], {protocol_linux}",
+        "lea rsp, [rip + guest_stacks + {stack_size}]",
+        "lea rax, [rip + guest_pml4]",
+        "mov cr3, rax",
+        "mov rax, cr0",
+        "or rax, {cr0_wp}",
+        "mov cr0, rax",
+        // rust_start(index 0, count 1, boot_info = rsi), boot_params being below 4 GiB.
+        "mov edx, esi",
+        "xor edi, edi",
+        "mov esi, 1",
+        "xor ebp, ebp",
+        "call {rust_start}",
+        "2:",
+        "cli",
+        "hlt",
+        "jmp 2b",
+        me = sym linux_start64,
+        state = sym LINUX_ENTRY,
+        msr_efer = const MSR_EFER,
+        boot_protocol = sym BOOT_PROTOCOL,
+        protocol_linux = const PROTOCOL_LINUX,
+        stack_size = const 1u64 << STACK_SHIFT,
+        cr0_wp = const CR0_WP_BIT,
+        rust_start = sym rust_start,
+    );
+}
+
+/// The CPU state the Linux 64-bit entry found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxEntry {
+    pub rip: u64,
+    pub cs: u64,
+    pub efer: u64,
+    pub cr0: u64,
+    pub rsi: u64,
+}
+
+/// What the Linux entry recorded (`None` when another protocol booted the guest).
+#[must_use]
+pub fn linux_entry() -> Option<LinuxEntry> {
+    if BOOT_PROTOCOL.load(Ordering::Relaxed) != PROTOCOL_LINUX {
+        return None;
+    }
+    let [rip, cs, efer, cr0, rsi] = LINUX_ENTRY.each_ref().map(|v| v.load(Ordering::Relaxed));
+    Some(LinuxEntry { rip, cs, efer, cr0, rsi })
+}
+
 /// How the guest was booted.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Pvh,
     Multiboot1,
+    /// The Linux boot protocol's 64-bit entry (a bzImage).
+    Linux,
 }
 
 impl Protocol {
@@ -241,6 +328,7 @@ impl Protocol {
         match self {
             Self::Pvh => "pvh",
             Self::Multiboot1 => "multiboot1",
+            Self::Linux => "linux",
         }
     }
 }
@@ -252,7 +340,8 @@ pub struct Boot {
     pub vcpu_index: u32,
     pub vcpu_count: u32,
     pub protocol: Protocol,
-    /// Gpa of the PVH `hvm_start_info` or of the multiboot information.
+    /// Gpa of the PVH `hvm_start_info`, of the multiboot information or of Linux's
+    /// `boot_params`.
     pub boot_info: u32,
     /// Whether CPUID names Taproot (otherwise: no hypercalls, one vCPU).
     pub under_taproot: bool,
@@ -301,6 +390,10 @@ impl Boot {
         match self.protocol {
             Protocol::Pvh => (first_word == boot::HVM_START_MAGIC).then_some(0),
             Protocol::Multiboot1 => Some(first_word),
+            // SAFETY: boot_params is 4 KiB at a mapped gpa.
+            Protocol::Linux => {
+                (unsafe { read_phys::<u32>(base, bp::HEADER) } == bp::HEADER_MAGIC).then_some(0)
+            }
         }
     }
 
@@ -313,6 +406,11 @@ impl Boot {
             // SAFETY: the start info is valid (magic checked) and mapped.
             Protocol::Pvh => Some(unsafe { read_phys::<u64>(u64::from(self.boot_info), si::RSDP_PADDR) })
                 .filter(|&a| a != 0),
+            // SAFETY: boot_params is valid ("HdrS" checked) and mapped.
+            Protocol::Linux => {
+                Some(unsafe { read_phys::<u64>(u64::from(self.boot_info), bp::ACPI_RSDP_ADDR) })
+                    .filter(|&a| a != 0)
+            }
             Protocol::Multiboot1 => None,
         }
     }
@@ -330,7 +428,50 @@ impl Boot {
                 c_string(u64::from(unsafe { read_phys::<u32>(base, mbi::CMDLINE) }))
             }
             Protocol::Multiboot1 => "",
+            // SAFETY: boot_params is valid ("HdrS" checked) and mapped.
+            Protocol::Linux => c_string(u64::from(unsafe { read_phys::<u32>(base, bp::CMD_LINE_PTR) })),
         }
+    }
+
+    /// The initrd's gpa and size: Linux's `ramdisk_image`/`ramdisk_size` (with their
+    /// `ext_` upper halves), or PVH module 0. `None` when the loader gave none.
+    #[must_use]
+    pub fn initrd(&self) -> Option<(u64, u64)> {
+        self.valid_info()?;
+        let base = u64::from(self.boot_info);
+        let found = match self.protocol {
+            // SAFETY: boot_params is valid ("HdrS" checked) and mapped.
+            Protocol::Linux => unsafe {
+                let half = |lo: usize, hi: usize| {
+                    u64::from(read_phys::<u32>(base, lo)) | (u64::from(read_phys::<u32>(base, hi)) << 32)
+                };
+                (half(bp::RAMDISK_IMAGE, bp::EXT_RAMDISK_IMAGE), half(bp::RAMDISK_SIZE, bp::EXT_RAMDISK_SIZE))
+            },
+            Protocol::Pvh => {
+                // SAFETY: the start info is valid (magic checked) and mapped; a module
+                // entry lies at modlist_paddr when nr_modules > 0.
+                unsafe {
+                    if read_phys::<u32>(base, si::NR_MODULES) == 0 {
+                        return None;
+                    }
+                    let list: u64 = read_phys(base, si::MODLIST_PADDR);
+                    (read_phys(list, si::MODLIST_ENTRY_PADDR), read_phys(list, si::MODLIST_ENTRY_LEN))
+                }
+            }
+            Protocol::Multiboot1 => return None,
+        };
+        (found.1 != 0).then_some(found)
+    }
+
+    /// The initrd's gpa and bytes, when the loader gave one below 4 GiB, page-aligned
+    /// above the image (where a loader must put it).
+    #[must_use]
+    pub fn initrd_bytes(&self) -> Option<(u64, &'static [u8])> {
+        let (gpa, size) = self.initrd()?;
+        let fits = gpa.is_multiple_of(4096) && gpa >= image_end() && gpa.checked_add(size)? <= 1 << 32;
+        // SAFETY: the loader placed `size` initrd bytes at `gpa`, in guest RAM below 4 GiB,
+        // which the runtime identity-maps and nothing else uses.
+        fits.then(|| (gpa, unsafe { core::slice::from_raw_parts(gpa as *const u8, size as usize) }))
     }
 
     /// The end of the RAM range that contains `addr`, from the boot information's memory
@@ -387,6 +528,17 @@ impl Boot {
                 None
             }
             Protocol::Multiboot1 => None,
+            Protocol::Linux => {
+                // SAFETY: boot_params is valid ("HdrS" checked) and mapped.
+                let entries = unsafe { read_phys::<u8>(base, bp::E820_ENTRIES) };
+                (0..usize::from(entries).min(bp::E820_MAX_ENTRIES)).find_map(|i| {
+                    let at = bp::E820_TABLE + i * bp::E820_ENTRY_SIZE;
+                    // SAFETY: the loader wrote `entries` e820 entries in boot_params.
+                    let (start, size, kind): (u64, u64, u32) =
+                        unsafe { (read_phys(base, at), read_phys(base, at + 8), read_phys(base, at + 16)) };
+                    ram_end(start, size, kind == boot::MEMORY_TYPE_RAM)
+                })
+            }
         }
     }
 }
@@ -409,6 +561,7 @@ extern "C" fn rust_start(vcpu_index: u32, vcpu_count: u32, boot_info: u32) -> ! 
     let [_, b, c, d] = cpuid_regs(cpuid::SIGNATURE_LEAF);
     let protocol = match BOOT_PROTOCOL.load(Ordering::Relaxed) {
         PROTOCOL_MULTIBOOT1 => Protocol::Multiboot1,
+        PROTOCOL_LINUX => Protocol::Linux,
         _ => Protocol::Pvh,
     };
     let boot =

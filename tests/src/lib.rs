@@ -16,3 +16,10 @@ pub mod qemu;
 pub mod tools;
 
 pub use console::{Console, ConsoleError};
+
+/// FNV-1a, 64-bit: the checksum guests print of what they were given (guest-images'
+/// `logic::fnv1a64`), computed here of the file a test gave them.
+#[must_use]
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+}

@@ -881,3 +881,60 @@ fn svm_nmis_are_delivered_and_never_nest() {
 fn vmx_nmis_are_delivered_and_never_nest() {
     check_apic_nmi(&run_vmx("bochs-vmx-apic-nmi", "exit=1 guest=apic guest.test=nmi mem=16", 1));
 }
+
+/// The bzImage guest (`bzboot`, guest-images' runtime wrapped by xtask into a setup header
+/// and a 64-bit payload) checks the Linux boot protocol's 64-bit entry: long mode at
+/// 1 MiB + 0x200 with CS = __BOOT_CS, rsi = boot_params; it prints the command line, the
+/// e820 map (the loader's boot tables reserved) and its initrd (the `hello` ELF, placed
+/// page-aligned at the top of RAM) with a checksum compared here with the file's.
+/// The line a guest prints of its initrd, the built guest `file` placed page-aligned at
+/// the top of `mem_mib` of RAM: `<who>: initrd at <gpa> size <n> fnv1a <FNV-1a>`.
+fn initrd_line(who: &str, file: &str, mem_mib: u64) -> String {
+    let initrd = std::fs::read(paths::workspace_root().join("target/x86_64-unknown-none/release").join(file))
+        .expect("the guests are built");
+    let fnv = taproot_testbed::fnv1a64(&initrd);
+    let gpa = ((mem_mib << 20) - initrd.len() as u64) & !0xFFF;
+    format!("{who}: initrd at {gpa:#x} size {} fnv1a {fnv:#018x}", initrd.len())
+}
+
+fn check_bzimage(transcript: &str) {
+    for line in [
+        "[vm 1] bzboot: entry rip 0x100200 cs 0x10 ".to_string(),
+        "rsi 0x1000\n".to_string(),
+        r#"[vm 1] bzboot: cmdline "console=ttyS0 root=/dev/ram0""#.to_string(),
+        "[vm 1] bzboot: ram ends at 0x4000000".to_string(),
+        "[vm 1] bzboot: e820 0x0-0x3000 ram 0x3000-0xa000 reserved 0xa000-0xa0000 ram 0xa0000-0x100000 reserved \
+         0x100000-0x4000000 ram"
+            .to_string(),
+        format!("[vm 1] {}", initrd_line("bzboot", "hello", 64)),
+    ] {
+        assert!(transcript.contains(&line), "no {line:?} in:\n{transcript}");
+    }
+    let (status, state, _) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+const BZIMAGE_CMDLINE: &str =
+    "exit=1 guest=bzboot format=bzimage initrd=hello mem=64 guest.console=ttyS0 guest.root=/dev/ram0";
+
+#[test]
+fn svm_boots_a_bzimage_in_long_mode_with_boot_params_and_initrd() {
+    check_bzimage(&run_svm(BZIMAGE_CMDLINE, 1));
+}
+
+#[test]
+fn vmx_boots_a_bzimage_in_long_mode_with_boot_params_and_initrd() {
+    let transcript = run_vmx("bochs-vmx-bzimage", BZIMAGE_CMDLINE, 1);
+    assert!(transcript.contains("virt=vmx"), "{transcript}");
+    check_bzimage(&transcript);
+}
+
+/// A PVH guest gets its initrd as hvm_start_info module 0 (here the built `memtouch`):
+/// hello prints where it is and its checksum, compared with the file's.
+#[test]
+fn svm_pvh_guest_gets_its_initrd_as_module_0() {
+    let transcript = run_svm("exit=1 guest=hello format=pvh initrd=memtouch mem=64", 1);
+    let line = format!("[vm 1] {}", initrd_line("hello", "memtouch", 64));
+    assert!(transcript.contains(&line), "no {line:?} in:\n{transcript}");
+    assert_eq!(vm_end(&transcript, 1).0, 0, "{transcript}");
+}

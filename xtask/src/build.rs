@@ -12,10 +12,13 @@ pub struct Built {
 }
 
 /// Builds the child guests of `guest-images/` (always optimised: they are small and the
-/// emulators are slow) and returns the directory holding their ELFs.
+/// emulators are slow), wraps those of [`crate::bzimage::GUESTS`] into bzImages, and
+/// returns the directory holding them.
 pub fn guests() -> Result<PathBuf, String> {
     run_cmd(cargo().args(["build", "--package", "guest-images", "--target", TARGET, "--release"]))?;
-    Ok(paths::workspace_root().join("target").join(TARGET).join("release"))
+    let dir = paths::workspace_root().join("target").join(TARGET).join("release");
+    crate::bzimage::wrap_guests(&dir)?;
+    Ok(dir)
 }
 
 /// Compiles the ELF of `profile` (no ISO), with the guests embedded.

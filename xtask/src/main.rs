@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod bzimage;
 mod console;
 mod ctl;
 mod linux;

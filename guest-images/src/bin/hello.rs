@@ -1,5 +1,6 @@
 //! `hello`: prints a line through the 16550 (with the boot protocol and the command line it
-//! was given) and exits 0 through port 0xF4.
+//! was given), and one for its initrd if it was given one (address, size, FNV-1a of the
+//! bytes), and exits 0 through port 0xF4.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -20,6 +21,13 @@ fn guest(boot: &guest_images::rt::Boot) -> u32 {
         boot.cmdline(),
         ram_end.unwrap_or(0)
     );
+    if let Some((gpa, bytes)) = boot.initrd_bytes() {
+        println!(
+            "hello: initrd at {gpa:#x} size {} fnv1a {:#018x}",
+            bytes.len(),
+            guest_images::logic::fnv1a64(bytes)
+        );
+    }
     taproot_guest_abi::status::OK
 }
 

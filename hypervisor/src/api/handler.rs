@@ -5,7 +5,7 @@
 
 use super::error::ApiError;
 use super::model::{
-    Action, ConsoleRead, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId,
+    Action, ConsoleRead, HypervisorInfo, MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId,
     VmInfo,
 };
 use crate::vm::VmStats;
@@ -47,14 +47,14 @@ pub trait ApiHandler {
     /// `DELETE /v1/vms/{id}/memslots/{slot}`.
     fn delete_memslot(&mut self, id: &VmId, slot: u32) -> Result<(), ApiError>;
 
-    /// `PUT /v1/vms/{id}/image`, first step: `total_len` body bytes will follow. Refuse
+    /// `PUT /v1/vms/{id}/image` or `/initrd` (`request` says which), first step: `total_len` body bytes will follow. Refuse
     /// here what can be refused before any byte arrives: unknown VM (404), wrong state or
     /// an upload already in flight for this VM (409), `total_len` beyond the VM's memory
     /// (413).
     fn begin_image(
         &mut self,
         id: &VmId,
-        request: &ImageRequest,
+        request: &UploadRequest,
         total_len: u64,
     ) -> Result<Self::Upload, ApiError>;
 
@@ -64,7 +64,7 @@ pub trait ApiHandler {
 
     /// Every byte arrived: validate and load. On error, undo whatever the upload did
     /// before returning (the connection calls nothing else for this upload).
-    fn finish_image(&mut self, upload: Self::Upload) -> Result<ImageLoaded, ApiError>;
+    fn finish_image(&mut self, upload: Self::Upload) -> Result<Uploaded, ApiError>;
 
     /// The upload ends early (a chunk failed, the client went away, a timeout): undo
     /// whatever it did.

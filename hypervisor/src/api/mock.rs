@@ -8,11 +8,11 @@
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::model::{
-    Action, ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest,
-    MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
+    Action, ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, InitrdLoaded,
+    MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use crate::devices::ConsoleRing;
-use crate::loader::{self, GuestConfig};
+use crate::loader::{self, GuestConfig, LoadError, LoadPlan};
 use crate::vm::{ExitStats, RAM_SLOT, VmState, VmStats, lifecycle};
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -27,6 +27,9 @@ pub struct MockVm {
     pub slots: BTreeMap<u32, MemslotSpec>,
     /// The loaded image's bytes (as a stand-in for guest memory).
     pub image: Option<Vec<u8>>,
+    /// The image's plan, which places the initrd, and the initrd, as `vm::Vm` keeps them.
+    pub plan: Option<LoadPlan>,
+    pub initrd: Option<Vec<u8>>,
     pub console: ConsoleRing,
     /// An upload is in flight.
     pub is_uploading: bool,
@@ -49,7 +52,7 @@ pub struct MockHypervisor {
 /// An upload in flight: the bytes so far.
 pub struct MockUpload {
     vm: VmId,
-    request: ImageRequest,
+    request: UploadRequest,
     bytes: Vec<u8>,
 }
 
@@ -166,6 +169,8 @@ impl ApiHandler for MockHypervisor {
             state: VmState::Created,
             slots: BTreeMap::from([(RAM_SLOT.0, ram)]),
             image: None,
+            plan: None,
+            initrd: None,
             console: ConsoleRing::new(self.console_bytes),
             is_uploading: false,
         };
@@ -236,7 +241,7 @@ impl ApiHandler for MockHypervisor {
     fn begin_image(
         &mut self,
         id: &VmId,
-        request: &ImageRequest,
+        request: &UploadRequest,
         total_len: u64,
     ) -> Result<MockUpload, ApiError> {
         self.record(format!("begin_image {id} {total_len}"));
@@ -269,19 +274,31 @@ impl ApiHandler for MockHypervisor {
         Ok(())
     }
 
-    fn finish_image(&mut self, upload: MockUpload) -> Result<ImageLoaded, ApiError> {
+    fn finish_image(&mut self, upload: MockUpload) -> Result<Uploaded, ApiError> {
         self.record(format!("finish_image {}", upload.vm));
         let vm = self.get_mut(&upload.vm)?;
         vm.is_uploading = false;
-        let config = GuestConfig {
-            mem_size: vm.config.memory_mib << 20,
-            cmdline: &upload.request.cmdline,
-            rsdp: None,
+        let bytes = upload.bytes.len() as u64;
+        let initrd_error = |e: LoadError| ApiError::BadImage(format!("initrd: {e}"));
+        let UploadRequest::Image(request) = upload.request else {
+            let guest_address = match &vm.plan {
+                Some(plan) => Some(plan.clone().place_initrd(bytes).map_err(initrd_error)?.raw()),
+                None if bytes == 0 => return Err(initrd_error(LoadError::InitrdEmpty)),
+                None => None,
+            };
+            vm.initrd = Some(upload.bytes);
+            return Ok(Uploaded::Initrd(InitrdLoaded { bytes, guest_address }));
         };
-        let plan = loader::plan(&upload.bytes, upload.request.format, &config)?;
-        let loaded = ImageLoaded::from_plan(upload.bytes.len() as u64, &plan);
+        let config =
+            GuestConfig { mem_size: vm.config.memory_mib << 20, cmdline: &request.cmdline, rsdp: None };
+        let mut plan = loader::plan(&upload.bytes, request.format, &config)?;
+        let mut loaded = ImageLoaded::from_plan(bytes, &plan);
+        if let Some(initrd) = &vm.initrd {
+            loaded.initrd_address = Some(plan.place_initrd(initrd.len() as u64).map_err(initrd_error)?.raw());
+        }
         vm.image = Some(upload.bytes);
-        Ok(loaded)
+        vm.plan = Some(plan);
+        Ok(Uploaded::Image(loaded))
     }
 
     fn abort_image(&mut self, upload: MockUpload) {

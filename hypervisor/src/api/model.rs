@@ -332,8 +332,33 @@ pub struct ConnectionCounters {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRequest {
     pub format: ImageFormat,
-    /// The guest's command line (PVH and multiboot; empty for flat binaries).
+    /// The guest's command line (PVH, multiboot and bzImage; empty for flat binaries).
     pub cmdline: String,
+}
+
+/// What a streamed upload is: `PUT /v1/vms/{id}/image` or `PUT /v1/vms/{id}/initrd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadRequest {
+    Image(ImageRequest),
+    /// The initrd, raw bytes: kept by the VM and placed by its image (`vm::initrd`).
+    Initrd,
+}
+
+/// The answer to a completed upload: the JSON of the one that was uploaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Uploaded {
+    Image(ImageLoaded),
+    Initrd(InitrdLoaded),
+}
+
+/// The answer to a completed initrd upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitrdLoaded {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Where the initrd is in guest memory; `null` until an image is loaded, which places it.
+    pub guest_address: Option<u64>,
 }
 
 /// The answer to a completed image upload.
@@ -341,12 +366,15 @@ pub struct ImageRequest {
 pub struct ImageLoaded {
     /// Bytes received.
     pub bytes: u64,
-    /// `flat`, `pvh` or `multiboot1`.
+    /// `flat`, `pvh`, `multiboot1` or `linux`.
     pub protocol: String,
     /// Gpa of the first instruction.
     pub entry: u64,
     /// Loadable segments copied into guest memory.
     pub segments: u32,
+    /// Where the image placed the VM's initrd, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_address: Option<u64>,
 }
 
 impl ImageLoaded {
@@ -356,12 +384,14 @@ impl ImageLoaded {
             BootProtocol::Flat => "flat",
             BootProtocol::Pvh => "pvh",
             BootProtocol::Multiboot1 => "multiboot1",
+            BootProtocol::Linux => "linux",
         };
         Self {
             bytes,
             protocol: String::from(protocol),
             entry: plan.entry.mode.entry_gpa().raw(),
             segments: u32::try_from(plan.segments.len()).unwrap_or(u32::MAX),
+            initrd_address: None,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::Limits;
 use super::error::ApiError;
-use super::model::{ImageRequest, VmId};
+use super::model::{ImageRequest, UploadRequest, VmId};
 use crate::loader::ImageFormat;
 use alloc::format;
 use alloc::string::String;
@@ -66,6 +66,7 @@ pub const ROUTES: &[RouteSpec] = &[
         allow: "PUT, DELETE",
     },
     RouteSpec { template: "/v1/vms/{id}/image", methods: &[Method::Put], allow: "PUT" },
+    RouteSpec { template: "/v1/vms/{id}/initrd", methods: &[Method::Put], allow: "PUT" },
     RouteSpec { template: "/v1/vms/{id}/actions", methods: &[Method::Post], allow: "POST" },
     RouteSpec { template: "/v1/vms/{id}/console", methods: &[Method::Get], allow: "GET" },
     RouteSpec { template: "/v1/vms/{id}/stats", methods: &[Method::Get], allow: "GET" },
@@ -80,8 +81,9 @@ pub enum Route {
     Bodiless(BodilessRoute),
     /// A JSON document of at most [`Limits::max_json_body`] bytes.
     Json(JsonRoute),
-    /// `PUT /v1/vms/{id}/image`: raw image bytes, streamed to the handler.
-    Image(VmId, ImageRequest),
+    /// `PUT /v1/vms/{id}/image` and `PUT /v1/vms/{id}/initrd`: raw bytes, streamed to
+    /// the handler.
+    Image(VmId, UploadRequest),
 }
 
 /// A route whose request has no body.
@@ -151,7 +153,10 @@ pub fn route(method: &str, target: &str, limits: &Limits) -> Result<Route, ApiEr
                 Route::Bodiless(BodilessRoute::DeleteMemslot(id, slot))
             }
         }
-        ("/v1/vms/{id}/image", Method::Put, Some(id)) => Route::Image(id, image_request(&mut query)?),
+        ("/v1/vms/{id}/image", Method::Put, Some(id)) => {
+            Route::Image(id, UploadRequest::Image(image_request(&mut query)?))
+        }
+        ("/v1/vms/{id}/initrd", Method::Put, Some(id)) => Route::Image(id, UploadRequest::Initrd),
         ("/v1/vms/{id}/actions", Method::Post, Some(id)) => Route::Json(JsonRoute::Action(id)),
         ("/v1/vms/{id}/console", Method::Get, Some(id)) => {
             let offset = query.number("offset")?.unwrap_or(0);
@@ -240,16 +245,17 @@ fn image_request(query: &mut Query) -> Result<ImageRequest, ApiError> {
                 entry_gpa: entry.map(crate::addr::Gpa::new),
             }
         }
-        other => match ImageFormat::elf_by_name(other) {
+        other => match ImageFormat::by_name(other) {
             Some(_) if load.is_some() || entry.is_some() => {
                 return Err(ApiError::BadRequest(
-                    "load and entry apply to format=flat only; an ELF image names its own addresses".into(),
+                    "load and entry apply to format=flat only; an ELF or bzImage names its own addresses"
+                        .into(),
                 ));
             }
             Some(elf) => elf,
             None => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown image format {}: use format=flat, pvh, multiboot or elf",
+                    "unknown image format {}: use format=flat, pvh, multiboot, elf or bzimage",
                     printable(other)
                 )));
             }

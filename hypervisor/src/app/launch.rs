@@ -1,7 +1,10 @@
 //! Launching an embedded guest from the image's command line, until the control plane
-//! exists: `guest=<name> vcpus=<n> mem=<MiB> [timeout_ms=<ms>] [format=elf|pvh|multiboot]
-//! [guest.<key>=<value> ...]`. The embedded guests carry both a PVH note and a multiboot1
-//! header: `format=elf` (the default) picks PVH, `format=multiboot` the other.
+//! exists: `guest=<name> vcpus=<n> mem=<MiB> [timeout_ms=<ms>]
+//! [format=elf|pvh|multiboot|bzimage] [initrd=<name>] [guest.<key>=<value> ...]`. The
+//! embedded ELF guests carry both a PVH note and a multiboot1 header: `format=elf` (the
+//! default) picks PVH, `format=multiboot` the other; `bzboot` is a bzImage
+//! (`format=bzimage`). `initrd=<name>` gives the VM the embedded guest `<name>`'s bytes
+//! as its initrd.
 //! The guest's console lines are printed as `[vm <id>] ...`; at the end the image prints
 //! `taproot: vm <id> exited status=<n> state=<state> stats=<one-line JSON>`, then each
 //! CPU's tag numbering as `taproot: cpu tags generation/flushes <cpu>:<g>/<f> ...`.
@@ -36,8 +39,8 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
     let nmi_ms = parse_ms(line, "nmi_ms")?;
     let timeout_ms = parse_ms(line, "timeout_ms")?;
     let format_name = cmdline::value(line, "format").unwrap_or("elf");
-    let elf_format = ImageFormat::elf_by_name(format_name)
-        .ok_or_else(|| format!("format={format_name} is not one of elf, pvh, multiboot"))?;
+    let elf_format = ImageFormat::by_name(format_name)
+        .ok_or_else(|| format!("format={format_name} is not one of elf, pvh, multiboot, bzimage"))?;
     let (image, format) = match GUESTS.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => (*bytes, elf_format),
         None => match super::builtin::find(name) {
@@ -52,6 +55,12 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         "sipi" => true,
         other => return Err(format!("aps={other} is not one of entry, sipi")),
     };
+    let initrd = match cmdline::value(line, "initrd") {
+        None => None,
+        Some(initrd) => {
+            Some(GUESTS.iter().find(|(n, _)| *n == initrd).ok_or_else(|| unknown_guest(initrd))?.1)
+        }
+    };
     let guest_cmdline: Vec<String> = cmdline::words(line)
         .filter_map(|(k, v)| k.strip_prefix("guest.").map(|k| format!("{k}={v}")))
         .collect();
@@ -60,6 +69,7 @@ pub fn launch(line: &str, name: &str, id: u32) -> Result<i32, String> {
         config: VmConfig { vcpus, memory_mib, console_bytes: hypervisor::devices::CONSOLE_RING_BYTES },
         image,
         format,
+        initrd,
         guest_cmdline: guest_cmdline.join(" "),
         timeout_ms,
         delete_slot_ms,
@@ -96,6 +106,7 @@ struct Launch<'a> {
     config: VmConfig,
     image: &'a [u8],
     format: ImageFormat,
+    initrd: Option<&'a [u8]>,
     guest_cmdline: String,
     timeout_ms: Option<u64>,
     delete_slot_ms: Option<u64>,
@@ -122,6 +133,9 @@ fn run<B: Backend>(launch: &Launch<'_>) -> Result<i32, String> {
     vm.set_aps_wait_for_sipi(launch.aps_wait_for_sipi);
     if let Some(ms) = launch.timeout_ms {
         vm.set_deadline(libos::time::now_ns().saturating_add(ms.saturating_mul(1_000_000)));
+    }
+    if let Some(initrd) = launch.initrd {
+        vm.set_initrd(initrd.to_vec()).map_err(|e| format!("{e}"))?;
     }
     vm.load_image(launch.image, launch.format, &launch.guest_cmdline).map_err(|e| format!("{e}"))?;
     let mut vcpus = vm.start().map_err(|e| format!("{e}"))?;

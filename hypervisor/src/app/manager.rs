@@ -19,8 +19,8 @@ use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest, MemslotInfo,
-    MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
+    ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, InitrdLoaded, MemslotInfo,
+    MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
@@ -40,7 +40,7 @@ struct Entry<B: Backend> {
 /// to validate it before it writes guest memory, so it is held once, here).
 pub struct Upload {
     id: VmId,
-    request: ImageRequest,
+    request: UploadRequest,
     bytes: Vec<u8>,
     /// What it holds of the upload budget (its Content-Length).
     reserved: u64,
@@ -345,7 +345,12 @@ impl<B: Backend> ApiHandler for Manager<B> {
         Ok(())
     }
 
-    fn begin_image(&mut self, id: &VmId, request: &ImageRequest, total_len: u64) -> Result<Upload, ApiError> {
+    fn begin_image(
+        &mut self,
+        id: &VmId,
+        request: &UploadRequest,
+        total_len: u64,
+    ) -> Result<Upload, ApiError> {
         let budget = upload_budget();
         let in_flight = self.uploading_bytes;
         let entry = self.entry_mut(id)?;
@@ -399,12 +404,22 @@ impl<B: Backend> ApiHandler for Manager<B> {
         Ok(())
     }
 
-    fn finish_image(&mut self, upload: Upload) -> Result<ImageLoaded, ApiError> {
+    fn finish_image(&mut self, upload: Upload) -> Result<Uploaded, ApiError> {
         self.uploading_bytes -= upload.reserved;
         let entry = self.entry_mut(&upload.id)?;
         entry.uploading = false;
-        let plan = entry.vm.load_image(&upload.bytes, upload.request.format, &upload.request.cmdline)?;
-        Ok(ImageLoaded::from_plan(upload.bytes.len() as u64, &plan))
+        let bytes = upload.bytes.len() as u64;
+        let UploadRequest::Image(request) = upload.request else {
+            let placed = entry.vm.set_initrd(upload.bytes)?;
+            return Ok(Uploaded::Initrd(InitrdLoaded {
+                bytes,
+                guest_address: placed.gpa.map(|gpa| gpa.raw()),
+            }));
+        };
+        let plan = entry.vm.load_image(&upload.bytes, request.format, &request.cmdline)?;
+        let mut loaded = ImageLoaded::from_plan(bytes, &plan);
+        loaded.initrd_address = entry.vm.initrd_gpa().map(|gpa| gpa.raw());
+        Ok(Uploaded::Image(loaded))
     }
 
     fn abort_image(&mut self, upload: Upload) {

@@ -78,7 +78,17 @@ pub enum EntryMode {
     Real16 { cs: u16, ip: u16 },
     /// 32-bit protected mode, flat segments, paging off, at `eip`.
     Protected32 { eip: u32 },
+    /// 64-bit mode at `rip` (the Linux boot protocol's 64-bit entry): CR0.PE|PG, CR4.PAE,
+    /// EFER.LME|LMA, CR3 = `cr3` (an identity map in guest memory), GDTR = `gdt_base` /
+    /// `gdt_limit`; CS = [`LONG64_CS`] (64-bit code: L=1, D=0), the data segments
+    /// [`LONG64_DS`], all flat; TR a busy 64-bit TSS, LDTR unusable, interrupts off.
+    Long64 { rip: u64, cr3: u64, gdt_base: u64, gdt_limit: u16 },
 }
+
+/// The selectors of [`EntryMode::Long64`]: Linux's `__BOOT_CS` and `__BOOT_DS`, which
+/// the loader's GDT defines.
+pub const LONG64_CS: u16 = taproot_guest_abi::boot::linux::BOOT_CS;
+pub const LONG64_DS: u16 = taproot_guest_abi::boot::linux::BOOT_DS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryState {

@@ -16,8 +16,8 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
-    /// The ACPI address range type, which both memory maps use.
-    const fn acpi_type(self) -> u32 {
+    /// The ACPI address range type, which every memory map uses (PVH, multiboot, e820).
+    pub(super) const fn acpi_type(self) -> u32 {
         match self {
             Self::Ram => boot::MEMORY_TYPE_RAM,
             Self::Reserved => boot::MEMORY_TYPE_RESERVED,
@@ -54,6 +54,29 @@ pub fn guest_memory_map(mem_size: u64) -> Vec<MemoryRange> {
     push(LEGACY_HOLE_START, LEGACY_HOLE_END, MemoryKind::Reserved);
     push(LEGACY_HOLE_END, u64::MAX, MemoryKind::Ram);
     map
+}
+
+/// `map` with `range` reported reserved: the RAM ranges it overlaps are split around it.
+/// `range` must lie in RAM (the loader reserves its own tables there).
+#[must_use]
+pub fn reserve(map: Vec<MemoryRange>, range: core::ops::Range<u64>) -> Vec<MemoryRange> {
+    let mut out = Vec::with_capacity(map.len() + 2);
+    for r in map {
+        let (start, end) = (r.base.raw(), r.base.raw() + r.len);
+        if r.kind != MemoryKind::Ram || range.end <= start || end <= range.start {
+            out.push(r);
+            continue;
+        }
+        let mut push = |base: u64, end: u64, kind| {
+            if end > base {
+                out.push(MemoryRange { base: Gpa::new(base), len: end - base, kind });
+            }
+        };
+        push(start, range.start.max(start), MemoryKind::Ram);
+        push(range.start.max(start), range.end.min(end), MemoryKind::Reserved);
+        push(range.end.min(end), end, MemoryKind::Ram);
+    }
+    out
 }
 
 /// A little-endian byte buffer whose offsets are relative to [`BOOT_INFO_GPA`].
@@ -104,9 +127,14 @@ impl InfoWriter {
     }
 }
 
-/// The PVH start info at [`BOOT_INFO_GPA`], followed by its memory map and command line;
-/// `rsdp_paddr` is `rsdp` (0: none).
-pub fn pvh_start_info(mem_size: u64, cmdline: &str, rsdp: Option<Gpa>) -> Result<BootInfoPlan, LoadError> {
+/// The PVH start info at [`BOOT_INFO_GPA`], followed by its memory map, command line and
+/// one module entry (zeroed, `nr_modules` 0: an initrd fills it in, see `initrd`), whose
+/// gpa is returned with it; `rsdp_paddr` is `rsdp` (0: none).
+pub fn pvh_start_info(
+    mem_size: u64,
+    cmdline: &str,
+    rsdp: Option<Gpa>,
+) -> Result<(BootInfoPlan, Gpa), LoadError> {
     let mut w = InfoWriter::with_zeroes(si::SIZE);
     w.put_u32(si::MAGIC, boot::HVM_START_MAGIC);
     w.put_u32(si::VERSION, 1);
@@ -121,10 +149,11 @@ pub fn pvh_start_info(mem_size: u64, cmdline: &str, rsdp: Option<Gpa>) -> Result
     }
     let memmap_gpa = w.append(8, &table);
     let cmdline_gpa = w.append_cstr(cmdline);
+    let modlist_gpa = w.append(8, &[0; si::MODLIST_ENTRY_SIZE]);
     w.put_u64(si::MEMMAP_PADDR, memmap_gpa.raw());
     w.put_u32(si::MEMMAP_ENTRIES, map.len() as u32);
     w.put_u64(si::CMDLINE_PADDR, cmdline_gpa.raw());
-    w.finish(mem_size)
+    Ok((w.finish(mem_size)?, modlist_gpa))
 }
 
 /// The multiboot1 information at [`BOOT_INFO_GPA`], followed by its memory map, command

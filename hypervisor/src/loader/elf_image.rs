@@ -17,12 +17,15 @@ use elf::segment::ProgramHeader;
 use taproot_guest_abi::boot;
 
 use super::bootinfo;
+use super::initrd::{InitrdArea, InitrdFields};
 use super::{
     BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootProtocol, Entry, EntryMode, GuestConfig, LoadError, LoadPlan,
     MAX_SEGMENTS, Segment,
 };
 use crate::addr::Gpa;
 
+/// PVH modules lie below 4 GiB, where the 32-bit entry reaches them.
+const PVH_MODULE_LIMIT: u64 = 1 << 32;
 /// Bytes of a multiboot1 header that the loader reads: magic, flags, checksum.
 const MULTIBOOT_HEADER_LEN: usize = 12;
 /// Multiboot 0.6.96 §3.1.2: flag bits 0-15 are requirements. Bit 0 (align modules; we
@@ -76,17 +79,18 @@ pub(super) fn plan(
     };
 
     let segments = check_segments(image, &loads, config.mem_size)?;
-    let (entry_gpa, boot_info, eax) = match protocol {
+    let (entry_gpa, boot_info, eax, modlist) = match protocol {
         ElfProtocol::Pvh => {
             // `want` is Pvh or None here, and both paths above saw a note.
             let entry = pvh_entry.ok_or(LoadError::NoPvhNote)?;
-            (entry, bootinfo::pvh_start_info(config.mem_size, config.cmdline, config.rsdp)?, 0)
+            let (info, modlist) = bootinfo::pvh_start_info(config.mem_size, config.cmdline, config.rsdp)?;
+            (entry, info, 0, Some(modlist))
         }
         ElfProtocol::Multiboot1 => {
             check_multiboot_flags(find_multiboot_header(image)?.ok_or(LoadError::NoMultibootHeader)?)?;
             let entry = entry_gpa_from_vaddr(file.ehdr.e_entry, &loads)?;
             let info = bootinfo::multiboot_info(config.mem_size, config.cmdline)?;
-            (entry, info, boot::MULTIBOOT1_BOOT_MAGIC)
+            (entry, info, boot::MULTIBOOT1_BOOT_MAGIC, None)
         }
     };
     let eip =
@@ -99,10 +103,16 @@ pub(super) fn plan(
             ElfProtocol::Pvh => BootProtocol::Pvh,
             ElfProtocol::Multiboot1 => BootProtocol::Multiboot1,
         },
-        segments,
         // The boot information lies below 1 MiB.
-        entry: Entry { mode: EntryMode::Protected32 { eip }, eax, ebx: BOOT_INFO_GPA.raw() as u32 },
+        entry: Entry { mode: EntryMode::Protected32 { eip }, eax, ebx: BOOT_INFO_GPA.raw() as u32, rsi: 0 },
         boot_info: Some(boot_info),
+        // PVH modules: above the image, below 4 GiB (a 32-bit entry reaches them).
+        initrd_area: modlist.map(|modlist| InitrdArea {
+            lowest: segments.last().map_or(Gpa::new(0), |s| s.gpa_range().end),
+            limit: Gpa::new(config.mem_size.min(PVH_MODULE_LIMIT)),
+            fields: InitrdFields::Pvh { modlist },
+        }),
+        segments,
     })
 }
 

@@ -137,6 +137,49 @@ pub enum LoadError {
     },
     /// Multiboot flag 16 (load addresses in the header, for a.out images).
     MultibootAoutKludge,
+
+    /// The bzImage ends before a setup header field the loader reads.
+    BzImageTooShort {
+        len: u64,
+    },
+    BzImageNoBootFlag {
+        found: u16,
+    },
+    BzImageNoHeader,
+    BzImageProtocolTooOld {
+        version: u16,
+    },
+    /// The header's own length (0x202 + the jump's offset) ends before `init_size`.
+    BzImageHeaderTooShort {
+        end: usize,
+    },
+    BzImageNotLoadedHigh,
+    BzImageNo64BitEntry,
+    BzImageNoKernel {
+        setup_len: u64,
+        file_len: u64,
+    },
+    BzImageBadAlignment {
+        alignment: u32,
+    },
+    BzImagePrefAddress {
+        pref_address: u64,
+    },
+    BzImageDoesNotFit {
+        load_gpa: u64,
+        init_size: u64,
+        mem_size: u64,
+    },
+
+    InitrdNotSupported {
+        protocol: super::BootProtocol,
+    },
+    InitrdEmpty,
+    InitrdDoesNotFit {
+        size: u64,
+        lowest: u64,
+        limit: u64,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -240,6 +283,59 @@ impl fmt::Display for LoadError {
             E::MultibootAoutKludge => write!(
                 f,
                 "the multiboot header asks for header load addresses (flag 16, a.out kludge): not supported"
+            ),
+            E::BzImageTooShort { len } => {
+                write!(f, "the image ({len} bytes) is too short for a Linux setup header (bzImage)")
+            }
+            E::BzImageNoBootFlag { found } => {
+                write!(f, "not a bzImage: the boot flag at 0x1fe is {found:#06x}, not 0xaa55")
+            }
+            E::BzImageNoHeader => write!(f, "not a bzImage: no \"HdrS\" setup header magic at 0x202"),
+            E::BzImageProtocolTooOld { version } => write!(
+                f,
+                "the kernel speaks boot protocol {}.{:02}; 2.12 or later is needed (a 64-bit entry)",
+                version >> 8,
+                version & 0xFF
+            ),
+            E::BzImageHeaderTooShort { end } => {
+                write!(f, "the bzImage setup header ends at {end:#x}, before the fields of protocol 2.12")
+            }
+            E::BzImageNotLoadedHigh => {
+                write!(
+                    f,
+                    "the kernel cannot be loaded above 1 MiB (loadflags.LOADED_HIGH is clear: a zImage)"
+                )
+            }
+            E::BzImageNo64BitEntry => {
+                write!(f, "the kernel has no 64-bit entry (xloadflags.XLF_KERNEL_64 is clear)")
+            }
+            E::BzImageNoKernel { setup_len, file_len } => write!(
+                f,
+                "the bzImage's setup takes {setup_len} bytes, and the {file_len}-byte file has no kernel after it"
+            ),
+            E::BzImageBadAlignment { alignment } => {
+                write!(
+                    f,
+                    "the kernel asks for an alignment of {alignment:#x}, not a power of two up to 1 GiB"
+                )
+            }
+            E::BzImagePrefAddress { pref_address } => {
+                write!(f, "the kernel's preferred address {pref_address:#x} is not below 4 GiB")
+            }
+            E::BzImageDoesNotFit { load_gpa, init_size, mem_size } => write!(
+                f,
+                "the kernel needs {} from {load_gpa:#x} (init_size), beyond the {} of guest memory",
+                Size(init_size),
+                Size(mem_size)
+            ),
+            E::InitrdNotSupported { protocol } => {
+                write!(f, "an initrd needs a bzimage or pvh image, and this image is {protocol:?}")
+            }
+            E::InitrdEmpty => write!(f, "the initrd is empty"),
+            E::InitrdDoesNotFit { size, lowest, limit } => write!(
+                f,
+                "the initrd ({}) does not fit between the kernel's end {lowest:#x} and its limit {limit:#x}",
+                Size(size)
             ),
         }
     }

@@ -8,21 +8,31 @@
 //! - an ELF32/ELF64 with a PVH `XEN_ELFNOTE_PHYS32_ENTRY` note: 32-bit protected mode,
 //!   `ebx` = gpa of `hvm_start_info` (built here, with a memory map and the command line);
 //! - a multiboot1 ELF: 32-bit protected mode, `eax` = 0x2BADB002, `ebx` = gpa of the
-//!   multiboot information (memory sizes, memory map, command line).
+//!   multiboot information (memory sizes, memory map, command line);
+//! - a Linux bzImage (boot protocol 2.12+, see `bzimage`): 64-bit mode on an identity map
+//!   the loader builds, `rsi` = gpa of `boot_params`.
+//!
+//! PVH and bzImage plans take an initrd ([`LoadPlan::place_initrd`], see `initrd`).
 //!
 //! Every rule an image can break is a [`LoadError`] variant whose `Display` is the message
 //! a user sees. Nothing here panics on any input (see the truncation and mutation tests).
 //!
 //! Guest memory is `[0, mem_size)`. The boot information lives at [`BOOT_INFO_GPA`], below
 //! 1 MiB and above the real-mode interrupt table and BIOS data area, in
-//! [`BOOT_INFO_MAX_LEN`] bytes that no segment may overlap.
+//! [`BOOT_INFO_MAX_LEN`] bytes that no segment may overlap. A bzImage's is larger (boot_params,
+//! command line, GDT and identity map: at most 84 KiB, below 640 KiB) and its kernel loads
+//! at 1 MiB or above, so the two never meet either.
 
 mod bootinfo;
+mod bzimage;
 mod elf_image;
 mod error;
+mod initrd;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tests_bzimage;
 
 use alloc::vec::Vec;
 use core::ops::Range;
@@ -30,7 +40,9 @@ use core::ops::Range;
 use crate::addr::Gpa;
 
 pub use bootinfo::{MemoryKind, MemoryRange, guest_memory_map};
+pub use bzimage::{BOOT_PARAMS_GPA, BOOT_TABLES_GPA};
 pub use error::{LoadError, Size};
+pub use initrd::InitrdArea;
 
 /// Where the boot information goes (PVH start info or multiboot info, memory map, command
 /// line).
@@ -54,17 +66,21 @@ pub enum ImageFormat {
     Pvh,
     /// An ELF that must carry a multiboot1 header.
     Multiboot1,
+    /// A Linux bzImage (boot protocol 2.12 or later, with the 64-bit entry).
+    BzImage,
 }
 
 impl ImageFormat {
-    /// The ELF format a user names: `elf` (PVH note, else multiboot header), `pvh`,
-    /// `multiboot` or `multiboot1`. The API and the image's command line both take these.
+    /// A format a user names that needs no parameters: `elf` (PVH note, else multiboot
+    /// header), `pvh`, `multiboot` or `multiboot1`, `bzimage`. The API and the image's
+    /// command line both take these.
     #[must_use]
-    pub fn elf_by_name(name: &str) -> Option<Self> {
+    pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "elf" => Some(Self::Elf),
             "pvh" => Some(Self::Pvh),
             "multiboot" | "multiboot1" => Some(Self::Multiboot1),
+            "bzimage" => Some(Self::BzImage),
             _ => None,
         }
     }
@@ -75,10 +91,11 @@ impl ImageFormat {
 pub struct GuestConfig<'a> {
     /// Guest memory size in bytes; guest memory is `[0, mem_size)`.
     pub mem_size: u64,
-    /// The guest's command line (PVH and multiboot; a flat binary gets none).
+    /// The guest's command line (PVH, multiboot and bzImage; a flat binary gets none).
     pub cmdline: &'a str,
-    /// Where the VM put the ACPI RSDP, for `hvm_start_info.rsdp_paddr` (PVH only; the
-    /// memory map reports the BIOS area that holds it reserved).
+    /// Where the VM put the ACPI RSDP, for `hvm_start_info.rsdp_paddr` and
+    /// `boot_params.acpi_rsdp_addr` (the memory map reports the BIOS area that holds it
+    /// reserved).
     pub rsdp: Option<Gpa>,
 }
 
@@ -88,6 +105,7 @@ pub enum BootProtocol {
     Flat,
     Pvh,
     Multiboot1,
+    Linux,
 }
 
 /// Everything a backend needs to load and start an image.
@@ -100,6 +118,8 @@ pub struct LoadPlan {
     pub entry: Entry,
     /// Bytes to write at a gpa before the first vCPU starts (none for a flat binary).
     pub boot_info: Option<BootInfoPlan>,
+    /// Where an initrd may go (PVH and bzImage; `None`: the protocol has no initrd).
+    pub initrd_area: Option<InitrdArea>,
 }
 
 /// One piece of the image in guest memory: `file_range` of the image is copied to `gpa`,
@@ -148,8 +168,11 @@ pub struct Entry {
     pub mode: EntryMode,
     /// `eax` at entry (multiboot magic; 0 otherwise).
     pub eax: u32,
-    /// `ebx` at entry (gpa of the boot information; 0 for a flat binary).
+    /// `ebx` at entry (gpa of the boot information for PVH and multiboot; 0 otherwise).
     pub ebx: u32,
+    /// `rsi` at entry (gpa of `boot_params` for a bzImage; 0 otherwise, where the VM
+    /// passes the vCPU index).
+    pub rsi: u64,
 }
 
 /// The CPU mode at entry.
@@ -159,6 +182,10 @@ pub enum EntryMode {
     RealMode16 { cs: u16, ip: u16 },
     /// 32-bit protected mode, paging off, flat 4 GiB segments, at `eip`.
     Protected32 { eip: u32 },
+    /// 64-bit mode at `rip`: paging on with `cr3`, the GDT at `gdt_base` (limit
+    /// `gdt_limit`) holding Linux's `__BOOT_CS` (64-bit code) and `__BOOT_DS` (data), which
+    /// CS and the data segments hold.
+    Long64 { rip: u64, cr3: u64, gdt_base: u64, gdt_limit: u16 },
 }
 
 impl EntryMode {
@@ -168,6 +195,7 @@ impl EntryMode {
         Gpa::new(match *self {
             Self::RealMode16 { cs, ip } => u64::from(cs) * 16 + u64::from(ip),
             Self::Protected32 { eip } => u64::from(eip),
+            Self::Long64 { rip, .. } => rip,
         })
     }
 }
@@ -188,6 +216,7 @@ pub fn plan(image: &[u8], format: ImageFormat, config: &GuestConfig<'_>) -> Resu
         ImageFormat::Elf => elf_image::plan(image, None, config),
         ImageFormat::Pvh => elf_image::plan(image, Some(elf_image::ElfProtocol::Pvh), config),
         ImageFormat::Multiboot1 => elf_image::plan(image, Some(elf_image::ElfProtocol::Multiboot1), config),
+        ImageFormat::BzImage => bzimage::plan(image, config),
     }
 }
 
@@ -223,7 +252,8 @@ fn plan_flat(
     Ok(LoadPlan {
         protocol: BootProtocol::Flat,
         segments: alloc::vec![Segment { gpa: Gpa::new(load_gpa), file_range: 0..image.len(), mem_size: len }],
-        entry: Entry { mode: EntryMode::RealMode16 { cs, ip }, eax: 0, ebx: 0 },
+        entry: Entry { mode: EntryMode::RealMode16 { cs, ip }, eax: 0, ebx: 0, rsi: 0 },
         boot_info: None,
+        initrd_area: None,
     })
 }

@@ -15,7 +15,7 @@ const ET_EXEC: u16 = 2;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 
-fn config(mem_size: u64) -> GuestConfig<'static> {
+pub(super) fn config(mem_size: u64) -> GuestConfig<'static> {
     GuestConfig { mem_size, cmdline: "mib=16 hello", rsdp: None }
 }
 
@@ -42,7 +42,7 @@ impl Seg {
 
 /// A tiny ELF writer: header, program headers, then each segment's bytes (4-aligned).
 #[derive(Clone)]
-struct ElfBuilder {
+pub(super) struct ElfBuilder {
     is_64: bool,
     machine: u16,
     e_type: u16,
@@ -66,7 +66,7 @@ impl ElfBuilder {
         self
     }
 
-    fn build(&self) -> Vec<u8> {
+    pub(super) fn build(&self) -> Vec<u8> {
         let (ehsize, phentsize) = if self.is_64 { (64usize, 56usize) } else { (52, 32) };
         let mut offsets = Vec::new();
         let mut at = ehsize + phentsize * self.segs.len();
@@ -153,7 +153,7 @@ fn multiboot_header(flags: u32) -> Vec<u8> {
 
 /// An ELF64 PVH kernel at 1 MiB: code + data, a .bss, and a 64-bit note (as the `pvh`
 /// crate writes it) with an unrelated note before it.
-fn pvh64() -> ElfBuilder {
+pub(super) fn pvh64() -> ElfBuilder {
     let mut notes = note(b"GNU\0", 3, &[1, 2, 3, 4, 5, 6, 7, 8]);
     notes.extend(pvh_note(&0x10_0010u64.to_le_bytes()));
     ElfBuilder::new(true)
@@ -163,7 +163,7 @@ fn pvh64() -> ElfBuilder {
 }
 
 /// An ELF32 multiboot kernel linked at virtual 0xC010_0000, loaded at 1 MiB.
-fn multiboot32() -> ElfBuilder {
+pub(super) fn multiboot32() -> ElfBuilder {
     let mut text = multiboot_header(0b11);
     text.resize(0x200, 0xF4);
     let mut b = ElfBuilder::new(false).seg(Seg {
@@ -219,7 +219,10 @@ fn pvh_elf64_plans_segments_entry_and_start_info() {
     let plan = plan(&image, ImageFormat::Elf, &config(MEM_64M)).unwrap();
     assert_plan_is_sound(&image, &plan, MEM_64M);
     assert_eq!(plan.protocol, BootProtocol::Pvh);
-    assert_eq!(plan.entry, Entry { mode: EntryMode::Protected32 { eip: 0x10_0010 }, eax: 0, ebx: 0x1000 });
+    assert_eq!(
+        plan.entry,
+        Entry { mode: EntryMode::Protected32 { eip: 0x10_0010 }, eax: 0, ebx: 0x1000, rsi: 0 }
+    );
     assert_eq!(plan.segments.len(), 2);
     assert_eq!(plan.segments[0].gpa, Gpa::new(0x10_0000));
     assert!(plan.segments[0].file_bytes(&image).iter().all(|&b| b == 0x90));
@@ -274,7 +277,7 @@ fn multiboot_elf32_gets_magic_memory_sizes_and_mmap() {
     // The entry is a virtual address, translated through its segment.
     assert_eq!(
         plan.entry,
-        Entry { mode: EntryMode::Protected32 { eip: 0x10_0020 }, eax: 0x2BAD_B002, ebx: 0x1000 }
+        Entry { mode: EntryMode::Protected32 { eip: 0x10_0020 }, eax: 0x2BAD_B002, ebx: 0x1000, rsi: 0 }
     );
     let info = plan.boot_info.as_ref().unwrap();
     let b = &info.bytes;
@@ -488,17 +491,17 @@ fn every_truncation_is_an_error_and_never_a_panic() {
 }
 
 /// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }

@@ -17,6 +17,7 @@ pub mod commit;
 mod entry;
 mod exits;
 mod guest_ram;
+mod initrd;
 pub mod lifecycle;
 pub mod limits;
 mod mmio;
@@ -29,6 +30,7 @@ mod string_io;
 mod vcpu;
 
 pub use exits::{ExitCounts, ExitReason, ExitStats};
+pub use initrd::InitrdPlaced;
 pub use lifecycle::{Action, VmState};
 pub use run_queue::{RunQueue, Step};
 pub use stats::{InterruptStats, VmStats};
@@ -155,6 +157,8 @@ pub struct Vm<B: Backend> {
     /// Whether the application processors (vCPUs 1 and up) start waiting for INIT-SIPI-SIPI
     /// from the boot vCPU, as on a PC, rather than at the image's entry.
     aps_wait_for_sipi: AtomicBool,
+    /// The image's plan and the initrd (see [`initrd`]).
+    boot_files: Mutex<initrd::BootFiles>,
 }
 
 /// The CPUID policy for `B` on this host.
@@ -244,6 +248,7 @@ impl<B: Backend> Vm<B> {
             interrupt_counts: stats::InterruptCounts::default(),
             tsc_offset,
             aps_wait_for_sipi: AtomicBool::new(false),
+            boot_files: Mutex::new(initrd::BootFiles::default()),
         }))
     }
 
@@ -255,8 +260,9 @@ impl<B: Backend> Vm<B> {
         self.config.memory_mib << 20
     }
 
-    /// Validates `image` and copies it into guest memory. Only in `Created`; a bad image
-    /// changes nothing (it is checked completely before the first byte is written).
+    /// Validates `image` and copies it into guest memory, with the VM's initrd if it has
+    /// one (see [`initrd`]). Only in `Created`; a bad image, or an initrd it cannot place,
+    /// changes nothing (both are checked completely before the first byte is written).
     pub fn load_image(&self, image: &[u8], format: ImageFormat, cmdline: &str) -> Result<LoadPlan, VmError> {
         lifecycle::check_image_load(&self.state.lock())?;
         let config = GuestConfig { mem_size: self.memory_bytes(), cmdline, rsdp: self.rsdp };
@@ -266,6 +272,11 @@ impl<B: Backend> Vm<B> {
             let config = GuestConfig { rsdp: None, ..config };
             plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
         }
+        let mut files = self.boot_files.lock();
+        let initrd_gpa = match &files.initrd {
+            Some(initrd) => Some(plan.place_initrd(initrd.len() as u64).map_err(initrd::initrd_error)?),
+            None => None,
+        };
         let write = |gpa: Gpa, bytes: &[u8]| {
             self.mmu.write_guest(AsId::Normal, gpa, bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
         };
@@ -279,25 +290,43 @@ impl<B: Backend> Vm<B> {
                 .zero_guest(AsId::Normal, tail, tail_len)
                 .map_err(|e| VmError::Memory(format!("{e:?}")))?;
         }
-        if let Some(info) = &plan.boot_info {
-            write(info.gpa, &info.bytes)?;
+        match (&files.initrd, initrd_gpa) {
+            (Some(initrd), Some(gpa)) => self.write_initrd(&plan, gpa, initrd)?,
+            _ => {
+                if let Some(info) = &plan.boot_info {
+                    write(info.gpa, &info.bytes)?;
+                }
+            }
         }
+        files.plan = Some(plan.clone());
+        files.initrd_gpa = initrd_gpa;
+        drop(files);
         let mode = match plan.entry.mode {
             loader::EntryMode::RealMode16 { cs, ip } => EntryMode::Real16 { cs, ip },
             loader::EntryMode::Protected32 { eip } => EntryMode::Protected32 { eip },
+            loader::EntryMode::Long64 { rip, cr3, gdt_base, gdt_limit } => {
+                EntryMode::Long64 { rip, cr3, gdt_base, gdt_limit }
+            }
         };
-        let regs =
-            GuestRegs { rax: plan.entry.eax as u64, rbx: plan.entry.ebx as u64, ..GuestRegs::default() };
+        let regs = GuestRegs {
+            rax: plan.entry.eax as u64,
+            rbx: plan.entry.ebx as u64,
+            rsi: plan.entry.rsi,
+            ..GuestRegs::default()
+        };
         *self.entry.lock() = Some(EntryState { mode, regs });
         Ok(plan)
     }
 
     /// The entry state of vCPU `index`: the image's, plus the multi-vCPU convention of
-    /// `taproot-guest-abi` (`esi` = index, `edi` = count).
+    /// `taproot-guest-abi` (`esi` = index, `edi` = count), except in the Linux protocol's
+    /// 64-bit entry, whose `rsi` is `boot_params`.
     pub fn entry_for(&self, index: u32) -> Option<EntryState> {
         let mut entry = (*self.entry.lock())?;
-        entry.regs.rsi = index as u64;
-        entry.regs.rdi = self.config.vcpus as u64;
+        if !matches!(entry.mode, EntryMode::Long64 { .. }) {
+            entry.regs.rsi = index as u64;
+            entry.regs.rdi = self.config.vcpus as u64;
+        }
         Some(entry)
     }
 
@@ -361,8 +390,17 @@ impl<B: Backend> Vm<B> {
         self.aps_wait_for_sipi.store(wait, Ordering::Relaxed);
     }
 
+    /// Whether vCPUs 1 and up wait for INIT-SIPI-SIPI: as set, and always for a kernel
+    /// loaded through Linux's boot protocol (its boot CPU starts the others; started at
+    /// the 64-bit entry they would all run the boot path at once).
     pub fn aps_wait_for_sipi(&self) -> bool {
-        self.aps_wait_for_sipi.load(Ordering::Relaxed)
+        let linux = self
+            .boot_files
+            .lock()
+            .plan
+            .as_ref()
+            .is_some_and(|plan| plan.protocol == crate::loader::BootProtocol::Linux);
+        linux || self.aps_wait_for_sipi.load(Ordering::Relaxed)
     }
 
     /// vCPU `index`'s halt state.

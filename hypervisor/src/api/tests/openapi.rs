@@ -210,3 +210,16 @@ fn connection_counters_have_exactly_the_keys_of_their_schema() {
         Some("#/components/schemas/ConnectionCounters")
     );
 }
+
+#[test]
+fn an_initrd_answer_has_exactly_the_keys_of_its_schema() {
+    let doc = document();
+    let placed = crate::api::model::InitrdLoaded { bytes: 5000, guest_address: Some(0x3ff_e000) };
+    let value = serde_json::to_value(crate::api::model::Uploaded::Initrd(placed)).expect("serializes");
+    assert_matches_schema(&doc, &doc["components"]["schemas"]["InitrdLoaded"], &value, "InitrdLoaded");
+    let response = &doc["paths"]["/v1/vms/{id}/initrd"]["put"]["responses"]["200"];
+    assert_eq!(
+        response["content"]["application/json"]["schema"]["$ref"].as_str(),
+        Some("#/components/schemas/InitrdLoaded")
+    );
+}

@@ -178,3 +178,49 @@ fn an_empty_image_is_422() {
     assert!(!chunk_calls(&h).iter().any(|c| c.1 == 0), "no empty chunk is handed out");
     let _: String = r.error();
 }
+
+/// `PUT /v1/vms/{id}/initrd`: kept before the image and placed by it, placed at once after
+/// it, replaced before start, refused after start, and refused with a reason when the image
+/// takes none or has no room for it.
+#[test]
+fn the_initrd_is_placed_by_the_image_in_either_order_and_frozen_at_start() {
+    const MIB: u64 = 1 << 20;
+    let mut h = Harness::new();
+    create(&mut h, "lx", 64);
+    let initrd = image(5000);
+    let r = h.exchange(&request("PUT", "/v1/vms/lx/initrd", Some(&initrd)));
+    assert_eq!(r.status, 200, "{}", r.error_or_body());
+    assert_eq!((r.json()["bytes"].as_u64(), r.json()["guest_address"].is_null()), (Some(5000), true));
+
+    // The kernel wants 16 MiB + 4 MiB of init_size; the initrd goes to the top of 64 MiB.
+    let kernel = crate::loader::tests_bzimage::bz().build();
+    let r = h.exchange(&request("PUT", "/v1/vms/lx/image?format=bzimage&cmdline=quiet", Some(&kernel)));
+    assert_eq!(r.status, 200, "{}", r.error_or_body());
+    assert_eq!(r.json()["protocol"], "linux");
+    assert_eq!(r.json()["entry"].as_u64(), Some(16 * MIB + 0x200));
+    assert_eq!(r.json()["initrd_address"].as_u64(), Some(64 * MIB - 0x2000));
+
+    let r = h.exchange(&request("PUT", "/v1/vms/lx/initrd", Some(&image(3 << 20))));
+    assert_eq!(r.status, 200, "{}", r.error_or_body());
+    assert_eq!(r.json()["guest_address"].as_u64(), Some(61 * MIB));
+
+    let too_big = image(45 << 20);
+    let r = h.exchange(&request("PUT", "/v1/vms/lx/initrd", Some(&too_big)));
+    assert_eq!(r.status, 422, "{}", r.error_or_body());
+    assert!(r.error().contains("does not fit"), "{}", r.error());
+    let r = h.exchange(&request("PUT", "/v1/vms/lx/initrd", Some(&[])));
+    assert_eq!(r.status, 422, "{}", r.error_or_body());
+
+    assert_eq!(h.call("POST", "/v1/vms/lx/actions", Some(r#"{"action":"start"}"#)).status, 200);
+    let r = h.exchange(&request("PUT", "/v1/vms/lx/initrd", Some(&initrd)));
+    assert_eq!(r.status, 409, "{}", r.error_or_body());
+
+    // A flat image takes no initrd, in either order.
+    create(&mut h, "flat", 4);
+    h.send(&image_head("flat", 16));
+    assert_eq!(h.send(&image(16)), 16);
+    assert_eq!(h.responses().remove(0).status, 200);
+    let r = h.exchange(&request("PUT", "/v1/vms/flat/initrd", Some(&initrd)));
+    assert_eq!(r.status, 422, "{}", r.error_or_body());
+    assert!(r.error().contains("bzimage or pvh"), "{}", r.error());
+}

@@ -24,6 +24,7 @@
 #![allow(unsafe_code, reason = "VMRUN, MSRs and hardware-defined pages")]
 
 mod emulation;
+mod entry;
 mod exit;
 mod interrupts;
 pub mod vmcb;
@@ -40,7 +41,7 @@ use super::tags::{self, Rollover, TagConfig, TagSpace, VcpuTag};
 use super::tlb::{self, RootTracker, TdpFlush};
 use super::vcpu_set::{VcpuSet, VcpuSync};
 use super::xstate::GuestXstate;
-use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryMode, EntryState, Exit, GuestRegs};
+use super::{Backend, BackendError, BackendVcpu, BackendVm, Caps, EntryState, Exit, GuestRegs};
 use crate::mmu::{FlushScope, TlbFlush};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -420,33 +421,25 @@ impl Drop for SvmVcpu {
 impl BackendVcpu for SvmVcpu {
     fn reset(&mut self, entry: &EntryState) {
         let v = &mut self.vmcb;
-        let (cs, data, cr0, rip) = match entry.mode {
-            EntryMode::Real16 { cs, ip } => {
-                (Segment::real_mode_code(cs), Segment::real_mode_data(0), 0x10u64 /* ET */, ip as u64)
-            }
-            // CR0.PE | ET.
-            EntryMode::Protected32 { eip } => {
-                (Segment::FLAT32_CODE, Segment::FLAT32_DATA, 0x11u64, eip as u64)
-            }
-        };
-        v.write_segment(save::CS, cs);
+        let cpu = entry::entry_cpu(entry.mode);
+        v.write_segment(save::CS, cpu.cs);
         for seg in [save::DS, save::ES, save::SS, save::FS, save::GS] {
-            v.write_segment(seg, data);
+            v.write_segment(seg, cpu.data);
         }
-        v.write_segment(save::GDTR, Segment::table(0xFFFF, 0));
+        v.write_segment(save::GDTR, cpu.gdtr);
         v.write_segment(save::IDTR, Segment::table(0xFFFF, 0));
         v.write_segment(save::LDTR, Segment::LDT);
         v.write_segment(save::TR, Segment::TSS);
         v.write8(save::CPL, 0);
-        v.write64(save::EFER, vmcb::EFER_SVME);
-        v.write64(save::CR0, cr0);
-        v.write64(save::CR3, 0);
-        v.write64(save::CR4, 0);
+        v.write64(save::EFER, cpu.efer);
+        v.write64(save::CR0, cpu.cr0);
+        v.write64(save::CR3, cpu.cr3);
+        v.write64(save::CR4, cpu.cr4);
         v.write64(save::CR2, 0);
         v.write64(save::DR6, 0xFFFF_0FF0);
         v.write64(save::DR7, 0x400);
         v.write64(save::RFLAGS, 0x2);
-        v.write64(save::RIP, rip);
+        v.write64(save::RIP, cpu.rip);
         v.write64(save::RSP, 0);
         v.write64(save::G_PAT, vmcb::DEFAULT_PAT);
         v.write64(control::EVENT_INJECTION, 0);

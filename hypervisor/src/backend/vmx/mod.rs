@@ -23,6 +23,7 @@ mod consts;
 mod cpu;
 mod cr;
 mod emulation;
+mod entry;
 mod exit;
 mod interrupts;
 mod nmi;

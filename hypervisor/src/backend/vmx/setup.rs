@@ -9,7 +9,7 @@ use super::cpu::{self, VmxHost};
 use super::cr::{self, CrShadows};
 use super::vmcs::Current;
 use super::world_switch;
-use crate::backend::{BackendError, Caps, EntryMode, EntryState};
+use crate::backend::{BackendError, Caps, EntryState};
 use alloc::format;
 use alloc::string::String;
 use x86::msr;
@@ -157,40 +157,20 @@ fn task_register(gdt_base: u64) -> (u16, u64) {
     (tr, ((low >> 16) & 0xFF_FFFF) | ((low >> 56) << 24) | ((high & 0xFFFF_FFFF) << 32))
 }
 
-/// The guest state of `entry` (as after INIT, in real mode or flat 32-bit protected mode).
+/// The guest state of `entry` (as after INIT, in real mode, flat 32-bit protected mode or
+/// the 64-bit mode of `entry`'s `Long64`).
 pub fn write_guest_state(
     v: &Current,
     host: &VmxHost,
     shadows: &mut CrShadows,
     entry: &EntryState,
 ) -> Result<(), BackendError> {
-    let (cs_sel, cs_base, cs_limit, cs_ar, data_ar, data_limit, cr0_guest, rip) = match entry.mode {
-        EntryMode::Real16 { cs, ip } => (
-            cs as u64,
-            (cs as u64) << 4,
-            0xFFFF,
-            access_rights::REAL_CODE,
-            access_rights::REAL_DATA,
-            0xFFFF,
-            CR0_ET,
-            ip as u64,
-        ),
-        EntryMode::Protected32 { eip } => (
-            0x08,
-            0,
-            0xFFFF_FFFF,
-            access_rights::FLAT32_CODE,
-            access_rights::FLAT32_DATA,
-            0xFFFF_FFFF,
-            CR0_ET | CR0_PE,
-            eip as u64,
-        ),
-    };
-    let data_sel = if matches!(entry.mode, EntryMode::Protected32 { .. }) { 0x10 } else { 0 };
-    v.write(guest::CS_SELECTOR, cs_sel)?;
-    v.write(guest::CS_BASE, cs_base)?;
-    v.write(guest::CS_LIMIT, cs_limit)?;
-    v.write(guest::CS_ACCESS_RIGHTS, cs_ar as u64)?;
+    let cpu = super::entry::entry_cpu(entry.mode);
+    let (cs, data) = (cpu.cs, cpu.data);
+    v.write(guest::CS_SELECTOR, cs.selector)?;
+    v.write(guest::CS_BASE, cs.base)?;
+    v.write(guest::CS_LIMIT, cs.limit)?;
+    v.write(guest::CS_ACCESS_RIGHTS, cs.access_rights as u64)?;
     for (sel, base, limit, ar) in [
         (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
         (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
@@ -198,10 +178,10 @@ pub fn write_guest_state(
         (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
         (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
     ] {
-        v.write(sel, data_sel)?;
-        v.write(base, 0)?;
-        v.write(limit, data_limit)?;
-        v.write(ar, data_ar as u64)?;
+        v.write(sel, data.selector)?;
+        v.write(base, data.base)?;
+        v.write(limit, data.limit)?;
+        v.write(ar, data.access_rights as u64)?;
     }
     v.write(guest::LDTR_SELECTOR, 0)?;
     v.write(guest::LDTR_BASE, 0)?;
@@ -211,16 +191,16 @@ pub fn write_guest_state(
     v.write(guest::TR_BASE, 0)?;
     v.write(guest::TR_LIMIT, 0xFFFF)?;
     v.write(guest::TR_ACCESS_RIGHTS, access_rights::BUSY_TSS32 as u64)?;
-    v.write(guest::GDTR_BASE, 0)?;
-    v.write(guest::GDTR_LIMIT, 0xFFFF)?;
+    v.write(guest::GDTR_BASE, cpu.gdt_base)?;
+    v.write(guest::GDTR_LIMIT, cpu.gdt_limit)?;
     v.write(guest::IDTR_BASE, 0)?;
     v.write(guest::IDTR_LIMIT, 0xFFFF)?;
-    cr::set_cr0(v, host, shadows, cr0_guest)?;
-    cr::set_cr4(v, host, shadows, 0)?;
-    v.write(guest::CR3, 0)?;
+    cr::set_cr0(v, host, shadows, cpu.cr0)?;
+    cr::set_cr4(v, host, shadows, cpu.cr4)?;
+    v.write(guest::CR3, cpu.cr3)?;
     v.write(guest::DR7, 0x400)?;
     v.write(guest::RSP, 0)?;
-    v.write(guest::RIP, rip)?;
+    v.write(guest::RIP, cpu.rip)?;
     v.write(guest::RFLAGS, 0x2)?;
     v.write(guest::PENDING_DBG_EXCEPTIONS, 0)?;
     v.write(guest::INTERRUPTIBILITY_STATE, 0)?;
@@ -228,12 +208,12 @@ pub fn write_guest_state(
     v.write(guest::IA32_SYSENTER_CS, 0)?;
     v.write(guest::IA32_SYSENTER_ESP, 0)?;
     v.write(guest::IA32_SYSENTER_EIP, 0)?;
-    v.write(guest::IA32_EFER_FULL, 0)?;
+    v.write(guest::IA32_EFER_FULL, cpu.efer)?;
     v.write(guest::IA32_PAT_FULL, DEFAULT_PAT)?;
     v.write(guest::IA32_DEBUGCTL_FULL, 0)?;
     v.write(guest::LINK_PTR_FULL, u64::MAX)?;
-    let mut entry_ctls = v.read(control::VMENTRY_CONTROLS);
-    entry_ctls &= !(vmcs::control::EntryControls::IA32E_MODE_GUEST.bits() as u64);
-    v.write(control::VMENTRY_CONTROLS, entry_ctls)?;
+    let ia32e = vmcs::control::EntryControls::IA32E_MODE_GUEST.bits() as u64;
+    let entry_ctls = v.read(control::VMENTRY_CONTROLS) & !ia32e;
+    v.write(control::VMENTRY_CONTROLS, if cpu.ia32e_mode { entry_ctls | ia32e } else { entry_ctls })?;
     Ok(())
 }
