@@ -212,7 +212,15 @@ fn measure(console: &mut taproot_testbed::Console) -> Result<GuestNumbers, Strin
         .find(|l| l.contains("isolation: ibpb offered="))
         .ok_or("no `isolation: ibpb` line once virtualization was on")?;
     let ibpb = field(ibpb, "tsc_per_barrier").and_then(|v| v.parse().ok());
-    Ok(GuestNumbers { banner_tsc: tsc_of(&banner)?, hello_to_console, cpuid, hypercall, pio, eoi_xapic_mmio, ibpb })
+    Ok(GuestNumbers {
+        banner_tsc: tsc_of(&banner)?,
+        hello_to_console,
+        cpuid,
+        hypercall,
+        pio,
+        eoi_xapic_mmio,
+        ibpb,
+    })
 }
 
 /// The control plane under QEMU TCG: image upload throughput and request latency, seen

@@ -8,8 +8,8 @@
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::model::{
-    Action, ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, ImageRequest,
-    MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
+    Action, ConnectionCounters, ConsoleAccepted, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded,
+    ImageRequest, MemslotInfo, MemslotSpec, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use crate::devices::ConsoleRing;
 use crate::loader::{self, GuestConfig};
@@ -28,9 +28,15 @@ pub struct MockVm {
     /// The loaded image's bytes (as a stand-in for guest memory).
     pub image: Option<Vec<u8>>,
     pub console: ConsoleRing,
+    /// Bytes typed at the console that the guest has not read yet (at most
+    /// [`MOCK_CONSOLE_FIFO`], as the UART's receive FIFO).
+    pub console_input: Vec<u8>,
     /// An upload is in flight.
     pub is_uploading: bool,
 }
+
+/// Bytes a mock VM's console input holds before it refuses more (the 16550's FIFO).
+pub const MOCK_CONSOLE_FIFO: usize = 16;
 
 /// The in-memory hypervisor.
 pub struct MockHypervisor {
@@ -78,6 +84,12 @@ impl MockHypervisor {
         if let Some(vm) = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id)) {
             vm.console.push(bytes);
         }
+    }
+
+    /// The guest of VM `id` reads everything typed at its console so far.
+    pub fn read_console_input(&mut self, id: &str) -> Vec<u8> {
+        let vm = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id));
+        vm.map(|vm| core::mem::take(&mut vm.console_input)).unwrap_or_default()
     }
 
     /// The guest of VM `id` exits with `status` (a running or paused VM only).
@@ -167,6 +179,7 @@ impl ApiHandler for MockHypervisor {
             slots: BTreeMap::from([(RAM_SLOT.0, ram)]),
             image: None,
             console: ConsoleRing::new(self.console_bytes),
+            console_input: Vec::new(),
             is_uploading: false,
         };
         let info = Self::info_of(id, &vm);
@@ -304,6 +317,15 @@ impl ApiHandler for MockHypervisor {
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
         let vm = self.get(id)?;
         Ok(ConsoleRead::new(vm.console.read(offset, out), VmStatus::of(&vm.state)))
+    }
+
+    fn console_input(&mut self, id: &VmId, bytes: &[u8]) -> Result<ConsoleAccepted, ApiError> {
+        self.record(format!("console_input {id} {}", bytes.len()));
+        let vm = self.get_mut(id)?;
+        lifecycle::check_console_input(&vm.state)?;
+        let accepted = MOCK_CONSOLE_FIFO.saturating_sub(vm.console_input.len()).min(bytes.len());
+        vm.console_input.extend_from_slice(&bytes[..accepted]);
+        Ok(ConsoleAccepted { accepted })
     }
 
     /// Zeros but for the I/O exits: one per console byte, as a guest writing its serial

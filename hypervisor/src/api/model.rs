@@ -333,6 +333,13 @@ pub struct ImageRequest {
     pub cmdline: String,
 }
 
+/// The answer to `POST /v1/vms/{id}/console`: how many of the body's bytes the guest's
+/// UART took, from the first; the client sends the rest again later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleAccepted {
+    pub accepted: usize,
+}
+
 /// The answer to a completed image upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageLoaded {

@@ -1,6 +1,7 @@
 //! Host tests of the control plane, all through [`Connection`]: bytes in, bytes out,
 //! responses parsed back with `httparse`, against [`MockHypervisor`].
 
+mod console_input;
 mod deadlines;
 mod framing;
 mod fuzz;
