@@ -15,6 +15,7 @@ const STACK_SHIFT: u32 = 15;
 
 /// 16550 registers (PC16550D data sheet, Table II), as offsets from COM1.
 const UART_THR: u16 = 0;
+const UART_RBR: u16 = 0;
 const UART_IER: u16 = 1;
 const UART_DLL: u16 = 0;
 const UART_DLM: u16 = 1;
@@ -25,6 +26,8 @@ const UART_LSR: u16 = 5;
 /// LCR: 8 data bits, no parity, 1 stop bit; bit 7 opens the divisor latch.
 const LCR_8N1: u8 = 0x03;
 const LCR_DLAB: u8 = 0x80;
+/// LSR bit 0: data ready (a received byte waits in RBR, or in the receive FIFO).
+const LSR_DR: u8 = 1 << 0;
 /// LSR bit 5: transmitter holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 
@@ -487,6 +490,12 @@ impl Console {
             CONSOLE_READY.store(true, Ordering::Relaxed);
         }
         Self(())
+    }
+
+    /// A byte typed at the console, if one has arrived (LSR.DR polled; no interrupt).
+    pub fn try_read(&mut self) -> Option<u8> {
+        let ready = inb(port::COM1_BASE + UART_LSR) & LSR_DR != 0;
+        ready.then(|| inb(port::COM1_BASE + UART_RBR))
     }
 
     fn put(&mut self, byte: u8) {
