@@ -3,9 +3,9 @@
 //! test) passes the time with every call.
 //!
 //! The connection frames: it reads a request head, routes it, reads the body the route
-//! takes (none, a JSON document, or an image streamed to the handler), hands the request
-//! to `dispatch`, and writes the response it gets back. What a request does is
-//! `dispatch`'s business.
+//! takes (none, a JSON document or raw bytes read whole, or an image streamed to the
+//! handler), hands the request to `dispatch`, and writes the response it gets back. What
+//! a request does is `dispatch`'s business.
 //!
 //! The caller's loop, per connection:
 //! 1. `receive` what the socket has (it returns how many bytes it took; leave the rest in

@@ -12,6 +12,9 @@
 //!
 //! Image upload (`PUT /v1/vms/{id}/image?format=...`) is streamed: the connection hands
 //! body bytes to [`ApiHandler::image_chunk`] as they arrive and never buffers the body.
+//! Console input (`POST /v1/vms/{id}/console`, raw bytes up to
+//! [`Limits::max_console_input`]) is read whole, then fed to the guest's UART, which takes
+//! what fits: the answer's `accepted` is the backpressure.
 
 pub mod admission;
 mod auth;
