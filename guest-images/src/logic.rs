@@ -154,9 +154,55 @@ pub fn periodic_ticks_plausible(ticks: u64, elapsed: u64, period: u64) -> bool {
     ticks <= periods && ticks * 2 >= periods
 }
 
+/// Console input gathered into lines (for `hello`'s echo mode): bytes up to a `\r` or
+/// `\n`, at most `N` of them (a longer line is handed over in pieces of `N`).
+pub struct LineBuffer<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for LineBuffer<N> {
+    fn default() -> Self {
+        Self { bytes: [0; N], len: 0 }
+    }
+}
+
+impl<const N: usize> LineBuffer<N> {
+    /// Takes one byte; returns the line it completes, if any (never an empty one).
+    pub fn push(&mut self, byte: u8) -> Option<&[u8]> {
+        let ends = matches!(byte, b'\r' | b'\n');
+        if !ends {
+            self.bytes[self.len] = byte;
+            self.len += 1;
+        }
+        if (ends || self.len == N) && self.len > 0 {
+            let len = core::mem::take(&mut self.len);
+            return Some(&self.bytes[..len]);
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    extern crate std;
+    use std::vec::Vec;
+
+    fn lines<const N: usize>(input: &[u8]) -> Vec<Vec<u8>> {
+        let mut buffer = LineBuffer::<N>::default();
+        input.iter().filter_map(|&b| buffer.push(b).map(<[u8]>::to_vec)).collect()
+    }
+
+    #[test]
+    fn console_input_becomes_lines_without_their_ends_and_without_empty_ones() {
+        assert_eq!(lines::<8>(b"pi"), Vec::<Vec<u8>>::new(), "not complete yet");
+        assert_eq!(lines::<8>(b"ping\n"), [b"ping".to_vec()]);
+        assert_eq!(lines::<8>(b"a\r\nb\n\n"), [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(lines::<4>(b"abcdef\n"), [b"abcd".to_vec(), b"ef".to_vec()], "long lines in pieces");
+        assert_eq!(lines::<4>(b"abcd\nx\n"), [b"abcd".to_vec(), b"x".to_vec()]);
+    }
 
     #[test]
     fn fnv1a64_matches_the_reference_vectors() {

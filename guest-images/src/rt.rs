@@ -19,6 +19,7 @@ const STACK_SHIFT: u32 = 15;
 
 /// 16550 registers (PC16550D data sheet, Table II), as offsets from COM1.
 const UART_THR: u16 = 0;
+const UART_RBR: u16 = 0;
 const UART_IER: u16 = 1;
 const UART_DLL: u16 = 0;
 const UART_DLM: u16 = 1;
@@ -29,6 +30,8 @@ const UART_LSR: u16 = 5;
 /// LCR: 8 data bits, no parity, 1 stop bit; bit 7 opens the divisor latch.
 const LCR_8N1: u8 = 0x03;
 const LCR_DLAB: u8 = 0x80;
+/// LSR bit 0: data ready (a received byte waits in RBR, or in the receive FIFO).
+const LSR_DR: u8 = 1 << 0;
 /// LSR bit 5: transmitter holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 
@@ -390,9 +393,10 @@ impl Boot {
         match self.protocol {
             Protocol::Pvh => (first_word == boot::HVM_START_MAGIC).then_some(0),
             Protocol::Multiboot1 => Some(first_word),
-            // SAFETY: boot_params is 4 KiB at a mapped gpa.
             Protocol::Linux => {
-                (unsafe { read_phys::<u32>(base, bp::HEADER) } == bp::HEADER_MAGIC).then_some(0)
+                // SAFETY: boot_params is 4 KiB at a mapped gpa.
+                let header = unsafe { read_phys::<u32>(base, bp::HEADER) };
+                (header == bp::HEADER_MAGIC).then_some(0)
             }
         }
     }
@@ -406,10 +410,10 @@ impl Boot {
             // SAFETY: the start info is valid (magic checked) and mapped.
             Protocol::Pvh => Some(unsafe { read_phys::<u64>(u64::from(self.boot_info), si::RSDP_PADDR) })
                 .filter(|&a| a != 0),
-            // SAFETY: boot_params is valid ("HdrS" checked) and mapped.
             Protocol::Linux => {
-                Some(unsafe { read_phys::<u64>(u64::from(self.boot_info), bp::ACPI_RSDP_ADDR) })
-                    .filter(|&a| a != 0)
+                // SAFETY: boot_params is valid ("HdrS" checked) and mapped.
+                let rsdp = unsafe { read_phys::<u64>(u64::from(self.boot_info), bp::ACPI_RSDP_ADDR) };
+                Some(rsdp).filter(|&a| a != 0)
             }
             Protocol::Multiboot1 => None,
         }
@@ -640,6 +644,12 @@ impl Console {
             CONSOLE_READY.store(true, Ordering::Relaxed);
         }
         Self(())
+    }
+
+    /// A byte typed at the console, if one has arrived (LSR.DR polled; no interrupt).
+    pub fn try_read(&mut self) -> Option<u8> {
+        let ready = inb(port::COM1_BASE + UART_LSR) & LSR_DR != 0;
+        ready.then(|| inb(port::COM1_BASE + UART_RBR))
     }
 
     fn put(&mut self, byte: u8) {

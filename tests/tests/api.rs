@@ -709,3 +709,49 @@ fn a_bzimage_and_its_initrd_load_through_the_api_and_the_guest_sees_them() {
     );
     assert!(out.contains(r#"bzboot: cmdline "console=ttyS0""#), "{out}");
 }
+
+/// POSTs `bytes` to VM `vm`'s console until all are accepted (the FIFO takes what fits).
+fn type_all(client: &Client, vm: &str, bytes: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        assert!(Instant::now() < deadline, "{vm} never took {:?}", String::from_utf8_lossy(rest));
+        let accepted = json(&ok(client.post(&format!("/v1/vms/{vm}/console"), rest), 200))["accepted"]
+            .as_u64()
+            .expect("accepted is a count") as usize;
+        assert!(accepted <= rest.len(), "accepted {accepted} of {} bytes", rest.len());
+        rest = &rest[accepted..];
+        if !rest.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn console_input_reaches_a_polling_guest_and_a_full_fifo_pushes_back() {
+    let (_console, client) = boot();
+    ok(client.put("/v1/vms/e", br#"{"vcpus": 1, "memory_mib": 16}"#), 201);
+    ok(client.put("/v1/vms/e/image?format=pvh&cmdline=echo", &guest("hello")), 200);
+    ok(client.post("/v1/vms/e/actions", br#"{"action": "start"}"#), 200);
+    console_until(&client, "e", "echo: ready");
+    // A line typed in pieces, as a terminal sends keystrokes.
+    for piece in [&b"pi"[..], b"n", b"g\n"] {
+        type_all(&client, "e", piece);
+    }
+    console_until(&client, "e", "echo: ping\r\n");
+    type_all(&client, "e", b"hold\n");
+    console_until(&client, "e", "echo: holding");
+    // The guest reads no more: the 16-byte FIFO takes 16 bytes, then nothing.
+    let typed = [b'x'; 40];
+    let accepted = json(&ok(client.post("/v1/vms/e/console", &typed), 200));
+    assert_eq!(accepted["accepted"], 16, "only what the FIFO holds: {accepted}");
+    let accepted = json(&ok(client.post("/v1/vms/e/console", &typed[16..]), 200));
+    assert_eq!(accepted["accepted"], 0, "a full FIFO takes nothing: {accepted}");
+    let too_large = vec![b'y'; 64 * 1024 + 1];
+    assert_eq!(client.post("/v1/vms/e/console", &too_large).unwrap().status, 413);
+    ok(client.post("/v1/vms/e/actions", br#"{"action": "stop"}"#), 200);
+    wait_state(&client, "e", "stopped");
+    let r = ok(client.post("/v1/vms/e/console", b"late"), 409);
+    assert!(r.text().contains("cannot type into the console of a VM that is stopped"), "{}", r.text());
+    ok(client.delete("/v1/vms/e"), 204);
+}

@@ -3,9 +3,9 @@
 //! test) passes the time with every call.
 //!
 //! The connection frames: it reads a request head, routes it, reads the body the route
-//! takes (none, a JSON document, or an image streamed to the handler), hands the request
-//! to `dispatch`, and writes the response it gets back. What a request does is
-//! `dispatch`'s business.
+//! takes (none, a JSON document or raw bytes read whole, or an image streamed to the
+//! handler), hands the request to `dispatch`, and writes the response it gets back. What
+//! a request does is `dispatch`'s business.
 //!
 //! The caller's loop, per connection:
 //! 1. `receive` what the socket has (it returns how many bytes it took; leave the rest in
@@ -43,7 +43,7 @@ use super::dispatch::{self, Outcome};
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::http::{self, Head, Response};
-use super::router::{self, BodilessRoute, ConsoleQuery, JsonRoute, Route};
+use super::router::{self, BodilessRoute, BytesRoute, ConsoleQuery, JsonRoute, Route};
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -52,8 +52,8 @@ use core::mem;
 enum State<U> {
     /// Reading a request head (the buffer may hold part of one).
     Head,
-    /// Collecting a JSON body of `len` bytes.
-    Body { route: JsonRoute, len: usize, keep_alive: bool },
+    /// Collecting a body of `len` bytes, read whole.
+    Body { route: WholeBody, len: usize, keep_alive: bool },
     /// Streaming an image body to the handler.
     Upload { upload: U, offset: u64, total: u64, keep_alive: bool },
     /// Skipping the body of a request already answered.
@@ -62,6 +62,12 @@ enum State<U> {
     Waiting { query: ConsoleQuery, deadline_ms: u64, keep_alive: bool, buf: Vec<u8> },
     /// No more input is read; the connection ends once its output is sent.
     Closed,
+}
+
+/// A route whose body is read whole into the input buffer before it is dispatched.
+enum WholeBody {
+    Json(JsonRoute),
+    Bytes(BytesRoute),
 }
 
 pub struct Connection<H: ApiHandler> {
@@ -292,9 +298,10 @@ impl<H: ApiHandler> Connection<H> {
         self.sent = 0;
     }
 
-    /// Bytes the input buffer may hold: one head and one JSON body.
+    /// Bytes the input buffer may hold: one head and one body read whole.
     fn capacity(&self) -> usize {
-        self.config.limits.max_head_bytes + self.config.limits.max_json_body
+        let limits = &self.config.limits;
+        limits.max_head_bytes + limits.max_json_body.max(limits.max_console_input)
     }
 
     fn abort_upload(&mut self, handler: &mut H) {
@@ -353,7 +360,10 @@ impl<H: ApiHandler> Connection<H> {
                         return;
                     };
                     let body: Vec<u8> = self.input.drain(..len).collect();
-                    let response = dispatch::json(handler, route, &body);
+                    let response = match route {
+                        WholeBody::Json(route) => dispatch::json(handler, route, &body),
+                        WholeBody::Bytes(route) => dispatch::bytes(handler, route, &body),
+                    };
                     self.finish(&response, keep_alive);
                 }
                 State::Upload { .. } | State::Discard { .. } => {
@@ -400,29 +410,8 @@ impl<H: ApiHandler> Connection<H> {
                 &head,
             ),
             Route::Bodiless(route) => self.bodiless_request(route, head.keep_alive, now_ms, handler),
-            Route::Json(route) => {
-                let max = limits.max_json_body;
-                match head.content_length {
-                    None => self.reject(
-                        &ApiError::LengthRequired(
-                            "this request needs a JSON body with a Content-Length".into(),
-                        ),
-                        &head,
-                    ),
-                    Some(len) if len > max as u64 => self.reject(
-                        &ApiError::PayloadTooLarge(format!(
-                            "the JSON body is {len} bytes; the limit is {max}"
-                        )),
-                        &head,
-                    ),
-                    Some(len) => {
-                        if head.expects_continue {
-                            self.output.extend_from_slice(http::CONTINUE);
-                        }
-                        self.state = State::Body { route, len: len as usize, keep_alive: head.keep_alive };
-                    }
-                }
-            }
+            Route::Json(route) => self.read_whole(WholeBody::Json(route), limits.max_json_body, &head),
+            Route::Bytes(route) => self.read_whole(WholeBody::Bytes(route), limits.max_console_input, &head),
             Route::Image(id, request) => {
                 let max = limits.max_image_bytes;
                 let Some(total) = head.content_length else {
@@ -451,6 +440,30 @@ impl<H: ApiHandler> Connection<H> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Starts reading the body of `route`, of at most `max` bytes, whole.
+    fn read_whole(&mut self, route: WholeBody, max: usize, head: &Head) {
+        let what = match route {
+            WholeBody::Json(_) => "JSON body",
+            WholeBody::Bytes(_) => "body",
+        };
+        match head.content_length {
+            None => self.reject(
+                &ApiError::LengthRequired(format!("this request needs a {what} with a Content-Length")),
+                head,
+            ),
+            Some(len) if len > max as u64 => self.reject(
+                &ApiError::PayloadTooLarge(format!("the {what} is {len} bytes; the limit is {max}")),
+                head,
+            ),
+            Some(len) => {
+                if head.expects_continue {
+                    self.output.extend_from_slice(http::CONTINUE);
+                }
+                self.state = State::Body { route, len: len as usize, keep_alive: head.keep_alive };
             }
         }
     }

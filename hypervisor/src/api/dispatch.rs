@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::http::Response;
 use super::model::{ActionRequest, ConsoleRead, MemslotSpec, VmCreate, VmList};
-use super::router::{BodilessRoute, ConsoleQuery, JsonRoute};
+use super::router::{BodilessRoute, BytesRoute, ConsoleQuery, JsonRoute};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -76,6 +76,16 @@ pub(super) fn json<H: ApiHandler>(handler: &mut H, route: JsonRoute, body: &[u8]
         JsonRoute::Action(id) => parse_json::<ActionRequest>(body, r#"{"action": "start"}"#)
             .and_then(|request| handler.action(&id, request.action))
             .map(|vm| Response::json(200, &vm)),
+    };
+    result.unwrap_or_else(|e| Response::error(&e))
+}
+
+/// A request with a raw body, read whole.
+pub(super) fn bytes<H: ApiHandler>(handler: &mut H, route: BytesRoute, body: &[u8]) -> Response {
+    let result = match route {
+        BytesRoute::ConsoleInput(id) => {
+            handler.console_input(&id, body).map(|accepted| Response::json(200, &accepted))
+        }
     };
     result.unwrap_or_else(|e| Response::error(&e))
 }

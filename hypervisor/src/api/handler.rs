@@ -5,8 +5,8 @@
 
 use super::error::ApiError;
 use super::model::{
-    Action, ConsoleRead, HypervisorInfo, MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId,
-    VmInfo,
+    Action, ConsoleAccepted, ConsoleRead, HypervisorInfo, MemslotInfo, MemslotSpec, UploadRequest, Uploaded,
+    VmCreate, VmId, VmInfo,
 };
 use crate::vm::VmStats;
 use alloc::vec::Vec;
@@ -77,6 +77,11 @@ pub trait ApiHandler {
     /// `GET /v1/vms/{id}/console`: copies console bytes from absolute `offset` into `out`
     /// (as [`crate::devices::ConsoleRing::read`] does) and tells the VM's state.
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError>;
+
+    /// `POST /v1/vms/{id}/console`: feeds `bytes` to the guest's console input, as many as
+    /// it has room for now (none is dropped: the count says where the client resumes).
+    /// 409 in a final state ([`crate::vm::lifecycle::check_console_input`]).
+    fn console_input(&mut self, id: &VmId, bytes: &[u8]) -> Result<ConsoleAccepted, ApiError>;
 
     /// `GET /v1/vms/{id}/stats`: the VM's counters ([`crate::vm::Vm::stats`]).
     fn stats(&mut self, id: &VmId) -> Result<VmStats, ApiError>;

@@ -8,8 +8,9 @@
 use super::error::ApiError;
 use super::handler::ApiHandler;
 use super::model::{
-    Action, ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, InitrdLoaded,
-    MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
+    Action, ConnectionCounters, ConsoleAccepted, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded,
+    InitrdLoaded, MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits,
+    VmStatus,
 };
 use crate::devices::ConsoleRing;
 use crate::loader::{self, GuestConfig, LoadError, LoadPlan};
@@ -31,9 +32,15 @@ pub struct MockVm {
     pub plan: Option<LoadPlan>,
     pub initrd: Option<Vec<u8>>,
     pub console: ConsoleRing,
+    /// Bytes typed at the console that the guest has not read yet (at most
+    /// [`MOCK_CONSOLE_FIFO`], as the UART's receive FIFO).
+    pub console_input: Vec<u8>,
     /// An upload is in flight.
     pub is_uploading: bool,
 }
+
+/// Bytes a mock VM's console input holds before it refuses more (the 16550's FIFO).
+pub const MOCK_CONSOLE_FIFO: usize = 16;
 
 /// The in-memory hypervisor.
 pub struct MockHypervisor {
@@ -81,6 +88,12 @@ impl MockHypervisor {
         if let Some(vm) = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id)) {
             vm.console.push(bytes);
         }
+    }
+
+    /// The guest of VM `id` reads everything typed at its console so far.
+    pub fn read_console_input(&mut self, id: &str) -> Vec<u8> {
+        let vm = VmId::parse(id).ok().and_then(|id| self.vms.get_mut(&id));
+        vm.map(|vm| core::mem::take(&mut vm.console_input)).unwrap_or_default()
     }
 
     /// The guest of VM `id` exits with `status` (a running or paused VM only).
@@ -172,6 +185,7 @@ impl ApiHandler for MockHypervisor {
             plan: None,
             initrd: None,
             console: ConsoleRing::new(self.console_bytes),
+            console_input: Vec::new(),
             is_uploading: false,
         };
         let info = Self::info_of(id, &vm);
@@ -327,6 +341,15 @@ impl ApiHandler for MockHypervisor {
     fn read_console(&mut self, id: &VmId, offset: u64, out: &mut [u8]) -> Result<ConsoleRead, ApiError> {
         let vm = self.get(id)?;
         Ok(ConsoleRead::new(vm.console.read(offset, out), VmStatus::of(&vm.state)))
+    }
+
+    fn console_input(&mut self, id: &VmId, bytes: &[u8]) -> Result<ConsoleAccepted, ApiError> {
+        self.record(format!("console_input {id} {}", bytes.len()));
+        let vm = self.get_mut(id)?;
+        lifecycle::check_console_input(&vm.state)?;
+        let accepted = MOCK_CONSOLE_FIFO.saturating_sub(vm.console_input.len()).min(bytes.len());
+        vm.console_input.extend_from_slice(&bytes[..accepted]);
+        Ok(ConsoleAccepted { accepted })
     }
 
     /// Zeros but for the I/O exits: one per console byte, as a guest writing its serial

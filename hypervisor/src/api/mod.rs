@@ -12,6 +12,9 @@
 //!
 //! Image upload (`PUT /v1/vms/{id}/image?format=...`) is streamed: the connection hands
 //! body bytes to [`ApiHandler::image_chunk`] as they arrive and never buffers the body.
+//! Console input (`POST /v1/vms/{id}/console`, raw bytes up to
+//! [`Limits::max_console_input`]) is read whole, then fed to the guest's UART, which takes
+//! what fits: the answer's `accepted` is the backpressure.
 
 pub mod admission;
 mod auth;
@@ -46,6 +49,8 @@ pub struct Limits {
     pub max_discard_bytes: u64,
     /// Most console bytes one read returns.
     pub max_console_bytes: usize,
+    /// Largest console input (`POST /v1/vms/{id}/console`), read whole before it is fed.
+    pub max_console_input: usize,
     /// Longest console long-poll (a larger `wait_ms` is a 400).
     pub max_wait_ms: u64,
     /// A connection with no traffic in either direction for this long is closed (a
@@ -73,6 +78,7 @@ impl Default for Limits {
             max_image_bytes: 256 << 20,
             max_discard_bytes: 1 << 20,
             max_console_bytes: 64 * 1024,
+            max_console_input: 64 * 1024,
             max_wait_ms: 60_000,
             idle_timeout_ms: 60_000,
             head_timeout_ms: 10_000,

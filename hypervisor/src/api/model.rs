@@ -361,6 +361,13 @@ pub struct InitrdLoaded {
     pub guest_address: Option<u64>,
 }
 
+/// The answer to `POST /v1/vms/{id}/console`: how many of the body's bytes the guest's
+/// UART took, from the first; the client sends the rest again later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleAccepted {
+    pub accepted: usize,
+}
+
 /// The answer to a completed image upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageLoaded {

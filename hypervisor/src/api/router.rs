@@ -68,7 +68,7 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec { template: "/v1/vms/{id}/image", methods: &[Method::Put], allow: "PUT" },
     RouteSpec { template: "/v1/vms/{id}/initrd", methods: &[Method::Put], allow: "PUT" },
     RouteSpec { template: "/v1/vms/{id}/actions", methods: &[Method::Post], allow: "POST" },
-    RouteSpec { template: "/v1/vms/{id}/console", methods: &[Method::Get], allow: "GET" },
+    RouteSpec { template: "/v1/vms/{id}/console", methods: &[Method::Get, Method::Post], allow: "GET, POST" },
     RouteSpec { template: "/v1/vms/{id}/stats", methods: &[Method::Get], allow: "GET" },
 ];
 
@@ -84,6 +84,8 @@ pub enum Route {
     /// `PUT /v1/vms/{id}/image` and `PUT /v1/vms/{id}/initrd`: raw bytes, streamed to
     /// the handler.
     Image(VmId, UploadRequest),
+    /// Raw bytes (`application/octet-stream`), small enough to be read whole.
+    Bytes(BytesRoute),
 }
 
 /// A route whose request has no body.
@@ -107,6 +109,13 @@ pub enum JsonRoute {
     PutMemslot(VmId, u32),
     /// Body: [`ActionRequest`](super::model::ActionRequest).
     Action(VmId),
+}
+
+/// A route whose request body is raw bytes, read whole before the handler sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BytesRoute {
+    /// `POST /v1/vms/{id}/console`: at most [`Limits::max_console_input`] bytes.
+    ConsoleInput(VmId),
 }
 
 /// `GET /v1/vms/{id}/console?offset=N&max=M&wait_ms=W`.
@@ -176,6 +185,7 @@ pub fn route(method: &str, target: &str, limits: &Limits) -> Result<Route, ApiEr
             }
             Route::Bodiless(BodilessRoute::Console(ConsoleQuery { id, offset, max, wait_ms }))
         }
+        ("/v1/vms/{id}/console", Method::Post, Some(id)) => Route::Bytes(BytesRoute::ConsoleInput(id)),
         ("/v1/vms/{id}/stats", Method::Get, Some(id)) => Route::Bodiless(BodilessRoute::Stats(id)),
         _ => return Err(ApiError::Internal(format!("route table and router disagree on {}", spec.template))),
     };

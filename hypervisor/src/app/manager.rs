@@ -19,8 +19,8 @@ use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    ConnectionCounters, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, InitrdLoaded, MemslotInfo,
-    MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
+    ConnectionCounters, ConsoleAccepted, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, InitrdLoaded,
+    MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
@@ -463,6 +463,10 @@ impl<B: Backend> ApiHandler for Manager<B> {
         let entry = self.entry(id)?;
         let read = entry.vm.read_console(offset, out);
         Ok(ConsoleRead::new(read, Self::info_of(id.as_str(), entry).state))
+    }
+
+    fn console_input(&mut self, id: &VmId, bytes: &[u8]) -> Result<ConsoleAccepted, ApiError> {
+        Ok(ConsoleAccepted { accepted: self.entry(id)?.vm.console_input(bytes)? })
     }
 
     fn stats(&mut self, id: &VmId) -> Result<VmStats, ApiError> {

@@ -157,15 +157,28 @@ pub fn check_image_load(state: &VmState) -> Result<(), VmError> {
     }
 }
 
+/// Whether bytes may be typed at the console (`POST .../console`) in `state`: in any state
+/// but a final one or `stopping`. Before `start` and while paused they wait in the UART's receive FIFO
+/// for the guest to read; an ended VM has no guest to read them.
+pub fn check_console_input(state: &VmState) -> Result<(), VmError> {
+    refuse_final(state, "type into the console of")
+}
+
 /// Whether memory slots may be added or deleted (`change`: "add a memory slot to" or
 /// "delete a memory slot of") in `state`: in any state but a final one or `stopping`. A
 /// running VM's slots change under it (a deleted slot's translations are zapped before the
 /// answer); an ending or ended VM's wait for its `reset`.
 pub fn check_slot_change(state: &VmState, change: &'static str) -> Result<(), VmError> {
+    refuse_final(state, change)
+}
+
+/// `action` (as the error message words it) is allowed in every state but a final one or
+/// `stopping` (whose vCPUs are leaving).
+fn refuse_final(state: &VmState, action: &'static str) -> Result<(), VmError> {
     match state {
         VmState::Created | VmState::Running | VmState::Paused => Ok(()),
         VmState::Stopping | VmState::Exited { .. } | VmState::Crashed { .. } | VmState::Stopped => {
-            Err(VmError::WrongState { action: change, state: state.name() })
+            Err(VmError::WrongState { action, state: state.name() })
         }
     }
 }
@@ -300,16 +313,22 @@ mod tests {
     }
 
     #[test]
-    fn slots_change_in_every_state_but_a_final_one_or_stopping() {
-        for state in every_state() {
-            let got = check_slot_change(&state, "add a memory slot to");
-            if state.ends_vcpus() {
-                assert_eq!(
-                    got.unwrap_err().to_string(),
-                    format!("cannot add a memory slot to a VM that is {}", state.name())
-                );
-            } else {
-                assert_eq!(got, Ok(()), "{}", state.name());
+    fn slots_change_and_console_input_is_taken_in_every_state_but_a_final_one_or_stopping() {
+        let slot_change = |state: &VmState| check_slot_change(state, "add a memory slot to");
+        type Check<'a> = &'a dyn Fn(&VmState) -> Result<(), VmError>;
+        let checks: [(Check, &str); 2] =
+            [(&slot_change, "add a memory slot to"), (&check_console_input, "type into the console of")];
+        for (check, action) in checks {
+            for state in every_state() {
+                let got = check(&state);
+                if state.ends_vcpus() {
+                    assert_eq!(
+                        got.unwrap_err().to_string(),
+                        format!("cannot {action} a VM that is {}", state.name())
+                    );
+                } else {
+                    assert_eq!(got, Ok(()), "{action} {}", state.name());
+                }
             }
         }
     }

@@ -512,6 +512,21 @@ impl<B: Backend> Vm<B> {
         self.devices.lock().console().read(offset, out)
     }
 
+    /// Bytes typed at the console, for COM1's receive FIFO: returns how many it took
+    /// (fewer than offered while the guest has not read what is there: the caller keeps
+    /// the rest). Refused in a final state ([`lifecycle::check_console_input`]). The
+    /// receive interrupt's vCPUs are woken after the device lock is dropped.
+    pub fn console_input(&self, bytes: &[u8]) -> Result<usize, VmError> {
+        let input = {
+            // State, then devices: the order `finish` takes them in.
+            let state = self.state.lock();
+            lifecycle::check_console_input(&state)?;
+            self.devices.lock().console_input(bytes)
+        };
+        self.wake_vcpus(input.wake);
+        Ok(input.taken)
+    }
+
     /// A vCPU has left its loop. After the last, a stopping VM is stopped, and one whose
     /// vCPUs all halted is stopped too ([`lifecycle::vcpus_left`]).
     pub(crate) fn vcpu_ended(&self) {

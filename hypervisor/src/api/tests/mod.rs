@@ -2,6 +2,7 @@
 //! responses parsed back with `httparse`, against [`MockHypervisor`].
 
 mod bounds;
+mod console_input;
 mod deadlines;
 mod framing;
 mod fuzz;

@@ -123,6 +123,7 @@ fn the_documented_limits_are_the_codes() {
     assert_eq!(limits["max_json_body_bytes"].as_i64(), Some(defaults.max_json_body as i64));
     assert_eq!(limits["max_image_bytes"].as_i64(), Some(defaults.max_image_bytes as i64));
     assert_eq!(limits["max_console_bytes"].as_i64(), Some(defaults.max_console_bytes as i64));
+    assert_eq!(limits["max_console_input_bytes"].as_i64(), Some(defaults.max_console_input as i64));
     assert_eq!(limits["max_wait_ms"].as_i64(), Some(defaults.max_wait_ms as i64));
     assert_eq!(limits["idle_timeout_ms"].as_i64(), Some(defaults.idle_timeout_ms as i64));
     assert_eq!(limits["head_timeout_ms"].as_i64(), Some(defaults.head_timeout_ms as i64));

@@ -255,7 +255,7 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         ("GET", "/v1/vms/a/memslots/1", "PUT, DELETE"),
         ("GET", "/v1/vms/a/image", "PUT"),
         ("GET", "/v1/vms/a/actions", "POST"),
-        ("PUT", "/v1/vms/a/console", "GET"),
+        ("PUT", "/v1/vms/a/console", "GET, POST"),
         ("PATCH", "/v1/vms/a/stats", "GET"),
         ("BREW", "/v1/vms", "GET"),
     ] {
