@@ -222,10 +222,7 @@ impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
     pub(crate) fn swap_run(&mut self, new: Spte<F>) -> u64 {
         let level = self.level;
         let first = index(self.target, level);
-        let base = self.gfn().raw();
-        // The entries of this table still in the range: `end` lies after the current one.
-        let in_range = (self.end.raw() - 1 - base) >> (9 * (u32::from(level) - 1));
-        let last = (first as u64 + in_range).min(ENTRIES - 1) as usize;
+        let last = self.last_index();
         let mut leaves = 0;
         let mut at = last;
         let mut old = Spte::NONE;
@@ -241,9 +238,43 @@ impl<'a, F: TdpFormat, P: PageSource> TdpIter<'a, F, P> {
         }
         self.old = old;
         if at != first {
-            self.target = Gfn::new(base + (at - first) as u64 * span(level));
+            self.move_side(at - first);
         }
         leaves
+    }
+
+    /// Steps sideways to the next entry of the same table, within the walk's range, that is
+    /// present, passing the entries in between (each read once). False (and no move) if there
+    /// is none. For walks that act on present entries only (the zap), in one loop over the
+    /// table's entries rather than a [`TdpIter::step_side`] per entry.
+    #[inline]
+    pub(crate) fn step_side_to_present(&mut self) -> bool {
+        let first = index(self.target, self.level);
+        let last = self.last_index();
+        for (i, entry) in self.entries[first + 1..=last].iter().enumerate() {
+            let old = Spte::from_raw(entry.load(Ordering::Acquire));
+            if old.is_present() {
+                self.old = old;
+                self.move_side(i + 1);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The index of the last entry of the current table within the walk's range.
+    #[inline]
+    fn last_index(&self) -> usize {
+        // `end` lies after the current entry's start.
+        let after = (self.end.raw() - 1 - self.gfn().raw()) >> (9 * (u32::from(self.level) - 1));
+        (index(self.target, self.level) as u64 + after).min(ENTRIES - 1) as usize
+    }
+
+    /// Moves the target `entries` entries sideways, onto the start of that entry, leaving
+    /// the snapshot to the caller.
+    #[inline]
+    fn move_side(&mut self, entries: usize) {
+        self.target = Gfn::new(self.gfn().raw() + entries as u64 * span(self.level));
     }
 
     /// Steps into the table the snapshot points to, onto the entry that covers the target.
@@ -460,6 +491,36 @@ mod tests {
         assert_eq!(iter.swap_run(E::FROZEN), 1);
         assert_eq!((iter.gfn().raw(), iter.position().1), (gfn, 5));
         assert_eq!(taken(&t.pages, iter.position().0), 2);
+    }
+
+    #[test]
+    fn step_side_to_present_passes_absent_entries_within_the_range() {
+        let t = tree();
+        let shared = t.lock.read();
+        let l1_start = span(3) + 3 * span(2);
+        let (first, _) = t.leaves[0];
+        let (second, _) = t.leaves[1];
+        // From entry 0 of l1: the two leaves, then nothing (and no move).
+        let mut iter =
+            Iter::root(&shared, &t.pages, t.root, 4, Gfn::new(l1_start), Gfn::new(reach(4))).unwrap();
+        iter.descend();
+        assert_eq!((iter.level(), iter.old()), (1, E::NONE));
+        assert!(iter.step_side_to_present());
+        assert_eq!((iter.gfn().raw(), iter.old().is_leaf(1)), (first, true));
+        assert!(iter.step_side_to_present());
+        assert_eq!(iter.gfn().raw(), second);
+        assert!(!iter.step_side_to_present());
+        assert_eq!((iter.gfn().raw(), iter.position().1), (second, 7));
+        // In l2, from the pointer to l1: the 2 MiB leaf; the frozen entry is not present.
+        assert!(iter.step_up() && iter.step_side_to_present());
+        assert_eq!((iter.gfn().raw(), iter.level()), t.leaves[2]);
+        assert!(!iter.step_side_to_present());
+        // A range that ends before the second leaf stops at the first.
+        let mut iter =
+            Iter::root(&shared, &t.pages, t.root, 4, Gfn::new(l1_start), Gfn::new(second)).unwrap();
+        iter.descend();
+        assert!(iter.step_side_to_present() && iter.gfn().raw() == first);
+        assert!(!iter.step_side_to_present());
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl<P: Platform> Core<P> {
             };
             if descend {
                 iter.step_down();
-            } else if iter.step_side() {
+            } else if iter.step_side_to_present() {
                 returned = false;
             } else if iter.step_up() {
                 returned = true;
