@@ -13,7 +13,10 @@
 //! before), sideways (the next entry of the same table within the walk's range), up (back
 //! to the entry it came down through, read afresh) or past the current entry's whole
 //! subtree. Entering a table reads that table's entry fresh: no step acts on a stale view of
-//! a level below.
+//! a level below. Two sideways moves cover a run of entries in one loop, for the zap: past
+//! absent entries to the next present one ([`TdpIter::step_side_to_present`]), and
+//! exchanging each entry of an unlinked table up to the next table pointer
+//! ([`TdpIter::swap_run`]); each entry is still read once, by the load or the exchange.
 //!
 //! Why the tables it stands in stay allocated: a cursor borrows the shared side of the MMU
 //! lock for its whole life, and table pages are freed only under the exclusive side after
