@@ -48,7 +48,7 @@ use super::lock::MmuExclusive;
 use super::stats::Counters;
 use crate::addr::Hpa;
 use crate::memslot::SlotTable;
-use crate::pages::PageSource;
+use crate::pages::{ENTRIES, PageSource};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -106,6 +106,7 @@ impl ZapBatch {
         Self { frozen: Vec::new(), tables: Vec::new(), leaves: 0 }
     }
 
+    #[inline]
     pub(crate) fn froze(&mut self, table: Hpa, index: usize) {
         self.frozen.push((table, index as u16));
     }
@@ -136,8 +137,14 @@ pub(crate) fn flush<P: PageSource, H: TlbFlush>(
     // Only the thread that froze an entry writes it again (walkers never overwrite FROZEN),
     // so a plain store is enough. It becomes non-present only now, after the flush, so no
     // new translation can be installed there while a CPU may still cache the old one.
+    // Consecutive entries are mostly in one table: resolve it once for them.
+    let mut current: Option<(Hpa, &[AtomicU64; ENTRIES])> = None;
     for (table, index) in batch.frozen {
-        pages.table(table)[usize::from(index)].store(0, Ordering::Release);
+        let entries = match current {
+            Some((resolved, entries)) if resolved == table => entries,
+            _ => current.insert((table, pages.table(table))).1,
+        };
+        entries[usize::from(index)].store(0, Ordering::Release);
     }
     Flushed { tables: batch.tables }
 }

@@ -148,7 +148,7 @@ impl<P: Platform> Core<P> {
             };
             if descend {
                 iter.step_down();
-            } else if iter.step_side() {
+            } else if iter.step_side_to_present() {
                 returned = false;
             } else if iter.step_up() {
                 returned = true;
@@ -175,17 +175,16 @@ impl<P: Platform> Core<P> {
             .expect("a table spans its entries");
         let mut work = 1;
         loop {
-            let old = iter.swap(Spte::FROZEN);
-            if old.is_present() {
-                work += 1;
-                if iter.step_down() {
-                    // The table below, swept next.
-                    work += 1;
-                    continue;
-                }
-                batch.leaves += 1;
+            // Up to the next table pointer, or to the end of this table.
+            let leaves = iter.swap_run(Spte::FROZEN);
+            batch.leaves += leaves;
+            work += leaves as usize;
+            if iter.step_down() {
+                // The pointer and the table below, swept next.
+                work += 2;
+                continue;
             }
-            // Past this entry; a table whose last entry this was is done.
+            // Past this run; a table whose last entry it took is done.
             while !iter.step_side() {
                 batch.unlinked(iter.position().0);
                 if !iter.step_up() {
