@@ -126,7 +126,7 @@ pub struct EntryEvents {
 
 /// The VM's interrupt statistics: interrupts delivered, by source, and timer expiries.
 /// A message counts once per LAPIC that accepted it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IrqStats {
     /// Vectors the 8259 pair answered in INTA cycles that the entry path injected.
     pub pic_ext_int: u64,

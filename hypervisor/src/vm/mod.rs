@@ -633,14 +633,10 @@ impl<B: Backend> Vm<B> {
         } else {
             first_console.saturating_sub(self.started_ns.load(Ordering::Relaxed))
         };
-        let timer_expiries = {
-            let devices = self.devices.lock();
-            let chip = devices.irqchip();
-            (0..chip.vcpus()).map(|v| chip.lapic(v).timer_expiries()).sum()
-        };
+        let sources = self.devices.lock().irqchip().snapshot();
         let halted = self.parks.iter().filter(|park| park.is_halted()).count() as u64;
         VmStats {
-            interrupts: self.interrupt_counts.snapshot(timer_expiries, halted),
+            interrupts: self.interrupt_counts.snapshot(sources, halted),
             mmu: self.mmu.stats(),
             exits: self.exits.snapshot(),
             tlb_flushes: self.backend.flushes(),

@@ -4,6 +4,7 @@
 
 use super::ExitStats;
 use crate::devices::irqchip::Injection;
+use crate::devices::irqchip::IrqStats;
 use crate::mmu;
 use core::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
@@ -49,17 +50,18 @@ impl InterruptCounts {
         self.wakeups.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counts now, with what the caller reads elsewhere: the LAPIC timers' expiries
-    /// and the vCPUs halted now.
+    /// The counts now, with what the caller reads elsewhere: the interrupt controllers'
+    /// counts by source and the vCPUs halted now.
     #[must_use]
-    pub fn snapshot(&self, timer_expiries: u64, halted_vcpus: u64) -> InterruptStats {
+    pub fn snapshot(&self, sources: IrqStats, halted_vcpus: u64) -> InterruptStats {
         InterruptStats {
             injected: self.interrupts.load(Ordering::Relaxed),
             nmis_injected: self.nmis.load(Ordering::Relaxed),
             halts: self.halts.load(Ordering::Relaxed),
             wakeups: self.wakeups.load(Ordering::Relaxed),
-            timer_expiries,
+            timer_expiries: sources.lapic_timer_expiries,
             halted_vcpus,
+            sources,
         }
     }
 }
@@ -78,4 +80,6 @@ pub struct InterruptStats {
     pub timer_expiries: u64,
     /// vCPUs halted now.
     pub halted_vcpus: u64,
+    /// What the interrupt controllers delivered, by source (`devices::irqchip`).
+    pub sources: IrqStats,
 }
