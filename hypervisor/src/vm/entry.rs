@@ -31,10 +31,16 @@ use crate::devices::irqchip::{EntryEvents, Openings, VcpuMask};
 /// their own entries or halts; their wakes go into the returned mask), and caches `vcpu`'s
 /// next deadline in its park. The one place the VM ticks its devices' clocks.
 fn tick_timers(devices: &mut PortBus, park: &VcpuPark, vcpu: u32, now_ns: fn() -> u64) -> VcpuMask {
-    let wake = match devices.next_deadline(vcpu) {
-        Some(deadline) if deadline <= now_ns() => devices.tick(now_ns()),
-        _ => VcpuMask::EMPTY,
+    let Some(deadline) = devices.next_deadline(vcpu) else {
+        park.set_deadline(None);
+        return VcpuMask::EMPTY;
     };
+    let now = now_ns();
+    if deadline > now {
+        park.set_deadline(Some(deadline));
+        return VcpuMask::EMPTY;
+    }
+    let wake = devices.tick(now);
     park.set_deadline(devices.next_deadline(vcpu));
     wake
 }
