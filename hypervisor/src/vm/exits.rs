@@ -184,9 +184,9 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, exit: Exit) -> Flo
             if !io.is_in && io.port == taproot_guest_abi::port::COM1_BASE {
                 cx.vm.console_written();
             }
-            // An access can make an interrupt pending elsewhere (a PIC unmask, an RTC
-            // register); this vCPU looks at its own before its next entry anyway.
-            cx.vm.wake_vcpus(super::entry::others(result.wake, cx.index));
+            // An access can make an interrupt pending here or elsewhere (a PIC unmask, an
+            // RTC register) or move the platform's timers.
+            super::entry::ports_accessed(cx.vm, cx.index, result.wake);
             port_outcome(cx, io.port, result.effect)
         }
         Exit::Msr { write } if Irqchip::is_lapic_msr(cx.vcpu.regs().rcx as u32) => lapic_msr(cx, write),
@@ -301,8 +301,7 @@ fn lapic_msr<B: Backend>(cx: &mut VcpuContext<'_, B>, write: bool) -> Flow {
                 (regs.rax, regs.rdx) = (value & 0xFFFF_FFFF, value >> 32);
             }
             cx.vcpu.skip_exiting_instruction();
-            // This vCPU looks at its own LAPIC before its next entry anyway.
-            cx.vm.wake_vcpus(super::entry::others(wake, cx.index));
+            super::entry::devices_accessed(cx.vm, cx.index, wake);
         }
         Err(msr::Gp) => cx.vcpu.inject_general_protection(),
     }

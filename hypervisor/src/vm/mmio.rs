@@ -302,7 +302,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, gpa: Gpa, access: 
     let mut ram = GuestRam::new(&vm.mmu, cx.as_id);
     let mut devices = DeviceAccess::new(&vm.devices, cx.index, (vm.clock)());
     let result = emulate::emulate_mmio(&cpu, &mut regs, gpa.raw(), &mut ram, &mut devices);
-    vm.wake_vcpus(devices.finish());
+    super::entry::devices_accessed(vm, cx.index, devices.finish());
     if result.is_ok() {
         vm.exits.add(ExitReason::MmioEmulated);
     }

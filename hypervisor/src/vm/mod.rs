@@ -466,6 +466,8 @@ impl<B: Backend> Vm<B> {
         self.enter(&mut state, next);
         // The platform's devices power on again, as for a reset the guest asks for.
         self.devices.lock().reset_platform();
+        // Their timers and pending events changed under every vCPU's cached view.
+        self.parks.iter().for_each(park::VcpuPark::call_attention);
         self.first_console_ns.store(0, Ordering::Relaxed);
         Ok(())
     }

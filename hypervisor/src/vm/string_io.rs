@@ -95,8 +95,7 @@ pub(crate) fn handle<B: Backend>(cx: &mut VcpuContext<'_, B>, io: IoExit) -> Flo
     if ports.wrote_console {
         cx.vm.console_written();
     }
-    // This vCPU looks at its own interrupts before its next entry anyway.
-    cx.vm.wake_vcpus(super::entry::others(ports.wake, cx.index));
+    super::entry::ports_accessed(cx.vm, cx.index, ports.wake);
     match mmio::resolve(result, before.rip, what) {
         Resolution::Resume => match ports.effect {
             Some((port, effect)) => exits::port_outcome(cx, port, Some(effect)),
