@@ -955,6 +955,29 @@ fn vmx_real_mode_guest_takes_irq0_through_the_8259_and_its_ivt() {
     check_pic16(&run_vmx("bochs-vmx-pic16", "exit=1 guest=pic16 mem=1 timeout_ms=10000", 1));
 }
 
+/// `halt16` halts with IF=0 for good: no exit ever comes, yet the VM is stopped at its
+/// time limit (a sleeping vCPU blocks no longer than that), and the next guest runs.
+fn check_halted_guest_meets_its_time_limit(transcript: &str) {
+    let (status, state, _) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (-1, "stopped"), "{transcript}");
+    assert!(events_of(transcript, 1).iter().any(|e| e.contains("time limit")), "{transcript}");
+    assert!(transcript.contains("[vm 2] hello from a real-mode guest"), "{transcript}");
+    let (status, state, _) = vm_end(transcript, 2);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+const HALTED_FOR_GOOD: &str = "exit=1 guest=halt16,hello16 mem=1 timeout_ms=300";
+
+#[test]
+fn svm_guest_halted_for_good_is_stopped_at_its_time_limit() {
+    check_halted_guest_meets_its_time_limit(&run_svm(HALTED_FOR_GOOD, 2));
+}
+
+#[test]
+fn vmx_guest_halted_for_good_is_stopped_at_its_time_limit() {
+    check_halted_guest_meets_its_time_limit(&run_vmx("bochs-vmx-halt16", HALTED_FOR_GOOD, 2));
+}
+
 /// The bzImage guest (`bzboot`, guest-images' runtime wrapped by xtask into a setup header
 /// and a 64-bit payload) checks the Linux boot protocol's 64-bit entry: long mode at
 /// 1 MiB + 0x200 with CS = __BOOT_CS, rsi = boot_params; it prints the command line, the

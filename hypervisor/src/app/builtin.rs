@@ -22,6 +22,12 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
     ),
     ("spin", &[0xEB, 0xFE], "jmp $: never exits by itself"),
     (
+        "halt16",
+        // cli; hlt; jmp $-2 (back to the hlt)
+        &[0xFA, 0xF4, 0xEB, 0xFD],
+        "halts with interrupts off for good: nothing wakes it, only a time limit ends it",
+    ),
+    (
         "wild",
         // mov ax, 0xFFFF; mov ds, ax; mov byte [0x10], 1 (writes 0x100000); hlt
         &[0xB8, 0xFF, 0xFF, 0x8E, 0xD8, 0xC6, 0x06, 0x10, 0x00, 0x01, 0xF4],
