@@ -882,6 +882,102 @@ fn vmx_nmis_are_delivered_and_never_nest() {
     check_apic_nmi(&run_vmx("bochs-vmx-apic-nmi", "exit=1 guest=apic guest.test=nmi mem=16", 1));
 }
 
+/// The `apic` guest's `pit` test: PIT channel 0 through I/O APIC pin 2 (the 8259 pair
+/// masked), mode 2 at ~100 Hz with the guest halted between ticks, its 10 ticks held by
+/// the guest to the TSC (`logic::periodic_ticks_plausible`: never more than the elapsed
+/// periods, at least half); then mode 0: exactly one interrupt, after its count.
+fn check_apic_pit(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: pit one-shot: 1 interrupts in 5 periods"), "{transcript}");
+    assert!(transcript.contains("[vm 1] apic: pit ok"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert!(stat(&stats, "injected") >= 11, "10 periodic ticks and the one-shot: {stats}");
+    assert!(stat(&stats, "halts") >= 10, "the guest halted between ticks: {stats}");
+}
+
+#[test]
+fn svm_pit_through_the_ioapic_wakes_a_halted_guest() {
+    check_apic_pit(&run_svm("exit=1 guest=apic guest.test=pit mem=16 timeout_ms=10000", 1));
+}
+
+#[test]
+fn vmx_pit_through_the_ioapic_wakes_a_halted_guest() {
+    check_apic_pit(&run_vmx(
+        "bochs-vmx-apic-pit",
+        "exit=1 guest=apic guest.test=pit mem=16 timeout_ms=10000",
+        1,
+    ));
+}
+
+/// The `apic` guest's `rtc` test: the RTC's 64 Hz periodic interrupt through I/O APIC
+/// pin 8, re-armed by reading register C; the ticks after the first held to the TSC.
+fn check_apic_rtc(transcript: &str) {
+    assert!(transcript.contains("[vm 1] apic: rtc ok"), "{transcript}");
+    let (status, _, stats) = vm_end(transcript, 1);
+    assert_eq!(status, 0, "{transcript}");
+    assert!(stat(&stats, "injected") >= 10, "{stats}");
+}
+
+#[test]
+fn svm_rtc_periodic_interrupt_through_the_ioapic() {
+    check_apic_rtc(&run_svm("exit=1 guest=apic guest.test=rtc mem=16 timeout_ms=10000", 1));
+}
+
+#[test]
+fn vmx_rtc_periodic_interrupt_through_the_ioapic() {
+    check_apic_rtc(&run_vmx(
+        "bochs-vmx-apic-rtc",
+        "exit=1 guest=apic guest.test=rtc mem=16 timeout_ms=10000",
+        1,
+    ));
+}
+
+/// `pic16`, a built-in real-mode guest, sets the 8259 pair up as a BIOS does (bases 0x08
+/// and 0x70), unmasks IRQ 0 and takes 5 PIT ticks through its IVT entry 8, each ended with
+/// a non-specific EOI: the ExtINT path through vCPU 0's LINT0, the local APIC untouched.
+fn check_pic16(transcript: &str) {
+    assert!(
+        transcript.contains("[vm 1] pic16: 5 ticks of IRQ 0 through the 8259 and the IVT"),
+        "{transcript}"
+    );
+    let (status, state, stats) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+    assert!(stat(&stats, "injected") >= 5, "{stats}");
+}
+
+#[test]
+fn svm_real_mode_guest_takes_irq0_through_the_8259_and_its_ivt() {
+    check_pic16(&run_svm("exit=1 guest=pic16 mem=1 timeout_ms=10000", 1));
+}
+
+#[test]
+fn vmx_real_mode_guest_takes_irq0_through_the_8259_and_its_ivt() {
+    check_pic16(&run_vmx("bochs-vmx-pic16", "exit=1 guest=pic16 mem=1 timeout_ms=10000", 1));
+}
+
+/// `halt16` halts with IF=0 for good: no exit ever comes, yet the VM is stopped at its
+/// time limit (a sleeping vCPU blocks no longer than that), and the next guest runs.
+fn check_halted_guest_meets_its_time_limit(transcript: &str) {
+    let (status, state, _) = vm_end(transcript, 1);
+    assert_eq!((status, state.as_str()), (-1, "stopped"), "{transcript}");
+    assert!(events_of(transcript, 1).iter().any(|e| e.contains("time limit")), "{transcript}");
+    assert!(transcript.contains("[vm 2] hello from a real-mode guest"), "{transcript}");
+    let (status, state, _) = vm_end(transcript, 2);
+    assert_eq!((status, state.as_str()), (0, "exited"), "{transcript}");
+}
+
+const HALTED_FOR_GOOD: &str = "exit=1 guest=halt16,hello16 mem=1 timeout_ms=300";
+
+#[test]
+fn svm_guest_halted_for_good_is_stopped_at_its_time_limit() {
+    check_halted_guest_meets_its_time_limit(&run_svm(HALTED_FOR_GOOD, 2));
+}
+
+#[test]
+fn vmx_guest_halted_for_good_is_stopped_at_its_time_limit() {
+    check_halted_guest_meets_its_time_limit(&run_vmx("bochs-vmx-halt16", HALTED_FOR_GOOD, 2));
+}
+
 /// The bzImage guest (`bzboot`, guest-images' runtime wrapped by xtask into a setup header
 /// and a 64-bit payload) checks the Linux boot protocol's 64-bit entry: long mode at
 /// 1 MiB + 0x200 with CS = __BOOT_CS, rsi = boot_params; it prints the command line, the

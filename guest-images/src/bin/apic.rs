@@ -26,6 +26,18 @@
 //!   expiry to the handler's first instruction with the vCPU halted, an IPI to vCPU 1 and
 //!   its answer back, and an x2APIC EOI (a WRMSR exit) with nothing in service.
 //!
+//! - `pit`: the 8254's channel 0 through the I/O APIC, as Linux routes it with the 8259
+//!   masked: I/O APIC pin 2 (IRQ 0's usual override) written through IOREGSEL/IOWIN on the
+//!   emulated page to a fixed, edge vector for vCPU 0; mode 2 at ~100 Hz with `sti; hlt`
+//!   between ticks, the count checked against the TSC with
+//!   `logic::periodic_ticks_plausible` (never more ticks than elapsed periods, at least
+//!   half); then mode 0 (one-shot): exactly one interrupt in 5 periods, not before its
+//!   count ran out.
+//! - `rtc`: the CMOS RTC's periodic interrupt (register A rate 64 Hz, register B PIE)
+//!   through I/O APIC pin 8; the handler reads register C to re-arm it. The first tick's
+//!   phase is the RTC's (locked to the seconds), so only the ticks after the first are
+//!   held to the elapsed periods, as above.
+//!
 //! Prints `apic: <test> ok` and ends the VM with status 0, or a `FAILED` line and 1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -77,6 +89,43 @@ mod guest {
 
     const ROUNDS: u64 = 20;
 
+    /// The 8259 pair's mask registers (OCW1, 8259A data sheet); 0xFF masks every line.
+    const PIC_MASTER_DATA: u16 = 0x21;
+    const PIC_SLAVE_DATA: u16 = 0xA1;
+    /// The I/O APIC page, its IOREGSEL and IOWIN (82093AA data sheet §3.0), and the
+    /// redirection table's first register (entry n at 0x10 + 2n, low dword first).
+    const IOAPIC: u64 = 0xFEC0_0000;
+    const IOWIN_OFFSET: u64 = 0x10;
+    const IOAPIC_REDIR: u32 = 0x10;
+    /// A redirection entry's mask bit (16); fixed, physical, active-high, edge are zeroes.
+    const REDIR_MASKED: u32 = 1 << 16;
+    /// The I/O APIC pins the PC wires IRQ 0 (through the MADT override) and IRQ 8 to.
+    const PIT_PIN: u32 = 2;
+    const RTC_PIN: u32 = 8;
+    /// The 8254 (Intel 8254 data sheet, "Control Word Format"): channel 0, low then high
+    /// byte, binary, mode 2 (rate generator) or mode 0 (interrupt on terminal count).
+    const PIT_CHANNEL0: u16 = 0x40;
+    const PIT_COMMAND: u16 = 0x43;
+    const PIT_CH0_MODE2: u8 = 0x34;
+    const PIT_CH0_MODE0: u8 = 0x30;
+    const PIT_HZ: u64 = 1_193_182;
+    /// ~100 Hz (10.0001 ms).
+    const PIT_COUNT: u16 = 11_932;
+    const PIT_TICKS: u64 = 10;
+    /// The CMOS RTC (MC146818A): index and data ports, registers A-C, register A with the
+    /// 32.768 kHz divider (DV 010) and rate 10 (64 Hz: 512 input clocks), B's PIE bit.
+    const RTC_INDEX: u16 = 0x70;
+    const RTC_DATA: u16 = 0x71;
+    const RTC_REG_A: u8 = 0x0A;
+    const RTC_REG_B: u8 = 0x0B;
+    const RTC_REG_C: u8 = 0x0C;
+    const RTC_A_64HZ: u8 = 0x2A;
+    const RTC_B_PIE: u8 = 0x40;
+    const RTC_PERIOD_CLOCKS: u64 = 512;
+    const RTC_HZ: u64 = 32_768;
+    const RTC_TICKS: u64 = 10;
+    const RTC_VECTOR: usize = 0x42;
+
     static TICKS: AtomicU64 = AtomicU64::new(0);
     /// NMIs taken, NMIs that arrived inside the NMI handler, and whether it runs.
     static NMIS: AtomicU64 = AtomicU64::new(0);
@@ -105,6 +154,8 @@ mod guest {
             "initsipi" => init_sipi(),
             "bench" => bench(boot.vcpu_index),
             "nmi" => nmi(),
+            "pit" => pit(),
+            "rtc" => rtc(),
             "haltif0" => halt_with_if0(boot.vcpu_index),
             _ => {
                 println!("apic: FAILED: unknown test {test:?}");
@@ -142,6 +193,7 @@ mod guest {
             (SPURIOUS_VECTOR, spurious_handler as *const () as u64),
             (IPI_VECTOR, ipi_handler as *const () as u64),
             (NMI_VECTOR, nmi_handler as *const () as u64),
+            (RTC_VECTOR, rtc_handler as *const () as u64),
         ] {
             // Offset 15:0, selector, present 64-bit interrupt gate (0x8E), offset 31:16;
             // then offset 63:32.
@@ -247,6 +299,24 @@ mod guest {
             nmis = sym NMIS,
             icr = const X2APIC_ICR,
             nmi_to_0 = const ICR_NMI_TO_0,
+        );
+    }
+
+    /// The RTC's periodic interrupt: reads register C (which lowers IRQ 8 so the next
+    /// period raises it again), then counts it like a timer tick.
+    #[unsafe(naked)]
+    extern "C" fn rtc_handler() {
+        naked_asm!(
+            "push rax",
+            "mov al, {reg_c}",
+            "out {index}, al",
+            "in al, {data}",
+            "pop rax",
+            "jmp {timer_handler}",
+            reg_c = const RTC_REG_C,
+            index = const RTC_INDEX,
+            data = const RTC_DATA,
+            timer_handler = sym timer_handler,
         );
     }
 
@@ -543,6 +613,132 @@ mod guest {
         println!("apic: masked one-shot: {before} ticks with IF=0, {after} after STI");
         if (before, after) != (0, 1) {
             println!("apic: FAILED: the masked tick was not delivered at STI");
+            return false;
+        }
+        true
+    }
+
+    /// Writes I/O APIC register `index` through IOREGSEL and IOWIN on the emulated page.
+    fn ioapic_write(index: u32, value: u32) {
+        // SAFETY: IOREGSEL and IOWIN of the I/O APIC page (identity-mapped, a device the
+        // host emulates); the write changes interrupt routing only.
+        unsafe {
+            asm!(
+                "mov dword ptr [{page}], {index:e}",
+                "mov dword ptr [{page} + {iowin}], {value:e}",
+                page = in(reg) IOAPIC,
+                iowin = const IOWIN_OFFSET,
+                index = in(reg) index,
+                value = in(reg) value,
+                options(nostack),
+            );
+        }
+    }
+
+    /// Routes I/O APIC `pin` to `vector` on vCPU 0 (APIC ID 0): fixed, physical,
+    /// active-high, edge; or masks it.
+    fn ioapic_route(pin: u32, vector: usize, masked: bool) {
+        ioapic_write(IOAPIC_REDIR + 2 * pin + 1, 0);
+        ioapic_write(IOAPIC_REDIR + 2 * pin, vector as u32 | if masked { REDIR_MASKED } else { 0 });
+    }
+
+    /// The x2APIC on, the 8259 pair masked (the PC's legacy path closed, as Linux does).
+    fn apic_mode_platform() -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        enable_x2apic();
+        rt::outb(PIC_MASTER_DATA, 0xFF);
+        rt::outb(PIC_SLAVE_DATA, 0xFF);
+        true
+    }
+
+    /// Programs PIT channel 0 with `command` and `count`; returns the TSC just before the
+    /// count's last byte (when the counter starts).
+    fn pit_start(command: u8, count: u16) -> u64 {
+        let [low, high] = count.to_le_bytes();
+        rt::outb(PIT_COMMAND, command);
+        rt::outb(PIT_CHANNEL0, low);
+        let armed = rt::rdtsc();
+        rt::outb(PIT_CHANNEL0, high);
+        armed
+    }
+
+    fn pit() -> bool {
+        if !apic_mode_platform() {
+            return false;
+        }
+        let [tsc_khz, _, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        // TSC ticks per PIT period, rounded up: a tick never counts as early.
+        let period_tsc = (u64::from(PIT_COUNT) * u64::from(tsc_khz) * 1000).div_ceil(PIT_HZ);
+        ioapic_route(PIT_PIN, TIMER_VECTOR, false);
+
+        TICKS.store(0, Ordering::SeqCst);
+        let armed = pit_start(PIT_CH0_MODE2, PIT_COUNT);
+        halt_until_ticks(PIT_TICKS);
+        let elapsed = TICK_TSC.load(Ordering::SeqCst) - armed;
+        println!("apic: pit: {PIT_TICKS} ticks in {elapsed} TSC ticks, {} periods", elapsed / period_tsc);
+        if !periodic_ticks_plausible(PIT_TICKS, elapsed, period_tsc) {
+            println!("apic: FAILED: PIT tick count does not match the elapsed time");
+            return false;
+        }
+
+        // Mode 0: OUT falls at the command, rises once when the count runs out and stays
+        // high. A mode 2 tick from before the command may still be pending: STI; NOP
+        // takes it before counting starts.
+        // SAFETY: CLI only masks interrupts.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        let armed = pit_start(PIT_CH0_MODE0, PIT_COUNT);
+        // SAFETY: STI; NOP opens interrupts for one instruction after the shadow.
+        unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        TICKS.store(0, Ordering::SeqCst);
+        halt_until_ticks(1);
+        let fired = TICK_TSC.load(Ordering::SeqCst) - armed;
+        while rt::rdtsc() - armed < 5 * period_tsc {
+            core::hint::spin_loop();
+        }
+        let ticks = TICKS.load(Ordering::SeqCst);
+        ioapic_route(PIT_PIN, TIMER_VECTOR, true);
+        println!("apic: pit one-shot: {ticks} interrupts in 5 periods, the first after {fired} TSC ticks");
+        if ticks != 1 || fired < period_tsc {
+            println!("apic: FAILED: mode 0 must interrupt once, after its count");
+            return false;
+        }
+        true
+    }
+
+    fn rtc_write(index: u8, value: u8) {
+        rt::outb(RTC_INDEX, index);
+        rt::outb(RTC_DATA, value);
+    }
+
+    fn rtc_read(index: u8) -> u8 {
+        rt::outb(RTC_INDEX, index);
+        rt::inb(RTC_DATA)
+    }
+
+    fn rtc() -> bool {
+        if !apic_mode_platform() {
+            return false;
+        }
+        let [tsc_khz, _, _, _] = rt::cpuid_regs(cpuid::TIMING_LEAF);
+        let period_tsc = (RTC_PERIOD_CLOCKS * u64::from(tsc_khz) * 1000).div_ceil(RTC_HZ);
+        ioapic_route(RTC_PIN, RTC_VECTOR, false);
+        rtc_write(RTC_REG_A, RTC_A_64HZ);
+        rtc_read(RTC_REG_C);
+        TICKS.store(0, Ordering::SeqCst);
+        let armed = rt::rdtsc();
+        rtc_write(RTC_REG_B, rtc_read(RTC_REG_B) | RTC_B_PIE);
+        halt_until_ticks(RTC_TICKS);
+        let elapsed = TICK_TSC.load(Ordering::SeqCst) - armed;
+        rtc_write(RTC_REG_B, rtc_read(RTC_REG_B) & !RTC_B_PIE);
+        ioapic_route(RTC_PIN, RTC_VECTOR, true);
+        println!("apic: rtc: {RTC_TICKS} ticks in {elapsed} TSC ticks, {} periods", elapsed / period_tsc);
+        // The first tick comes within a period of PIE (its phase is the RTC's), every
+        // later one a period after the previous: the last is at least RTC_TICKS - 1
+        // periods after arming.
+        if !periodic_ticks_plausible(RTC_TICKS - 1, elapsed, period_tsc) {
+            println!("apic: FAILED: RTC tick count does not match the elapsed time");
             return false;
         }
         true

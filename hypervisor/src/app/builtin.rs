@@ -22,6 +22,12 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
     ),
     ("spin", &[0xEB, 0xFE], "jmp $: never exits by itself"),
     (
+        "halt16",
+        // cli; hlt; jmp $-2 (back to the hlt)
+        &[0xFA, 0xF4, 0xEB, 0xFD],
+        "halts with interrupts off for good: nothing wakes it, only a time limit ends it",
+    ),
+    (
         "wild",
         // mov ax, 0xFFFF; mov ds, ax; mov byte [0x10], 1 (writes 0x100000); hlt
         &[0xB8, 0xFF, 0xFF, 0x8E, 0xD8, 0xC6, 0x06, 0x10, 0x00, 0x01, 0xF4],
@@ -87,6 +93,26 @@ pub static BUILTIN_GUESTS: &[(&str, &[u8], &str)] = &[
           \x03\xBE\x26\x7C\xB9\x42\x00\xF3\x6E\xB0\x00\xE6\xF4\xF4\
           outs16: rep insb read ???? from fw_cfg, rep outsb wrote this line\n",
         "reads fw_cfg's signature with REP INSB and prints a line with REP OUTSB (16-bit addresses), exits 0",
+    ),
+    (
+        "pic16",
+        // cli; xor ax, ax; mov ds, ax; mov ss, ax; mov sp, 0x7000;
+        // mov word [8*4], handler; mov word [8*4+2], ax              (IVT 8 -> 0000:handler)
+        // ICW1 0x11 to 0x20 and 0xA0; ICW2 0x08 to 0x21, 0x70 to 0xA1 (BIOS bases);
+        // ICW3 0x04 to 0x21, 0x02 to 0xA1; ICW4 0x01 to both; OCW1 0xFE to 0x21 (IRQ 0
+        // only), 0xFF to 0xA1; PIT: 0x34 to 0x43 (channel 0, mode 2), 11932 (~100 Hz) to
+        // 0x40 low then high; wait: sti; hlt; cli; cmp byte [count], 5; jb wait;
+        // mov al, [count]; add al, '0'; mov [digit], al; print msg; mov al, 0; out 0xf4, al;
+        // hlt; handler: push ax; inc byte cs:[count]; mov al, 0x20; out 0x20, al (non-specific
+        // EOI); pop ax; iret; count: 0; msg: "pic16: ", digit: "? ticks..."
+        // (GNU as --32 .code16, ld -Ttext 0x7C00)
+        b"\xFA\x31\xC0\x8E\xD8\x8E\xD0\xBC\x00\x70\xC7\x06\x20\x00\x68\x7C\xA3\x22\x00\xB0\x11\xE6\x20\xE6\
+          \xA0\xB0\x08\xE6\x21\xB0\x70\xE6\xA1\xB0\x04\xE6\x21\xB0\x02\xE6\xA1\xB0\x01\xE6\x21\xE6\xA1\xB0\
+          \xFE\xE6\x21\xB0\xFF\xE6\xA1\xB0\x34\xE6\x43\xB0\x9C\xE6\x40\xB0\x2E\xE6\x40\xFB\xF4\xFA\x80\x3E\
+          \x74\x7C\x05\x72\xF6\xA0\x74\x7C\x04\x30\xA2\x7C\x7C\xBA\xF8\x03\xBE\x75\x7C\xAC\x84\xC0\x74\x03\
+          \xEE\xEB\xF8\xB0\x00\xE6\xF4\xF4\x50\x2E\xFE\x06\x74\x7C\xB0\x20\xE6\x20\x58\xCF\x00\
+          pic16: ? ticks of IRQ 0 through the 8259 and the IVT\n\0",
+        "takes 5 PIT ticks on IRQ 0 through the 8259 (ExtINT on LINT0) and its IVT, exits 0",
     ),
 ];
 

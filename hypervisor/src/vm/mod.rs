@@ -568,12 +568,21 @@ impl<B: Backend> Vm<B> {
         self.deadline_ns.store(deadline_ns, Ordering::Relaxed);
     }
 
-    pub(crate) fn check_deadline(&self) {
+    /// Stops the VM if its time limit passed; returns whether it did.
+    pub(crate) fn check_deadline(&self) -> bool {
         let deadline = self.deadline_ns.load(Ordering::Relaxed);
-        if deadline != 0 && (self.clock)() > deadline {
+        let passed = deadline != 0 && (self.clock)() > deadline;
+        if passed {
             self.log_event("stopped: its time limit passed".into());
             self.finish(VmState::Stopped);
         }
+        passed
+    }
+
+    /// The host time at which [`Vm::set_deadline`] stops the VM, if set: a halted vCPU
+    /// blocks no longer than that, so a guest halted for good still meets its limit.
+    pub(crate) fn time_limit(&self) -> Option<u64> {
+        Some(self.deadline_ns.load(Ordering::Relaxed)).filter(|&deadline| deadline != 0)
     }
 
     /// Records the first console output (boot-time measurement) and passes new complete

@@ -5,7 +5,8 @@
 //! share a host CPU (time-sliced by the host timer, whose interrupts make the guest exit).
 //! A HLT that nothing wakes ends the slice with [`Slice::Blocked`]: the vCPU stays halted
 //! (its next slice looks again) until an interrupt it would take, its timer, or a pause or
-//! stop of the VM (`vm::park`).
+//! stop of the VM (`vm::park`), or the VM's time limit (`timeout_ms`, checked here as a
+//! sleeping vCPU makes no exits).
 
 use super::Vm;
 use super::entry;
@@ -128,13 +129,17 @@ impl<B: Backend> VcpuRunner<B> {
                     break VcpuEnd::VmFinished;
                 }
             }
+            // A vCPU that sleeps makes no exits that would check the time limit.
+            if self.activity != Activity::Running && cx.vm.check_deadline() {
+                break VcpuEnd::VmFinished;
+            }
             match self.activity {
                 Activity::Running => {}
                 Activity::Halted => match entry::halt(cx.vm, cx.index, cx.vcpu) {
                     Some(until) => {
                         self.as_id = cx.as_id;
                         self.mmu.report_offline();
-                        return Slice::Blocked { until };
+                        return Slice::Blocked { until: earliest(until, self.vm.time_limit()) };
                     }
                     None => {
                         self.activity = Activity::Running;
@@ -146,7 +151,7 @@ impl<B: Backend> VcpuRunner<B> {
                     None => {
                         self.as_id = cx.as_id;
                         self.mmu.report_offline();
-                        return Slice::Blocked { until: None };
+                        return Slice::Blocked { until: self.vm.time_limit() };
                     }
                     Some(vector) => {
                         exits::start_at_sipi(&mut cx, vector);
@@ -226,5 +231,27 @@ impl<B: Backend> Runnable for VcpuRunner<B> {
 
     fn is_woken(&self) -> bool {
         self.vm.park(self.index).is_woken()
+    }
+}
+
+/// The earlier of two optional host times (`None`: never).
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::earliest;
+
+    #[test]
+    fn a_halted_vcpu_wakes_by_its_timer_or_the_vm_time_limit() {
+        assert_eq!(earliest(Some(5), Some(3)), Some(3), "the time limit comes first");
+        assert_eq!(earliest(Some(3), Some(5)), Some(3), "the timer comes first");
+        assert_eq!(earliest(None, Some(5)), Some(5), "no timer: the limit still ends the sleep");
+        assert_eq!(earliest(Some(5), None), Some(5));
+        assert_eq!(earliest(None, None), None, "neither: sleeps until woken");
     }
 }
