@@ -19,9 +19,10 @@
 //!    goes as high as its area allows, which may be where the image was staged).
 //!    A plan that breaks the rule is refused (422) and says how much RAM would do.
 //! 4. On any failure (a bad image, a cut-off upload: [`Vm::discard_staged`]) the area is
-//!    zeroed and the VM stays without an image. Memory below the area is as it was, except
-//!    that a refused image's segments are never written; an earlier image's bytes that lay
-//!    in the area are gone (the VM had no image any more from step 1).
+//!    zeroed and the VM stays without an image. Memory below the area is as it was: an
+//!    image is refused before its first segment is copied (only a guest-memory failure
+//!    midway, which ends the upload 503, leaves part of them). An earlier image's bytes
+//!    that lay in the area are gone (the VM had no image any more from step 1).
 //!
 //! Heap per upload: the loader's bounded reads ([`crate::loader::HEAD_LEN`],
 //! [`crate::loader::TABLE_MAX_LEN`]) and one [`COPY_CHUNK`] buffer while placing.
