@@ -135,6 +135,7 @@ impl From<VmError> for ApiError {
             VmError::Memory(_) => ApiError::Unavailable(format!("{e}; delete a VM or a slot and retry")),
             VmError::BadImage(m) => ApiError::BadImage(m.clone()),
             VmError::WrongState { action, state } => ApiError::wrong_state(action, state),
+            VmError::TooLarge(m) => ApiError::PayloadTooLarge(m.clone()),
             VmError::NoImage => ApiError::Conflict(format!("{e}; PUT /v1/vms/{{id}}/image first")),
         }
     }

@@ -50,7 +50,8 @@ pub trait ApiHandler {
     /// `PUT /v1/vms/{id}/image` or `/initrd` (`request` says which), first step: `total_len` body bytes will follow. Refuse
     /// here what can be refused before any byte arrives: unknown VM (404), wrong state or
     /// an upload already in flight for this VM (409), `total_len` beyond the VM's memory
-    /// (413).
+    /// (413). An image upload that begins unloads the VM's image (its body streams into guest
+    /// memory, over what the old image occupied): a failed one leaves the VM without one.
     fn begin_image(
         &mut self,
         id: &VmId,

@@ -272,6 +272,12 @@ impl ApiHandler for MockHypervisor {
                 "the image is {total_len} bytes, larger than the VM's memory ({memory} bytes)"
             )));
         }
+        if matches!(request, UploadRequest::Image(_)) {
+            // As `vm::Vm::begin_staging`: the upload streams over guest memory, so the VM
+            // has no image from now on until it loads.
+            vm.image = None;
+            vm.plan = None;
+        }
         vm.is_uploading = true;
         Ok(MockUpload { vm: id.clone(), request: request.clone(), bytes: Vec::new() })
     }

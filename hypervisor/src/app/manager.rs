@@ -26,7 +26,7 @@ use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
 use hypervisor::vm::commit::CommitLimit;
 use hypervisor::vm::limits::HostLimits;
-use hypervisor::vm::{Action, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
+use hypervisor::vm::{Action, StagedImage, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
 
 /// How long a reset waits for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -36,21 +36,31 @@ struct Entry<B: Backend> {
     uploading: bool,
 }
 
-/// An image upload in flight: the bytes received so far (the loader needs the whole image
-/// to validate it before it writes guest memory, so it is held once, here).
+/// An upload in flight.
 pub struct Upload {
     id: VmId,
     request: UploadRequest,
-    bytes: Vec<u8>,
-    /// What it holds of the upload budget (its Content-Length).
+    body: UploadBody,
+    /// Bytes received so far.
+    received: u64,
+    /// What it holds of the upload budget (an initrd's Content-Length; 0 for an image).
     reserved: u64,
 }
 
-/// Uploads are staged whole on the heap (the loader checks the entire image before any of
-/// it reaches guest memory), and the heap is an eighth of RAM. A heap allocation that fails
-/// ends the hypervisor, so uploads in flight together may hold at most this share of it,
+/// Where an upload's bytes go as they arrive.
+enum UploadBody {
+    /// An image streams into the VM's own memory ([`hypervisor::vm::StagedImage`]): the
+    /// heap it takes is bounded whatever its size.
+    Staged(StagedImage),
+    /// An initrd is kept on the heap: the VM places it again whenever a new image moves it.
+    Heap(Vec<u8>),
+}
+
+/// Initrds are held whole on the heap (the VM keeps one to place it again under a new
+/// image), and the heap is an eighth of RAM. A heap allocation that fails ends the
+/// hypervisor, so initrd uploads in flight together may hold at most this share of it,
 /// reserved up front from their Content-Length: the network stack and everything else keep
-/// the rest.
+/// the rest. Images stream into guest memory and hold none of it.
 fn upload_budget() -> u64 {
     libos::mm::heap::total_bytes() / 2
 }
@@ -85,6 +95,31 @@ fn heap_room(need: u64, what: &str) -> Result<(), ApiError> {
         "{what} needs up to {need} bytes of the hypervisor's heap, which has {free} free of which {reserve} \
          stay for the network and the API; delete a VM or a slot, or retry when uploads are done"
     )))
+}
+
+/// Reserves the heap for an initrd of `total_len` bytes, within the upload budget of which
+/// `in_flight` bytes are held.
+fn heap_upload(total_len: u64, budget: u64, in_flight: u64) -> Result<Vec<u8>, ApiError> {
+    if total_len > budget {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the initrd is {total_len} bytes; this host holds at most {budget} bytes of initrd uploads \
+             (half its heap, which is an eighth of its RAM): give it more memory or upload less"
+        )));
+    }
+    if in_flight + total_len > budget {
+        return Err(ApiError::Unavailable(format!(
+            "other uploads in flight hold {in_flight} of the {budget} bytes this host stages; \
+             retry when they are done"
+        )));
+    }
+    heap_room(total_len, "the upload")?;
+    let mut bytes = Vec::new();
+    if bytes.try_reserve_exact(usize::try_from(total_len).unwrap_or(usize::MAX)).is_err() {
+        return Err(ApiError::Unavailable(format!(
+            "no room on the heap for a {total_len}-byte initrd now; retry later"
+        )));
+    }
+    Ok(bytes)
 }
 
 pub struct Manager<B: Backend> {
@@ -364,43 +399,33 @@ impl<B: Backend> ApiHandler for Manager<B> {
                 entry.vm.config.memory_mib
             )));
         }
-        if total_len > budget {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "the image is {total_len} bytes; this host stages at most {budget} bytes of uploads \
-                 (half its heap, which is an eighth of its RAM): give it more memory or upload less"
-            )));
-        }
-        if in_flight + total_len > budget {
-            return Err(ApiError::Unavailable(format!(
-                "other uploads in flight hold {in_flight} of the {budget} bytes this host stages; \
-                 retry when they are done"
-            )));
-        }
-        heap_room(total_len, "the upload")?;
-        let mut bytes = Vec::new();
-        if bytes.try_reserve_exact(usize::try_from(total_len).unwrap_or(usize::MAX)).is_err() {
-            return Err(ApiError::Unavailable(format!(
-                "no room on the heap for a {total_len}-byte image now; retry later"
-            )));
-        }
+        let (body, reserved) = match request {
+            UploadRequest::Image(_) => (UploadBody::Staged(entry.vm.begin_staging(total_len)?), 0),
+            UploadRequest::Initrd => {
+                (UploadBody::Heap(heap_upload(total_len, budget, in_flight)?), total_len)
+            }
+        };
         entry.uploading = true;
-        self.uploading_bytes += total_len;
-        Ok(Upload { id: id.clone(), request: request.clone(), bytes, reserved: total_len })
+        self.uploading_bytes += reserved;
+        Ok(Upload { id: id.clone(), request: request.clone(), body, received: 0, reserved })
     }
 
     fn image_chunk(&mut self, upload: &mut Upload, offset: u64, bytes: &[u8]) -> Result<(), ApiError> {
-        if offset != upload.bytes.len() as u64 {
-            return Err(ApiError::Internal(format!(
-                "image chunk at {offset}, expected {}",
-                upload.bytes.len()
-            )));
+        if offset != upload.received {
+            return Err(ApiError::Internal(format!("image chunk at {offset}, expected {}", upload.received)));
         }
-        if upload.bytes.len() as u64 + bytes.len() as u64 > upload.reserved {
-            // The connection enforces Content-Length; growing past the reservation would
-            // allocate on the heap unchecked.
-            return Err(ApiError::Internal("image chunk beyond the announced length".into()));
+        match &mut upload.body {
+            UploadBody::Staged(staged) => self.entry(&upload.id)?.vm.stage_chunk(staged, offset, bytes)?,
+            UploadBody::Heap(held) => {
+                if held.len() as u64 + bytes.len() as u64 > upload.reserved {
+                    // The connection enforces Content-Length; growing past the reservation
+                    // would allocate on the heap unchecked.
+                    return Err(ApiError::Internal("image chunk beyond the announced length".into()));
+                }
+                held.extend_from_slice(bytes);
+            }
         }
-        upload.bytes.extend_from_slice(bytes);
+        upload.received += bytes.len() as u64;
         Ok(())
     }
 
@@ -408,24 +433,32 @@ impl<B: Backend> ApiHandler for Manager<B> {
         self.uploading_bytes -= upload.reserved;
         let entry = self.entry_mut(&upload.id)?;
         entry.uploading = false;
-        let bytes = upload.bytes.len() as u64;
-        let UploadRequest::Image(request) = upload.request else {
-            let placed = entry.vm.set_initrd(upload.bytes)?;
-            return Ok(Uploaded::Initrd(InitrdLoaded {
-                bytes,
-                guest_address: placed.gpa.map(|gpa| gpa.raw()),
-            }));
-        };
-        let plan = entry.vm.load_image(&upload.bytes, request.format, &request.cmdline)?;
-        let mut loaded = ImageLoaded::from_plan(bytes, &plan);
-        loaded.initrd_address = entry.vm.initrd_gpa().map(|gpa| gpa.raw());
-        Ok(Uploaded::Image(loaded))
+        let bytes = upload.received;
+        match (upload.request, upload.body) {
+            (UploadRequest::Image(request), UploadBody::Staged(staged)) => {
+                let plan = entry.vm.load_staged(&staged, request.format, &request.cmdline)?;
+                let mut loaded = ImageLoaded::from_plan(bytes, &plan);
+                loaded.initrd_address = entry.vm.initrd_gpa().map(|gpa| gpa.raw());
+                Ok(Uploaded::Image(loaded))
+            }
+            (_, UploadBody::Heap(initrd)) => {
+                let placed = entry.vm.set_initrd(initrd)?;
+                Ok(Uploaded::Initrd(InitrdLoaded { bytes, guest_address: placed.gpa.map(|gpa| gpa.raw()) }))
+            }
+            (UploadRequest::Initrd, UploadBody::Staged(staged)) => {
+                entry.vm.discard_staged(&staged);
+                Err(ApiError::Internal("an initrd upload was staged as an image".into()))
+            }
+        }
     }
 
     fn abort_image(&mut self, upload: Upload) {
         self.uploading_bytes -= upload.reserved;
         if let Ok(entry) = self.entry_mut(&upload.id) {
             entry.uploading = false;
+            if let UploadBody::Staged(staged) = &upload.body {
+                entry.vm.discard_staged(staged);
+            }
         }
     }
 

@@ -164,12 +164,12 @@ impl SetupHeader {
     }
 }
 
-/// Plans a bzImage for `config`.
-pub fn plan(image: &[u8], config: &GuestConfig<'_>) -> Result<LoadPlan, LoadError> {
+/// Plans a bzImage of `file_len` bytes for `config`; `image` is its start (at least the
+/// setup header, which ends before [`bp::SETUP_HEADER_MAX_END`]).
+pub fn plan(image: &[u8], file_len: u64, config: &GuestConfig<'_>) -> Result<LoadPlan, LoadError> {
     let header = SetupHeader::parse(image)?;
     let setup_len = header.setup_len();
-    let file_len = image.len() as u64;
-    if image.len() <= setup_len {
+    if file_len <= setup_len as u64 {
         return Err(LoadError::BzImageNoKernel { setup_len: setup_len as u64, file_len });
     }
     if config.cmdline.len() as u64 > u64::from(header.cmdline_size) {
@@ -179,7 +179,7 @@ pub fn plan(image: &[u8], config: &GuestConfig<'_>) -> Result<LoadPlan, LoadErro
         });
     }
     let load_gpa = header.load_gpa()?;
-    let kernel_len = (image.len() - setup_len) as u64;
+    let kernel_len = file_len - setup_len as u64;
     // init_size covers the decompressed kernel and its work area, so the loaded file
     // normally lies within it; a header that says less still gets its file bytes.
     let reserved = kernel_len.max(u64::from(header.init_size));
@@ -226,7 +226,7 @@ pub fn plan(image: &[u8], config: &GuestConfig<'_>) -> Result<LoadPlan, LoadErro
         protocol: BootProtocol::Linux,
         segments: alloc::vec![Segment {
             gpa: Gpa::new(load_gpa),
-            file_range: setup_len..image.len(),
+            file_range: setup_len..file_len as usize,
             mem_size: kernel_len
         }],
         entry: Entry {

@@ -5,19 +5,24 @@
 //! but it indexes slices in places and so can panic on hostile input). What the crate does
 //! not know, the Xen note and the multiboot header, is parsed here with checked
 //! arithmetic on slices only.
+//!
+//! The image is read through an [`ImageSource`], never whole: the file header and the
+//! multiboot search area from its first [`source::HEAD_LEN`] bytes, the program header
+//! table and each `PT_NOTE` segment on their own (each at most [`TABLE_MAX_LEN`] bytes).
+//! Section headers are never read.
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use elf::ElfBytes;
-use elf::abi::{EM_386, EM_X86_64, ET_EXEC, PT_LOAD, PT_NOTE};
+use elf::abi::{EI_NIDENT, EM_386, EM_X86_64, ET_EXEC, PT_LOAD, PT_NOTE};
 use elf::endian::LittleEndian;
-use elf::file::Class;
-use elf::segment::ProgramHeader;
+use elf::file::{Class, FileHeader};
+use elf::segment::{ProgramHeader, SegmentTable};
 use taproot_guest_abi::boot;
 
 use super::bootinfo;
 use super::initrd::{InitrdArea, InitrdFields};
+use super::source::{self, ImageSource, TABLE_MAX_LEN};
 use super::{
     BOOT_INFO_GPA, BOOT_INFO_MAX_LEN, BootProtocol, Entry, EntryMode, GuestConfig, LoadError, LoadPlan,
     MAX_SEGMENTS, Segment,
@@ -35,6 +40,12 @@ const MULTIBOOT_SUPPORTED_REQUIRED_FLAGS: u32 = 0b11;
 const MULTIBOOT_REQUIRED_FLAGS_MASK: u32 = 0xFFFF;
 /// Multiboot 0.6.96 §3.1.3: bit 16, the address fields of the header are valid.
 const MULTIBOOT_FLAG_AOUT_KLUDGE: u32 = 1 << 16;
+/// ELF spec (System V gABI, "ELF Header"): the file header after `e_ident`, and one
+/// program header, for each class.
+const ELF32_EHDR_TAIL_LEN: usize = 52 - EI_NIDENT;
+const ELF64_EHDR_TAIL_LEN: usize = 64 - EI_NIDENT;
+const ELF32_PHDR_LEN: u16 = 32;
+const ELF64_PHDR_LEN: u16 = 56;
 
 /// The boot protocols an ELF can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,12 +57,14 @@ pub(super) enum ElfProtocol {
 /// Plans an ELF image. `want` is the protocol the caller insists on; without one, a PVH
 /// note wins over a multiboot header.
 pub(super) fn plan(
-    image: &[u8],
+    image: &dyn ImageSource,
     want: Option<ElfProtocol>,
     config: &GuestConfig<'_>,
 ) -> Result<LoadPlan, LoadError> {
-    let file = parse(image)?;
-    let phdrs = file.segments().ok_or(LoadError::NoProgramHeaders)?;
+    let head = source::head(image)?;
+    let ehdr = parse(&head)?;
+    let table = program_headers(image, &ehdr)?;
+    let phdrs = SegmentTable::new(LittleEndian, ehdr.class, &table);
 
     let mut loads: Vec<(usize, ProgramHeader)> = Vec::new();
     let mut pvh_entry = None;
@@ -72,7 +85,7 @@ pub(super) fn plan(
         Some(ElfProtocol::Pvh) if pvh_entry.is_none() => return Err(LoadError::NoPvhNote),
         Some(protocol) => protocol,
         None if pvh_entry.is_some() => ElfProtocol::Pvh,
-        None => match find_multiboot_header(image)? {
+        None => match find_multiboot_header(&head)? {
             Some(_) => ElfProtocol::Multiboot1,
             None => return Err(LoadError::NoBootProtocol),
         },
@@ -87,8 +100,8 @@ pub(super) fn plan(
             (entry, info, 0, Some(modlist))
         }
         ElfProtocol::Multiboot1 => {
-            check_multiboot_flags(find_multiboot_header(image)?.ok_or(LoadError::NoMultibootHeader)?)?;
-            let entry = entry_gpa_from_vaddr(file.ehdr.e_entry, &loads)?;
+            check_multiboot_flags(find_multiboot_header(&head)?.ok_or(LoadError::NoMultibootHeader)?)?;
+            let entry = entry_gpa_from_vaddr(ehdr.e_entry, &loads)?;
             let info = bootinfo::multiboot_info(config.mem_size, config.cmdline)?;
             (entry, info, boot::MULTIBOOT1_BOOT_MAGIC, None)
         }
@@ -116,39 +129,80 @@ pub(super) fn plan(
     })
 }
 
-fn parse(image: &[u8]) -> Result<ElfBytes<'_, LittleEndian>, LoadError> {
-    if image.get(..4) != Some(b"\x7fELF".as_slice()) {
+/// The file header, from the image's first bytes.
+fn parse(head: &[u8]) -> Result<FileHeader<LittleEndian>, LoadError> {
+    if head.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(LoadError::NotElf);
     }
-    let file = ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|e| match e {
+    let elf_error = |e: elf::ParseError| match e {
         elf::ParseError::UnsupportedElfEndianness(_) => LoadError::NotLittleEndian,
         e => LoadError::Elf(e.to_string()),
-    })?;
-    let (class_bits, expected) = match file.ehdr.class {
+    };
+    let ident = elf::file::parse_ident::<LittleEndian>(head.get(..EI_NIDENT).ok_or(too_short())?)
+        .map_err(elf_error)?;
+    let tail_len = match ident.1 {
+        Class::ELF32 => ELF32_EHDR_TAIL_LEN,
+        Class::ELF64 => ELF64_EHDR_TAIL_LEN,
+    };
+    let tail = head.get(EI_NIDENT..EI_NIDENT + tail_len).ok_or(too_short())?;
+    let ehdr = FileHeader::parse_tail(ident, tail).map_err(elf_error)?;
+    let (class_bits, expected) = match ehdr.class {
         Class::ELF32 => (32, EM_386),
         Class::ELF64 => (64, EM_X86_64),
     };
-    if file.ehdr.e_machine != expected {
-        return Err(LoadError::WrongMachine { class_bits, machine: file.ehdr.e_machine });
+    if ehdr.e_machine != expected {
+        return Err(LoadError::WrongMachine { class_bits, machine: ehdr.e_machine });
     }
-    if file.ehdr.e_type != ET_EXEC {
-        return Err(LoadError::NotExecutable { e_type: file.ehdr.e_type });
+    if ehdr.e_type != ET_EXEC {
+        return Err(LoadError::NotExecutable { e_type: ehdr.e_type });
     }
-    Ok(file)
+    Ok(ehdr)
+}
+
+fn too_short() -> LoadError {
+    LoadError::Elf("the file header lies beyond the end of the file".into())
+}
+
+/// The program header table's bytes, read from the image (at most [`TABLE_MAX_LEN`]).
+fn program_headers(image: &dyn ImageSource, ehdr: &FileHeader<LittleEndian>) -> Result<Vec<u8>, LoadError> {
+    // As the `elf` crate reads it: no table at offset 0.
+    if ehdr.e_phnum == 0 || ehdr.e_phoff == 0 {
+        return Err(LoadError::NoProgramHeaders);
+    }
+    let entry_len = match ehdr.class {
+        Class::ELF32 => ELF32_PHDR_LEN,
+        Class::ELF64 => ELF64_PHDR_LEN,
+    };
+    if ehdr.e_phentsize != entry_len {
+        return Err(LoadError::Elf(alloc::format!(
+            "program headers are {} bytes each, not {entry_len}",
+            ehdr.e_phentsize
+        )));
+    }
+    let len = usize::from(ehdr.e_phnum) * usize::from(entry_len);
+    if len > TABLE_MAX_LEN {
+        return Err(LoadError::ElfTableTooLarge {
+            what: "program header table",
+            len: len as u64,
+            max: TABLE_MAX_LEN,
+        });
+    }
+    source::read_range(image, ehdr.e_phoff, len)?
+        .ok_or_else(|| LoadError::Elf("the program headers lie beyond the end of the file".into()))
 }
 
 /// Checks every loadable segment against the file and guest memory and returns them in
 /// gpa order. Segments are placed at their physical address (`p_paddr`), as QEMU's PVH
 /// loader and GRUB's multiboot loader do.
 fn check_segments(
-    image: &[u8],
+    image: &dyn ImageSource,
     loads: &[(usize, ProgramHeader)],
     mem_size: u64,
 ) -> Result<Vec<Segment>, LoadError> {
     if loads.is_empty() {
         return Err(LoadError::NoLoadableSegment);
     }
-    let file_len = image.len() as u64;
+    let file_len = image.len();
     let info = BOOT_INFO_GPA.raw()..BOOT_INFO_GPA.raw() + BOOT_INFO_MAX_LEN;
     let mut placed: Vec<(usize, Segment)> = Vec::with_capacity(loads.len());
     for &(index, ref phdr) in loads {
@@ -208,11 +262,21 @@ fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
 /// Walks the notes of one `PT_NOTE` segment (ELF spec, "Note Section": namesz, descsz,
 /// type, then name and desc, each padded to 4 bytes) and returns the PVH entry if the
 /// segment has a `Xen` note of type `XEN_ELFNOTE_PHYS32_ENTRY`.
-fn find_pvh_entry(image: &[u8], index: usize, phdr: &ProgramHeader) -> Result<Option<Gpa>, LoadError> {
+fn find_pvh_entry(
+    image: &dyn ImageSource,
+    index: usize,
+    phdr: &ProgramHeader,
+) -> Result<Option<Gpa>, LoadError> {
     let malformed = LoadError::MalformedNote { segment: index };
-    let start = usize::try_from(phdr.p_offset).map_err(|_| malformed.clone())?;
-    let len = usize::try_from(phdr.p_filesz).map_err(|_| malformed.clone())?;
-    let notes = start.checked_add(len).and_then(|end| image.get(start..end)).ok_or(malformed.clone())?;
+    if phdr.p_filesz > TABLE_MAX_LEN as u64 {
+        return Err(LoadError::ElfTableTooLarge {
+            what: "note segment",
+            len: phdr.p_filesz,
+            max: TABLE_MAX_LEN,
+        });
+    }
+    let notes = source::read_range(image, phdr.p_offset, phdr.p_filesz as usize)?.ok_or(malformed.clone())?;
+    let notes = notes.as_slice();
     let pad4 = |n: usize| n.checked_add(3).map(|n| n & !3);
     let mut at = 0;
     while at < notes.len() {

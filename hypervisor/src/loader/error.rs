@@ -35,6 +35,18 @@ pub enum LoadError {
         max: usize,
     },
     CmdlineHasNul,
+    /// Reading the image where it was staged failed (guest memory it was streamed to is
+    /// gone, or a read reached beyond the image).
+    ImageRead {
+        offset: u64,
+    },
+    /// An ELF table the loader reads whole (program headers, a note segment) is larger
+    /// than it reads ([`super::source::TABLE_MAX_LEN`]).
+    ElfTableTooLarge {
+        what: &'static str,
+        len: u64,
+        max: usize,
+    },
     /// The boot information does not fit in guest memory.
     MemoryTooSmallForBootInfo {
         mem_size: u64,
@@ -194,6 +206,10 @@ impl fmt::Display for LoadError {
                 write!(f, "the command line is {len} bytes long, more than the {max} allowed")
             }
             E::CmdlineHasNul => write!(f, "the command line contains a NUL byte"),
+            E::ImageRead { offset } => write!(f, "the image could not be read at offset {offset:#x}"),
+            E::ElfTableTooLarge { what, len, max } => {
+                write!(f, "the ELF's {what} is {len} bytes long; the loader reads at most {max}")
+            }
             E::MemoryTooSmallForBootInfo { mem_size, needed } => write!(
                 f,
                 "{} of guest memory is too small for the boot information, which needs {needed:#x} bytes",

@@ -28,6 +28,7 @@ mod bzimage;
 mod elf_image;
 mod error;
 mod initrd;
+mod source;
 
 #[cfg(test)]
 mod tests;
@@ -43,6 +44,7 @@ pub use bootinfo::{MemoryKind, MemoryRange, guest_memory_map};
 pub use bzimage::{BOOT_PARAMS_GPA, BOOT_TABLES_GPA};
 pub use error::{LoadError, Size};
 pub use initrd::InitrdArea;
+pub use source::{HEAD_LEN, ImageSource, TABLE_MAX_LEN};
 
 /// Where the boot information goes (PVH start info or multiboot info, memory map, command
 /// line).
@@ -202,6 +204,17 @@ impl EntryMode {
 
 /// Parses and validates `image` into a [`LoadPlan`] for a guest described by `config`.
 pub fn plan(image: &[u8], format: ImageFormat, config: &GuestConfig<'_>) -> Result<LoadPlan, LoadError> {
+    plan_from(&image, format, config)
+}
+
+/// [`plan`] for an image read through an [`ImageSource`] (the VM's memory an upload was
+/// streamed to): it reads the first [`HEAD_LEN`] bytes and, for an ELF, the program
+/// header table and note segments, each at most [`TABLE_MAX_LEN`] bytes.
+pub fn plan_from(
+    image: &dyn ImageSource,
+    format: ImageFormat,
+    config: &GuestConfig<'_>,
+) -> Result<LoadPlan, LoadError> {
     if image.is_empty() {
         return Err(LoadError::EmptyImage);
     }
@@ -212,11 +225,11 @@ pub fn plan(image: &[u8], format: ImageFormat, config: &GuestConfig<'_>) -> Resu
         return Err(LoadError::CmdlineHasNul);
     }
     match format {
-        ImageFormat::Flat { load_gpa, entry_gpa } => plan_flat(image, load_gpa, entry_gpa, config),
+        ImageFormat::Flat { load_gpa, entry_gpa } => plan_flat(image.len(), load_gpa, entry_gpa, config),
         ImageFormat::Elf => elf_image::plan(image, None, config),
         ImageFormat::Pvh => elf_image::plan(image, Some(elf_image::ElfProtocol::Pvh), config),
         ImageFormat::Multiboot1 => elf_image::plan(image, Some(elf_image::ElfProtocol::Multiboot1), config),
-        ImageFormat::BzImage => bzimage::plan(image, config),
+        ImageFormat::BzImage => bzimage::plan(&source::head(image)?, image.len(), config),
     }
 }
 
@@ -224,13 +237,12 @@ pub fn plan(image: &[u8], format: ImageFormat, config: &GuestConfig<'_>) -> Resu
 const REAL_MODE_LIMIT: u64 = 0x10_0000;
 
 fn plan_flat(
-    image: &[u8],
+    len: u64,
     load_gpa: Gpa,
     entry_gpa: Option<Gpa>,
     config: &GuestConfig<'_>,
 ) -> Result<LoadPlan, LoadError> {
     let (load_gpa, entry_gpa) = (load_gpa.raw(), entry_gpa.map(Gpa::raw));
-    let len = image.len() as u64;
     if len > config.mem_size {
         return Err(LoadError::ImageTooLarge { size: len, mem_size: config.mem_size });
     }
@@ -251,7 +263,11 @@ fn plan_flat(
     let ip = (entry & 0xFFFF) as u16;
     Ok(LoadPlan {
         protocol: BootProtocol::Flat,
-        segments: alloc::vec![Segment { gpa: Gpa::new(load_gpa), file_range: 0..image.len(), mem_size: len }],
+        segments: alloc::vec![Segment {
+            gpa: Gpa::new(load_gpa),
+            file_range: 0..len as usize,
+            mem_size: len
+        }],
         entry: Entry { mode: EntryMode::RealMode16 { cs, ip }, eax: 0, ebx: 0, rsi: 0 },
         boot_info: None,
         initrd_area: None,

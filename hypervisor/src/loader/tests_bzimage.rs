@@ -55,6 +55,12 @@ pub(crate) fn bz() -> BzBuilder {
 }
 
 impl BzBuilder {
+    /// The same image with `kernel_len` bytes of protected-mode kernel (and an `init_size`
+    /// that covers them).
+    pub(crate) fn with_kernel_len(self, kernel_len: usize) -> Self {
+        Self { kernel_len, init_size: kernel_len as u32, ..self }
+    }
+
     fn setup_len(&self) -> usize {
         (if self.setup_sects == 0 { 4 } else { usize::from(self.setup_sects) } + 1) * 512
     }

@@ -25,6 +25,7 @@ pub mod msr;
 mod park;
 mod platform;
 mod run_queue;
+mod staging;
 mod stats;
 mod string_io;
 mod vcpu;
@@ -33,6 +34,7 @@ pub use exits::{ExitCounts, ExitReason, ExitStats};
 pub use initrd::InitrdPlaced;
 pub use lifecycle::{Action, VmState};
 pub use run_queue::{RunQueue, Step};
+pub use staging::{COPY_CHUNK, STAGING_LOWEST, StagedImage, staging_area};
 pub use stats::{InterruptStats, VmStats};
 pub use vcpu::{Runnable, Slice, VcpuEnd, VcpuRunner};
 
@@ -43,7 +45,7 @@ use crate::cpuid;
 use crate::devices::events::{Event, EventKind};
 use crate::devices::lapic::LapicConfig;
 use crate::devices::{PlatformConfig, PortBus};
-use crate::loader::{self, GuestConfig, ImageFormat, LoadPlan};
+use crate::loader::{self, GuestConfig, ImageFormat, ImageSource, LoadPlan};
 use crate::memslot::{AsId, SlotFlags, SlotId, SlotSpec};
 use crate::mmu::{Mmu, MmuConfig};
 use alloc::format;
@@ -69,8 +71,13 @@ pub enum VmError {
     Backend(BackendError),
     Memory(String),
     BadImage(String),
-    WrongState { action: &'static str, state: &'static str },
+    WrongState {
+        action: &'static str,
+        state: &'static str,
+    },
     NoImage,
+    /// The image is larger than the VM can take (413).
+    TooLarge(String),
 }
 
 impl fmt::Display for VmError {
@@ -82,6 +89,7 @@ impl fmt::Display for VmError {
             VmError::BadImage(e) => write!(f, "bad guest image: {e}"),
             VmError::WrongState { action, state } => write!(f, "cannot {action} a VM that is {state}"),
             VmError::NoImage => f.write_str("cannot start a VM without an image"),
+            VmError::TooLarge(e) => f.write_str(e),
         }
     }
 }
@@ -264,37 +272,47 @@ impl<B: Backend> Vm<B> {
     /// one (see [`initrd`]). Only in `Created`; a bad image, or an initrd it cannot place,
     /// changes nothing (both are checked completely before the first byte is written).
     pub fn load_image(&self, image: &[u8], format: ImageFormat, cmdline: &str) -> Result<LoadPlan, VmError> {
+        self.load_from(&image, format, cmdline, None)
+    }
+
+    /// [`Vm::load_image`] from any source; `staged`: the image is read from where an upload
+    /// was staged in this VM's memory ([`staging`]: its segments must lie below it, and
+    /// the area is zeroed once they are copied).
+    fn load_from(
+        &self,
+        image: &dyn ImageSource,
+        format: ImageFormat,
+        cmdline: &str,
+        staged: Option<&StagedImage>,
+    ) -> Result<LoadPlan, VmError> {
         lifecycle::check_image_load(&self.state.lock())?;
         let config = GuestConfig { mem_size: self.memory_bytes(), cmdline, rsdp: self.rsdp };
-        let mut plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
+        let bad = |e: loader::LoadError| VmError::BadImage(format!("{e}"));
+        let mut plan = loader::plan_from(image, format, &config).map_err(bad)?;
         if self.rsdp.is_some() && platform::overlaps_acpi_tables(&plan) {
             // The image replaces the tables: point no guest at what is left of them.
             let config = GuestConfig { rsdp: None, ..config };
-            plan = loader::plan(image, format, &config).map_err(|e| VmError::BadImage(format!("{e}")))?;
+            plan = loader::plan_from(image, format, &config).map_err(bad)?;
+        }
+        if let Some(staged) = staged {
+            staging::check_below_staging(&plan, staged)?;
         }
         let mut files = self.boot_files.lock();
         let initrd_gpa = match &files.initrd {
             Some(initrd) => Some(plan.place_initrd(initrd.len() as u64).map_err(initrd::initrd_error)?),
             None => None,
         };
-        let write = |gpa: Gpa, bytes: &[u8]| {
-            self.mmu.write_guest(AsId::Normal, gpa, bytes).map_err(|e| VmError::Memory(format!("{e:?}")))
-        };
-        for segment in &plan.segments {
-            write(segment.gpa, segment.file_bytes(image))?;
-            // The tail beyond the file's bytes reads as zeros; memory never touched is
-            // zero already, so a huge `p_memsz` costs nothing (see `Mmu::zero_guest`).
-            let tail = Gpa::new(segment.gpa.raw() + segment.file_range.len() as u64);
-            let tail_len = segment.gpa_range().end.raw().saturating_sub(tail.raw());
-            self.mmu
-                .zero_guest(AsId::Normal, tail, tail_len)
-                .map_err(|e| VmError::Memory(format!("{e:?}")))?;
+        staging::place_segments(&self.mmu, image, &plan)?;
+        if let Some(staged) = staged {
+            self.clear_staging(staged)?;
         }
         match (&files.initrd, initrd_gpa) {
             (Some(initrd), Some(gpa)) => self.write_initrd(&plan, gpa, initrd)?,
             _ => {
                 if let Some(info) = &plan.boot_info {
-                    write(info.gpa, &info.bytes)?;
+                    self.mmu
+                        .write_guest(AsId::Normal, info.gpa, &info.bytes)
+                        .map_err(|e| VmError::Memory(format!("{e:?}")))?;
                 }
             }
         }

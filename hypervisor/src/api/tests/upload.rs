@@ -118,6 +118,33 @@ fn a_client_that_goes_away_mid_upload_aborts_it() {
     assert_eq!(h.exchange(&raw).status, 200);
 }
 
+/// An image upload streams over guest memory: once it starts, the VM's earlier image is
+/// gone, so a cut-off or refused upload leaves the VM without one (`vm::staging`).
+#[test]
+fn a_cut_off_or_bad_upload_leaves_the_vm_without_an_image() {
+    let mut h = Harness::new();
+    create(&mut h, "a", 4);
+    let mut raw = image_head("a", 10_000);
+    raw.extend_from_slice(&image(10_000));
+    assert_eq!(h.exchange(&raw).status, 200);
+    assert!(loaded_image(&h, "a").is_some());
+    h.send(&image_head("a", 10_000));
+    h.send(&image(4000));
+    h.conn.close(&mut h.hv);
+    assert_eq!(loaded_image(&h, "a"), None, "a cut-off upload leaves no image");
+    h.reconnect();
+    assert_eq!(h.exchange(&raw).status, 200);
+    let bad = format!(
+        "PUT /v1/vms/a/image?format=pvh HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
+    );
+    let mut bad = bad.into_bytes();
+    bad.extend_from_slice(&[0; 100]);
+    assert_eq!(h.exchange(&bad).status, 422);
+    assert_eq!(loaded_image(&h, "a"), None, "a bad image leaves no image");
+    let info = h.call("GET", "/v1/vms/a", None);
+    assert_eq!(info.json()["image_loaded"], false);
+}
+
 #[test]
 fn a_stalled_upload_times_out_and_is_aborted() {
     let mut h = Harness::new();
