@@ -26,7 +26,9 @@ use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
 use hypervisor::vm::commit::CommitLimit;
 use hypervisor::vm::limits::HostLimits;
-use hypervisor::vm::{Action, StagedImage, VcpuRunner, Vm, VmConfig, VmStats, lifecycle};
+use hypervisor::vm::{
+    Action, STAGING_LOWEST, StagedImage, VcpuRunner, Vm, VmConfig, VmError, VmStats, lifecycle,
+};
 
 /// How long a reset waits for vCPUs to leave their loops.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -53,6 +55,7 @@ enum UploadBody {
     /// heap it takes is bounded whatever its size.
     Staged(StagedImage),
     /// An initrd is kept on the heap: the VM places it again whenever a new image moves it.
+    /// So is an image for a VM too small to stage one (at most [`STAGING_LOWEST`] bytes).
     Heap(Vec<u8>),
 }
 
@@ -400,7 +403,16 @@ impl<B: Backend> ApiHandler for Manager<B> {
             )));
         }
         let (body, reserved) = match request {
-            UploadRequest::Image(_) => (UploadBody::Staged(entry.vm.begin_staging(total_len)?), 0),
+            UploadRequest::Image(_) => match entry.vm.begin_staging(total_len) {
+                Ok(staged) => (UploadBody::Staged(staged), 0),
+                // A VM whose RAM ends below the staging floor (a real-mode guest in 1 MiB)
+                // cannot stage; its image is no larger than its RAM, under the floor, and
+                // is held on the heap within the upload budget, as every image once was.
+                Err(VmError::TooLarge(_)) if total_len <= STAGING_LOWEST => {
+                    (UploadBody::Heap(heap_upload(total_len, budget, in_flight)?), total_len)
+                }
+                Err(e) => return Err(e.into()),
+            },
             UploadRequest::Initrd => {
                 (UploadBody::Heap(heap_upload(total_len, budget, in_flight)?), total_len)
             }
@@ -441,7 +453,13 @@ impl<B: Backend> ApiHandler for Manager<B> {
                 loaded.initrd_address = entry.vm.initrd_gpa().map(|gpa| gpa.raw());
                 Ok(Uploaded::Image(loaded))
             }
-            (_, UploadBody::Heap(initrd)) => {
+            (UploadRequest::Image(request), UploadBody::Heap(image)) => {
+                let plan = entry.vm.load_image(&image, request.format, &request.cmdline)?;
+                let mut loaded = ImageLoaded::from_plan(bytes, &plan);
+                loaded.initrd_address = entry.vm.initrd_gpa().map(|gpa| gpa.raw());
+                Ok(Uploaded::Image(loaded))
+            }
+            (UploadRequest::Initrd, UploadBody::Heap(initrd)) => {
                 let placed = entry.vm.set_initrd(initrd)?;
                 Ok(Uploaded::Initrd(InitrdLoaded { bytes, guest_address: placed.gpa.map(|gpa| gpa.raw()) }))
             }
