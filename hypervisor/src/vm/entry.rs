@@ -2,7 +2,9 @@
 //! entry, and what a HLT does.
 //!
 //! Before each entry ([`prepare`]): timers whose deadline has passed fire
-//! (`PortBus::tick`: the LAPIC timers, and the platform's on vCPU 0); the irqchip picks at most one event for what the guest can take now
+//! (`PortBus::tick`: the LAPIC timers, and the platform's on vCPU 0), and the next
+//! deadline goes to the host CPU (`Backend::set_host_deadline`: its timer interrupts the
+//! running guest then, the exit comes back here and the expiry is injected); the irqchip picks at most one event for what the guest can take now
 //! (`Irqchip::entry_events` with the backend's `openings`), which the backend injects
 //! through its `EventQueue`; and the backend asks for an interrupt or NMI window exit for
 //! whatever stays pending. The lock is the VM's device lock, taken once per entry; the
@@ -22,12 +24,16 @@ use crate::devices::PortBus;
 use crate::devices::irqchip::{EntryEvents, VcpuMask};
 
 /// Fires the timer expiries due at `now_ns` if `vcpu`'s are due (the other vCPUs' fire on
-/// their own entries or halts; their wakes go into the returned mask). The one place the
-/// VM ticks its devices' clocks.
-fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: &dyn Fn() -> u64) -> VcpuMask {
-    let Some(deadline) = next_deadline(devices, vcpu) else { return VcpuMask::EMPTY };
+/// their own entries or halts; their wakes go into the returned mask), and says `vcpu`'s
+/// next deadline after that. The one place the VM ticks its devices' clocks.
+fn tick_timers(devices: &mut PortBus, vcpu: u32, now_ns: &dyn Fn() -> u64) -> (VcpuMask, Option<u64>) {
+    let Some(deadline) = next_deadline(devices, vcpu) else { return (VcpuMask::EMPTY, None) };
     let now = now_ns();
-    if deadline <= now { devices.tick(now) } else { VcpuMask::EMPTY }
+    if deadline > now {
+        return (VcpuMask::EMPTY, Some(deadline));
+    }
+    let wake = devices.tick(now);
+    (wake, next_deadline(devices, vcpu))
 }
 
 /// The earliest host time at which the VM's timers have something for `vcpu`: its LAPIC
@@ -52,8 +58,9 @@ pub(crate) fn others(mask: VcpuMask, vcpu: u32) -> VcpuMask {
 /// What [`prepare`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Prepared {
-    /// Enter the guest.
-    Enter,
+    /// Enter the guest, with the host CPU interrupted by `host_deadline` at the latest:
+    /// the vCPU's next timer deadline, so its timer fires on time while the guest runs.
+    Enter { host_deadline: Option<u64> },
     /// An INIT arrived (taken, the LAPIC reset): do not enter; the vCPU goes to its INIT
     /// state.
     Init,
@@ -63,9 +70,9 @@ pub(crate) enum Prepared {
 /// is discarded, SDM Vol. 3A §9.4.4), inject what the guest can take, ask for the windows
 /// the rest needs.
 pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
-    let (events, wake) = {
+    let (events, wake, host_deadline) = {
         let mut devices = cx.vm.devices.lock();
-        let wake = tick_timers(&mut devices, cx.index, &cx.vm.clock);
+        let (wake, host_deadline) = tick_timers(&mut devices, cx.index, &cx.vm.clock);
         let chip = devices.irqchip_mut();
         if chip.take_init(cx.index) {
             drop(devices);
@@ -80,7 +87,7 @@ pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
         } else {
             EntryEvents::default()
         };
-        (events, wake)
+        (events, wake, host_deadline)
     };
     if let Some(injection) = events.inject {
         cx.vm.interrupt_counts.injected(injection);
@@ -88,7 +95,7 @@ pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
     }
     cx.vcpu.set_windows(Windows { interrupt: events.interrupt_window, nmi: events.nmi_window });
     cx.vm.wake_vcpus(others(wake, cx.index));
-    Prepared::Enter
+    Prepared::Enter { host_deadline }
 }
 
 /// An AP waiting for a start-up IPI looks whether one came: `Some(vector)`, it starts
@@ -109,9 +116,9 @@ pub(crate) fn halt<B: Backend>(vm: &Vm<B>, index: u32, vcpu: &B::Vcpu) -> Option
     vm.park(index).going_to_sleep();
     let (awake, until, wake) = {
         let mut devices = vm.devices.lock();
-        let wake = tick_timers(&mut devices, index, &vm.clock);
+        let (wake, until) = tick_timers(&mut devices, index, &vm.clock);
         let awake = devices.irqchip().wakes_from_halt(index, vcpu.interrupts_enabled());
-        (awake, next_deadline(&devices, index), wake)
+        (awake, until, wake)
     };
     vm.wake_vcpus(others(wake, index));
     (!awake).then_some(until)
