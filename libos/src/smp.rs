@@ -53,6 +53,7 @@ pub fn current_ticks() -> u64 {
 /// the latest, besides its scheduler ticks (`None`: no such deadline). A CPU running a
 /// guest then exits it by the deadline (a running vCPU's next guest timer); the deadline
 /// is consumed once it passes.
+#[inline]
 pub fn set_wake_at(deadline_ns: Option<u64>) {
     host_timer::set_wake_at(deadline_ns);
 }

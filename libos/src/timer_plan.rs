@@ -53,6 +53,11 @@ impl TimerPlan {
         self.armed_ns
     }
 
+    /// The wake-up deadline, if one is set and has not passed.
+    pub fn wake_at(&self) -> Option<u64> {
+        self.wake_at_ns
+    }
+
     /// The earlier of the next tick and the wake-up deadline.
     pub fn expiry(&self) -> u64 {
         self.wake_at_ns.map_or(self.next_tick_ns, |wake| wake.min(self.next_tick_ns))
@@ -60,7 +65,8 @@ impl TimerPlan {
 
     /// Sets (or clears) the wake-up deadline. `Some(time)`: the timer must be re-armed for
     /// `time`, which comes before what it is armed for; `None`: it stays armed as it is (a
-    /// later or cleared deadline costs at most one interrupt that finds nothing to do).
+    /// later or cleared deadline costs at most one interrupt that finds nothing to do;
+    /// the deadline the plan already has changes nothing).
     pub fn set_wake_at(&mut self, deadline_ns: Option<u64>) -> Option<u64> {
         self.wake_at_ns = deadline_ns;
         let expiry = self.expiry();

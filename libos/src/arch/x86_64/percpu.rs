@@ -25,6 +25,9 @@ pub struct PerCpu {
     pub timer_ticks: AtomicU64,
     /// When this CPU's timer fires next (`host_timer`; only this CPU, interrupts off).
     pub timer: Mutex<TimerPlan>,
+    /// The plan's wake-up deadline (`u64::MAX`: none), readable without the lock: setting
+    /// the deadline it already has costs one load (`host_timer::set_wake_at`).
+    pub wake_at_ns: AtomicU64,
     /// NMIs this CPU has taken (the host's, including those that arrived in a guest).
     pub nmis: AtomicU64,
     /// Lowest address of this CPU's stack, where `stack_guard` keeps its canary (0: none).
@@ -41,6 +44,7 @@ impl PerCpu {
             online: AtomicBool::new(false),
             timer_ticks: AtomicU64::new(0),
             timer: Mutex::new(TimerPlan::new()),
+            wake_at_ns: AtomicU64::new(u64::MAX),
             nmis: AtomicU64::new(0),
             stack_bottom: AtomicU64::new(0),
             virt: Once::new(),
