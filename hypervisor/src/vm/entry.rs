@@ -72,7 +72,11 @@ pub(crate) enum Prepared {
 pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
     let (events, wake, host_deadline) = {
         let mut devices = cx.vm.devices.lock();
-        let (wake, host_deadline) = tick_timers(&mut devices, cx.index, &cx.vm.clock);
+        let (wake, next) = tick_timers(&mut devices, cx.index, &cx.vm.clock);
+        // A deadline that has passed already (a PIT edge still pending) is delivered by
+        // this entry or its interrupt window: asking the host timer for it would only
+        // interrupt the guest again at once, at every entry until the guest takes it.
+        let host_deadline = next.filter(|&deadline| deadline > (cx.vm.clock)());
         let chip = devices.irqchip_mut();
         if chip.take_init(cx.index) {
             drop(devices);
