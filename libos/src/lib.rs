@@ -14,13 +14,15 @@
 //! A module imports (`use crate::..`, `super::..`) only from layers below its own, and
 //! within its layer only along the arrows written here, so there are no import cycles.
 //!
-//! 1. Pure data, also built on the host: [`apic_mode`], [`bootinfo`], [`cmdline`], [`virt`].
+//! 1. Pure data, also built on the host: [`apic_mode`], [`bootinfo`], [`cmdline`], [`virt`],
+//!    [`timer_plan`].
 //! 2. One register set or device each: `arch::x86_64::{vectors, tsc, gdt, cpu, percpu,
 //!    halt_forever}`, `pic -> vectors`, `pit -> tsc`, `stack_guard -> percpu`,
 //!    `drivers::{serial, pci}`, [`mm`], [`debug`]. `vectors` names every interrupt vector;
 //!    `percpu` owns [`smp::current_cpu`].
 //! 3. Services: [`time`], [`power`] (power-off, and the `exit=1` request that fatal errors
 //!    honour), `logger -> time`, `arch::x86_64::{apic -> (time, apic_mode), paging, trampoline, acpi}`,
+//!    `arch::x86_64::host_timer -> (apic, percpu, time, timer_plan)`,
 //!    `drivers::virtio_net`.
 //! 4. `arch::x86_64::interrupts`: the IDT and the dispatcher.
 //! 5. What the application calls: [`smp`] (bring-up, kicks, work queues), [`net`],
@@ -36,6 +38,7 @@ extern crate std;
 pub mod apic_mode;
 pub mod bootinfo;
 pub mod cmdline;
+pub mod timer_plan;
 pub mod virt;
 pub mod wall_clock;
 

@@ -1,7 +1,9 @@
 //! CPUs: bring-up of the application processors (INIT-SIPI-SIPI, Intel SDM Vol. 3A
 //! §9.4.4), the per-CPU idle loop, and a way to give a CPU work.
 
-use crate::arch::x86_64::{apic, cpu, gdt, interrupts, paging, percpu, stack_guard, trampoline, vectors};
+use crate::arch::x86_64::{
+    apic, cpu, gdt, host_timer, interrupts, paging, percpu, stack_guard, trampoline, vectors,
+};
 use crate::mm::frame;
 use crate::time;
 use crate::virt::VirtCaps;
@@ -35,9 +37,25 @@ pub fn virt_caps(index: usize) -> Option<VirtCaps> {
     percpu::cpu(index).and_then(|c| c.virt.get().copied())
 }
 
-/// Timer interrupts CPU `index` has taken.
+/// Scheduler ticks CPU `index` has taken (every `1 / TIMER_HZ` s; timer interrupts for a
+/// wake-up deadline do not count).
 pub fn timer_ticks(index: usize) -> u64 {
     percpu::cpu(index).map_or(0, |c| c.timer_ticks.load(Ordering::Relaxed))
+}
+
+/// The calling CPU's scheduler ticks so far ([`timer_ticks`]): the slice accounting asks
+/// whether it moved.
+pub fn current_ticks() -> u64 {
+    percpu::current().timer_ticks.load(Ordering::Relaxed)
+}
+
+/// Asks for a timer interrupt on the calling CPU at `deadline_ns` ([`time::now_ns`]) at
+/// the latest, besides its scheduler ticks (`None`: no such deadline). A CPU running a
+/// guest then exits it by the deadline (a running vCPU's next guest timer); the deadline
+/// is consumed once it passes.
+#[inline]
+pub fn set_wake_at(deadline_ns: Option<u64>) {
+    host_timer::set_wake_at(deadline_ns);
 }
 
 /// Runs the host's NMI handling on this CPU for an NMI that a VM exit consumed (VMX's
@@ -155,7 +173,8 @@ extern "C" fn ap_main(index: u64) -> ! {
     interrupts::init_cpu();
     cpu::init_fpu();
     apic::init_cpu();
-    apic::start_periodic_timer();
+    apic::init_one_shot_timer();
+    host_timer::start();
     let me = percpu::current();
     let virt = *me.virt.call_once(cpu::detect_virt);
     me.online.store(true, Ordering::Release);
@@ -178,25 +197,16 @@ pub fn sleep_unless(has_work: impl FnOnce() -> bool) {
 }
 
 /// As [`sleep_unless`], but wakes by `deadline_ns` ([`time::now_ns`]) at the latest, even
-/// when that comes before the next periodic tick: the timer fires once at the deadline
-/// instead, and ticks periodically again after the sleep (whatever woke it).
+/// when that comes before the next scheduler tick ([`set_wake_at`]).
 pub fn sleep_unless_until(deadline_ns: Option<u64>, has_work: impl FnOnce() -> bool) {
     use x86_64::instructions::interrupts;
-    const TICK_NS: u64 = 1_000_000_000 / apic::TIMER_HZ;
     interrupts::disable();
     if has_work() {
         interrupts::enable();
         return;
     }
-    let now = time::now_ns();
-    let early = deadline_ns.filter(|&deadline| deadline < now + TICK_NS);
-    if let Some(deadline) = early {
-        apic::start_one_shot_timer(deadline.saturating_sub(now));
-    }
+    host_timer::set_wake_at(deadline_ns);
     interrupts::enable_and_hlt();
-    if early.is_some() {
-        apic::start_periodic_timer();
-    }
 }
 
 /// Turns the calling CPU into an idle CPU for good (the boot CPU, once the application has

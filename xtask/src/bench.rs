@@ -180,30 +180,55 @@ fn boot(report: &mut Report) -> Result<(), String> {
 /// The `apic` guest's `bench` on 2 vCPUs: interrupt latency, IPI round trip, x2APIC EOI.
 const APIC_BENCH_CMDLINE: &str = "exit=1 guest=apic guest.test=bench vcpus=2 mem=16";
 
+/// The `apic` guest's `running`: TSC-deadline expiries while the vCPU spins with IF=1.
+const APIC_RUNNING_CMDLINE: &str = "exit=1 guest=apic guest.test=running mem=16";
+
 /// Interrupt delivery in instructions, under QEMU `-icount` (SVM) and Bochs (VMX): a
-/// TSC-deadline expiry to the guest's handler with the vCPU halted, an IPI round trip
-/// between two vCPUs (each halted until its IPI comes), and an x2APIC EOI (a WRMSR exit).
+/// TSC-deadline expiry to the guest's handler with the vCPU halted and with it running
+/// (spinning, no exit of its own: the host's timer must interrupt it at the deadline), an
+/// IPI round trip between two vCPUs (each halted until its IPI comes), and an x2APIC EOI
+/// (a WRMSR exit).
 fn interrupts(report: &mut Report) -> Result<(), String> {
-    let elf = build::elf(Profile::Release)?;
-    let mut qemu = Qemu::kernel(&elf, APIC_BENCH_CMDLINE);
-    qemu.icount = true;
-    let mut console = qemu.spawn().map_err(|e| e.to_string())?;
-    let svm = apic_numbers(&mut console)?;
-    drop(console);
-    let iso = paths::workspace_root().join("target/testbed/bench-apic.iso");
-    taproot_testbed::iso::make(&elf, APIC_BENCH_CMDLINE, &iso)?;
-    let mut console = Bochs::new(&iso).spawn("bench-apic").map_err(|e| e.to_string())?;
-    let vmx = apic_numbers(&mut console)?;
-    drop(console);
+    let (svm, vmx) = svm_and_vmx(APIC_BENCH_CMDLINE, "bench-apic", apic_numbers)?;
     for (i, name) in ["irq_latency", "ipi_round_trip", "eoi"].into_iter().enumerate() {
         report.add(&format!("irq.svm_{name}_instructions"), svm[i]);
         report.add(&format!("irq.vmx_{name}_ticks"), vmx[i]);
     }
+    let (svm_running, vmx_running) =
+        svm_and_vmx(APIC_RUNNING_CMDLINE, "bench-apic-running", running_latency)?;
+    report.add("irq.timer_running_latency_svm_instructions", svm_running);
+    report.add("irq.timer_running_latency_vmx_ticks", vmx_running);
     report.line(format!(
-        "interrupts (SVM instructions under QEMU -icount / VMX Bochs ticks): timer expiry to handler, halted {:.0} / {:.0}; IPI round trip {:.0} / {:.0}; x2APIC EOI {:.0} / {:.0}",
+        "interrupts (SVM instructions under QEMU -icount / VMX Bochs ticks): timer expiry to handler, halted {:.0} / {:.0}, running {svm_running:.0} / {vmx_running:.0}; IPI round trip {:.0} / {:.0}; x2APIC EOI {:.0} / {:.0}",
         svm[0], vmx[0], svm[1], vmx[1], svm[2], vmx[2]
     ));
     Ok(())
+}
+
+/// Runs the release image with `cmdline` under QEMU `-icount` (SVM) and then Bochs (VMX,
+/// from `target/testbed/<iso>.iso`) and reads each console with `read`.
+fn svm_and_vmx<T>(
+    cmdline: &str,
+    iso: &str,
+    read: fn(&mut taproot_testbed::Console) -> Result<T, String>,
+) -> Result<(T, T), String> {
+    let elf = build::elf(Profile::Release)?;
+    let mut qemu = Qemu::kernel(&elf, cmdline);
+    qemu.icount = true;
+    let mut console = qemu.spawn().map_err(|e| e.to_string())?;
+    let svm = read(&mut console)?;
+    drop(console);
+    let iso_path = paths::workspace_root().join(format!("target/testbed/{iso}.iso"));
+    taproot_testbed::iso::make(&elf, cmdline, &iso_path)?;
+    let mut console = Bochs::new(&iso_path).spawn(iso).map_err(|e| e.to_string())?;
+    let vmx = read(&mut console)?;
+    Ok((svm, vmx))
+}
+
+/// The mean latency from the `apic` guest's `running` line.
+fn running_latency(console: &mut taproot_testbed::Console) -> Result<f64, String> {
+    let line = console.wait_for("apic: running: latency ", BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    field(&line, "mean").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no mean= in {line:?}"))
 }
 
 /// `[irq_latency, ipi_round_trip, eoi]` from the `apic` guest's bench line.

@@ -8,6 +8,12 @@
 //!   while the guest spins with IF=0: it must arrive right after the STI that ends the
 //!   spin (the host asks for an interrupt window), not later and not before.
 //!
+//! - `running`: a TSC-deadline timer armed 2 ms ahead while the guest SPINS with IF=1
+//!   (no HLT, no exit of its own), `SAMPLES` times; prints the latency from each deadline
+//!   to its handler in guest TSC ticks and fails when one exceeds `RUNNING_LIMIT_MS`,
+//!   half the host's 10 ms scheduler tick (a host that delivers the expiry only at its
+//!   next tick is late by up to a tick).
+//!
 //! - `ipi` (2 vCPUs): fixed IPIs through the x2APIC ICR, vCPU 0 to vCPU 1 and back,
 //!   `ROUNDS` times, each side halted (`sti; hlt`) until its IPI arrives; prints the
 //!   mean round trip in guest TSC ticks.
@@ -86,6 +92,12 @@ mod guest {
     const PERIOD_MS: u64 = 20;
     const PERIODIC_TICKS: u64 = 10;
     const DEADLINES: u64 = 5;
+    /// `running`: deadlines armed, how far ahead, and the latency bound.
+    const SAMPLES: u64 = 8;
+    const RUNNING_AHEAD_MS: u64 = 2;
+    const RUNNING_LIMIT_MS: u64 = 5;
+    /// `running`: how long to spin for an expiry before calling it lost.
+    const RUNNING_GIVE_UP_MS: u64 = 100;
 
     const ROUNDS: u64 = 20;
 
@@ -146,6 +158,7 @@ mod guest {
         let test = cmdline_value(boot.cmdline(), "test").unwrap_or("timer");
         let passed = match test {
             "timer" => timer(start_tsc),
+            "running" => running(),
             "ipi" | "haltif0" | "initsipi" | "bench" if boot.vcpu_count != 2 => {
                 println!("apic: FAILED: {test} wants vcpus=2");
                 false
@@ -591,6 +604,49 @@ mod guest {
         }
         println!("apic: tsc-deadline: {DEADLINES} deadlines, none early");
         masked_tick(period_tsc, bus_per_ms)
+    }
+
+    /// TSC-deadline expiries while the guest spins with interrupts on: each must reach its
+    /// handler within `RUNNING_LIMIT_MS` of its deadline.
+    fn running() -> bool {
+        if !has_x2apic() {
+            return false;
+        }
+        let tsc_per_ms = u64::from(rt::cpuid_regs(cpuid::TIMING_LEAF)[0]);
+        if tsc_per_ms == 0 {
+            println!("apic: FAILED: no TSC frequency in the timing leaf");
+            return false;
+        }
+        enable_x2apic();
+        wrmsr(X2APIC_LVT_TIMER, TSC_DEADLINE | TIMER_VECTOR as u64);
+        TICKS.store(0, Ordering::SeqCst);
+        // SAFETY: STI only opens interrupts; the handlers are installed.
+        unsafe { asm!("sti", options(nomem, nostack)) };
+        let (mut worst, mut total) = (0, 0);
+        for n in 1..=SAMPLES {
+            let deadline = rt::rdtsc() + RUNNING_AHEAD_MS * tsc_per_ms;
+            wrmsr(IA32_TSC_DEADLINE, deadline);
+            while TICKS.load(Ordering::SeqCst) < n {
+                if rt::rdtsc().saturating_sub(deadline) > RUNNING_GIVE_UP_MS * tsc_per_ms {
+                    println!("apic: FAILED: deadline {n} never fired while the guest spun");
+                    return false;
+                }
+                core::hint::spin_loop();
+            }
+            let latency = TICK_TSC.load(Ordering::SeqCst).saturating_sub(deadline);
+            worst = worst.max(latency);
+            total += latency;
+        }
+        println!(
+            "apic: running: latency mean={} max={} TSC ticks ({tsc_per_ms} per ms) over {SAMPLES} deadlines",
+            total / SAMPLES,
+            worst
+        );
+        if worst >= RUNNING_LIMIT_MS * tsc_per_ms {
+            println!("apic: FAILED: a timer fired {worst} TSC ticks late while the vCPU ran");
+            return false;
+        }
+        true
     }
 
     /// A one-shot that expires while interrupts are masked is taken right after STI.

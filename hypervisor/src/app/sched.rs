@@ -19,7 +19,11 @@ use spin::{Mutex, Once};
 static QUEUES: Once<Vec<RunQueue>> = Once::new();
 
 fn queues() -> &'static [RunQueue] {
-    QUEUES.call_once(|| (0..libos::smp::cpu_count()).map(|_| RunQueue::new(libos::time::now_ns)).collect())
+    QUEUES.call_once(|| {
+        (0..libos::smp::cpu_count())
+            .map(|_| RunQueue::new(libos::time::now_ns, libos::smp::current_ticks))
+            .collect()
+    })
 }
 
 /// How long the APs get to turn virtualization on.

@@ -287,6 +287,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Interrupts host CPU `cpu` (not the caller's): a guest running there exits, a CPU
     /// sleeping there wakes and looks at its run queue.
     fn kick_cpu(cpu: usize);
+    /// Asks for a host interrupt on the calling CPU by `deadline_ns` (the clock's time) at
+    /// the latest, besides the scheduler ticks (`None`: none): a guest entered after it
+    /// exits by then (a host interrupt).
+    fn set_host_deadline(deadline_ns: Option<u64>);
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! deadline has not passed (`vm::park`, "The entry's attention", has the protocol and why
 //! no event is missed). Otherwise it looks under the VM's device lock ([`look`]): timers
 //! whose deadline has passed fire (`PortBus::tick`: the LAPIC timers, and the platform's on
-//! vCPU 0); the irqchip picks at most one event for what the guest can take now
+//! vCPU 0), and the next deadline goes to the host CPU (`Backend::set_host_deadline`: its
+//! timer interrupts the running guest then, the exit comes back here and the expiry is
+//! injected); the irqchip picks at most one event for what the guest can take now
 //! (`Irqchip::entry_events` with the backend's `openings`), which the backend injects
 //! through its `EventQueue`; and the backend asks for an interrupt or NMI window exit for
 //! whatever stays pending, which keeps the attention set. The vCPUs an access made an
@@ -76,8 +78,10 @@ pub(crate) fn ports_accessed<B: Backend>(vm: &Vm<B>, vcpu: u32, wake: VcpuMask) 
 /// What [`prepare`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Prepared {
-    /// Enter the guest.
-    Enter,
+    /// Enter the guest, with the host CPU interrupted by `host_deadline` at the latest:
+    /// the vCPU's next timer deadline, so its timer fires on time while the guest runs
+    /// (`Backend::set_host_deadline`).
+    Enter { host_deadline: Option<u64> },
     /// An INIT arrived (taken, the LAPIC reset): do not enter; the vCPU goes to its INIT
     /// state.
     Init,
@@ -138,7 +142,8 @@ fn must_look(park: &VcpuPark, now_ns: fn() -> u64) -> bool {
 pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
     let park = cx.vm.park(cx.index);
     if !must_look(park, cx.vm.clock) {
-        return Prepared::Enter;
+        // The cached deadline has not passed (or there is none): the host timer's.
+        return Prepared::Enter { host_deadline: park.deadline() };
     }
     let vcpu = &*cx.vcpu;
     let look = look(&mut cx.vm.devices.lock(), park, cx.index, || vcpu.openings(), cx.vm.clock);
@@ -151,7 +156,11 @@ pub(crate) fn prepare<B: Backend>(cx: &mut VcpuContext<'_, B>) -> Prepared {
         cx.vcpu.inject(injection);
     }
     cx.vcpu.set_windows(Windows { interrupt: look.events.interrupt_window, nmi: look.events.nmi_window });
-    Prepared::Enter
+    // A deadline that has passed already (a PIT edge still pending) is delivered by this
+    // entry or its interrupt window: asking the host timer for it would only interrupt the
+    // guest again at once, at every entry until the guest takes it.
+    let now = (cx.vm.clock)();
+    Prepared::Enter { host_deadline: park.deadline().filter(|&deadline| deadline > now) }
 }
 
 /// An AP waiting for a start-up IPI looks whether one came: `Some(vector)`, it starts

@@ -140,6 +140,12 @@ impl VcpuPark {
         self.deadline.store(deadline.unwrap_or(NO_DEADLINE), Ordering::Relaxed);
     }
 
+    /// The cached deadline (for the host timer while the vCPU runs).
+    pub fn deadline(&self) -> Option<u64> {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        (deadline != NO_DEADLINE).then_some(deadline)
+    }
+
     /// Whether the cached deadline has passed (`now_ns` is read only if one is set).
     pub fn deadline_due(&self, now_ns: fn() -> u64) -> bool {
         let deadline = self.deadline.load(Ordering::Relaxed);

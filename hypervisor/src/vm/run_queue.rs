@@ -38,11 +38,15 @@ pub struct RunQueue {
     blocked: Mutex<Vec<Blocked>>,
     /// Host nanoseconds (the blocked vCPUs' deadlines).
     clock: fn() -> u64,
+    /// The CPU's scheduler ticks so far: a vCPU is asked to share the CPU only at host
+    /// interrupts after a tick passed, not at every host interrupt (a running vCPU's own
+    /// timer deadlines interrupt it too: `Backend::set_host_deadline`).
+    ticks: fn() -> u64,
 }
 
 impl RunQueue {
-    pub const fn new(clock: fn() -> u64) -> Self {
-        Self { runnable: Mutex::new(VecDeque::new()), blocked: Mutex::new(Vec::new()), clock }
+    pub const fn new(clock: fn() -> u64, ticks: fn() -> u64) -> Self {
+        Self { runnable: Mutex::new(VecDeque::new()), blocked: Mutex::new(Vec::new()), clock, ticks }
     }
 
     pub fn push(&self, runner: Box<dyn Runnable>) {
@@ -86,8 +90,8 @@ impl RunQueue {
 
     /// Runs one slice of the vCPU at the head of the queue.
     ///
-    /// Whether the vCPU must give way is asked at each host interrupt, not once when its
-    /// slice begins: a vCPU that began alone must still yield to one queued later, such as
+    /// Whether the vCPU must give way is asked at each host interrupt once a scheduler tick
+    /// passed since the slice began, not once when its slice begins: a vCPU that began alone must still yield to one queued later, such as
     /// its own VM's next vCPU, submitted a moment after it and perhaps the very one it
     /// spins waiting for. (Deciding once was the bug behind a two-vCPU guest that never
     /// finished; the test below is that guest.)
@@ -95,7 +99,7 @@ impl RunQueue {
         self.run_head(&|| self.has_work())
     }
 
-    /// Runs the vCPU at the head of the queue until the next host interrupt at most: for a
+    /// Runs the vCPU at the head of the queue until the next scheduler tick at most: for a
     /// CPU that also serves the control plane (the boot CPU of a one-CPU machine), which
     /// must get the CPU back at every tick however the guest behaves.
     pub fn run_one_tick(&self) -> Step {
@@ -105,7 +109,9 @@ impl RunQueue {
     fn run_head(&self, share_cpu: &dyn Fn() -> bool) -> Step {
         self.unblock();
         let Some(mut runner) = self.runnable.lock().pop_front() else { return Step::Empty };
-        match runner.run_slice(share_cpu) {
+        let began = (self.ticks)();
+        let at_a_tick = || (self.ticks)() != began && share_cpu();
+        match runner.run_slice(&at_a_tick) {
             Slice::Yielded => {
                 self.push(runner);
                 Step::Ran
@@ -132,6 +138,18 @@ mod tests {
     use std::time::Duration;
 
     fn no_clock() -> u64 {
+        0
+    }
+
+    static TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// Each host interrupt is a scheduler tick.
+    fn every_call_ticks() -> u64 {
+        TICKS.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// No scheduler tick ever passes: every host interrupt is a guest timer's deadline.
+    fn no_ticks() -> u64 {
         0
     }
 
@@ -176,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_vcpu_running_alone_yields_to_one_queued_after_it_began() {
-        let queue = Arc::new(RunQueue::new(no_clock));
+        let queue = Arc::new(RunQueue::new(no_clock, every_call_ticks));
         let started = Arc::new(AtomicBool::new(false));
         let sibling_ran = Arc::new(AtomicBool::new(false));
         queue.push(Box::new(WaitsForSibling { started: started.clone(), sibling_ran: sibling_ran.clone() }));
@@ -229,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_tick_of_a_lone_spinning_vcpu_gives_the_cpu_back_at_the_next_host_interrupt() {
-        let queue = RunQueue::new(no_clock);
+        let queue = RunQueue::new(no_clock, every_call_ticks);
         queue.push(Box::new(Spins { ticks: 0 }));
         for _ in 0..3 {
             assert_eq!(queue.run_one_tick(), Step::Ran);
@@ -238,6 +256,17 @@ mod tests {
         // A slice, by contrast, keeps the CPU while nothing else is queued.
         assert_eq!(queue.run_one_slice(), Step::Ran);
         assert!(queue.is_empty(), "the lone vCPU ran until it ended");
+    }
+
+    #[test]
+    fn host_interrupts_between_ticks_do_not_end_a_slice() {
+        let queue = RunQueue::new(no_clock, no_ticks);
+        queue.push(Box::new(Spins { ticks: 0 }));
+        queue.push(Box::new(Spins { ticks: 0 }));
+        // A thousand host interrupts, none a tick: the head keeps the CPU to its end even
+        // with another vCPU queued, and even on the CPU that also serves the API.
+        assert_eq!(queue.run_one_tick(), Step::Ran);
+        assert_eq!(queue.runnable.lock().len(), 1, "the first vCPU ran to its end");
     }
 
     #[test]
@@ -252,7 +281,7 @@ mod tests {
                 false
             }
         }
-        let queue = RunQueue::new(no_clock);
+        let queue = RunQueue::new(no_clock, every_call_ticks);
         assert_eq!(queue.run_one_slice(), Step::Empty);
         queue.push(Box::new(Paused));
         assert_eq!(queue.run_one_slice(), Step::Paused);
@@ -286,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_halted_vcpu_stays_off_the_cpu_until_woken_or_its_deadline() {
-        let queue = RunQueue::new(test_clock);
+        let queue = RunQueue::new(test_clock, every_call_ticks);
         let woken = Arc::new(AtomicBool::new(false));
         let slices = Arc::new(std::sync::atomic::AtomicU32::new(0));
         queue.push(Box::new(Halter { woken: woken.clone(), until: Some(1_000), slices: slices.clone() }));

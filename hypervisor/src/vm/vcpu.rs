@@ -171,19 +171,23 @@ impl<B: Backend> VcpuRunner<B> {
                     break VcpuEnd::VmFinished;
                 }
             };
-            if entry::prepare(&mut cx) == entry::Prepared::Init {
-                // INIT (SDM Vol. 3A §9.4): the boot vCPU restarts at its entry, the others
-                // wait for a start-up IPI.
-                if cx.index == 0 {
-                    if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
-                        cx.vm.finish(state);
-                        break VcpuEnd::VmFinished;
+            let host_deadline = match entry::prepare(&mut cx) {
+                entry::Prepared::Enter { host_deadline } => host_deadline,
+                entry::Prepared::Init => {
+                    // INIT (SDM Vol. 3A §9.4): the boot vCPU restarts at its entry, the others
+                    // wait for a start-up IPI.
+                    if cx.index == 0 {
+                        if let Flow::Finish(state) = exits::restart_at_entry(&mut cx) {
+                            cx.vm.finish(state);
+                            break VcpuEnd::VmFinished;
+                        }
+                    } else {
+                        self.activity = Activity::WaitForSipi;
                     }
-                } else {
-                    self.activity = Activity::WaitForSipi;
+                    continue;
                 }
-                continue;
-            }
+            };
+            B::set_host_deadline(host_deadline);
             let exit = cx.vcpu.run(root);
             cx.mmu.report_quiescent();
             cx.vm.check_deadline();

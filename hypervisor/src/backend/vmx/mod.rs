@@ -675,4 +675,8 @@ impl Backend for Vmx {
     fn kick_cpu(cpu: usize) {
         libos::smp::kick(cpu);
     }
+
+    fn set_host_deadline(deadline_ns: Option<u64>) {
+        libos::smp::set_wake_at(deadline_ns);
+    }
 }

@@ -40,11 +40,11 @@ const ICR_SEND_PENDING: u32 = 1 << 12;
 const XAPIC_ID_SHIFT: u32 = 24;
 /// The largest APIC ID xAPIC mode can address.
 pub const XAPIC_MAX_ID: u32 = 0xFF;
-const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 const LVT_MASKED: u32 = 1 << 16;
 const TIMER_DIVIDE_BY_16: u32 = 0b0011;
 
-/// Host timer ticks per second (time slicing for child guests builds on this).
+/// Scheduler ticks per second (time slicing for child guests builds on this; see
+/// `host_timer`).
 pub const TIMER_HZ: u64 = 100;
 
 static MODE: Once<ApicMode> = Once::new();
@@ -196,21 +196,16 @@ pub fn timer_hz() -> u64 {
     TIMER_COUNTS_PER_SEC.load(Ordering::Relaxed)
 }
 
-/// Makes this CPU's timer fire once, `ns` from now (the periodic tick stops until
-/// [`start_periodic_timer`]).
-pub fn start_one_shot_timer(ns: u64) {
-    let counts = (ns as u128 * timer_hz() as u128 / 1_000_000_000).clamp(1, u32::MAX as u128) as u32;
+/// Puts this CPU's timer into one-shot mode, stopped ([`arm_one_shot_timer`] starts it).
+pub fn init_one_shot_timer() {
     let apic = access();
     apic.write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
     apic.write(REG_LVT_TIMER, vectors::TIMER as u32);
-    apic.write(REG_TIMER_INITIAL, counts);
 }
 
-/// Starts this CPU's periodic timer at [`TIMER_HZ`].
-pub fn start_periodic_timer() {
-    let apic = access();
-    let initial = (timer_hz() / TIMER_HZ).clamp(1, u32::MAX as u64) as u32;
-    apic.write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
-    apic.write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | vectors::TIMER as u32);
-    apic.write(REG_TIMER_INITIAL, initial);
+/// Makes this CPU's timer (one-shot, [`init_one_shot_timer`]) fire once, `ns` from now
+/// (at the next count when `ns` is 0); re-arming replaces the previous count.
+pub fn arm_one_shot_timer(ns: u64) {
+    let counts = (ns as u128 * timer_hz() as u128 / 1_000_000_000).clamp(1, u32::MAX as u128) as u32;
+    access().write(REG_TIMER_INITIAL, counts);
 }

@@ -1,6 +1,6 @@
 //! The boot CPU's path from the 64-bit entry to the application's `main`.
 
-use super::{acpi, apic, cpu, gdt, interrupts, paging, percpu, pic, stack_guard};
+use super::{acpi, apic, cpu, gdt, host_timer, interrupts, paging, percpu, pic, stack_guard};
 use crate::bootinfo::{BootInfo, PhysRange, Protocol};
 use crate::{cmdline, drivers::serial, logger, mm, power, smp, time};
 use core::sync::atomic::Ordering;
@@ -63,7 +63,8 @@ pub(super) extern "C" fn rust_start(magic: u32, info_addr: u32) -> ! {
     percpu::current().apic_id.store(apic::id(), Ordering::Relaxed);
     log::info!("apic: mode={} id={}", apic::mode_name(), apic::id());
     apic::calibrate_timer();
-    apic::start_periodic_timer();
+    apic::init_one_shot_timer();
+    host_timer::start();
     log::info!("time: TSC {} MHz, APIC timer {} kHz", time::tsc_hz() / 1_000_000, apic::timer_hz() / 1000);
     percpu::current().virt.call_once(cpu::detect_virt);
     percpu::current().online.store(true, Ordering::Release);

@@ -17,7 +17,7 @@
 //! first.
 
 use super::vectors::{APIC_SPURIOUS, DOUBLE_FAULT, PAGE_FAULT, PIC1_SPURIOUS, PIC2_SPURIOUS, TIMER, WAKE};
-use super::{apic, gdt, percpu, stack_guard};
+use super::{apic, gdt, host_timer, percpu, stack_guard};
 use crate::drivers::serial::{self, EmergencyWriter};
 use crate::{power, time};
 use core::arch::naked_asm;
@@ -215,7 +215,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         v if v < 32 => exception(frame),
         TIMER => {
             let cpu = percpu::current();
-            cpu.timer_ticks.fetch_add(1, Ordering::Relaxed);
+            host_timer::on_interrupt();
             apic::eoi();
             if !stack_guard::is_intact(cpu) {
                 panic!(

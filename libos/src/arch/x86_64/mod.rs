@@ -6,6 +6,7 @@ pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod gdt;
+pub mod host_timer;
 pub mod interrupts;
 pub mod paging;
 pub mod percpu;

@@ -1,5 +1,6 @@
 //! Per-CPU data, reached through the GS base: `gs:[0]` holds the CPU's index.
 
+use crate::timer_plan::TimerPlan;
 use crate::virt::VirtCaps;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -20,7 +21,13 @@ pub struct PerCpu {
     index: AtomicUsize,
     pub apic_id: AtomicU32,
     pub online: AtomicBool,
+    /// Scheduler ticks (`host_timer`), not every timer interrupt.
     pub timer_ticks: AtomicU64,
+    /// When this CPU's timer fires next (`host_timer`; only this CPU, interrupts off).
+    pub timer: Mutex<TimerPlan>,
+    /// The plan's wake-up deadline (`u64::MAX`: none), readable without the lock: setting
+    /// the deadline it already has costs one load (`host_timer::set_wake_at`).
+    pub wake_at_ns: AtomicU64,
     /// NMIs this CPU has taken (the host's, including those that arrived in a guest).
     pub nmis: AtomicU64,
     /// Lowest address of this CPU's stack, where `stack_guard` keeps its canary (0: none).
@@ -36,6 +43,8 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             timer_ticks: AtomicU64::new(0),
+            timer: Mutex::new(TimerPlan::new()),
+            wake_at_ns: AtomicU64::new(u64::MAX),
             nmis: AtomicU64::new(0),
             stack_bottom: AtomicU64::new(0),
             virt: Once::new(),
