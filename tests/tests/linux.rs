@@ -5,7 +5,7 @@
 //! good enough for the kernel as it is.
 
 use std::time::{Duration, Instant};
-use taproot_testbed::api::{Client, Response, free_port};
+use taproot_testbed::api::{Client, expect as ok, free_port};
 use taproot_testbed::console::field;
 use taproot_testbed::linux;
 use taproot_testbed::paths::{self, Profile};
@@ -18,16 +18,6 @@ const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What a kernel prints when it gives up (early boot and later): the test stops there.
 const PANICS: [&str; 2] = ["PANIC: early exception", "Kernel panic"];
-
-fn json(r: &Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
-}
-
-fn ok(r: std::io::Result<Response>, status: u16) -> Response {
-    let r = r.unwrap();
-    assert_eq!(r.status, status, "{}", r.text());
-    r
-}
 
 /// The VM's console from offset 0 with long-polls until it contains `text`, or the VM has
 /// left state `running` (then the console so far and the VM's record, for the panic).
@@ -42,7 +32,7 @@ fn console_until(client: &Client, vm: &str, text: &str) -> String {
         if all.contains(text) {
             return all;
         }
-        let info = json(&ok(client.get(&format!("/v1/vms/{vm}")), 200));
+        let info = ok(client.get(&format!("/v1/vms/{vm}")), 200).json();
         if PANICS.iter().any(|p| all.contains(p)) {
             std::thread::sleep(Duration::from_secs(2));
             let rest = ok(client.get(&format!("/v1/vms/{vm}/console?offset={offset}")), 200).text();
@@ -58,7 +48,7 @@ fn console_until(client: &Client, vm: &str, text: &str) -> String {
 fn wait_state(client: &Client, vm: &str, state: &str) -> serde_json::Value {
     let deadline = Instant::now() + LINUX_TIMEOUT;
     loop {
-        let info = json(&ok(client.get(&format!("/v1/vms/{vm}")), 200));
+        let info = ok(client.get(&format!("/v1/vms/{vm}")), 200).json();
         if info["state"] == state {
             return info;
         }
