@@ -73,7 +73,8 @@ fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// The bzImage boots to `/init` on 2 vCPUs with the date from the RTC, and `poweroff -f`
+/// The bzImage boots to `/init` on 2 vCPUs with the date from the RTC and the LAPIC timer
+/// ticking on both, and `poweroff -f`
 /// (what `/init` runs at once when the command line has `linux::NO_SHELL`) ends the VM `exited`.
 #[test]
 fn debian_kernel_boots_to_init_on_two_vcpus_and_powers_off() {
@@ -107,6 +108,10 @@ fn debian_kernel_boots_to_init_on_two_vcpus_and_powers_off() {
     let facts = text.lines().find(|l| l.starts_with(linux::FACTS)).expect("facts line");
     assert_eq!(field(facts, linux::CPUS), Some("2"), "{facts}\n{text}");
     assert_eq!(field(facts, linux::DATE), Some(today().as_str()), "{facts}");
+    // The local APIC timer ticks on both CPUs (`/proc/interrupts` LOC).
+    let loc: Vec<u64> =
+        field(facts, linux::LOC).unwrap_or("").split(',').filter_map(|n| n.parse().ok()).collect();
+    assert!(loc.len() == 2 && loc.iter().all(|&n| n > 0), "{facts}");
 
     let info = wait_state(&client, "linux", "exited");
     assert_eq!(info["exit_status"], 0, "{info}");
