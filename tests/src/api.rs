@@ -22,6 +22,19 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The body as JSON; panics (with the body) when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// The response of a request that must have answered `status`; panics (with the body)
+/// otherwise.
+pub fn expect(r: std::io::Result<Response>, status: u16) -> Response {
+    let r = r.unwrap();
+    assert_eq!(r.status, status, "{}", r.text());
+    r
 }
 
 #[derive(Clone, Debug)]

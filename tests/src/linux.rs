@@ -24,6 +24,10 @@ pub const SHELL: &str = "TAPROOT-SHELL";
 /// Printed when that shell exits, before `/init` powers the VM off.
 pub const SHELL_EXIT: &str = "TAPROOT-SHELL-EXIT";
 
+/// On the kernel command line: `/init` skips the shell and powers off right after
+/// [`SHELL_EXIT`] (for tests, which have no console input).
+pub const NO_SHELL: &str = "taproot.poweroff";
+
 /// Where the assets are: `target/linux/`.
 pub fn dir() -> PathBuf {
     workspace_root().join("target/linux")

@@ -39,6 +39,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     // threads and the machine has two cores.
     build::elf(Profile::Debug)?;
     build::elf(Profile::Release)?;
+    // The Linux guest's kernel and initramfs for `tests/linux.rs` (cached by version);
+    // without apt its tests skip with a notice.
+    crate::linux::run()?;
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -51,6 +54,8 @@ pub fn run(opts: Options) -> Result<(), String> {
         "guests",
         "--test",
         "api",
+        "--test",
+        "linux",
     ]);
     cmd.args(["--", "--test-threads=2"]);
     if opts.full {

@@ -194,6 +194,9 @@ impl Policy {
         if !self.exists(leaf) {
             return [0; 4];
         }
+        // ECX is whatever the guest left there for a leaf without subleaves (Linux's
+        // head_64.S runs CPUID 8000_0001h with a stale ECX to decide EFER.NXE).
+        let subleaf = if takes_subleaf(leaf) { subleaf } else { 0 };
         let [eax, ebx, ecx, edx] = host;
         let feat = |reg: Reg| self.features(leaf, subleaf, reg, host[reg.index()]);
         match leaf {
@@ -259,6 +262,33 @@ impl Policy {
 fn offered_components(host_xcr0: u32) -> u32 {
     let mask = (host_xcr0 & offered_xcr0() as u32) | 1;
     if mask & XCR0_SSE == 0 { mask & !XCR0_AVX } else { mask }
+}
+
+/// Whether ECX selects a subleaf of `leaf` (SDM Vol. 2A, CPUID: leaves 04h, 07h, 0Bh, 0Dh,
+/// 0Fh, 10h, 12h, 14h, 17h, 18h, 1Dh, 1Eh, 1Fh, 20h, 23h, 24h; APM Vol. 3, CPUID:
+/// 8000_001Dh, 8000_0020h, 8000_0026h). For every other leaf the CPU ignores ECX.
+const fn takes_subleaf(leaf: u32) -> bool {
+    matches!(
+        leaf,
+        0x4 | 0x7
+            | 0xB
+            | 0xD
+            | 0xF
+            | 0x10
+            | 0x12
+            | 0x14
+            | 0x17
+            | 0x18
+            | 0x1D
+            | 0x1E
+            | 0x1F
+            | 0x20
+            | 0x23
+            | 0x24
+            | 0x8000_001D
+            | 0x8000_0020
+            | 0x8000_0026
+    )
 }
 
 /// `hz` in kHz, saturated to 32 bits.

@@ -387,3 +387,16 @@ fn the_emulated_local_apic_is_offered_whatever_the_host_has() {
     assert!(!p.always_offers("sse3"), "passed from the host, not always offered");
     assert!(!p.always_offers("no_such_feature"));
 }
+
+/// Leaves without subleaves ignore ECX, as the CPU does: Linux's `secondary_startup_64`
+/// runs CPUID 8000_0001h with ECX = 0xC000_0080 (EFER) left over and sets EFER.NXE from
+/// its EDX.
+#[test]
+fn ecx_is_ignored_for_leaves_without_subleaves() {
+    let p = policy(Vendor::Amd, true);
+    for leaf in [0x1, 0x8000_0001, 0x8000_0007, 0x8000_0008] {
+        assert_eq!(view(&p, leaf, 0xC000_0080), view(&p, leaf, 0), "leaf {leaf:#x}");
+    }
+    assert_ne!(view(&p, 0x8000_0001, 0xC000_0080)[3] & (1 << 20), 0, "nx");
+    assert_eq!(view(&p, 0x7, 1), [0; 4], "leaf 7 subleaf 1 is still its own");
+}

@@ -14,6 +14,9 @@
 //!   writable, a write that changes any other bit raises #GP.
 //! - IA32_SPEC_CTRL, IA32_PRED_CMD, IA32_ARCH_CAPABILITIES: #GP, because the CPUID policy
 //!   hides their feature bits (a host test keeps the two in step).
+//! - MSR_K8_INT_PENDING_MSG (AMD, 0xC001_0055): reads 0 (no C1E, no SMI on a pending
+//!   interrupt), writes #GP. Linux reads it on the family 0Fh/10h CPUs with erratum 400
+//!   (QEMU TCG's model), and KVM answers 0 too.
 //! - MSR_PLATFORM_INFO: #GP; the CPUID policy publishes the TSC frequency instead (leaves
 //!   15h/16h where the host has them, 4000_0010h).
 //!
@@ -34,6 +37,8 @@ pub const MSR_PLATFORM_INFO: u32 = 0xCE;
 pub const IA32_ARCH_CAPABILITIES: u32 = 0x10A;
 pub const IA32_MISC_ENABLE: u32 = 0x1A0;
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
+/// AMD BKDG for family 10h, MSRC001_0055 (Interrupt Pending and CMP-Halt).
+pub const MSR_K8_INT_PENDING_MSG: u32 = 0xC001_0055;
 
 /// IA32_MTRR_DEF_TYPE: the default memory type (7:0), fixed ranges enabled FE (10), MTRRs
 /// enabled E (11).
@@ -71,7 +76,7 @@ impl VcpuMsrs {
     /// RDMSR `msr`.
     pub fn read(&self, msr: u32) -> Result<u64, Gp> {
         match msr {
-            IA32_MTRRCAP => Ok(0),
+            IA32_MTRRCAP | MSR_K8_INT_PENDING_MSG => Ok(0),
             IA32_MTRR_DEF_TYPE => Ok(self.mtrr_def_type),
             IA32_MISC_ENABLE => Ok(self.misc_enable),
             _ => Err(Gp),
@@ -154,6 +159,13 @@ mod tests {
             assert!(crate::cpuid::feature(name).is_some(), "{name} is in the CPUID table");
             assert!(!crate::cpuid::may_offer(name), "{name}: offered while its MSR raises #GP");
         }
+    }
+
+    #[test]
+    fn the_amd_interrupt_pending_msr_reads_zero_and_refuses_writes() {
+        let mut m = VcpuMsrs::new();
+        assert_eq!(m.read(MSR_K8_INT_PENDING_MSG), Ok(0));
+        assert_eq!(m.write(MSR_K8_INT_PENDING_MSG, 1 << 27), Err(Gp));
     }
 
     #[test]

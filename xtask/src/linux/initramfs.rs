@@ -7,7 +7,7 @@
 
 use super::cpio::{self, Entry};
 use std::io::Write;
-use taproot_testbed::linux::{CPUS, DATE, FACTS, INIT_OK, LOC, SHELL, SHELL_EXIT};
+use taproot_testbed::linux::{CPUS, DATE, FACTS, INIT_OK, LOC, NO_SHELL, SHELL, SHELL_EXIT};
 
 /// Every member's mtime (the epoch): nothing in the archive depends on when it was built.
 const MTIME: u32 = 0;
@@ -39,8 +39,12 @@ cpus=$(grep -c '^processor' /proc/cpuinfo)
 today=$(date -u +%Y-%m-%d)
 loc=$(awk '$1 == "LOC:" {{ s = $2; for (i = 3; i <= NF && $i ~ /^[0-9]+$/; i++) s = s "," $i; print s }}' /proc/interrupts)
 echo "{FACTS} {CPUS}=$cpus {DATE}=$today {LOC}=$loc"
-echo {SHELL}
-setsid cttyhack sh
+# `{NO_SHELL}` on the command line: no shell, straight to the power-off (tests
+# without a console input route).
+if ! grep -q {NO_SHELL} /proc/cmdline; then
+    echo {SHELL}
+    setsid cttyhack sh
+fi
 echo {SHELL_EXIT}
 poweroff -f
 "#
@@ -138,8 +142,14 @@ mod tests {
     fn init_prints_each_marker_and_starts_a_console_shell() {
         let script = init_script();
         for marker in [INIT_OK, FACTS, SHELL, SHELL_EXIT] {
-            assert!(script.lines().any(|l| l.starts_with("echo") && l.contains(marker)), "{marker}");
+            assert!(
+                script.lines().any(|l| l.trim_start().starts_with("echo") && l.contains(marker)),
+                "{marker}"
+            );
         }
+        // The shell is skipped when the command line says so.
+        let skip = script.find(&format!("if ! grep -q {NO_SHELL} /proc/cmdline; then")).unwrap();
+        assert!(skip < script.find("setsid cttyhack sh").unwrap());
         let facts = script.lines().find(|l| l.contains(FACTS)).unwrap();
         for key in [CPUS, DATE, LOC] {
             assert!(facts.contains(&format!(" {key}=$")), "{key}");
