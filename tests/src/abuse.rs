@@ -180,7 +180,14 @@ fn vm_flood(client: Client, shared: Arc<Shared>) {
 
 /// Adds 2 MiB slots to VM `slots` until refused, deletes them, again.
 fn slot_flood(client: Client, shared: Arc<Shared>) {
-    let _ = client.put("/v1/vms/slots", br#"{"vcpus": 1, "memory_mib": 1}"#);
+    // The VM flood may hold every VM or all the memory when this starts: try again until
+    // the VM exists (otherwise every slot request meets a 404 and the flood never runs).
+    while !shared.stop.load(Ordering::Relaxed) {
+        match client.put("/v1/vms/slots", br#"{"vcpus": 1, "memory_mib": 1}"#) {
+            Ok(r) if r.status == 201 || r.status == 409 => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
     while !shared.stop.load(Ordering::Relaxed) {
         let mut made = 1;
         loop {
