@@ -50,12 +50,27 @@ impl fmt::Display for VmId {
     }
 }
 
-/// `PUT /v1/vms/{id}`: `{"vcpus": 2, "memory_mib": 128}`.
+/// How vCPUs 1 and up start (README, "Kernel command line", `aps=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApStart {
+    /// Every vCPU at the image's entry, its index in `esi` (Taproot's own guests).
+    #[default]
+    Entry,
+    /// vCPU 0 at the entry; the others wait for INIT-SIPI-SIPI from it, as on a PC (what
+    /// an operating system booted through PVH or multiboot expects; a `format=bzimage`
+    /// kernel always starts its APs so).
+    Sipi,
+}
+
+/// `PUT /v1/vms/{id}`: `{"vcpus": 2, "memory_mib": 128}`, optionally `"aps": "sipi"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreate {
     pub vcpus: u32,
     pub memory_mib: u64,
+    #[serde(default)]
+    pub aps: ApStart,
 }
 
 impl VmCreate {
@@ -427,6 +442,16 @@ impl ConsoleRead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ap_start_defaults_to_the_entry_and_takes_only_its_two_names() {
+        let parse = |body: &str| serde_json::from_str::<VmCreate>(body);
+        assert_eq!(parse(r#"{"vcpus": 2, "memory_mib": 64}"#).unwrap().aps, ApStart::Entry);
+        assert_eq!(parse(r#"{"vcpus": 2, "memory_mib": 64, "aps": "sipi"}"#).unwrap().aps, ApStart::Sipi);
+        assert_eq!(parse(r#"{"vcpus": 2, "memory_mib": 64, "aps": "entry"}"#).unwrap().aps, ApStart::Entry);
+        assert!(parse(r#"{"vcpus": 2, "memory_mib": 64, "aps": "SIPI"}"#).is_err());
+        assert!(parse(r#"{"vcpus": 2, "memory_mib": 64, "aps": 1}"#).is_err());
+    }
 
     #[test]
     fn a_slot_listed_from_the_mmu_reads_as_it_was_asked_for() {

@@ -19,8 +19,9 @@ use hashbrown::HashMap;
 use hypervisor::api::ApiError;
 use hypervisor::api::ApiHandler;
 use hypervisor::api::model::{
-    ConnectionCounters, ConsoleAccepted, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded, InitrdLoaded,
-    MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits, VmStatus,
+    ApStart, ConnectionCounters, ConsoleAccepted, ConsoleRead, CpuTagInfo, HypervisorInfo, ImageLoaded,
+    InitrdLoaded, MemslotInfo, MemslotSpec, UploadRequest, Uploaded, VmCreate, VmId, VmInfo, VmLimits,
+    VmStatus,
 };
 use hypervisor::backend::Backend;
 use hypervisor::memslot::SlotId;
@@ -282,6 +283,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
     }
 
     fn create_vm(&mut self, id: &VmId, config: &VmCreate) -> Result<VmInfo, ApiError> {
+        let aps_wait_for_sipi = config.aps == ApStart::Sipi;
         if let Err(e) = &self.virt {
             return Err(ApiError::Unavailable(format!("{e}: no VM can run")));
         }
@@ -323,6 +325,7 @@ impl<B: Backend> ApiHandler for Manager<B> {
             libos::time::now_ns,
             libos::time::unix_seconds_now(),
         )?;
+        vm.set_aps_wait_for_sipi(aps_wait_for_sipi);
         self.next_vm_number = self.next_vm_number.wrapping_add(1);
         let entry = Entry { vm, uploading: false };
         let info = Self::info_of(id.as_str(), &entry);
