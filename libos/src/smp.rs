@@ -188,6 +188,7 @@ extern "C" fn ap_main(index: u64) -> ! {
 /// halt, so a wake-up IPI sent after the look is not lost.
 pub fn sleep_unless(has_work: impl FnOnce() -> bool) {
     use x86_64::instructions::interrupts;
+    self::interrupts::report_deferred_nmis();
     interrupts::disable();
     if has_work() {
         interrupts::enable();
@@ -200,6 +201,7 @@ pub fn sleep_unless(has_work: impl FnOnce() -> bool) {
 /// when that comes before the next scheduler tick ([`set_wake_at`]).
 pub fn sleep_unless_until(deadline_ns: Option<u64>, has_work: impl FnOnce() -> bool) {
     use x86_64::instructions::interrupts;
+    self::interrupts::report_deferred_nmis();
     interrupts::disable();
     if has_work() {
         interrupts::enable();
@@ -221,6 +223,7 @@ pub fn idle() -> ! {
 fn idle_loop(me: &'static percpu::PerCpu) -> ! {
     use x86_64::instructions::interrupts;
     loop {
+        self::interrupts::report_deferred_nmis();
         interrupts::disable();
         let work = me.work.lock().pop_front();
         match work {

@@ -70,6 +70,22 @@ fn qemu_tcg_page_fault_is_diagnosed_with_vector_and_cr2() {
     assert_eq!(guest_status(status), Some(3), "an exception under exit=1 powers off with status 3");
 }
 
+/// An NMI that lands while its CPU holds the console lock (here on purpose: the image
+/// takes the lock and sends itself an NMI) cannot print its report in the handler (the
+/// holder is the code it interrupted); the report comes out afterwards instead of being
+/// lost. (The cause of the once-intermittent `qemu_tcg_host_nmi_while_a_guest_runs_*`.)
+#[test]
+fn qemu_tcg_nmi_report_waits_for_a_console_lock_its_cpu_holds() {
+    let mut console = Qemu::kernel(&elf(Profile::Release), "exit=1 fault=nmi-console").spawn().unwrap();
+    console.wait_for("taproot: nmi-console done", QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let status = console.wait_exit(QEMU_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let transcript = console.transcript();
+    let report = transcript.find("taproot: nmi on cpu 0 (count 1)");
+    let done = transcript.find("taproot: nmi-console done");
+    assert!(report.is_some() && report < done, "the NMI report is missing or late:\n{transcript}");
+    assert_eq!(guest_status(status), Some(0), "{transcript}");
+}
+
 #[test]
 fn qemu_tcg_boots_the_iso_through_grub_and_multiboot2() {
     let iso = paths::scratch_dir("qemu-iso").unwrap().join("taproot.iso");

@@ -64,8 +64,13 @@ fn main() -> ! {
             sys::exit(status);
         }
     }
-    if cmdline::value(line, "fault") == Some("pagefault") {
-        libos::debug::touch_unmapped_memory();
+    match cmdline::value(line, "fault") {
+        Some("pagefault") => libos::debug::touch_unmapped_memory(),
+        Some("nmi-console") => {
+            libos::debug::nmi_while_console_held();
+            sys::console_write(b"taproot: nmi-console done\n");
+        }
+        _ => {}
     }
     if cmdline::flag(line, "exit") {
         sys::exit(0);

@@ -26,8 +26,10 @@ pub fn init() {
     }
 }
 
-/// Writes bytes to the console, waiting for room in the UART.
+/// Writes bytes to the console, waiting for room in the UART (after any NMI report that
+/// had to wait for the console).
 pub fn write_bytes(bytes: &[u8]) {
+    crate::arch::x86_64::interrupts::report_deferred_nmis();
     if let Some(uart) = CONSOLE.lock().as_mut() {
         send(uart, bytes);
     }
@@ -93,8 +95,15 @@ impl fmt::Write for EmergencyWriter {
     }
 }
 
-/// Formats one message atomically with respect to other console users.
+/// Formats one message atomically with respect to other console users (after any NMI
+/// report that had to wait for the console).
 pub fn print(args: fmt::Arguments) {
+    crate::arch::x86_64::interrupts::report_deferred_nmis();
+    print_now(args);
+}
+
+/// [`print`] without the deferred NMI reports (for their own printing).
+pub(crate) fn print_now(args: fmt::Arguments) {
     let mut guard = CONSOLE.lock();
     if let Some(uart) = guard.as_mut() {
         let mut w = LockedWriter(uart);
@@ -116,6 +125,12 @@ pub fn try_print(args: fmt::Arguments, mut keep_trying: impl FnMut() -> bool) ->
         core::hint::spin_loop();
     }
     false
+}
+
+/// Runs `f` while holding the console lock (for `debug::nmi_while_console_held`).
+pub(crate) fn with_console_held(f: impl FnOnce()) {
+    let _guard = CONSOLE.lock();
+    f();
 }
 
 struct LockedWriter<'a>(&'a mut Uart16550<PioBackend>);

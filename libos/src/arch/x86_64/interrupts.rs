@@ -22,7 +22,7 @@ use crate::drivers::serial::{self, EmergencyWriter};
 use crate::{power, time};
 use core::arch::naked_asm;
 use core::fmt::Write;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::port::PortReadOnly;
@@ -233,8 +233,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 /// The host's NMI handling (see the module docs): counted, reported, survived. Reported
 /// at the 1st, 2nd, 4th, 8th... NMI of a CPU (a line on the serial console takes
 /// milliseconds: an NMI storm must not turn into a printing storm), whole under the
-/// console lock when it comes free soon, and not at all when it does not (the NMI may
-/// have interrupted its holder on this CPU; the count still grows).
+/// console lock when it comes free soon. When it does not (the NMI may have interrupted
+/// the lock's holder on this very CPU, which cannot release it until the handler
+/// returns), the report is deferred, not dropped: [`report_deferred_nmis`] prints it from
+/// ordinary context, at the next console print or before the CPU sleeps.
 fn nmi() {
     let cpu = percpu::current();
     let count = cpu.nmis.fetch_add(1, Ordering::Relaxed) + 1;
@@ -243,20 +245,64 @@ fn nmi() {
     }
     // SAFETY: reading port 0x61 has no side effects on any PC.
     let status = unsafe { PortReadOnly::<u8>::new(NMI_STATUS_PORT).read() };
-    let reason = match (status & NMI_REASON_SERR != 0, status & NMI_REASON_IOCHK != 0) {
-        (true, true) => "pci serr and i/o channel check",
-        (true, false) => "pci serr",
-        (false, true) => "i/o channel check",
-        (false, false) => "unknown (lint1, a bmc or an nmi button)",
-    };
-    let report =
-        format_args!("taproot: nmi on cpu {} (count {count}), reason {reason}; carrying on\n", cpu.index());
     let give_up = time::now_ns() + NMI_REPORT_WAIT_NS;
     let mut tries = 0;
-    serial::try_print(report, || {
-        tries += 1;
-        tries <= NMI_REPORT_MAX_TRIES && time::now_ns() < give_up
-    });
+    let printed =
+        serial::try_print(format_args!("{}", NmiReport { cpu: cpu.index(), count, status }), || {
+            tries += 1;
+            tries <= NMI_REPORT_MAX_TRIES && time::now_ns() < give_up
+        });
+    if !printed {
+        // The slot first, then the flag: a flusher that sees the flag sees the slot. A
+        // later deferred report of this CPU replaces an unprinted earlier one (its count
+        // says how many came).
+        cpu.nmi_report_deferred.store(count << 8 | u64::from(status), Ordering::Release);
+        NMI_REPORTS_DEFERRED.store(true, Ordering::Release);
+    }
+}
+
+/// Set when some CPU holds a deferred NMI report (one load on the print path otherwise).
+static NMI_REPORTS_DEFERRED: AtomicBool = AtomicBool::new(false);
+
+/// Prints the NMI reports their handlers had to defer (see [`nmi`]). Ordinary context
+/// only (it takes the console lock). Cheap when there are none.
+///
+/// No report is lost between the two steps: a handler stores its slot before the flag,
+/// and the flag is cleared before the slots are read, so a report stored after the clear
+/// is either read now or leaves the flag set for the next call.
+pub fn report_deferred_nmis() {
+    if !NMI_REPORTS_DEFERRED.load(Ordering::Acquire) || !NMI_REPORTS_DEFERRED.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    for index in 0..percpu::MAX_CPUS {
+        let Some(cpu) = percpu::cpu(index) else { break };
+        let report = cpu.nmi_report_deferred.swap(0, Ordering::AcqRel);
+        if report != 0 {
+            serial::print_now(format_args!(
+                "{}",
+                NmiReport { cpu: index, count: report >> 8, status: report as u8 }
+            ));
+        }
+    }
+}
+
+/// The console line for the `count`th NMI of `cpu`, with port 0x61's reason bits.
+struct NmiReport {
+    cpu: usize,
+    count: u64,
+    status: u8,
+}
+
+impl core::fmt::Display for NmiReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let reason = match (self.status & NMI_REASON_SERR != 0, self.status & NMI_REASON_IOCHK != 0) {
+            (true, true) => "pci serr and i/o channel check",
+            (true, false) => "pci serr",
+            (false, true) => "i/o channel check",
+            (false, false) => "unknown (lint1, a bmc or an nmi button)",
+        };
+        writeln!(f, "taproot: nmi on cpu {} (count {}), reason {reason}; carrying on", self.cpu, self.count)
+    }
 }
 
 /// Runs the NMI handler as if an NMI had just arrived: for an NMI that a VM exit consumed

@@ -30,6 +30,10 @@ pub struct PerCpu {
     pub wake_at_ns: AtomicU64,
     /// NMIs this CPU has taken (the host's, including those that arrived in a guest).
     pub nmis: AtomicU64,
+    /// An NMI report its handler could not print (the console lock was held, perhaps by
+    /// the code the NMI interrupted on this CPU): `count << 8 | port 0x61 status`, 0 when
+    /// none. Printed later from ordinary context (`interrupts::report_deferred_nmis`).
+    pub nmi_report_deferred: AtomicU64,
     /// Lowest address of this CPU's stack, where `stack_guard` keeps its canary (0: none).
     pub stack_bottom: AtomicU64,
     pub virt: Once<VirtCaps>,
@@ -46,6 +50,7 @@ impl PerCpu {
             timer: Mutex::new(TimerPlan::new()),
             wake_at_ns: AtomicU64::new(u64::MAX),
             nmis: AtomicU64::new(0),
+            nmi_report_deferred: AtomicU64::new(0),
             stack_bottom: AtomicU64::new(0),
             virt: Once::new(),
             work: Mutex::new(VecDeque::new()),
