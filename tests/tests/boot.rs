@@ -261,9 +261,6 @@ fn host_nmi_while_a_guest_runs_is_survived(accel: Accel, scratch: &str) {
 }
 
 #[test]
-#[ignore = "intermittent on a loaded machine (about 1 run in 4 ends without the NMI report; cause \
-            not found yet): cargo xtask test --full runs it; the guest tests \
-            svm_/vmx_host_nmi_* cover the handler in every run"]
 fn qemu_tcg_host_nmi_while_a_guest_runs_is_survived() {
     host_nmi_while_a_guest_runs_is_survived(Accel::Tcg, "qemu-nmi");
 }

@@ -236,8 +236,9 @@ fn level_sci_holds_remote_irr_until_the_lapic_eoi_broadcast() {
     // EOI with the line still high: remote IRR clears and the pin delivers again.
     assert_eq!(bus.irqchip_mut().lapic_mmio_write(0, LAPIC_EOI, 0, deadline + MS), VcpuMask::one(0));
     assert_eq!(inject(&mut bus, 0), Some(Injection::Interrupt(0x41)));
-    // The handler clears TMR_STS (the line falls), then EOIs: nothing more.
-    assert_eq!(bus.write(acpi_pm::PM1A_EVT_BLK, 2, 1, deadline + 2 * MS).wake, VcpuMask::EMPTY);
+    // The handler clears TMR_STS (the line falls), then EOIs: nothing more is pending, but
+    // the SCI's next deadline is back, so vCPU 0 (whose deadline covers it) is named.
+    assert_eq!(bus.write(acpi_pm::PM1A_EVT_BLK, 2, 1, deadline + 2 * MS).wake, VcpuMask::one(0));
     assert_eq!(bus.irqchip_mut().lapic_mmio_write(0, LAPIC_EOI, 0, deadline + 2 * MS), VcpuMask::EMPTY);
     assert_eq!(redirection_entry(&mut bus, 9) & RTE_REMOTE_IRR, 0);
     assert_eq!(inject(&mut bus, 0), None);
@@ -251,7 +252,8 @@ fn rtc_periodic_interrupt_on_irq8_waits_for_register_c() {
     redirect(&mut bus, 8, fixed_to(0x28, 0));
     // Register B: PIE, 24-hour; register A keeps the BIOS's 1024 Hz rate.
     out(&mut bus, 0x70, 0x0B, 0);
-    assert_eq!(out(&mut bus, 0x71, 0x42, 0), VcpuMask::EMPTY);
+    // Nothing pending yet; vCPU 0 is named because its deadline now has the RTC's.
+    assert_eq!(out(&mut bus, 0x71, 0x42, 0), VcpuMask::one(0));
     let mut injected = 0;
     run_until(&mut bus, 0, 20 * MS, |bus, now, wake| {
         assert_eq!(wake, VcpuMask::one(0));
@@ -386,4 +388,26 @@ fn an_extint_is_injected_before_lapic_vectors() {
     bus.tick(now);
     assert_eq!(inject(&mut bus, 0), Some(Injection::Interrupt(0x20)), "as KVM's kvm_cpu_get_interrupt");
     assert_eq!(inject(&mut bus, 0), Some(Injection::Interrupt(0xF0)));
+}
+
+/// The platform's timers run on vCPU 0's deadline: a port write (from any vCPU) that moves
+/// it earlier names vCPU 0 to wake; accesses that do not (a PM timer read, a PIT command
+/// that arms nothing yet) cost vCPU 0 no kick.
+#[test]
+fn a_port_write_that_moves_the_platform_timers_earlier_wakes_vcpu_0() {
+    let mut bus = bus();
+    assert!(!out(&mut bus, 0x43, PIT_CONTROL_CH0_MODE2, 1_000).contains(0), "a mode command arms nothing");
+    assert!(!out(&mut bus, 0x40, PIT_COUNT & 0xFF, 1_000).contains(0), "half a count arms nothing");
+    assert_eq!(bus.next_deadline(0), None);
+    assert!(out(&mut bus, 0x40, PIT_COUNT >> 8, 1_000).contains(0), "the full count arms channel 0");
+    assert!(bus.next_deadline(0).is_some());
+    assert!(!bus.read(0x608, 4, 2_000).wake.contains(0), "a PM timer read moves no timer");
+
+    // The RTC's periodic interrupt on a bus without the PIT: rate 6 (1024 Hz) in register
+    // A, then PIE in register B arms it.
+    let mut bus = self::bus();
+    let _ = out(&mut bus, 0x70, 0x0A, 0);
+    assert!(!out(&mut bus, 0x71, 0x26, 0).contains(0), "a rate without PIE arms nothing");
+    let _ = out(&mut bus, 0x70, 0x0B, 0);
+    assert!(out(&mut bus, 0x71, 0x42, 0).contains(0), "PIE arms the periodic interrupt");
 }

@@ -130,7 +130,8 @@ pub struct IoResult {
     /// What the VM must do besides continuing the guest.
     pub effect: Option<IoEffect>,
     /// The vCPUs the access made an interrupt pending for (an 8259 unmask with a request
-    /// latched, an RTC register write that raises IRQ 8, ...): wake or kick them.
+    /// latched, an RTC register write that raises IRQ 8, ...), and vCPU 0 when a write
+    /// moved the platform's timers earlier: wake or kick them.
     pub wake: VcpuMask,
 }
 
@@ -362,10 +363,35 @@ impl PortBus {
         };
         let mut result = IoResult { value: 0, effect: None, wake: VcpuMask::EMPTY };
         let device = Self::device_at(port);
+        // The platform's timers run on vCPU 0's deadline, which it computed before its
+        // last entry or sleep: a write from another vCPU that moves them earlier must
+        // reach it now (a kick or a wake), not at its next exit or its old deadline.
+        let moves_timers = matches!(direction, IoDirection::Out(_))
+            && matches!(device, PortDevice::Pit | PortDevice::Rtc | PortDevice::AcpiPm);
+        let timers_before = if moves_timers { self.platform_deadline() } else { None };
         if device.is_byte_wide() {
             (result.value, result.wake) = self.byte_access(port, size, direction, now_ns);
-            return result;
+        } else {
+            self.word_access(device, port, size, direction, now_ns, &mut result);
         }
+        if moves_timers && self.platform_deadline().unwrap_or(u64::MAX) < timers_before.unwrap_or(u64::MAX) {
+            result.wake.insert(0);
+        }
+        result.value &= mask;
+        result
+    }
+
+    /// The ports that are not byte-wide devices: `result` gets the value, effect and wakes.
+    fn word_access(
+        &mut self,
+        device: PortDevice,
+        port: u16,
+        size: IoSize,
+        direction: IoDirection,
+        now_ns: u64,
+        result: &mut IoResult,
+    ) {
+        let mask = size.mask();
         let p = &mut self.platform;
         match (device, direction) {
             (PortDevice::DebugExit, IoDirection::Out(value)) => result.effect = Some(IoEffect::Exit(value)),
@@ -393,8 +419,6 @@ impl PortBus {
         if device == PortDevice::AcpiPm {
             result.wake = self.update_sci(now_ns);
         }
-        result.value &= mask;
-        result
     }
 
     /// Passes the SCI's level at `now_ns` on.
@@ -437,6 +461,11 @@ impl PortBus {
         if vcpu != 0 {
             return lapic;
         }
+        [lapic, self.platform_deadline()].into_iter().flatten().min()
+    }
+
+    /// The earliest deadline of the PIT, the RTC and the PM timer's SCI (vCPU 0's).
+    fn platform_deadline(&self) -> Option<u64> {
         let p = &self.platform;
         // While the SCI is high it cannot rise again until the guest clears its status.
         let sci = if self.irq_lines.is_high(IsaLine::Sci) {
@@ -444,7 +473,7 @@ impl PortBus {
         } else {
             p.acpi_pm.next_deadline(self.sci_evaluated_ns)
         };
-        [lapic, p.pit.next_deadline(), p.rtc.next_deadline(), sci].into_iter().flatten().min()
+        [p.pit.next_deadline(), p.rtc.next_deadline(), sci].into_iter().flatten().min()
     }
 
     /// Bytes typed at the VM's console, for COM1's receiver: it takes what fits (16 bytes
